@@ -1,0 +1,156 @@
+//! Run-time bindings of declared tables to concrete inputs:
+//! `--source products=file:data/products.csv`.
+//!
+//! A binding of a stream opens a [`Source`]; a binding of a reference table
+//! re-points its location. Bindings used by a run are saved in the state
+//! directory, so `trendflow query` and `trendflow batch` see the same tables.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::MemTable;
+use trendflow_engine::catalog::Catalog;
+use trendflow_engine::runtime::{Poll, Source};
+
+use crate::error::{ConnectorError, Result};
+use crate::file_source::FileSource;
+
+const SAVED: &str = "sources.json";
+
+/// Table name → input address, e.g. `products` → `file:/data/products.csv`.
+///
+/// ```
+/// use trendflow_connectors::binding::Bindings;
+/// let bindings = Bindings::parse(&["products=file:data/p.csv".to_string()]).unwrap();
+/// assert_eq!(bindings.file("products").unwrap().to_str(), Some("data/p.csv"));
+/// assert!(Bindings::parse(&["products".to_string()]).is_err());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Bindings(BTreeMap<String, String>);
+
+impl Bindings {
+    /// Parses `NAME=URI` arguments; URIs are `file:PATH`.
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let mut bindings = BTreeMap::new();
+        for arg in args {
+            let error = |message: &str| ConnectorError::Binding { binding: arg.clone(), message: message.to_string() };
+            let (name, uri) = arg.split_once('=').ok_or_else(|| error("expected NAME=URI, e.g. products=file:data/products.csv"))?;
+            if name.is_empty() {
+                return Err(error("the table name is empty"));
+            }
+            let Some(path) = uri.strip_prefix("file:") else {
+                return Err(error("unsupported address: expected file:PATH (Kafka bindings come with the Kafka connector)"));
+            };
+            if path.is_empty() {
+                return Err(error("the file path is empty"));
+            }
+            bindings.insert(name.to_string(), uri.to_string());
+        }
+        Ok(Self(bindings))
+    }
+
+    /// Binds `name` to the file at `path`.
+    pub fn bind_file(&mut self, name: &str, path: &Path) {
+        self.0.insert(name.to_string(), format!("file:{}", path.display()));
+    }
+
+    /// True when nothing is bound.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The file bound to `name`, if any.
+    pub fn file(&self, name: &str) -> Option<PathBuf> {
+        self.0.get(name).and_then(|uri| uri.strip_prefix("file:")).map(PathBuf::from)
+    }
+
+    /// Every bound file with absolute paths, so a saved binding works from any directory.
+    pub fn absolute(&self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|(name, uri)| match uri.strip_prefix("file:") {
+                    Some(path) => (name.clone(), format!("file:{}", std::path::absolute(path).unwrap_or_else(|_| path.into()).display())),
+                    None => (name.clone(), uri.clone()),
+                })
+                .collect(),
+        )
+    }
+
+    /// Every bound file by table name (what [`Catalog::load`] takes to re-bind reference tables).
+    pub fn files(&self) -> HashMap<String, String> {
+        self.0.keys().filter_map(|name| self.file(name).map(|p| (name.clone(), p.to_string_lossy().into_owned()))).collect()
+    }
+
+    /// Saves the bindings into a state directory.
+    pub fn save(&self, state_dir: &Path) -> Result<()> {
+        let path = state_dir.join(SAVED);
+        std::fs::create_dir_all(state_dir).map_err(|e| ConnectorError::io(state_dir, e))?;
+        let json = serde_json::to_vec_pretty(self).expect("bindings serialize");
+        std::fs::write(&path, json).map_err(|e| ConnectorError::io(&path, e))
+    }
+
+    /// The bindings saved in a state directory (empty when none were saved).
+    pub fn load(state_dir: &Path) -> Result<Self> {
+        let path = state_dir.join(SAVED);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ConnectorError::Format { path, message: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(ConnectorError::io(&path, e)),
+        }
+    }
+
+    /// Opens a source for every stream of `catalog`; every stream must be bound.
+    pub fn open_sources(&self, catalog: &Catalog, dead_letter_dir: &Path) -> Result<Vec<Box<dyn Source>>> {
+        catalog
+            .streams()
+            .iter()
+            .map(|stream| {
+                let path = self.file(&stream.name).ok_or_else(|| ConnectorError::Binding {
+                    binding: stream.name.clone(),
+                    message: format!(
+                        "stream `{}` (STORED AS KAFKA, topic `{}`) is not bound: pass --source {}=file:PATH",
+                        stream.name, stream.location, stream.name
+                    ),
+                })?;
+                Ok(Box::new(FileSource::new(stream.clone(), path, dead_letter_dir)?) as Box<dyn Source>)
+            })
+            .collect()
+    }
+
+    /// Reads every stream's bound file completely into a table, for a batch run.
+    /// Returns the tables and the number of records rejected while decoding.
+    pub async fn read_streams(
+        &self,
+        catalog: &Catalog,
+        dead_letter_dir: &Path,
+    ) -> Result<(Vec<(String, Arc<dyn TableProvider>)>, u64)> {
+        let mut tables = Vec::new();
+        let mut rejected = 0;
+        for (stream, mut source) in catalog.streams().iter().zip(self.open_sources(catalog, dead_letter_dir)?) {
+            let mut batches = Vec::new();
+            loop {
+                let poll = source.poll(65_536, std::time::Duration::ZERO).await.map_err(|e| ConnectorError::Format {
+                    path: self.file(&stream.name).unwrap_or_default(),
+                    message: e.to_string(),
+                })?;
+                match poll {
+                    Poll::Batch(micro) => {
+                        rejected += micro.rejected;
+                        batches.push(micro.batch);
+                    }
+                    Poll::Idle => continue,
+                    Poll::Finished => break,
+                }
+            }
+            let table = MemTable::try_new(stream.schema.clone(), vec![batches]).map_err(|e| ConnectorError::Format {
+                path: self.file(&stream.name).unwrap_or_default(),
+                message: e.to_string(),
+            })?;
+            tables.push((stream.name.clone(), Arc::new(table) as Arc<dyn TableProvider>));
+        }
+        Ok((tables, rejected))
+    }
+}

@@ -1,0 +1,86 @@
+//! Dead letters: records that did not decode, kept with the reason instead of dropped.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use serde::Serialize;
+
+use crate::error::{ConnectorError, Result};
+
+/// One rejected record.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeadLetter {
+    /// Stream the record was meant for.
+    pub stream: String,
+    /// Partition it came from.
+    pub partition: i32,
+    /// Its offset (record index within a file).
+    pub offset: i64,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The record as received (text), or as JSON of its fields.
+    pub record: String,
+}
+
+/// Appends dead letters to `<dir>/<stream>.ndjson`, one JSON object per line.
+#[derive(Debug)]
+pub struct DeadLetterFile {
+    path: PathBuf,
+    writer: Option<BufWriter<File>>,
+    written: u64,
+}
+
+impl DeadLetterFile {
+    /// Dead letters of `stream`, kept under `dir` (the file is created on the first letter).
+    pub fn new(dir: &Path, stream: &str) -> Self {
+        Self { path: dir.join(format!("{stream}.ndjson")), writer: None, written: 0 }
+    }
+
+    /// Where the letters go.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Letters written by this handle.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends `letters` and flushes them to the file.
+    pub fn write(&mut self, letters: &[DeadLetter]) -> Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        if self.writer.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| ConnectorError::io(dir, e))?;
+            }
+            let file = OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| ConnectorError::io(&self.path, e))?;
+            self.writer = Some(BufWriter::new(file));
+        }
+        let writer = self.writer.as_mut().expect("writer opened above");
+        for letter in letters {
+            serde_json::to_writer(&mut *writer, letter).map_err(|e| ConnectorError::io(&self.path, e))?;
+            writer.write_all(b"\n").map_err(|e| ConnectorError::io(&self.path, e))?;
+        }
+        writer.flush().map_err(|e| ConnectorError::io(&self.path, e))?;
+        self.written += letters.len() as u64;
+        Ok(())
+    }
+}
+
+/// Row `row` of `batch` as a JSON object of display strings (for dead letters).
+pub fn row_as_json(batch: &RecordBatch, row: usize) -> String {
+    let options = FormatOptions::default().with_null("");
+    let mut object = serde_json::Map::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let value = ArrayFormatter::try_new(column.as_ref(), &options)
+            .map(|f| f.value(row).to_string())
+            .unwrap_or_default();
+        object.insert(field.name().clone(), serde_json::Value::String(value));
+    }
+    serde_json::Value::Object(object).to_string()
+}

@@ -1,0 +1,38 @@
+//! The connectors' error type.
+
+use std::path::PathBuf;
+
+/// Errors of sources, sinks and record decoding.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// A file could not be opened, read or written.
+    #[error("{}: {message}", path.display())]
+    Io { path: PathBuf, message: String },
+    /// A file's content is malformed beyond single records (bad CSV structure, bad Parquet).
+    #[error("{}: {message}", path.display())]
+    Format { path: PathBuf, message: String },
+    /// A source or sink address is malformed (`--source name=file:PATH`).
+    #[error("binding `{binding}`: {message}")]
+    Binding { binding: String, message: String },
+    /// Arrow failed while converting records.
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+}
+
+impl ConnectorError {
+    pub(crate) fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        Self::Io { path: path.to_path_buf(), message: e.to_string() }
+    }
+}
+
+impl From<ConnectorError> for trendflow_engine::EngineError {
+    fn from(e: ConnectorError) -> Self {
+        match e {
+            ConnectorError::Binding { binding, message } => Self::Binding { binding, message },
+            other => Self::Source { source_name: String::new(), message: other.to_string() },
+        }
+    }
+}
+
+/// Result alias used across the connectors.
+pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;

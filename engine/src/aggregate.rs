@@ -1,0 +1,172 @@
+//! One aggregate over a stream, maintained incrementally with DataFusion's own
+//! operators: `Partial` over each micro-batch, `PartialReduce` to merge the new
+//! partial states into the stored ones, `Final` for the groups the batch touched.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::{collect, ExecutionPlan};
+
+use crate::error::{EngineError, Result};
+use crate::keyed::{KeyedTable, RowEncoder};
+use crate::slot::BatchSlot;
+
+/// Executes a (re-usable) plan once and concatenates its output.
+pub(crate) async fn run_plan(plan: &Arc<dyn ExecutionPlan>, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
+    let schema = plan.schema();
+    let batches = collect(reset_plan_states(plan.clone())?, ctx.clone()).await?;
+    Ok(concat_batches(&schema, &batches)?)
+}
+
+/// State and plans of one incrementally maintained `AggregateExec`.
+#[derive(Debug)]
+pub struct IncrementalAggregate {
+    group_columns: usize,
+    partial: Arc<dyn ExecutionPlan>,
+    reduce: Arc<dyn ExecutionPlan>,
+    reduce_input: BatchSlot,
+    finalize: Arc<dyn ExecutionPlan>,
+    finalize_input: BatchSlot,
+    /// Group key → partial aggregate state (schema of `Partial`'s output).
+    state: KeyedTable,
+    /// Group key → final aggregate values (schema of the original aggregate).
+    finals: KeyedTable,
+    /// What the rest of the view's plan reads in place of the original aggregate.
+    finals_slot: BatchSlot,
+}
+
+impl IncrementalAggregate {
+    /// Splits `aggregate` (mode `Single`, or the `Partial` half of a two-stage pair) into the
+    /// incremental stages. `output_schema` is the schema the view's plan expects from it.
+    pub fn try_new(aggregate: &AggregateExec, output_schema: SchemaRef) -> Result<Self> {
+        let group_by = aggregate.group_expr();
+        let input_schema = aggregate.input_schema();
+        let partial: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
+            AggregateMode::Partial,
+            group_by.clone(),
+            aggregate.aggr_expr().to_vec(),
+            aggregate.filter_expr().to_vec(),
+            aggregate.input().clone(),
+            input_schema.clone(),
+        )?);
+        let state_schema = partial.schema();
+        let stage = |mode, input: &BatchSlot| -> Result<Arc<dyn ExecutionPlan>> {
+            Ok(Arc::new(AggregateExec::try_new(
+                mode,
+                group_by.as_final(),
+                aggregate.aggr_expr().to_vec(),
+                aggregate.filter_expr().to_vec(),
+                input.exec(None)?,
+                input_schema.clone(),
+            )?))
+        };
+        let reduce_input = BatchSlot::new(state_schema.clone());
+        let finalize_input = BatchSlot::new(state_schema.clone());
+        let reduce = stage(AggregateMode::PartialReduce, &reduce_input)?;
+        let finalize = stage(AggregateMode::Final, &finalize_input)?;
+        let group_columns = group_by.expr().len();
+        let keys: Vec<usize> = (0..group_columns).collect();
+        Ok(Self {
+            group_columns,
+            partial,
+            reduce,
+            reduce_input,
+            finalize,
+            finalize_input,
+            state: KeyedTable::new(state_schema, keys.clone())?,
+            finals: KeyedTable::new(output_schema.clone(), keys)?,
+            finals_slot: BatchSlot::new(output_schema),
+        })
+    }
+
+    /// The slot the view's remaining plan reads the finalized groups from.
+    pub fn finals_slot(&self) -> &BatchSlot {
+        &self.finals_slot
+    }
+
+    /// Number of groups held.
+    pub fn groups(&self) -> usize {
+        self.state.len()
+    }
+
+    /// Folds the current micro-batch (already in the stream slots) into the state.
+    /// Returns whether any group changed.
+    pub async fn apply(&mut self, ctx: &Arc<TaskContext>) -> Result<bool> {
+        let partial = run_plan(&self.partial, ctx).await?;
+        if partial.num_rows() == 0 {
+            return Ok(false);
+        }
+        let keys = partial.project(&(0..self.group_columns).collect::<Vec<_>>())?;
+        let stored = self.state.lookup(&keys)?;
+        let merged = self.reduce(vec![stored, partial], ctx).await?;
+        self.state.upsert(&merged)?;
+        self.finalize_groups(merged, ctx).await?;
+        Ok(true)
+    }
+
+    /// Replaces the state by `state` (from a checkpoint) and finalizes every group.
+    pub async fn restore(&mut self, state: RecordBatch, ctx: &Arc<TaskContext>) -> Result<()> {
+        self.state = KeyedTable::new(self.state.schema().clone(), self.state.key_columns().to_vec())?;
+        self.finals = KeyedTable::new(self.finals.schema().clone(), self.finals.key_columns().to_vec())?;
+        self.state.upsert(&state)?;
+        self.finalize_groups(state, ctx).await
+    }
+
+    /// The whole state, one row per group, for a checkpoint.
+    pub fn state_batch(&self) -> Result<RecordBatch> {
+        Ok(self.state.to_batch()?)
+    }
+
+    /// Schema of the state rows.
+    pub fn state_schema(&self) -> &SchemaRef {
+        self.state.schema()
+    }
+
+    /// Makes the finalized groups visible to the view's remaining plan.
+    pub fn publish(&self) -> Result<()> {
+        self.finals_slot.set(vec![self.finals.to_batch()?]);
+        Ok(())
+    }
+
+    /// Merges partial states until every group has one row. `PartialReduce` promises
+    /// that only on a best-effort basis, so the state store checks it.
+    async fn reduce(&self, inputs: Vec<RecordBatch>, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
+        let mut inputs = inputs;
+        for _ in 0..3 {
+            self.reduce_input.set(inputs);
+            let merged = run_plan(&self.reduce, ctx).await;
+            self.reduce_input.clear();
+            let merged = merged?;
+            if self.distinct_groups(&merged)? == merged.num_rows() {
+                return Ok(merged);
+            }
+            inputs = vec![merged];
+        }
+        Err(EngineError::DataFusion(datafusion::error::DataFusionError::Internal(
+            "PartialReduce kept emitting several rows for one group".into(),
+        )))
+    }
+
+    fn distinct_groups(&self, batch: &RecordBatch) -> Result<usize> {
+        let encoder = RowEncoder::new(&batch.schema(), (0..self.group_columns).collect())?;
+        let keys = encoder.encode(batch)?;
+        Ok((0..keys.len()).map(|i| keys.get(i)).collect::<HashSet<_>>().len())
+    }
+
+    async fn finalize_groups(&mut self, state: RecordBatch, ctx: &Arc<TaskContext>) -> Result<()> {
+        self.finalize_input.set(vec![state]);
+        let finals = run_plan(&self.finalize, ctx).await;
+        self.finalize_input.clear();
+        let finals = finals?;
+        // The view's plan was typed against the original aggregate's schema.
+        let finals = RecordBatch::try_new(self.finals.schema().clone(), finals.columns().to_vec())?;
+        self.finals.upsert(&finals)?;
+        Ok(())
+    }
+}

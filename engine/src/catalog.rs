@@ -1,0 +1,374 @@
+//! Loading the SQL files of a pipeline: sources, reference tables and views.
+//!
+//! Statements go through DataFusion's own parser and DDL handling: streams are
+//! created by [`StreamTableFactory`], reference tables by DataFusion's listing
+//! tables (then snapshotted into memory), views by `CREATE VIEW`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::MemTable;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{CreateExternalTable, Statement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+
+use crate::error::{EngineError, Result};
+use crate::stream_table::{StreamDecl, StreamRegistry, StreamTableFactory, STREAM_FILE_TYPE};
+
+/// One statement of a SQL file, with where it starts.
+#[derive(Debug, Clone)]
+pub struct SqlStatementText {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// 1-based line of its first token.
+    pub line: usize,
+    /// Its text, without the closing semicolon.
+    pub text: String,
+}
+
+/// A continuous view declared by `CREATE VIEW name AS SELECT …`.
+#[derive(Debug, Clone)]
+pub struct ViewDef {
+    /// View name.
+    pub name: String,
+    /// Where it was declared.
+    pub origin: SqlStatementText,
+}
+
+/// A reference table declared by `CREATE EXTERNAL TABLE … STORED AS CSV|PARQUET|JSON`.
+#[derive(Debug, Clone)]
+pub struct ReferenceDef {
+    /// Table name.
+    pub name: String,
+    /// The location it was loaded from (after re-binding).
+    pub location: String,
+    /// Rows loaded.
+    pub rows: usize,
+}
+
+/// Everything the SQL files declared, planned in one DataFusion session.
+pub struct Catalog {
+    ctx: SessionContext,
+    streams: Vec<StreamDecl>,
+    references: Vec<ReferenceDef>,
+    views: Vec<ViewDef>,
+}
+
+/// The session configuration the incremental engine relies on.
+///
+/// One partition keeps every aggregate a single `AggregateExec` the engine can
+/// split into its Partial / PartialReduce / Final stages; dynamic filters are
+/// off because plans are re-executed and such filters carry state between runs.
+pub fn incremental_session_config() -> SessionConfig {
+    let mut config = SessionConfig::new().with_target_partitions(1).with_information_schema(true);
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.enable_dynamic_filter_pushdown = false;
+    optimizer.enable_topk_dynamic_filter_pushdown = false;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    config
+}
+
+/// A session that understands `STORED AS KAFKA`, recording streams into `registry`.
+pub fn new_session(config: SessionConfig, registry: StreamRegistry) -> SessionContext {
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_table_factory(STREAM_FILE_TYPE.to_string(), Arc::new(StreamTableFactory::new(registry)))
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+impl Catalog {
+    /// Loads SQL files (a directory means every `*.sql` in it, in name order).
+    ///
+    /// `bindings` maps table names to files: a reference table named there is loaded
+    /// from that file instead of its `LOCATION` (`--source categories=file:other.csv`);
+    /// streams named there are left to the connectors. Any other name is an error.
+    pub async fn load(
+        paths: &[PathBuf],
+        config: SessionConfig,
+        bindings: &HashMap<String, String>,
+    ) -> Result<Self> {
+        let registry = StreamRegistry::default();
+        let ctx = new_session(config, registry.clone());
+        let mut catalog = Catalog { ctx, streams: Vec::new(), references: Vec::new(), views: Vec::new() };
+        for file in sql_files(paths)? {
+            for statement in split_statements(&file)? {
+                catalog.execute(statement, bindings).await?;
+            }
+        }
+        catalog.streams = registry.streams();
+        for name in bindings.keys() {
+            let declared = catalog.references.iter().any(|r| &r.name == name) || catalog.streams.iter().any(|s| &s.name == name);
+            if !declared {
+                return Err(EngineError::Binding {
+                    binding: name.clone(),
+                    message: format!(
+                        "no table `{name}` is declared in the SQL files (declared: {})",
+                        catalog.table_names().join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// The session every table and view is registered in.
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Declared streams, in declaration order.
+    pub fn streams(&self) -> &[StreamDecl] {
+        &self.streams
+    }
+
+    /// Declared reference tables.
+    pub fn references(&self) -> &[ReferenceDef] {
+        &self.references
+    }
+
+    /// Names of the declared streams and reference tables.
+    pub fn table_names(&self) -> Vec<&str> {
+        self.streams.iter().map(|s| s.name.as_str()).chain(self.references.iter().map(|r| r.name.as_str())).collect()
+    }
+
+    /// Declared views, in declaration order.
+    pub fn views(&self) -> &[ViewDef] {
+        &self.views
+    }
+
+    /// Replaces stream tables by other tables (whole files, for a batch run) and
+    /// re-plans every view over them.
+    pub async fn replace_streams(&self, tables: Vec<(String, Arc<dyn TableProvider>)>) -> Result<()> {
+        for (name, table) in tables {
+            self.ctx.deregister_table(name.as_str())?;
+            self.ctx.register_table(name.as_str(), table)?;
+        }
+        for view in &self.views {
+            let origin = &view.origin;
+            let sql_error = |message: String| EngineError::Sql { file: origin.file.clone(), line: origin.line, message };
+            let parsed = self
+                .ctx
+                .state()
+                .sql_to_statement(&origin.text, &datafusion::config::Dialect::Generic)
+                .map_err(|e| sql_error(e.to_string()))?;
+            let Statement::Statement(mut inner) = parsed else { unreachable!("views were parsed at load") };
+            if let SqlStatement::CreateView(create) = inner.as_mut() {
+                create.or_replace = true;
+            }
+            self.run(Statement::Statement(inner)).await.map_err(sql_error)?;
+        }
+        Ok(())
+    }
+
+    async fn execute(&mut self, stmt: SqlStatementText, overrides: &HashMap<String, String>) -> Result<()> {
+        let sql_error = |message: String| EngineError::Sql { file: stmt.file.clone(), line: stmt.line, message };
+        let state = self.ctx.state();
+        let parsed = state.sql_to_statement(&stmt.text, &datafusion::config::Dialect::Generic).map_err(|e| sql_error(e.to_string()))?;
+        match parsed {
+            Statement::CreateExternalTable(cmd) if cmd.file_type.eq_ignore_ascii_case(STREAM_FILE_TYPE) => {
+                self.run(Statement::CreateExternalTable(cmd)).await.map_err(sql_error)
+            }
+            Statement::CreateExternalTable(mut cmd) => {
+                let name = cmd.name.to_string();
+                rebind_reference(&mut cmd, overrides.get(&name), &stmt.file);
+                let location = cmd.locations.join(", ");
+                self.run(Statement::CreateExternalTable(cmd)).await.map_err(&sql_error)?;
+                let rows = self
+                    .snapshot_reference(&name)
+                    .await
+                    .map_err(|e| sql_error(format!("cannot load reference table `{name}` from {location}: {e}")))?;
+                self.references.push(ReferenceDef { name, location, rows });
+                Ok(())
+            }
+            Statement::Statement(inner) if matches!(inner.as_ref(), SqlStatement::CreateView(_)) => {
+                let SqlStatement::CreateView(view) = inner.as_ref() else { unreachable!() };
+                let name = view.name.to_string();
+                self.run(Statement::Statement(inner)).await.map_err(sql_error)?;
+                self.views.push(ViewDef { name, origin: stmt });
+                Ok(())
+            }
+            other => Err(sql_error(format!(
+                "unsupported statement `{}`: a pipeline file holds only CREATE EXTERNAL TABLE and CREATE VIEW",
+                first_words(&other.to_string())
+            ))),
+        }
+    }
+
+    async fn run(&self, statement: Statement) -> std::result::Result<(), String> {
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(statement).await.map_err(|e| e.to_string())?;
+        self.ctx.execute_logical_plan(plan).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Replaces a file-backed table by an in-memory copy: reference tables are read once.
+    async fn snapshot_reference(&self, name: &str) -> datafusion::error::Result<usize> {
+        let df = self.ctx.table(name).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        let rows = batches.iter().map(|b| b.num_rows()).sum();
+        let table = MemTable::try_new(schema, vec![batches])?;
+        self.ctx.deregister_table(name)?;
+        self.ctx.register_table(name, Arc::new(table))?;
+        Ok(rows)
+    }
+}
+
+/// Points a reference table at `override_location` (format from its extension), or
+/// resolves a relative `LOCATION` against the SQL file's directory.
+fn rebind_reference(cmd: &mut CreateExternalTable, override_location: Option<&String>, sql_file: &Path) {
+    match override_location {
+        Some(location) => {
+            let format = FileFormat::from_path(location);
+            cmd.locations = vec![location.clone()];
+            cmd.file_type = format.stored_as().to_string();
+            cmd.options.retain(|(k, _)| !k.starts_with("format."));
+            if format == FileFormat::Csv {
+                cmd.options.push(("format.has_header".into(), datafusion::sql::sqlparser::ast::Value::Boolean(true)));
+            }
+        }
+        None => {
+            let base = sql_file.parent().unwrap_or(Path::new("."));
+            for location in &mut cmd.locations {
+                if !location.contains("://") && Path::new(location.as_str()).is_relative() {
+                    *location = base.join(location.as_str()).to_string_lossy().into_owned();
+                }
+            }
+        }
+    }
+}
+
+/// File formats a table can be bound to, known by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// Comma-separated values with a header line.
+    Csv,
+    /// One JSON object per line (`.json`, `.ndjson`, `.jsonl`).
+    NdJson,
+    /// Apache Parquet.
+    Parquet,
+}
+
+impl FileFormat {
+    /// The format a path's extension names; CSV when unknown.
+    pub fn from_path(path: &str) -> Self {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".parquet") {
+            Self::Parquet
+        } else if lower.ends_with(".json") || lower.ends_with(".ndjson") || lower.ends_with(".jsonl") {
+            Self::NdJson
+        } else {
+            Self::Csv
+        }
+    }
+
+    /// The `STORED AS` name DataFusion uses for the format.
+    pub fn stored_as(self) -> &'static str {
+        match self {
+            Self::Csv => "CSV",
+            Self::NdJson => "JSON",
+            Self::Parquet => "PARQUET",
+        }
+    }
+}
+
+fn first_words(sql: &str) -> String {
+    sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// The `.sql` files named by `paths`; directories contribute their `*.sql` files in name order.
+pub fn sql_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        let io_error = |e: std::io::Error| EngineError::Sql { file: path.clone(), line: 0, message: e.to_string() };
+        if path.is_dir() {
+            let mut in_dir: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(io_error)?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|ext| ext == "sql"))
+                .collect();
+            in_dir.sort();
+            files.extend(in_dir);
+        } else {
+            std::fs::metadata(path).map_err(io_error)?;
+            files.push(path.clone());
+        }
+    }
+    if files.is_empty() {
+        let shown = paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        return Err(EngineError::Sql { file: shown.into(), line: 0, message: "no .sql files found".into() });
+    }
+    Ok(files)
+}
+
+/// Splits a SQL file into statements, remembering the line each starts on.
+///
+/// Uses DataFusion's tokenizer, so semicolons inside strings and comments do not split.
+pub fn split_statements(file: &Path) -> Result<Vec<SqlStatementText>> {
+    let sql = std::fs::read_to_string(file)
+        .map_err(|e| EngineError::Sql { file: file.to_path_buf(), line: 0, message: e.to_string() })?;
+    split_sql(&sql, file)
+}
+
+fn split_sql(sql: &str, file: &Path) -> Result<Vec<SqlStatementText>> {
+    let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location().map_err(|e| EngineError::Sql {
+        file: file.to_path_buf(),
+        line: e.location.line as usize,
+        message: e.message.clone(),
+    })?;
+    let mut statements = Vec::new();
+    let mut text = String::new();
+    let mut line = None;
+    for token in tokens {
+        match &token.token {
+            Token::SemiColon | Token::EOF => {
+                if let Some(line) = line.take() {
+                    statements.push(SqlStatementText { file: file.to_path_buf(), line, text: std::mem::take(&mut text) });
+                }
+                text.clear();
+            }
+            Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)) => {
+                // Comments are dropped so that a trailing comment cannot swallow the next line.
+                text.push(' ');
+            }
+            other => {
+                if !matches!(other, Token::Whitespace(_)) && line.is_none() {
+                    line = Some(token.span.start.line as usize);
+                }
+                text.push_str(&other.to_string());
+            }
+        }
+    }
+    Ok(statements)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_semicolons_outside_strings_and_comments() {
+        let sql = "-- header; comment\nCREATE VIEW a AS SELECT ';' AS x;\n\n/* ; */ CREATE VIEW b AS\n SELECT 1;";
+        let statements = split_sql(sql, Path::new("t.sql")).unwrap();
+        assert_eq!(statements.len(), 2);
+        assert_eq!(statements[0].line, 2);
+        assert!(statements[0].text.contains("';'"));
+        assert_eq!(statements[1].line, 4);
+        assert!(statements[1].text.trim().starts_with("CREATE VIEW b"));
+    }
+
+    #[test]
+    fn file_format_follows_extension() {
+        assert_eq!(FileFormat::from_path("x/products.PARQUET"), FileFormat::Parquet);
+        assert_eq!(FileFormat::from_path("p.ndjson"), FileFormat::NdJson);
+        assert_eq!(FileFormat::from_path("p.csv"), FileFormat::Csv);
+    }
+}

@@ -1,0 +1,47 @@
+//! The engine's error type.
+
+use std::path::PathBuf;
+
+use datafusion::error::DataFusionError;
+
+/// Everything that can go wrong in the engine: loading SQL, compiling views,
+/// running micro-batches, and reading or writing checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A SQL file could not be read, parsed or planned. `line` is 1-based.
+    #[error("{}:{line}: {message}", file.display())]
+    Sql {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// A view uses a construct the incremental engine cannot maintain.
+    #[error("{}:{line}: view `{view}` cannot be maintained incrementally: {construct}", file.display())]
+    Unsupported {
+        file: PathBuf,
+        line: usize,
+        view: String,
+        construct: String,
+    },
+    /// A run-time binding (`--source name=...`) names an unknown table or is malformed.
+    #[error("source binding `{binding}`: {message}")]
+    Binding { binding: String, message: String },
+    /// A checkpoint could not be written or read back.
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
+    /// A source failed while producing a micro-batch.
+    #[error("source `{source_name}`: {message}")]
+    Source { source_name: String, message: String },
+    /// A sink failed to apply or flush a changeset.
+    #[error("sink: {0}")]
+    Sink(String),
+    /// DataFusion failed while executing a plan.
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    /// Arrow failed while assembling batches.
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+}
+
+/// Result alias used across the engine.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,214 @@
+//! Tables of Arrow rows addressed by a key: aggregate state, finalized
+//! aggregates, and the current result of each view.
+//!
+//! Rows live in immutable chunks; an upsert appends a chunk and re-points the
+//! index, so an update costs O(rows changed), not O(table). Dead rows are
+//! dropped by compaction once they outnumber the live ones.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::compute::interleave_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+
+/// Encodes chosen columns of a batch as comparable byte strings.
+///
+/// With no columns every row gets the same (empty) key, which is what a
+/// global aggregate (`SELECT COUNT(*) FROM t`) needs.
+#[derive(Debug)]
+pub struct RowEncoder {
+    columns: Vec<usize>,
+    converter: Option<RowConverter>,
+}
+
+/// Byte-string keys of the rows of one batch.
+pub enum EncodedRows {
+    /// Rows encoded by Arrow's row format.
+    Rows(Rows),
+    /// `n` rows, all with the empty key.
+    Empty(usize),
+}
+
+impl EncodedRows {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Rows(rows) => rows.num_rows(),
+            Self::Empty(n) => *n,
+        }
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The key bytes of row `i`.
+    pub fn get(&self, i: usize) -> &[u8] {
+        match self {
+            Self::Rows(rows) => rows.row(i).data(),
+            Self::Empty(_) => &[],
+        }
+    }
+}
+
+impl RowEncoder {
+    /// An encoder for `columns` of batches with `schema`.
+    pub fn new(schema: &SchemaRef, columns: Vec<usize>) -> Result<Self, ArrowError> {
+        let converter = if columns.is_empty() {
+            None
+        } else {
+            let fields = columns.iter().map(|&c| SortField::new(schema.field(c).data_type().clone())).collect();
+            Some(RowConverter::new(fields)?)
+        };
+        Ok(Self { columns, converter })
+    }
+
+    /// The encoded columns, as indices into the batch schema.
+    pub fn columns(&self) -> &[usize] {
+        &self.columns
+    }
+
+    /// Encodes the chosen columns of every row of `batch`.
+    pub fn encode(&self, batch: &RecordBatch) -> Result<EncodedRows, ArrowError> {
+        match &self.converter {
+            None => Ok(EncodedRows::Empty(batch.num_rows())),
+            Some(converter) => {
+                let columns: Vec<ArrayRef> = self.columns.iter().map(|&c| batch.column(c).clone()).collect();
+                converter.convert_columns(&columns).map(EncodedRows::Rows)
+            }
+        }
+    }
+}
+
+/// A table of rows, at most one per key, where later upserts win.
+///
+/// ```
+/// use std::sync::Arc;
+/// use datafusion::arrow::array::{Int64Array, StringArray, RecordBatch};
+/// use datafusion::arrow::datatypes::{DataType, Field, Schema};
+/// use trendflow_engine::keyed::KeyedTable;
+///
+/// let schema = Arc::new(Schema::new(vec![
+///     Field::new("k", DataType::Utf8, false),
+///     Field::new("v", DataType::Int64, false),
+/// ]));
+/// let batch = |k: Vec<&str>, v: Vec<i64>| RecordBatch::try_new(schema.clone(), vec![
+///     Arc::new(StringArray::from(k)), Arc::new(Int64Array::from(v))]).unwrap();
+/// let mut table = KeyedTable::new(schema.clone(), vec![0]).unwrap();
+/// table.upsert(&batch(vec!["a", "b"], vec![1, 2])).unwrap();
+/// table.upsert(&batch(vec!["a"], vec![3])).unwrap();
+/// assert_eq!(table.len(), 2);
+/// let a = table.lookup(&batch(vec!["a"], vec![0]).project(&[0]).unwrap()).unwrap();
+/// assert_eq!(a.num_rows(), 1);
+/// ```
+#[derive(Debug)]
+pub struct KeyedTable {
+    schema: SchemaRef,
+    encoder: RowEncoder,
+    /// Encodes batches holding only the key columns, in key order.
+    key_encoder: RowEncoder,
+    chunks: Vec<RecordBatch>,
+    index: HashMap<Box<[u8]>, (usize, usize)>,
+    dead_rows: usize,
+}
+
+impl KeyedTable {
+    /// An empty table keyed by `key_columns` of `schema`.
+    pub fn new(schema: SchemaRef, key_columns: Vec<usize>) -> Result<Self, ArrowError> {
+        let key_schema = Arc::new(schema.project(&key_columns)?);
+        let key_encoder = RowEncoder::new(&key_schema, (0..key_columns.len()).collect())?;
+        let encoder = RowEncoder::new(&schema, key_columns)?;
+        Ok(Self { schema, encoder, key_encoder, chunks: Vec::new(), index: HashMap::new(), dead_rows: 0 })
+    }
+
+    /// Schema of the rows.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Indices of the key columns.
+    pub fn key_columns(&self) -> &[usize] {
+        self.encoder.columns()
+    }
+
+    /// Number of live rows (= distinct keys).
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when the table holds no rows.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Inserts or replaces the rows of `batch`; within `batch`, the last row of a key wins.
+    pub fn upsert(&mut self, batch: &RecordBatch) -> Result<(), ArrowError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let keys = self.encoder.encode(batch)?;
+        let chunk = self.chunks.len();
+        self.chunks.push(batch.clone());
+        for row in 0..keys.len() {
+            if self.index.insert(keys.get(row).into(), (chunk, row)).is_some() {
+                self.dead_rows += 1;
+            }
+        }
+        self.compact_if_sparse()
+    }
+
+    /// Removes the rows whose keys appear in `keys`, a batch of just the key columns in
+    /// key order. Returns how many rows were removed.
+    pub fn remove(&mut self, keys: &RecordBatch) -> Result<usize, ArrowError> {
+        let encoded = self.key_encoder.encode(keys)?;
+        let mut removed = 0;
+        for row in 0..encoded.len() {
+            if self.index.remove(encoded.get(row)).is_some() {
+                removed += 1;
+            }
+        }
+        self.dead_rows += removed;
+        self.compact_if_sparse()?;
+        Ok(removed)
+    }
+
+    /// The stored rows for `keys`, a batch of just the key columns in key order
+    /// (keys not present are skipped).
+    pub fn lookup(&self, keys: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        let encoded = self.key_encoder.encode(keys)?;
+        let found: Vec<(usize, usize)> =
+            (0..encoded.len()).filter_map(|row| self.index.get(encoded.get(row)).copied()).collect();
+        self.gather(&found)
+    }
+
+    /// Every live row, as one batch.
+    pub fn to_batch(&self) -> Result<RecordBatch, ArrowError> {
+        let mut live: Vec<(usize, usize)> = self.index.values().copied().collect();
+        // Chunk order is arrival order: keeps output stable between runs.
+        live.sort_unstable();
+        self.gather(&live)
+    }
+
+    fn gather(&self, rows: &[(usize, usize)]) -> Result<RecordBatch, ArrowError> {
+        if rows.is_empty() {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
+        let chunks: Vec<&RecordBatch> = self.chunks.iter().collect();
+        interleave_record_batch(&chunks, rows)
+    }
+
+    fn compact_if_sparse(&mut self) -> Result<(), ArrowError> {
+        if self.dead_rows < 1024 || self.dead_rows < self.index.len() {
+            return Ok(());
+        }
+        let live = self.to_batch()?;
+        self.chunks.clear();
+        self.index.clear();
+        self.dead_rows = 0;
+        self.upsert(&live)
+    }
+}

@@ -1,0 +1,36 @@
+//! # trendflow-engine
+//!
+//! The micro-batch runtime of trendflow. SQL files declare streams
+//! (`CREATE EXTERNAL TABLE … STORED AS KAFKA`), reference tables and views
+//! (`CREATE VIEW … AS SELECT …`); the engine compiles every view once into an
+//! incremental plan built from DataFusion's own operators and keeps it up to
+//! date as micro-batches of Arrow records arrive.
+//!
+//! Sources and sinks live in other crates and meet the engine through the
+//! [`runtime::Source`] and [`runtime::Sink`] traits.
+//!
+//! ```no_run
+//! # async fn example() -> trendflow_engine::Result<()> {
+//! use std::collections::HashMap;
+//! use trendflow_engine::{catalog::{incremental_session_config, Catalog}, runtime::Pipeline};
+//!
+//! let catalog = Catalog::load(&["sql".into()], incremental_session_config(), &HashMap::new()).await?;
+//! let pipeline = Pipeline::compile(catalog, "trendflow-state".into()).await?;
+//! for view in pipeline.views() {
+//!     println!("{} keyed by {:?}", view.info().name, view.info().key);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod aggregate;
+pub mod catalog;
+pub mod checkpoint;
+pub mod error;
+pub mod keyed;
+pub mod runtime;
+pub mod slot;
+pub mod stream_table;
+pub mod view;
+
+pub use error::{EngineError, Result};

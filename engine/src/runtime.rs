@@ -1,0 +1,372 @@
+//! The micro-batch loop: poll sources, update views, hand changesets to the
+//! sink, checkpoint, commit source positions.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::TaskContext;
+use tokio::sync::watch;
+
+use crate::catalog::Catalog;
+use crate::checkpoint::{CheckpointMeta, Checkpointer, Offsets};
+use crate::error::{EngineError, Result};
+use crate::stream_table::StreamDecl;
+use crate::view::{Changeset, IncrementalView, ViewInfo};
+
+/// Records of one stream for one micro-batch, with the positions after them.
+#[derive(Debug, Clone)]
+pub struct MicroBatch {
+    /// Decoded records, with the stream's full schema (declared + metadata columns).
+    pub batch: RecordBatch,
+    /// Positions after the last record of `batch`, per partition.
+    pub offsets: Offsets,
+    /// Records that did not decode and went to the dead-letter destination instead.
+    pub rejected: u64,
+}
+
+/// The outcome of polling a source.
+#[derive(Debug)]
+pub enum Poll {
+    /// Records are ready.
+    Batch(MicroBatch),
+    /// Nothing arrived within the allowed delay; more may come.
+    Idle,
+    /// The source is exhausted (a replayed file reached its end).
+    Finished,
+}
+
+/// Where a stream's records come from. Implemented by connectors.
+#[async_trait]
+pub trait Source: Send {
+    /// The stream this source feeds.
+    fn stream(&self) -> &str;
+    /// Gathers up to `max_rows` records, waiting at most `max_delay` for them.
+    async fn poll(&mut self, max_rows: usize, max_delay: Duration) -> Result<Poll>;
+    /// Continues after `offsets` (from a checkpoint) instead of the beginning.
+    async fn seek(&mut self, offsets: &Offsets) -> Result<()>;
+    /// Called after a checkpoint holding `offsets` is durable.
+    async fn commit(&mut self, _offsets: &Offsets) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Where view changes go. Implemented by connectors; must be idempotent, since
+/// changes after the last checkpoint are replayed after a crash.
+#[async_trait]
+pub trait Sink: Send {
+    /// Prepares the destination for `views`.
+    async fn open(&mut self, views: &[ViewInfo]) -> Result<()>;
+    /// Applies one view's changes (absolute values; replaying gives the same result).
+    async fn apply(&mut self, view: &ViewInfo, changes: &Changeset) -> Result<()>;
+    /// Makes everything applied so far durable; called before each checkpoint.
+    async fn flush(&mut self, meta: &CheckpointMeta) -> Result<()>;
+}
+
+/// Knobs of the micro-batch loop.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Most records a source contributes to one micro-batch.
+    pub max_rows: usize,
+    /// Longest a source waits for `max_rows` before the batch is cut.
+    pub max_delay: Duration,
+    /// Least time between checkpoints (zero: after every micro-batch).
+    pub checkpoint_interval: Duration,
+    /// Stop when every source is finished, instead of waiting for a shutdown signal.
+    pub until_idle: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            max_rows: 50_000,
+            max_delay: Duration::from_millis(200),
+            checkpoint_interval: Duration::from_secs(5),
+            until_idle: false,
+        }
+    }
+}
+
+/// What one micro-batch did.
+#[derive(Debug, Clone, Default)]
+pub struct StepReport {
+    /// Sequence number of the micro-batch (1-based, continues across restarts).
+    pub batch_id: u64,
+    /// Records processed.
+    pub rows: u64,
+    /// Records sent to the dead-letter destination.
+    pub rejected: u64,
+    /// View name → (rows upserted, rows deleted).
+    pub changes: BTreeMap<String, (usize, usize)>,
+    /// Wall time spent on the micro-batch, sink included.
+    pub elapsed: Duration,
+}
+
+/// Totals of one `run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Micro-batches processed by this run.
+    pub batches: u64,
+    /// Records processed by this run.
+    pub rows: u64,
+    /// Records rejected by this run.
+    pub rejected: u64,
+    /// Whether the run started from a checkpoint.
+    pub resumed: bool,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// A compiled pipeline: its views, their state, and the positions they reflect.
+pub struct Pipeline {
+    catalog: Catalog,
+    views: Vec<IncrementalView>,
+    task: Arc<TaskContext>,
+    checkpointer: Checkpointer,
+    batch_id: u64,
+    offsets: BTreeMap<String, Offsets>,
+    resumed: bool,
+}
+
+impl Pipeline {
+    /// Compiles every view of `catalog`; checkpoints go to `state_dir/checkpoints`.
+    pub async fn compile(catalog: Catalog, state_dir: PathBuf) -> Result<Self> {
+        let slots: Vec<_> = catalog.streams().iter().map(|s| s.slot.clone()).collect();
+        let mut views = Vec::new();
+        for def in catalog.views() {
+            views.push(IncrementalView::compile(catalog.session(), def, &slots).await?);
+        }
+        let task = catalog.session().task_ctx();
+        let checkpointer = Checkpointer::new(state_dir.join("checkpoints"))?;
+        Ok(Self { catalog, views, task, checkpointer, batch_id: 0, offsets: BTreeMap::new(), resumed: false })
+    }
+
+    /// The catalog the pipeline was compiled from.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The compiled views.
+    pub fn views(&self) -> &[IncrementalView] {
+        &self.views
+    }
+
+    /// Name, schema and key of every view.
+    pub fn view_infos(&self) -> Vec<ViewInfo> {
+        self.views.iter().map(|v| v.info().clone()).collect()
+    }
+
+    /// Micro-batches processed so far, across restarts.
+    pub fn batch_id(&self) -> u64 {
+        self.batch_id
+    }
+
+    /// Source positions the views reflect.
+    pub fn offsets(&self) -> &BTreeMap<String, Offsets> {
+        &self.offsets
+    }
+
+    /// Loads the latest checkpoint, if any. Returns whether one was found.
+    pub async fn restore(&mut self) -> Result<bool> {
+        let Some(checkpoint) = self.checkpointer.load()? else { return Ok(false) };
+        let path = self.checkpointer.dir().to_path_buf();
+        let mut states = checkpoint.states;
+        for view in &mut self.views {
+            let name = &view.info().name;
+            let expected = view.state_schemas();
+            let state = states.remove(name).unwrap_or_default();
+            let matches = state.len() == expected.len()
+                && state.iter().zip(&expected).all(|(b, s)| b.schema().fields() == s.fields());
+            if !matches {
+                return Err(EngineError::Checkpoint {
+                    path,
+                    message: format!(
+                        "view `{name}` changed since the checkpoint was written; \
+                         start from a fresh --state directory to recompute it"
+                    ),
+                });
+            }
+            view.restore(state, &self.task).await?;
+        }
+        self.batch_id = checkpoint.meta.batch_id;
+        self.offsets = checkpoint.meta.sources;
+        self.resumed = true;
+        Ok(true)
+    }
+
+    /// Processes one micro-batch made of `batches` (stream name → records) and
+    /// applies the resulting changes to `sink`.
+    pub async fn step(&mut self, batches: Vec<(String, MicroBatch)>, sink: &mut dyn Sink) -> Result<StepReport> {
+        let started = Instant::now();
+        let mut report = StepReport { batch_id: self.batch_id + 1, ..Default::default() };
+        let streams = self.catalog.streams().to_vec();
+        for (name, micro) in &batches {
+            let stream = find_stream(&streams, name)?;
+            report.rows += micro.batch.num_rows() as u64;
+            report.rejected += micro.rejected;
+            let batch = conform(stream, &micro.batch)?;
+            stream.slot.set(vec![batch]);
+        }
+        let result = self.update_views(sink, &mut report).await;
+        for stream in &streams {
+            stream.slot.clear();
+        }
+        result?;
+        for (name, micro) in batches {
+            self.offsets.entry(name).or_default().extend(micro.offsets);
+        }
+        self.batch_id += 1;
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    async fn update_views(&mut self, sink: &mut dyn Sink, report: &mut StepReport) -> Result<()> {
+        for view in &mut self.views {
+            let changes = view.apply(&self.task).await?;
+            report.changes.insert(view.info().name.clone(), (changes.upserts.num_rows(), changes.deletes.num_rows()));
+            if !changes.is_empty() {
+                sink.apply(view.info(), &changes).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the sink, then writes a checkpoint of state and positions.
+    pub async fn checkpoint(&mut self, sink: &mut dyn Sink) -> Result<CheckpointMeta> {
+        let meta = CheckpointMeta { batch_id: self.batch_id, sources: self.offsets.clone(), views: BTreeMap::new() };
+        sink.flush(&meta).await?;
+        let mut states = BTreeMap::new();
+        for view in &self.views {
+            states.insert(view.info().name.clone(), view.state()?);
+        }
+        self.checkpointer.write(&meta, &states)?;
+        Ok(meta)
+    }
+
+    /// Runs the micro-batch loop until the sources finish (with `until_idle`) or
+    /// `shutdown` turns true. Restores the last checkpoint first and seeks the sources.
+    pub async fn run(
+        &mut self,
+        mut sources: Vec<Box<dyn Source>>,
+        sink: &mut dyn Sink,
+        options: &RunOptions,
+        mut shutdown: watch::Receiver<bool>,
+        on_step: &mut (dyn FnMut(&StepReport) + Send),
+    ) -> Result<RunSummary> {
+        let started = Instant::now();
+        self.check_bindings(&sources)?;
+        sink.open(&self.view_infos()).await?;
+        self.restore().await?;
+        for source in &mut sources {
+            if let Some(offsets) = self.offsets.get(source.stream()) {
+                source.seek(offsets).await?;
+            }
+        }
+        let mut summary = RunSummary { resumed: self.resumed, ..Default::default() };
+        let mut last_checkpoint = Instant::now();
+        let mut dirty = false;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let (batches, finished) = poll_all(&mut sources, options).await?;
+            if !batches.is_empty() {
+                let report = self.step(batches, sink).await?;
+                summary.batches += 1;
+                summary.rows += report.rows;
+                summary.rejected += report.rejected;
+                dirty = true;
+                on_step(&report);
+            }
+            if dirty && last_checkpoint.elapsed() >= options.checkpoint_interval {
+                self.checkpoint_and_commit(&mut sources, sink).await?;
+                last_checkpoint = Instant::now();
+                dirty = false;
+            }
+            if finished == sources.len() {
+                if options.until_idle {
+                    break;
+                }
+                // Drained: keep serving until told to stop, like a stream that went quiet.
+                tokio::select! {
+                    _ = shutdown.changed() => {}
+                    _ = tokio::time::sleep(options.max_delay.max(Duration::from_millis(50))) => {}
+                }
+            }
+        }
+        if dirty || !self.resumed && summary.batches == 0 {
+            self.checkpoint_and_commit(&mut sources, sink).await?;
+        }
+        summary.elapsed = started.elapsed();
+        Ok(summary)
+    }
+
+    async fn checkpoint_and_commit(&mut self, sources: &mut [Box<dyn Source>], sink: &mut dyn Sink) -> Result<()> {
+        let meta = self.checkpoint(sink).await?;
+        for source in sources.iter_mut() {
+            if let Some(offsets) = meta.sources.get(source.stream()) {
+                source.commit(offsets).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_bindings(&self, sources: &[Box<dyn Source>]) -> Result<()> {
+        for stream in self.catalog.streams() {
+            if !sources.iter().any(|s| s.stream() == stream.name) {
+                return Err(EngineError::Binding {
+                    binding: stream.name.clone(),
+                    message: format!(
+                        "stream `{}` has no source; bind one with --source {}=file:PATH",
+                        stream.name, stream.name
+                    ),
+                });
+            }
+        }
+        for source in sources {
+            find_stream(self.catalog.streams(), source.stream())?;
+        }
+        Ok(())
+    }
+}
+
+async fn poll_all(sources: &mut [Box<dyn Source>], options: &RunOptions) -> Result<(Vec<(String, MicroBatch)>, usize)> {
+    let mut batches = Vec::new();
+    let mut finished = 0;
+    for source in sources.iter_mut() {
+        match source.poll(options.max_rows, options.max_delay).await? {
+            Poll::Batch(micro) => batches.push((source.stream().to_string(), micro)),
+            Poll::Idle => {}
+            Poll::Finished => finished += 1,
+        }
+    }
+    Ok((batches, finished))
+}
+
+fn find_stream<'a>(streams: &'a [StreamDecl], name: &str) -> Result<&'a StreamDecl> {
+    streams.iter().find(|s| s.name == name).ok_or_else(|| EngineError::Binding {
+        binding: name.to_string(),
+        message: format!(
+            "no stream `{name}` is declared (declared: {})",
+            streams.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
+/// Checks a source's batch against the stream's schema, so a connector bug
+/// surfaces as an error naming the stream rather than a plan failure.
+fn conform(stream: &StreamDecl, batch: &RecordBatch) -> Result<RecordBatch> {
+    if batch.schema().fields() == stream.schema.fields() {
+        return Ok(batch.clone());
+    }
+    let converted = RecordBatch::try_new(stream.schema.clone(), batch.columns().to_vec());
+    converted.or_else(|e| {
+        Err(EngineError::Source {
+            source_name: stream.name.clone(),
+            message: format!("micro-batch does not match the declared schema: {e}"),
+        })
+    })
+}

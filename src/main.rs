@@ -1,0 +1,270 @@
+//! `trendflow`: command-line wiring of the engine and connectors.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionConfig;
+use indicatif::{ProgressBar, ProgressStyle};
+use trendflow_connectors::binding::Bindings;
+use trendflow_connectors::store::EmbeddedStore;
+use trendflow_engine::catalog::{incremental_session_config, Catalog};
+use trendflow_engine::checkpoint::CheckpointMeta;
+use trendflow_engine::runtime::{Pipeline, RunOptions, Sink, StepReport};
+use trendflow_engine::view::{view_key, Changeset, ViewInfo};
+
+#[derive(Parser)]
+#[command(name = "trendflow", version, about = "Streaming SQL over Arrow and DataFusion: views kept up to date as records stream in")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every pipeline command shares.
+#[derive(clap::Args, Clone)]
+struct PipelineArgs {
+    /// SQL files or directories of `*.sql` defining sources and views.
+    #[arg(long = "sql", env = "TRENDFLOW_SQL", default_value = "sql", value_delimiter = ',')]
+    sql: Vec<PathBuf>,
+    /// Bind a declared table to an input: NAME=file:PATH (.csv, .json/.ndjson, .parquet). Repeatable.
+    #[arg(long = "source", env = "TRENDFLOW_SOURCES", value_delimiter = ',')]
+    sources: Vec<String>,
+    /// Directory for checkpoints, the embedded result store and dead letters.
+    #[arg(long, env = "TRENDFLOW_STATE", default_value = "trendflow-state")]
+    state: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline: keep every view up to date as records arrive.
+    Run {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Most records per micro-batch and source.
+        #[arg(long, env = "TRENDFLOW_MAX_ROWS", default_value_t = 50_000)]
+        max_rows: usize,
+        /// Longest wait for a micro-batch to fill, in milliseconds.
+        #[arg(long, env = "TRENDFLOW_MAX_DELAY_MS", default_value_t = 200)]
+        max_delay_ms: u64,
+        /// Least time between checkpoints, in milliseconds (0: after every micro-batch).
+        #[arg(long, env = "TRENDFLOW_CHECKPOINT_INTERVAL_MS", default_value_t = 5_000)]
+        checkpoint_interval_ms: u64,
+        /// Exit once every source is drained instead of waiting for more records.
+        #[arg(long)]
+        until_idle: bool,
+        /// Rows of generated data when no --source is given (embedded defaults).
+        #[arg(long, default_value_t = 200_000)]
+        gen_rows: u64,
+    },
+    /// Compute every view once over files (backfill), with the same SQL.
+    Batch {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Run ad-hoc SQL over the current views and reference tables.
+    Query {
+        /// The SQL to run.
+        sql_text: String,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Write products.csv and categories.csv shaped like the Amazon Products 2023 dataset.
+    Gen {
+        /// Number of products.
+        #[arg(long, default_value_t = 1_426_337)]
+        rows: u64,
+        /// Seed; the same seed gives the same files.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long, default_value = "data/generated")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,trendflow=info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run { pipeline, max_rows, max_delay_ms, checkpoint_interval_ms, until_idle, gen_rows } => {
+            let options = RunOptions {
+                max_rows,
+                max_delay: Duration::from_millis(max_delay_ms),
+                checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
+                until_idle,
+            };
+            run(pipeline, options, gen_rows).await
+        }
+        Command::Batch { pipeline } => batch(pipeline).await,
+        Command::Query { sql_text, pipeline, format } => query(&sql_text, pipeline, format).await,
+        Command::Gen { rows, seed, out } => {
+            let summary = trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows, seed, out })?;
+            println!("wrote {} products to {} and categories to {}", summary.rows, summary.products.display(), summary.categories.display());
+            Ok(())
+        }
+    }
+}
+
+/// The bindings to use: the flags, else those saved by an earlier run, else (for `run`)
+/// generated data.
+fn resolve_bindings(args: &PipelineArgs) -> Result<Bindings> {
+    let flags = Bindings::parse(&args.sources)?;
+    if !flags.is_empty() {
+        return Ok(flags.absolute());
+    }
+    Ok(Bindings::load(&args.state)?)
+}
+
+async fn load_catalog(args: &PipelineArgs, bindings: &Bindings, config: SessionConfig) -> Result<Catalog> {
+    Ok(Catalog::load(&args.sql, config, &bindings.files()).await?)
+}
+
+async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64) -> Result<()> {
+    let mut bindings = resolve_bindings(&args)?;
+    if bindings.is_empty() {
+        bindings = embedded_defaults(&args.state, gen_rows)?;
+    }
+    bindings.save(&args.state)?;
+    let catalog = load_catalog(&args, &bindings, incremental_session_config()).await?;
+    let sources = bindings.open_sources(&catalog, &args.state.join("dead_letters"))?;
+    let mut pipeline = Pipeline::compile(catalog, args.state.clone()).await?;
+    let mut store = EmbeddedStore::new(args.state.join("store"));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("shutting down: finishing the current micro-batch and checkpointing");
+            let _ = stop.send(true);
+        }
+    });
+    let progress = progress_bar();
+    let mut on_step = |report: &StepReport| {
+        progress.inc(report.rows);
+        progress.set_message(format!("batch {} · {} rejected", report.batch_id, report.rejected));
+        tracing::debug!(batch = report.batch_id, rows = report.rows, ms = report.elapsed.as_millis() as u64, "micro-batch");
+    };
+    let summary = pipeline.run(sources, &mut store, &options, shutdown, &mut on_step).await?;
+    progress.finish_and_clear();
+    let rate = summary.rows as f64 / summary.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "processed {} records in {} micro-batches ({:.0} records/s){}, {} rejected (see {})",
+        summary.rows,
+        summary.batches,
+        rate,
+        if summary.resumed { ", resumed from checkpoint" } else { "" },
+        summary.rejected,
+        args.state.join("dead_letters").display()
+    );
+    print_views(&pipeline.view_infos(), |name| Ok(store.rows(name).transpose()?))
+}
+
+/// Generated data for a first run with no flags, written once into the state directory.
+fn embedded_defaults(state: &Path, rows: u64) -> Result<Bindings> {
+    let dir = state.join("generated");
+    if !dir.join("products.csv").exists() {
+        eprintln!("no --source given: generating {rows} products into {} (embedded defaults)", dir.display());
+        trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows, seed: 42, out: dir.clone() })?;
+    }
+    let mut bindings = Bindings::default();
+    bindings.bind_file("products", &dir.join("products.csv"));
+    bindings.bind_file("categories", &dir.join("categories.csv"));
+    Ok(bindings.absolute())
+}
+
+fn progress_bar() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {human_pos} records ({per_sec}) {msg}").expect("valid template"));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn print_views(views: &[ViewInfo], rows: impl Fn(&str) -> Result<Option<RecordBatch>>) -> Result<()> {
+    for view in views {
+        let Some(batch) = rows(&view.name)? else { continue };
+        println!("\n{} ({} rows){}", view.name, batch.num_rows(), if batch.num_rows() > 10 { ", first 10:" } else { ":" });
+        println!("{}", pretty_format_batches(&[batch.slice(0, batch.num_rows().min(10))])?);
+    }
+    Ok(())
+}
+
+async fn batch(args: PipelineArgs) -> Result<()> {
+    let bindings = resolve_bindings(&args)?;
+    if bindings.is_empty() {
+        bail!("batch needs inputs: pass --source NAME=file:PATH for every stream");
+    }
+    let catalog = load_catalog(&args, &bindings, SessionConfig::new()).await?;
+    let (tables, rejected) = bindings.read_streams(&catalog, &args.state.join("dead_letters")).await?;
+    catalog.replace_streams(tables).await?;
+    let store_dir = args.state.join("store");
+    if store_dir.exists() {
+        std::fs::remove_dir_all(&store_dir).with_context(|| format!("clearing {}", store_dir.display()))?;
+    }
+    let mut store = EmbeddedStore::new(store_dir);
+    let mut infos = Vec::new();
+    for view in catalog.views() {
+        let df = catalog.session().table(view.name.as_str()).await?;
+        let key = view_key(df.schema()).unwrap_or_default();
+        let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+        let rows = df.collect().await?;
+        let upserts = datafusion::arrow::compute::concat_batches(&schema, &rows)?;
+        let info = ViewInfo { name: view.name.clone(), schema, key };
+        store.open(std::slice::from_ref(&info)).await?;
+        let deletes = RecordBatch::new_empty(info.key_schema());
+        store.apply(&info, &Changeset { upserts, deletes }).await?;
+        infos.push(info);
+    }
+    store.flush(&CheckpointMeta::default()).await?;
+    println!("batch: computed {} views, {rejected} records rejected", infos.len());
+    print_views(&infos, |name| Ok(store.rows(name).transpose()?))
+}
+
+async fn query(sql: &str, args: PipelineArgs, format: Format) -> Result<()> {
+    let bindings = resolve_bindings(&args)?;
+    let catalog = load_catalog(&args, &bindings, SessionConfig::new()).await?;
+    EmbeddedStore::register_stored_views(&args.state.join("store"), &catalog).await?;
+    let batches = catalog.session().sql(sql).await?.collect().await?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Table => println!("{}", pretty_format_batches(&batches)?),
+        Format::Csv => {
+            let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            batches.iter().try_for_each(|b| writer.write(b))?;
+        }
+        Format::Json => {
+            let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut out);
+            batches.iter().try_for_each(|b| writer.write(b))?;
+            writer.finish()?;
+        }
+    }
+    Ok(())
+}
