@@ -8,11 +8,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use datafusion::prelude::SessionConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use trendflow_connectors::binding::Bindings;
 use trendflow_connectors::store::EmbeddedStore;
-use trendflow_engine::catalog::{incremental_session_config, Catalog};
+use trendflow_engine::catalog::{batch_session_config, incremental_session_config, Catalog};
 use trendflow_engine::checkpoint::CheckpointMeta;
 use trendflow_engine::runtime::{Pipeline, RunOptions, Sink, StepReport};
 use trendflow_engine::view::{view_key, Changeset, ViewInfo};
@@ -143,7 +142,7 @@ fn resolve_bindings(args: &PipelineArgs) -> Result<Bindings> {
     Ok(Bindings::load(&args.state)?)
 }
 
-async fn load_catalog(args: &PipelineArgs, bindings: &Bindings, config: SessionConfig) -> Result<Catalog> {
+async fn load_catalog(args: &PipelineArgs, bindings: &Bindings, config: datafusion::prelude::SessionConfig) -> Result<Catalog> {
     Ok(Catalog::load(&args.sql, config, &bindings.files()).await?)
 }
 
@@ -222,7 +221,8 @@ async fn batch(args: PipelineArgs) -> Result<()> {
     if bindings.is_empty() {
         bail!("batch needs inputs: pass --source NAME=file:PATH for every stream");
     }
-    let catalog = load_catalog(&args, &bindings, SessionConfig::new()).await?;
+    bindings.save(&args.state)?;
+    let catalog = load_catalog(&args, &bindings, batch_session_config()).await?;
     let (tables, rejected) = bindings.read_streams(&catalog, &args.state.join("dead_letters")).await?;
     catalog.replace_streams(tables).await?;
     let store_dir = args.state.join("store");
@@ -250,7 +250,7 @@ async fn batch(args: PipelineArgs) -> Result<()> {
 
 async fn query(sql: &str, args: PipelineArgs, format: Format) -> Result<()> {
     let bindings = resolve_bindings(&args)?;
-    let catalog = load_catalog(&args, &bindings, SessionConfig::new()).await?;
+    let catalog = load_catalog(&args, &bindings, batch_session_config()).await?;
     EmbeddedStore::register_stored_views(&args.state.join("store"), &catalog).await?;
     let batches = catalog.session().sql(sql).await?.collect().await?;
     let mut out = std::io::stdout().lock();

@@ -59,13 +59,24 @@ pub struct Catalog {
     views: Vec<ViewDef>,
 }
 
-/// The session configuration the incremental engine relies on.
+/// The session configuration of batch runs and queries.
+///
+/// `VARCHAR` maps to plain `Utf8` rather than `Utf8View`: results leave the
+/// engine for sinks and BI clients, many of which do not read string views yet.
+pub fn batch_session_config() -> SessionConfig {
+    let mut config = SessionConfig::new().with_information_schema(true);
+    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+    config
+}
+
+/// The session configuration the incremental engine relies on: [`batch_session_config`]
+/// with the changes below.
 ///
 /// One partition keeps every aggregate a single `AggregateExec` the engine can
 /// split into its Partial / PartialReduce / Final stages; dynamic filters are
 /// off because plans are re-executed and such filters carry state between runs.
 pub fn incremental_session_config() -> SessionConfig {
-    let mut config = SessionConfig::new().with_target_partitions(1).with_information_schema(true);
+    let mut config = batch_session_config().with_target_partitions(1);
     let optimizer = &mut config.options_mut().optimizer;
     optimizer.enable_dynamic_filter_pushdown = false;
     optimizer.enable_topk_dynamic_filter_pushdown = false;
@@ -180,6 +191,11 @@ impl Catalog {
                 let name = cmd.name.to_string();
                 rebind_reference(&mut cmd, overrides.get(&name), &stmt.file);
                 let location = cmd.locations.join(", ");
+                if let Some(missing) = cmd.locations.iter().find(|l| !l.contains("://") && !Path::new(l.as_str()).exists()) {
+                    return Err(sql_error(format!(
+                        "reference table `{name}`: {missing} does not exist; bind another file with --source {name}=file:PATH"
+                    )));
+                }
                 self.run(Statement::CreateExternalTable(cmd)).await.map_err(&sql_error)?;
                 let rows = self
                     .snapshot_reference(&name)

@@ -401,7 +401,7 @@ impl StreamFinder<'_> {
         } else if plan.is::<WindowAggExec>() || plan.is::<BoundedWindowAggExec>() {
             Some("a window function (OVER) over a stream; aggregate with GROUP BY first")
         } else if plan.is::<SortExec>() {
-            Some("ORDER BY over a stream rows (or an ordered aggregate); order the aggregated view instead")
+            Some("ORDER BY over stream rows (or an ordered aggregate); order an aggregated view instead")
         } else if plan.is::<GlobalLimitExec>() || plan.is::<LocalLimitExec>() {
             Some("LIMIT over stream rows; limit an aggregated view instead")
         } else {

@@ -1,1 +1,8 @@
+//! Integration tests of trendflow, in one test binary (each binary costs a full link).
 
+mod cli;
+mod errors;
+mod restart;
+mod semantics;
+mod streaming_equals_batch;
+mod support;

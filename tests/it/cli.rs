@@ -1,0 +1,87 @@
+//! The `trendflow` binary end to end: embedded defaults, run / batch / query agreement,
+//! restart, and one clear error line for bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::support::*;
+
+fn trendflow(args: &[&str], cwd: &Path) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_trendflow")).args(args).current_dir(cwd).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "trendflow {args:?} panicked:\n{stderr}");
+    output
+}
+
+fn ok(args: &[&str], cwd: &Path) -> String {
+    let output = trendflow(args, cwd);
+    assert!(output.status.success(), "trendflow {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn embedded_defaults_run_query_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = repo();
+    let state = tmp.path().join("state");
+    let state = state.to_str().unwrap();
+    let out = ok(&["run", "--until-idle", "--gen-rows", "20000", "--max-rows", "3000", "--state", state], &repo);
+    assert!(out.contains("processed 20000 records"), "{out}");
+    for view in ["price_levels", "category_distribution", "avg_price_by_category", "top_categories_by_demand", "category_trend"] {
+        assert!(out.contains(view), "summary lists {view}:\n{out}");
+    }
+    let total = ok(&["query", "SELECT SUM(products) AS n FROM category_distribution", "--state", state, "--format", "csv"], &repo);
+    assert_eq!(total.trim(), "n\n20000");
+    let again = ok(&["run", "--until-idle", "--state", state], &repo);
+    assert!(again.contains("processed 0 records") && again.contains("resumed from checkpoint"), "{again}");
+    let json = ok(&["query", "SELECT category_id, products FROM top_categories_by_demand", "--state", state, "--format", "json"], &repo);
+    assert_eq!(json.lines().count(), 10);
+    assert!(json.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{json}");
+}
+
+#[test]
+fn run_and_batch_agree_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = repo();
+    let data = tmp.path().join("data");
+    ok(&["gen", "--rows", "15000", "--seed", "9", "--out", data.to_str().unwrap()], &repo);
+    let products = format!("products=file:{}", data.join("products.csv").display());
+    let categories = format!("categories=file:{}", data.join("categories.csv").display());
+    let query = "SELECT price_level, products, ROUND(avg_price, 6) AS avg FROM price_levels ORDER BY price_level";
+    let mut answers = Vec::new();
+    for (command, state) in [("run", "s-run"), ("batch", "s-batch")] {
+        let state = tmp.path().join(state);
+        let state = state.to_str().unwrap();
+        let mut args = vec![command, "--source", &products, "--source", &categories, "--state", state];
+        if command == "run" {
+            args.extend(["--until-idle", "--max-rows", "1000"]);
+        }
+        ok(&args, &repo);
+        answers.push(ok(&["query", query, "--state", state, "--format", "csv"], &repo));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert!(answers[0].lines().count() >= 1 + 6, "header and the populated bands: {}", answers[0]);
+}
+
+#[test]
+fn bad_input_gives_one_clear_error_and_a_failing_exit_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sql = pipeline_dir(tmp.path(), "CREATE VIEW v AS SELECT nope FROM nowhere;");
+    let categories = format!("categories=file:{}", shared_data("amazon_categories.csv").display());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["run".into(), "--sql".into(), sql.display().to_string(), "--until-idle".into()], "pipeline.sql:1:"),
+        (vec!["run".into(), "--source".into(), "products".into()], "expected NAME=URI"),
+        (
+            vec!["run".into(), "--source".into(), "products=file:/no/such.csv".into(), "--source".into(), categories, "--until-idle".into()],
+            "/no/such.csv",
+        ),
+        (vec!["batch".into(), "--state".into(), tmp.path().join("empty").display().to_string()], "batch needs inputs"),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = trendflow(&args, &repo());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} should fail");
+        assert!(stderr.contains("error:") && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

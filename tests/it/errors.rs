@@ -1,0 +1,121 @@
+//! Bad SQL, unsupported constructs, bad bindings and bad files end in clear errors
+//! naming what and where; bad records end in dead letters with reasons.
+
+use std::path::Path;
+
+use trendflow_connectors::binding::Bindings;
+use trendflow_engine::catalog::{incremental_session_config, Catalog};
+use trendflow_engine::runtime::Pipeline;
+use trendflow_engine::EngineError;
+
+use crate::support::*;
+
+const STREAMS: &str = "CREATE EXTERNAL TABLE a (id VARCHAR NOT NULL, v DOUBLE, PRIMARY KEY (id)) STORED AS KAFKA LOCATION 'a';
+CREATE EXTERNAL TABLE b (id VARCHAR NOT NULL, w DOUBLE) STORED AS KAFKA LOCATION 'b';
+";
+
+async fn compile(tmp: &Path, sql: &str) -> Result<Pipeline, EngineError> {
+    let dir = pipeline_dir(tmp, sql);
+    let catalog = Catalog::load(&[dir], incremental_session_config(), &Default::default()).await?;
+    Pipeline::compile(catalog, tmp.join("state")).await
+}
+
+async fn error_of(sql: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    match compile(tmp.path(), sql).await {
+        Ok(_) => panic!("expected an error for:\n{sql}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn bad_sql_names_file_and_line() {
+    let message = error_of(&format!("{STREAMS}\n\nCREATE VIEW v AS SELEC id FROM a;")).await;
+    assert!(message.contains("pipeline.sql:5:"), "{message}");
+    let message = error_of(&format!("{STREAMS}CREATE VIEW v AS SELECT id FROM missing_table;")).await;
+    assert!(message.contains("pipeline.sql:3:") && message.contains("missing_table"), "{message}");
+    let message = error_of(&format!("{STREAMS}INSERT INTO a VALUES ('x', 1.0);")).await;
+    assert!(message.contains("unsupported statement") && message.contains(":3:"), "{message}");
+}
+
+#[tokio::test]
+async fn non_incremental_constructs_are_refused_at_start_up() {
+    let cases = [
+        ("CREATE VIEW j AS SELECT a.id, COUNT(*) AS n FROM a JOIN b ON a.id = b.id GROUP BY a.id;", "join between two streams"),
+        ("CREATE VIEW w AS SELECT id, SUM(v) OVER (ORDER BY v) AS s FROM a;", "window function"),
+        ("CREATE VIEW l AS SELECT id, v FROM a ORDER BY v LIMIT 5;", "over stream rows"),
+        ("CREATE VIEW k AS SELECT v FROM a;", "has no key"),
+        ("CREATE VIEW m AS SELECT id, w FROM b;", "has no key"),
+    ];
+    for (view, expected) in cases {
+        let message = error_of(&format!("{STREAMS}{view}")).await;
+        assert!(message.contains(expected), "{view}: {message}");
+        assert!(message.contains("pipeline.sql:3:") && message.contains("cannot be maintained incrementally"), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn bad_bindings_are_refused() {
+    assert!(Bindings::parse(&["products=kafka://x/y".into()]).unwrap_err().to_string().contains("expected file:PATH"));
+    let tmp = tempfile::tempdir().unwrap();
+    let categories = shared_data("amazon_categories.csv");
+    let unknown = files(&[("nope", Path::new("x.csv")), ("categories", &categories)]);
+    let error = Catalog::load(&[shipped_sql()], incremental_session_config(), &unknown).await.err().unwrap().to_string();
+    assert!(error.contains("no table `nope`") && error.contains("products"), "{error}");
+    let missing = files(&[("categories", &tmp.path().join("missing.csv"))]);
+    let error = Catalog::load(&[shipped_sql()], incremental_session_config(), &missing).await.err().unwrap().to_string();
+    assert!(error.contains("categories") && error.contains("missing.csv"), "{error}");
+}
+
+#[tokio::test]
+async fn bad_records_become_dead_letters_and_counts_add_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let header = "asin,title,imgUrl,productURL,stars,reviews,price,listPrice,category_id,isBestSeller,boughtInLastMonth,extra";
+    let csv = format!(
+        "{header}\nA1,ok,,,4.5,1,9.99,0,1,False,0,x\n,no asin,,,4.5,1,9.99,0,1,False,0,x\nA3,bad price,,,4.5,1,cheap,0,1,False,0,x\n\
+         A4,bad bool,,,4.5,1,9.99,0,1,Maybe,0,x\nA5,\"quoted, title\",,,,,12.5,,2,True,,x\n"
+    );
+    let products = tmp.path().join("products.csv");
+    std::fs::write(&products, csv).unwrap();
+    let ndjson = tmp.path().join("products.ndjson");
+    std::fs::write(
+        &ndjson,
+        "{\"asin\":\"J1\",\"price\":5.5,\"category_id\":3,\"unknown\":1}\n{\"asin\":\"J2\",\"price\":\n\
+         {\"asin\":\"J3\",\"price\":\"abc\"}\n\n{\"title\":\"no asin\"}\n{\"asin\":\"J5\",\"isBestSeller\":true}\n",
+    )
+    .unwrap();
+    let categories = shared_data("amazon_categories.csv");
+    for (file, accepted, reasons) in [
+        (&products, 2, vec!["`asin` is required", "`cheap` is not a valid Float64", "`Maybe` is not a valid Boolean"]),
+        (&ndjson, 2, vec!["invalid JSON record", "invalid JSON record", "`asin` is required"]),
+    ] {
+        let bindings = bindings(file, &categories);
+        let catalog = Catalog::load(&[shipped_sql()], incremental_session_config(), &bindings.files()).await.unwrap();
+        let dead = tmp.path().join(format!("dl-{}", file.extension().unwrap().to_string_lossy()));
+        let data = decode_all(&catalog, &bindings, &dead).await;
+        assert_eq!(data.num_rows(), accepted, "{}", file.display());
+        let letters = std::fs::read_to_string(dead.join("products.ndjson")).unwrap();
+        let letters: Vec<serde_json::Value> = letters.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(letters.len(), reasons.len(), "{letters:?}");
+        for (letter, reason) in letters.iter().zip(reasons) {
+            assert!(letter["reason"].as_str().unwrap().contains(reason), "{letter}");
+            assert!(letter["offset"].as_i64().is_some() && !letter["record"].as_str().unwrap().is_empty(), "{letter}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_or_missing_files_fail_with_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let categories = shared_data("amazon_categories.csv");
+    let broken = tmp.path().join("broken.csv");
+    std::fs::write(&broken, "asin,price\nA1,1.0\nA2,2.0,extra,fields\n").unwrap();
+    let broken_bindings = bindings(&broken, &categories);
+    let catalog = Catalog::load(&[shipped_sql()], incremental_session_config(), &broken_bindings.files()).await.unwrap();
+    let mut sources = broken_bindings.open_sources(&catalog, tmp.path()).unwrap();
+    let error = sources[0].poll(100, Default::default()).await.err().expect("a malformed CSV is an error").to_string();
+    assert!(error.contains("broken.csv") && error.contains("products"), "{error}");
+    let missing = bindings(&tmp.path().join("nothing-here.csv"), &categories);
+    let error = missing.open_sources(&catalog, tmp.path()).err().unwrap().to_string();
+    assert!(error.contains("nothing-here.csv"), "{error}");
+}

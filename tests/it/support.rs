@@ -1,0 +1,226 @@
+//! Shared helpers: data preparation, a splitting source, streaming and batch runs,
+//! and tolerant comparison of results.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, Float64Array, RecordBatch};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use trendflow_connectors::binding::Bindings;
+use trendflow_connectors::store::EmbeddedStore;
+use trendflow_engine::catalog::{batch_session_config, incremental_session_config, Catalog};
+use trendflow_engine::checkpoint::Offsets;
+use trendflow_engine::runtime::{MicroBatch, Pipeline, Poll, RunOptions, Source};
+use trendflow_engine::EngineError;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped pipeline.
+pub fn shipped_sql() -> PathBuf {
+    repo().join("sql")
+}
+
+/// A file of `../shared/data`; fails loudly when the shared data is missing.
+pub fn shared_data(name: &str) -> PathBuf {
+    let path = repo().join("..").join("shared").join("data").join(name);
+    assert!(path.exists(), "shared test data missing: {} (the repository expects ../shared/data beside it)", path.display());
+    path
+}
+
+/// Copies a products CSV adding a `_timestamp` column spread over `minutes` minutes,
+/// so time-windowed views give the same answer in streaming and batch runs.
+pub fn with_timestamps(products: &Path, out: &Path, minutes: u64) -> PathBuf {
+    let text = std::fs::read_to_string(products).unwrap();
+    let mut lines = text.lines();
+    let mut csv = format!("{},_timestamp\n", lines.next().unwrap());
+    for (i, line) in lines.enumerate() {
+        let second = (i as u64 * 7) % (minutes * 60);
+        csv.push_str(&format!("{line},2023-06-01T10:{:02}:{:02}\n", second / 60, second % 60));
+    }
+    let path = out.join("products_timed.csv");
+    std::fs::write(&path, csv).unwrap();
+    path
+}
+
+/// Bindings of the shipped pipeline's tables to files.
+pub fn bindings(products: &Path, categories: &Path) -> Bindings {
+    let mut bindings = Bindings::default();
+    bindings.bind_file("products", products);
+    bindings.bind_file("categories", categories);
+    bindings
+}
+
+/// Reads a stream's whole file through the file source, as one decoded batch.
+pub async fn decode_all(catalog: &Catalog, bindings: &Bindings, dead_letters: &Path) -> RecordBatch {
+    let mut sources = bindings.open_sources(catalog, dead_letters).unwrap();
+    let source = &mut sources[0];
+    let mut batches = Vec::new();
+    while let Poll::Batch(micro) = source.poll(1 << 20, Duration::ZERO).await.unwrap() {
+        batches.push(micro.batch);
+    }
+    concat_batches(&catalog.streams()[0].schema, &batches).unwrap()
+}
+
+/// Replays a decoded batch as a stream in slices of random sizes; can fail on purpose.
+pub struct SplitSource {
+    stream: String,
+    data: RecordBatch,
+    position: usize,
+    rng: u64,
+    max_split: usize,
+    fail_after_polls: Option<usize>,
+}
+
+impl SplitSource {
+    pub fn new(stream: &str, data: RecordBatch, seed: u64, max_split: usize) -> Self {
+        Self { stream: stream.into(), data, position: 0, rng: seed.max(1), max_split, fail_after_polls: None }
+    }
+
+    /// Makes the source fail (as a crash would) on its `polls`+1-th poll.
+    pub fn failing_after(mut self, polls: usize) -> Self {
+        self.fail_after_polls = Some(polls);
+        self
+    }
+
+    fn next_size(&mut self) -> usize {
+        // xorshift: reproducible splits per seed.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        1 + (self.rng % self.max_split as u64) as usize
+    }
+}
+
+#[async_trait]
+impl Source for SplitSource {
+    fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    async fn poll(&mut self, _max_rows: usize, _max_delay: Duration) -> trendflow_engine::Result<Poll> {
+        if let Some(left) = self.fail_after_polls.as_mut() {
+            if *left == 0 {
+                return Err(EngineError::Source { source_name: self.stream.clone(), message: "injected crash".into() });
+            }
+            *left -= 1;
+        }
+        if self.position >= self.data.num_rows() {
+            return Ok(Poll::Finished);
+        }
+        let size = self.next_size().min(self.data.num_rows() - self.position);
+        let batch = self.data.slice(self.position, size);
+        self.position += size;
+        Ok(Poll::Batch(MicroBatch { batch, offsets: Offsets::from([(0, self.position as i64)]), rejected: 0 }))
+    }
+
+    async fn seek(&mut self, offsets: &Offsets) -> trendflow_engine::Result<()> {
+        self.position = offsets.get(&0).copied().unwrap_or(0) as usize;
+        Ok(())
+    }
+}
+
+/// Options for a test run: drain the source, checkpoint after every micro-batch.
+pub fn drain_options() -> RunOptions {
+    RunOptions { until_idle: true, checkpoint_interval: Duration::ZERO, max_delay: Duration::from_millis(1), ..Default::default() }
+}
+
+/// Streams `data` through the pipeline in `sql` and returns every view's rows from the store.
+pub async fn run_streaming(
+    sql: &Path,
+    bindings: &Bindings,
+    source: SplitSource,
+    state: &Path,
+) -> trendflow_engine::Result<BTreeMap<String, RecordBatch>> {
+    let catalog = Catalog::load(&[sql.to_path_buf()], incremental_session_config(), &bindings.files()).await?;
+    let mut pipeline = Pipeline::compile(catalog, state.to_path_buf()).await?;
+    let mut store = EmbeddedStore::new(state.join("store"));
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    pipeline.run(vec![Box::new(source)], &mut store, &drain_options(), shutdown, &mut |_| {}).await?;
+    Ok(pipeline.view_infos().into_iter().map(|v| (v.name.clone(), store.rows(&v.name).unwrap().unwrap())).collect())
+}
+
+/// Computes every view with plain DataFusion over the whole files (the batch path).
+pub async fn run_batch(sql: &Path, bindings: &Bindings, dead_letters: &Path) -> BTreeMap<String, RecordBatch> {
+    let catalog = Catalog::load(&[sql.to_path_buf()], batch_session_config(), &bindings.files()).await.unwrap();
+    let (tables, _) = bindings.read_streams(&catalog, dead_letters).await.unwrap();
+    catalog.replace_streams(tables).await.unwrap();
+    let mut views = BTreeMap::new();
+    for view in catalog.views() {
+        let df = catalog.session().table(view.name.as_str()).await.unwrap();
+        let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.unwrap();
+        views.insert(view.name.clone(), concat_batches(&schema, &batches).unwrap());
+    }
+    views
+}
+
+/// A row as cells: text for everything but floats, kept numeric for tolerant comparison.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+pub enum Cell {
+    Text(String),
+    Float(f64),
+}
+
+/// The rows of `batch`, sorted, as cells.
+pub fn rows(batch: &RecordBatch) -> Vec<Vec<Cell>> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut rows: Vec<Vec<Cell>> = (0..batch.num_rows())
+        .map(|r| {
+            batch
+                .columns()
+                .iter()
+                .map(|column| match column.data_type() {
+                    DataType::Float64 if column.is_valid(r) => {
+                        Cell::Float(column.as_any().downcast_ref::<Float64Array>().unwrap().value(r))
+                    }
+                    _ => Cell::Text(ArrayFormatter::try_new(column.as_ref(), &options).unwrap().value(r).to_string()),
+                })
+                .collect()
+        })
+        .collect();
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    rows
+}
+
+/// Asserts two results hold the same rows; floats equal up to a relative 1e-9
+/// (AVG depends on summation order).
+pub fn assert_same_rows(view: &str, actual: &RecordBatch, expected: &RecordBatch) {
+    let (a, e) = (rows(actual), rows(expected));
+    assert_eq!(a.len(), e.len(), "view {view}: {} rows, expected {}", a.len(), e.len());
+    for (ra, re) in a.iter().zip(&e) {
+        let same = ra.len() == re.len()
+            && ra.iter().zip(re).all(|(x, y)| match (x, y) {
+                (Cell::Float(x), Cell::Float(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+                _ => x == y,
+            });
+        assert!(same, "view {view}: row {ra:?} differs from expected {re:?}");
+    }
+}
+
+/// Asserts every view of `actual` equals `expected` and that both cover the same views.
+pub fn assert_same_views(actual: &BTreeMap<String, RecordBatch>, expected: &BTreeMap<String, RecordBatch>) {
+    assert_eq!(actual.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+    for (view, batch) in expected {
+        assert_same_rows(view, &actual[view], batch);
+    }
+}
+
+/// Writes `sql` as the only file of a fresh pipeline directory.
+pub fn pipeline_dir(root: &Path, sql: &str) -> PathBuf {
+    let dir = root.join("sql");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pipeline.sql"), sql).unwrap();
+    dir
+}
+
+/// A string map helper.
+pub fn files(pairs: &[(&str, &Path)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string_lossy().into_owned())).collect()
+}
