@@ -131,7 +131,7 @@ fn category_weights(n: usize, rng: &mut SplitMix64) -> Vec<f64> {
     for i in (1..n).rev() {
         ranks.swap(i, rng.below(i as u64 + 1) as usize);
     }
-    let weights: Vec<f64> = ranks.iter().map(|&r| 1.0 / (r as f64).powf(0.9)).collect();
+    let weights: Vec<f64> = ranks.iter().map(|&r| 1.0 / (r as f64).powf(0.5)).collect();
     let total: f64 = weights.iter().sum();
     let mut cumulative = 0.0;
     weights.iter().map(|w| { cumulative += w / total; cumulative }).collect()
