@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of trendflow: unit, integration (real processes, real files) and doc tests.
+# Runs every test of trendflow: Rust unit, integration and doc tests, then the Python
+# client tests (ADBC, pyarrow.flight, SQLAlchemy) against real `trendflow` processes.
 # Installs what the tests need when it is missing. Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,5 +14,21 @@ if [ ! -d ../shared/data ]; then
     exit 1
 fi
 
+echo "== Python clients for the Flight SQL tests"
+venv="${TRENDFLOW_VENV:-$HOME/.cache/trendflow/venv}"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+    echo "$want" > "$stamp"
+fi
+
 echo "== cargo test (workspace)"
 cargo test --workspace --locked "$@"
+
+echo "== Flight SQL client tests (pytest)"
+target_dir="${CARGO_TARGET_DIR:-target}"
+TRENDFLOW_BIN="$(cd "$target_dir" && pwd)/debug/trendflow" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python

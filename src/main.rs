@@ -14,7 +14,11 @@ use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::catalog::{batch_session_config, incremental_session_config, Catalog};
 use trendflow_engine::checkpoint::CheckpointMeta;
 use trendflow_engine::runtime::{Pipeline, RunOptions, Sink, StepReport};
-use trendflow_engine::view::{view_key, Changeset, ViewInfo};
+use trendflow_connectors::serving::serving_context;
+use trendflow_engine::view::{Changeset, ViewInfo};
+use trendflow_server::auth::AuthConfig;
+use trendflow_server::service::QueryLimits;
+use trendflow_server::{RunningServer, ServeOptions};
 
 #[derive(Parser)]
 #[command(name = "trendflow", version, about = "Streaming SQL over Arrow and DataFusion: views kept up to date as records stream in")]
@@ -35,6 +39,32 @@ struct PipelineArgs {
     /// Directory for checkpoints, the embedded result store and dead letters.
     #[arg(long, env = "TRENDFLOW_STATE", default_value = "trendflow-state")]
     state: PathBuf,
+}
+
+/// Options of the Flight SQL server.
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// Flight SQL listen address (`none` disables the server; port 0 picks a free port).
+    #[arg(long, env = "TRENDFLOW_FLIGHT_ADDR", default_value = "127.0.0.1:50051")]
+    flight_addr: String,
+    /// Client authentication: `none`, or `basic:USER:PASSWORD` exchanged for a bearer token.
+    #[arg(long, env = "TRENDFLOW_FLIGHT_AUTH", default_value = "none", hide_env_values = true)]
+    auth: String,
+    /// PEM certificate for TLS (with --tls-key).
+    #[arg(long, env = "TRENDFLOW_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, env = "TRENDFLOW_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Memory one query may use, in MiB.
+    #[arg(long, env = "TRENDFLOW_QUERY_MEMORY_MB", default_value_t = 512)]
+    query_memory_mb: usize,
+    /// Longest a query may run, in seconds.
+    #[arg(long, env = "TRENDFLOW_QUERY_TIMEOUT_S", default_value_t = 60)]
+    query_timeout_s: u64,
+    /// Queries running at once; more are refused until one ends.
+    #[arg(long, env = "TRENDFLOW_MAX_QUERIES", default_value_t = 16)]
+    max_queries: usize,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +88,15 @@ enum Command {
         /// Rows of generated data when no --source is given (embedded defaults).
         #[arg(long, default_value_t = 200_000)]
         gen_rows: u64,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Serve the views of a job over Flight SQL without running it (reads its state directory).
+    Serve {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Compute every view once over files (backfill), with the same SQL.
     Batch {
@@ -113,15 +152,16 @@ fn main() -> std::process::ExitCode {
 
 async fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { pipeline, max_rows, max_delay_ms, checkpoint_interval_ms, until_idle, gen_rows } => {
+        Command::Run { pipeline, max_rows, max_delay_ms, checkpoint_interval_ms, until_idle, gen_rows, serve } => {
             let options = RunOptions {
                 max_rows,
                 max_delay: Duration::from_millis(max_delay_ms),
                 checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
                 until_idle,
             };
-            run(pipeline, options, gen_rows).await
+            run(pipeline, options, gen_rows, serve).await
         }
+        Command::Serve { pipeline, serve } => serve_only(pipeline, serve).await,
         Command::Batch { pipeline } => batch(pipeline).await,
         Command::Query { sql_text, pipeline, format } => query(&sql_text, pipeline, format).await,
         Command::Gen { rows, seed, out } => {
@@ -146,7 +186,7 @@ async fn load_catalog(args: &PipelineArgs, bindings: &Bindings, config: datafusi
     Ok(Catalog::load(&args.sql, config, &bindings.files()).await?)
 }
 
-async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64) -> Result<()> {
+async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: ServeArgs) -> Result<()> {
     let mut bindings = resolve_bindings(&args)?;
     if bindings.is_empty() {
         bindings = embedded_defaults(&args.state, gen_rows)?;
@@ -154,8 +194,9 @@ async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64) -> Result<(
     bindings.save(&args.state)?;
     let catalog = load_catalog(&args, &bindings, incremental_session_config()).await?;
     let sources = bindings.open_sources(&catalog, &args.state.join("dead_letters"))?;
-    let mut pipeline = Pipeline::compile(catalog, args.state.clone()).await?;
     let mut store = EmbeddedStore::new(args.state.join("store"));
+    let _server = start_server(&serve, serving_context(&catalog, |view| store.live_table(view)).await?).await?;
+    let mut pipeline = Pipeline::compile(catalog, args.state.clone()).await?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -182,6 +223,40 @@ async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64) -> Result<(
         args.state.join("dead_letters").display()
     );
     print_views(&pipeline.view_infos(), |name| Ok(store.rows(name).transpose()?))
+}
+
+/// Starts the Flight SQL server unless `--flight-addr none`.
+async fn start_server(args: &ServeArgs, ctx: datafusion::prelude::SessionContext) -> Result<Option<RunningServer>> {
+    if args.flight_addr == "none" {
+        return Ok(None);
+    }
+    let options = ServeOptions {
+        addr: args.flight_addr.clone(),
+        auth: AuthConfig::parse(&args.auth)?,
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        limits: QueryLimits {
+            memory_bytes: Some(args.query_memory_mb << 20),
+            timeout: Duration::from_secs(args.query_timeout_s),
+            max_concurrent: args.max_queries,
+        },
+        ..Default::default()
+    };
+    let scheme = if options.tls.is_some() { "grpc+tls" } else { "grpc" };
+    let server = trendflow_server::serve(ctx, options).await?;
+    eprintln!("Flight SQL listening on {scheme}://{}", server.local_addr());
+    Ok(Some(server))
+}
+
+async fn serve_only(args: PipelineArgs, serve: ServeArgs) -> Result<()> {
+    let bindings = resolve_bindings(&args)?;
+    let catalog = load_catalog(&args, &bindings, batch_session_config()).await?;
+    let store_dir = args.state.join("store");
+    let ctx = serving_context(&catalog, |view| EmbeddedStore::persisted_table(&store_dir, view)).await?;
+    let Some(server) = start_server(&serve, ctx).await? else { bail!("serve needs a --flight-addr") };
+    tokio::select! {
+        result = server.wait() => Ok(result?),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
 }
 
 /// Generated data for a first run with no flags, written once into the state directory.
@@ -230,18 +305,13 @@ async fn batch(args: PipelineArgs) -> Result<()> {
         std::fs::remove_dir_all(&store_dir).with_context(|| format!("clearing {}", store_dir.display()))?;
     }
     let mut store = EmbeddedStore::new(store_dir);
-    let mut infos = Vec::new();
-    for view in catalog.views() {
-        let df = catalog.session().table(view.name.as_str()).await?;
-        let key = view_key(df.schema()).unwrap_or_default();
-        let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-        let rows = df.collect().await?;
-        let upserts = datafusion::arrow::compute::concat_batches(&schema, &rows)?;
-        let info = ViewInfo { name: view.name.clone(), schema, key };
-        store.open(std::slice::from_ref(&info)).await?;
+    let infos = catalog.view_infos().await?;
+    store.open(&infos).await?;
+    for info in &infos {
+        let df = catalog.session().table(info.name.as_str()).await?;
+        let upserts = datafusion::arrow::compute::concat_batches(&info.schema, &df.collect().await?)?;
         let deletes = RecordBatch::new_empty(info.key_schema());
-        store.apply(&info, &Changeset { upserts, deletes }).await?;
-        infos.push(info);
+        store.apply(info, &Changeset { upserts, deletes }).await?;
     }
     store.flush(&CheckpointMeta::default()).await?;
     println!("batch: computed {} views, {rejected} records rejected", infos.len());
@@ -251,8 +321,9 @@ async fn batch(args: PipelineArgs) -> Result<()> {
 async fn query(sql: &str, args: PipelineArgs, format: Format) -> Result<()> {
     let bindings = resolve_bindings(&args)?;
     let catalog = load_catalog(&args, &bindings, batch_session_config()).await?;
-    EmbeddedStore::register_stored_views(&args.state.join("store"), &catalog).await?;
-    let batches = catalog.session().sql(sql).await?.collect().await?;
+    let store_dir = args.state.join("store");
+    let ctx = serving_context(&catalog, |view| EmbeddedStore::persisted_table(&store_dir, view)).await?;
+    let batches = ctx.sql(sql).await?.collect().await?;
     let mut out = std::io::stdout().lock();
     match format {
         Format::Table => println!("{}", pretty_format_batches(&batches)?),

@@ -10,6 +10,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod error;
 pub mod file_source;
+pub mod serving;
 pub mod store;
 
 pub use error::{ConnectorError, Result};

@@ -8,11 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use datafusion::datasource::MemTable;
-use trendflow_engine::catalog::Catalog;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{Constraint, Constraints};
+use datafusion::datasource::{MemTable, TableType};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
@@ -36,14 +39,17 @@ use crate::error::{ConnectorError, Result};
 #[derive(Debug)]
 pub struct EmbeddedStore {
     dir: PathBuf,
-    tables: BTreeMap<String, KeyedTable>,
+    tables: SharedTables,
     dirty: BTreeSet<String>,
 }
+
+/// View name → rows; shared with the tables that serve the views while the job runs.
+type SharedTables = Arc<RwLock<BTreeMap<String, KeyedTable>>>;
 
 impl EmbeddedStore {
     /// A store persisting into `dir`.
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, tables: BTreeMap::new(), dirty: BTreeSet::new() }
+        Self { dir, tables: SharedTables::default(), dirty: BTreeSet::new() }
     }
 
     /// Where the view files live.
@@ -53,7 +59,18 @@ impl EmbeddedStore {
 
     /// The current rows of `view`, if the store holds it.
     pub fn rows(&self, view: &str) -> Option<Result<RecordBatch>> {
-        self.tables.get(view).map(|t| t.to_batch().map_err(Into::into))
+        self.tables.read().expect("store lock poisoned").get(view).map(|t| t.to_batch().map_err(Into::into))
+    }
+
+    /// A table serving `view`'s current rows as this store updates them.
+    pub fn live_table(&self, view: &ViewInfo) -> Arc<dyn TableProvider> {
+        Arc::new(ViewTable::new(view, ViewRows::Live(self.tables.clone())))
+    }
+
+    /// A table serving `view`'s rows as last persisted in a store directory, re-read on
+    /// every query (for serving a job that runs in another process).
+    pub fn persisted_table(dir: &Path, view: &ViewInfo) -> Arc<dyn TableProvider> {
+        Arc::new(ViewTable::new(view, ViewRows::Persisted(dir.to_path_buf())))
     }
 
     /// Reads a view's persisted rows from a store directory (`None` if never written).
@@ -69,22 +86,8 @@ impl EmbeddedStore {
         Ok(Some(datafusion::arrow::compute::concat_batches(&schema, &batches)?))
     }
 
-    /// Makes `trendflow query` see stored results: every view of `catalog` is replaced,
-    /// in its session, by a table of the rows persisted in `dir` (empty if none yet).
-    pub async fn register_stored_views(dir: &Path, catalog: &Catalog) -> trendflow_engine::Result<()> {
-        let ctx = catalog.session();
-        for view in catalog.views() {
-            let schema = Arc::new(ctx.table(view.name.as_str()).await?.schema().as_arrow().clone());
-            let rows = Self::read_view(dir, &view.name).map_err(sink_error)?;
-            let batches = rows.into_iter().map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec())).collect::<std::result::Result<Vec<_>, _>>()?;
-            ctx.deregister_table(view.name.as_str())?;
-            ctx.register_table(view.name.as_str(), Arc::new(MemTable::try_new(schema, vec![batches])?))?;
-        }
-        Ok(())
-    }
-
     fn write_view(&self, view: &str) -> Result<()> {
-        let batch = self.tables[view].to_batch()?;
+        let batch = self.tables.read().expect("store lock poisoned")[view].to_batch()?;
         let path = view_file(&self.dir, view);
         let tmp = path.with_extension("arrow.tmp");
         let file = File::create(&tmp).map_err(|e| ConnectorError::io(&tmp, e))?;
@@ -117,15 +120,17 @@ impl Sink for EmbeddedStore {
                     tracing::warn!(view = %view.name, "stored rows have another schema; the view is rebuilt");
                 }
             }
-            self.tables.insert(view.name.clone(), table);
+            self.tables.write().expect("store lock poisoned").insert(view.name.clone(), table);
         }
         Ok(())
     }
 
     async fn apply(&mut self, view: &ViewInfo, changes: &Changeset) -> trendflow_engine::Result<()> {
-        let table = self.tables.get_mut(&view.name).ok_or_else(|| EngineError::Sink(format!("view `{}` was not opened", view.name)))?;
+        let mut tables = self.tables.write().expect("store lock poisoned");
+        let table = tables.get_mut(&view.name).ok_or_else(|| EngineError::Sink(format!("view `{}` was not opened", view.name)))?;
         table.remove(&changes.deletes)?;
         table.upsert(&changes.upserts)?;
+        drop(tables);
         self.dirty.insert(view.name.clone());
         Ok(())
     }
@@ -135,5 +140,66 @@ impl Sink for EmbeddedStore {
             self.write_view(&view).map_err(sink_error)?;
         }
         Ok(())
+    }
+}
+
+/// Where a [`ViewTable`] reads rows from.
+#[derive(Debug)]
+enum ViewRows {
+    /// The running job's store.
+    Live(SharedTables),
+    /// Files persisted by a job in another process.
+    Persisted(PathBuf),
+}
+
+/// A view's current rows as a DataFusion table, keyed by the view key.
+#[derive(Debug)]
+struct ViewTable {
+    name: String,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    constraints: Constraints,
+    rows: ViewRows,
+}
+
+impl ViewTable {
+    fn new(view: &ViewInfo, rows: ViewRows) -> Self {
+        let constraints = Constraints::new_unverified(vec![Constraint::PrimaryKey(view.key.clone())]);
+        Self { name: view.name.clone(), schema: view.schema.clone(), constraints, rows }
+    }
+
+    fn snapshot(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
+        let rows = match &self.rows {
+            ViewRows::Live(tables) => tables.read().expect("store lock poisoned").get(&self.name).map(|t| t.to_batch()).transpose()?,
+            ViewRows::Persisted(dir) => {
+                EmbeddedStore::read_view(dir, &self.name).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+            }
+        };
+        Ok(rows.into_iter().filter(|b| b.schema().fields() == self.schema.fields()).collect())
+    }
+}
+
+#[async_trait]
+impl TableProvider for ViewTable {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.schema.clone()
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        Some(&self.constraints)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let snapshot = MemTable::try_new(self.schema.clone(), vec![self.snapshot()?])?;
+        snapshot.scan(state, projection, filters, limit).await
     }
 }

@@ -145,6 +145,22 @@ impl Catalog {
         &self.references
     }
 
+    /// Name, schema and key of every view, from its logical plan (without compiling it).
+    pub async fn view_infos(&self) -> Result<Vec<crate::view::ViewInfo>> {
+        let mut infos = Vec::new();
+        for view in &self.views {
+            let df = self.ctx.table(view.name.as_str()).await?;
+            let key = crate::view::view_key(df.schema()).ok_or_else(|| EngineError::Unsupported {
+                file: view.origin.file.clone(),
+                line: view.origin.line,
+                view: view.name.clone(),
+                construct: "it has no key: select every GROUP BY column, or the stream's PRIMARY KEY".into(),
+            })?;
+            infos.push(crate::view::ViewInfo { name: view.name.clone(), schema: Arc::new(df.schema().as_arrow().clone()), key });
+        }
+        Ok(infos)
+    }
+
     /// Names of the declared streams and reference tables.
     pub fn table_names(&self) -> Vec<&str> {
         self.streams.iter().map(|s| s.name.as_str()).chain(self.references.iter().map(|r| r.name.as_str())).collect()

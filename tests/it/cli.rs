@@ -25,14 +25,14 @@ fn embedded_defaults_run_query_and_resume() {
     let repo = repo();
     let state = tmp.path().join("state");
     let state = state.to_str().unwrap();
-    let out = ok(&["run", "--until-idle", "--gen-rows", "20000", "--max-rows", "3000", "--state", state], &repo);
+    let out = ok(&["run", "--until-idle", "--gen-rows", "20000", "--max-rows", "3000", "--state", state, "--flight-addr", "none"], &repo);
     assert!(out.contains("processed 20000 records"), "{out}");
     for view in ["price_levels", "category_distribution", "avg_price_by_category", "top_categories_by_demand", "category_trend"] {
         assert!(out.contains(view), "summary lists {view}:\n{out}");
     }
     let total = ok(&["query", "SELECT SUM(products) AS n FROM category_distribution", "--state", state, "--format", "csv"], &repo);
     assert_eq!(total.trim(), "n\n20000");
-    let again = ok(&["run", "--until-idle", "--state", state], &repo);
+    let again = ok(&["run", "--until-idle", "--state", state, "--flight-addr", "none"], &repo);
     assert!(again.contains("processed 0 records") && again.contains("resumed from checkpoint"), "{again}");
     let json = ok(&["query", "SELECT category_id, products FROM top_categories_by_demand", "--state", state, "--format", "json"], &repo);
     assert_eq!(json.lines().count(), 10);
@@ -54,7 +54,7 @@ fn run_and_batch_agree_through_the_cli() {
         let state = state.to_str().unwrap();
         let mut args = vec![command, "--source", &products, "--source", &categories, "--state", state];
         if command == "run" {
-            args.extend(["--until-idle", "--max-rows", "1000"]);
+            args.extend(["--until-idle", "--max-rows", "1000", "--flight-addr", "127.0.0.1:0"]);
         }
         ok(&args, &repo);
         answers.push(ok(&["query", query, "--state", state, "--format", "csv"], &repo));
@@ -69,10 +69,10 @@ fn bad_input_gives_one_clear_error_and_a_failing_exit_code() {
     let sql = pipeline_dir(tmp.path(), "CREATE VIEW v AS SELECT nope FROM nowhere;");
     let categories = format!("categories=file:{}", shared_data("amazon_categories.csv").display());
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["run".into(), "--sql".into(), sql.display().to_string(), "--until-idle".into()], "pipeline.sql:1:"),
+        (vec!["run".into(), "--sql".into(), sql.display().to_string(), "--until-idle".into(), "--flight-addr".into(), "none".into()], "pipeline.sql:1:"),
         (vec!["run".into(), "--source".into(), "products".into()], "expected NAME=URI"),
         (
-            vec!["run".into(), "--source".into(), "products=file:/no/such.csv".into(), "--source".into(), categories, "--until-idle".into()],
+            vec!["run".into(), "--source".into(), "products=file:/no/such.csv".into(), "--source".into(), categories, "--until-idle".into(), "--flight-addr".into(), "none".into()],
             "/no/such.csv",
         ),
         (vec!["batch".into(), "--state".into(), tmp.path().join("empty").display().to_string()], "batch needs inputs"),

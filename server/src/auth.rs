@@ -1,0 +1,106 @@
+//! Optional authentication: a basic-auth handshake exchanged for an expiring bearer token.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use rand::Rng;
+use tonic::metadata::MetadataMap;
+use tonic::Status;
+
+use crate::error::{Result, ServerError};
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthConfig {
+    /// No authentication (the default on loopback).
+    None,
+    /// Basic credentials exchanged for a bearer token in the handshake.
+    Basic { user: String, password: String },
+}
+
+impl AuthConfig {
+    /// Parses `--auth basic:USER:PASSWORD` (or `none`).
+    ///
+    /// ```
+    /// use trendflow_server::auth::AuthConfig;
+    /// assert!(matches!(AuthConfig::parse("basic:ann:secret").unwrap(), AuthConfig::Basic { .. }));
+    /// assert!(AuthConfig::parse("basic:ann").is_err());
+    /// ```
+    pub fn parse(spec: &str) -> Result<Self> {
+        if spec == "none" {
+            return Ok(Self::None);
+        }
+        let error = |message: &str| ServerError::Config { option: "--auth".into(), message: message.into() };
+        let rest = spec.strip_prefix("basic:").ok_or_else(|| error("expected basic:USER:PASSWORD or none"))?;
+        let (user, password) = rest.split_once(':').ok_or_else(|| error("expected basic:USER:PASSWORD"))?;
+        if user.is_empty() || password.is_empty() {
+            return Err(error("user and password must not be empty"));
+        }
+        Ok(Self::Basic { user: user.into(), password: password.into() })
+    }
+}
+
+/// Issues and checks bearer tokens.
+#[derive(Debug)]
+pub struct Authenticator {
+    config: AuthConfig,
+    token_ttl: Duration,
+    tokens: Mutex<HashMap<String, Instant>>,
+}
+
+impl Authenticator {
+    /// Tokens issued by this authenticator live for `token_ttl`.
+    pub fn new(config: AuthConfig, token_ttl: Duration) -> Self {
+        Self { config, token_ttl, tokens: Mutex::default() }
+    }
+
+    /// True when calls must carry a token.
+    pub fn enabled(&self) -> bool {
+        self.config != AuthConfig::None
+    }
+
+    /// Checks the basic credentials of a handshake and returns a fresh token.
+    pub async fn handshake(&self, metadata: &MetadataMap) -> Result<String, Status> {
+        let AuthConfig::Basic { user, password } = &self.config else {
+            return Ok(String::new());
+        };
+        let header = metadata.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let given = header
+            .strip_prefix("Basic ")
+            .and_then(|b| BASE64.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        if given != format!("{user}:{password}") {
+            // Slows down guessing without holding any lock.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return Err(Status::unauthenticated("invalid credentials"));
+        }
+        let token: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(40).map(char::from).collect();
+        let mut tokens = self.tokens.lock().expect("token lock poisoned");
+        let now = Instant::now();
+        tokens.retain(|_, expires| *expires > now);
+        tokens.insert(token.clone(), now + self.token_ttl);
+        Ok(token)
+    }
+
+    /// Accepts the call when auth is off or it carries a valid, unexpired bearer token.
+    pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let token = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing bearer token: authenticate with the handshake first"))?;
+        let tokens = self.tokens.lock().expect("token lock poisoned");
+        match tokens.get(token) {
+            Some(expires) if *expires > Instant::now() => Ok(()),
+            Some(_) => Err(Status::unauthenticated("token expired: authenticate again")),
+            None => Err(Status::unauthenticated("invalid token")),
+        }
+    }
+}

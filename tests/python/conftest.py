@@ -1,0 +1,97 @@
+"""Starts real `trendflow run` processes on free loopback ports for the client tests."""
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ROWS = 20_000
+
+
+def trendflow_bin() -> str:
+    path = os.environ.get("TRENDFLOW_BIN") or str(REPO / "target" / "debug" / "trendflow")
+    if not Path(path).exists():
+        raise RuntimeError(f"trendflow binary not found at {path}: build it (scripts/test.sh does) or set TRENDFLOW_BIN")
+    return path
+
+
+class Job:
+    """A running `trendflow run` with its Flight SQL address and state directory."""
+
+    def __init__(self, *extra_args: str):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.state = Path(self.tmp.name) / "state"
+        args = [trendflow_bin(), "run", "--state", str(self.state), "--gen-rows", str(ROWS), "--max-rows", "4000",
+                "--checkpoint-interval-ms", "0", "--flight-addr", "127.0.0.1:0", *extra_args]
+        self.process = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self.uri = self._read_address()
+
+    def _read_address(self) -> str:
+        deadline = time.monotonic() + 60
+        seen = []
+        while time.monotonic() < deadline:
+            line = self.process.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            match = re.search(r"Flight SQL listening on (grpc(?:\+tls)?://[\d.]+:\d+)", line)
+            if match:
+                return match.group(1)
+        self.stop()
+        raise RuntimeError("trendflow did not report its Flight SQL address:\n" + "".join(seen))
+
+    def query(self, sql: str) -> list[dict]:
+        """`trendflow query --format json` over the job's persisted views."""
+        out = subprocess.run([trendflow_bin(), "query", sql, "--state", str(self.state), "--format", "json"],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout
+        return [json.loads(line) for line in out.splitlines() if line]
+
+    def wait_drained(self) -> None:
+        """Waits until every generated record is reflected in the persisted views."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                rows = self.query("SELECT SUM(products) AS n FROM category_distribution")
+                if rows and rows[0].get("n") == ROWS:
+                    return
+            except subprocess.CalledProcessError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError("the job did not drain its source within 120 s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.tmp.cleanup()
+
+
+@pytest.fixture(scope="session")
+def job():
+    job = Job()
+    job.wait_drained()
+    yield job
+    job.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_job():
+    job = Job("--auth", "basic:alice:s3cret")
+    yield job
+    job.stop()
+
+
+@pytest.fixture(scope="session")
+def limited_job():
+    job = Job("--query-memory-mb", "16", "--query-timeout-s", "30")
+    job.wait_drained()
+    yield job
+    job.stop()
