@@ -30,23 +30,12 @@ pub struct DeadLetter {
 pub struct DeadLetterFile {
     path: PathBuf,
     writer: Option<BufWriter<File>>,
-    written: u64,
 }
 
 impl DeadLetterFile {
     /// Dead letters of `stream`, kept under `dir` (the file is created on the first letter).
     pub fn new(dir: &Path, stream: &str) -> Self {
-        Self { path: dir.join(format!("{stream}.ndjson")), writer: None, written: 0 }
-    }
-
-    /// Where the letters go.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Letters written by this handle.
-    pub fn written(&self) -> u64 {
-        self.written
+        Self { path: dir.join(format!("{stream}.ndjson")), writer: None }
     }
 
     /// Appends `letters` and flushes them to the file.
@@ -66,9 +55,7 @@ impl DeadLetterFile {
             serde_json::to_writer(&mut *writer, letter).map_err(|e| ConnectorError::io(&self.path, e))?;
             writer.write_all(b"\n").map_err(|e| ConnectorError::io(&self.path, e))?;
         }
-        writer.flush().map_err(|e| ConnectorError::io(&self.path, e))?;
-        self.written += letters.len() as u64;
-        Ok(())
+        writer.flush().map_err(|e| ConnectorError::io(&self.path, e))
     }
 }
 

@@ -25,14 +25,5 @@ impl ConnectorError {
     }
 }
 
-impl From<ConnectorError> for trendflow_engine::EngineError {
-    fn from(e: ConnectorError) -> Self {
-        match e {
-            ConnectorError::Binding { binding, message } => Self::Binding { binding, message },
-            other => Self::Source { source_name: String::new(), message: other.to_string() },
-        }
-    }
-}
-
 /// Result alias used across the connectors.
 pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;

@@ -286,7 +286,7 @@ mod tests {
         let (a, b) = (run(1), run(1));
         assert_eq!(a, b);
         assert_ne!(a, run(2));
-        let mut prices: Vec<f64> = a.lines().skip(1).map(|l| l.rsplitn(6, ',').nth(4).unwrap().parse().unwrap()).collect();
+        let mut prices: Vec<f64> = a.lines().skip(1).map(|l| l.rsplit(',').nth(4).unwrap().parse().unwrap()).collect();
         let unpriced = prices.iter().filter(|p| **p == 0.0).count() as f64 / prices.len() as f64;
         assert!((0.01..0.03).contains(&unpriced), "unpriced share {unpriced}");
         prices.retain(|p| *p > 0.0);

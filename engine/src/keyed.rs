@@ -25,6 +25,7 @@ pub struct RowEncoder {
 }
 
 /// Byte-string keys of the rows of one batch.
+#[derive(Debug)]
 pub enum EncodedRows {
     /// Rows encoded by Arrow's row format.
     Rows(Rows),

@@ -363,10 +363,8 @@ fn conform(stream: &StreamDecl, batch: &RecordBatch) -> Result<RecordBatch> {
         return Ok(batch.clone());
     }
     let converted = RecordBatch::try_new(stream.schema.clone(), batch.columns().to_vec());
-    converted.or_else(|e| {
-        Err(EngineError::Source {
-            source_name: stream.name.clone(),
-            message: format!("micro-batch does not match the declared schema: {e}"),
-        })
+    converted.map_err(|e| EngineError::Source {
+        source_name: stream.name.clone(),
+        message: format!("micro-batch does not match the declared schema: {e}"),
     })
 }

@@ -144,13 +144,6 @@ pub struct StreamTable {
     constraints: Constraints,
 }
 
-impl StreamTable {
-    /// The declaration behind this table.
-    pub fn decl(&self) -> &StreamDecl {
-        &self.decl
-    }
-}
-
 #[async_trait]
 impl TableProvider for StreamTable {
     fn schema(&self) -> SchemaRef {

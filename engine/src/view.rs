@@ -73,6 +73,7 @@ pub struct IncrementalView {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per view, never moved on a hot path
 enum ViewKind {
     /// Runs on each micro-batch; every row is an upsert.
     Stateless { plan: Arc<dyn ExecutionPlan> },
@@ -125,22 +126,6 @@ impl IncrementalView {
     /// Name, schema and key.
     pub fn info(&self) -> &ViewInfo {
         &self.info
-    }
-
-    /// Groups held in aggregate state (0 for stateless views).
-    pub fn state_groups(&self) -> usize {
-        match &self.kind {
-            ViewKind::Stateless { .. } => 0,
-            ViewKind::Aggregating { aggregates, .. } => aggregates.iter().map(IncrementalAggregate::groups).sum(),
-        }
-    }
-
-    /// Rows currently in the view (aggregating views only; stateless views keep no result).
-    pub fn current_rows(&self) -> Option<usize> {
-        match &self.kind {
-            ViewKind::Stateless { .. } => None,
-            ViewKind::Aggregating { current, .. } => Some(current.batch.num_rows()),
-        }
     }
 
     /// Processes the micro-batch now in the stream slots.
@@ -265,28 +250,22 @@ struct ResultSnapshot {
     row_encoder: RowEncoder,
     batch: RecordBatch,
     index: HashMap<Box<[u8]>, usize>,
-    rows: Option<EncodedRowsHolder>,
-}
-
-/// Encoded full rows of the snapshot (kept to compare values without re-encoding).
-struct EncodedRowsHolder(EncodedRows);
-
-impl std::fmt::Debug for EncodedRowsHolder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} encoded rows", self.0.len())
-    }
+    /// Encoded full rows of `batch`, to compare values without re-encoding them.
+    rows: EncodedRows,
 }
 
 impl ResultSnapshot {
     fn new(info: &ViewInfo) -> Result<Self> {
         let width = info.schema.fields().len();
+        let row_encoder = RowEncoder::new(&info.schema, (0..width).collect())?;
+        let batch = RecordBatch::new_empty(info.schema.clone());
         Ok(Self {
             key: info.key.clone(),
             key_encoder: RowEncoder::new(&info.schema, info.key.clone())?,
-            row_encoder: RowEncoder::new(&info.schema, (0..width).collect())?,
-            batch: RecordBatch::new_empty(info.schema.clone()),
+            rows: row_encoder.encode(&batch)?,
+            row_encoder,
+            batch,
             index: HashMap::new(),
-            rows: None,
         })
     }
 
@@ -298,10 +277,7 @@ impl ResultSnapshot {
         let mut upserts = Vec::new();
         for i in 0..keys.len() {
             let key = keys.get(i);
-            let unchanged = match (self.index.get(key), &self.rows) {
-                (Some(&j), Some(old)) => old.0.get(j) == rows.get(i),
-                _ => false,
-            };
+            let unchanged = self.index.get(key).is_some_and(|&j| self.rows.get(j) == rows.get(i));
             if !unchanged {
                 upserts.push(i as u32);
             }
@@ -319,7 +295,7 @@ impl ResultSnapshot {
         let upserts = take_record_batch(&result, &UInt32Array::from(upserts))?;
         self.batch = result;
         self.index = index;
-        self.rows = Some(EncodedRowsHolder(rows));
+        self.rows = rows;
         Ok(Changeset { upserts, deletes })
     }
 }

@@ -448,7 +448,7 @@ impl FlightSqlService for TrendflowFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.auth.check(request.metadata())?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
     }
 
@@ -559,7 +559,7 @@ impl FlightSqlService for TrendflowFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.auth.check(request.metadata())?;
-        let schema = query.clone().into_builder(&self.xdbc_info).schema();
+        let schema = query.into_builder(&self.xdbc_info).schema();
         self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
     }
 

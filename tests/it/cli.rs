@@ -60,7 +60,7 @@ fn run_and_batch_agree_through_the_cli() {
         answers.push(ok(&["query", query, "--state", state, "--format", "csv"], &repo));
     }
     assert_eq!(answers[0], answers[1]);
-    assert!(answers[0].lines().count() >= 1 + 6, "header and the populated bands: {}", answers[0]);
+    assert!(answers[0].lines().count() > 6, "header and the populated bands: {}", answers[0]);
 }
 
 #[test]

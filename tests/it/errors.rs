@@ -113,7 +113,7 @@ async fn malformed_or_missing_files_fail_with_the_path() {
     let broken_bindings = bindings(&broken, &categories);
     let catalog = Catalog::load(&[shipped_sql()], incremental_session_config(), &broken_bindings.files()).await.unwrap();
     let mut sources = broken_bindings.open_sources(&catalog, tmp.path()).unwrap();
-    let error = sources[0].poll(100, Default::default()).await.err().expect("a malformed CSV is an error").to_string();
+    let error = sources[0].poll(100, Default::default()).await.expect_err("a malformed CSV is an error").to_string();
     assert!(error.contains("broken.csv") && error.contains("products"), "{error}");
     let missing = bindings(&tmp.path().join("nothing-here.csv"), &categories);
     let error = missing.open_sources(&catalog, tmp.path()).err().unwrap().to_string();
