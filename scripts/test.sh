@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of trendflow: Rust unit, integration and doc tests, then the Python
+# Runs every test of trendflow: Rust unit, integration (real MongoDB-protocol server) and doc
+# tests, then the Python
 # client tests (ADBC, pyarrow.flight, SQLAlchemy) against real `trendflow` processes.
 # Installs what the tests need when it is missing. Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
@@ -27,6 +28,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 echo "== cargo test (workspace)"
+# The MongoDB tests start SecantusDB with this interpreter, unless MONGODB_URI names a real server.
+export TRENDFLOW_PYTHON="$venv/bin/python"
 cargo test --workspace --locked "$@"
 
 echo "== Flight SQL client tests (pytest)"

@@ -1,6 +1,8 @@
 //! `trendflow`: command-line wiring of the engine and connectors.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +16,8 @@ use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::catalog::{batch_session_config, incremental_session_config, Catalog};
 use trendflow_engine::checkpoint::CheckpointMeta;
 use trendflow_engine::runtime::{Pipeline, RunOptions, Sink, StepReport};
+use trendflow_connectors::fan_out::FanOut;
+use trendflow_connectors::mongo::{self, MongoOptions, MongoSink, MongoTable};
 use trendflow_connectors::serving::serving_context;
 use trendflow_engine::view::{Changeset, ViewInfo};
 use trendflow_server::auth::AuthConfig;
@@ -39,6 +43,41 @@ struct PipelineArgs {
     /// Directory for checkpoints, the embedded result store and dead letters.
     #[arg(long, env = "TRENDFLOW_STATE", default_value = "trendflow-state")]
     state: PathBuf,
+}
+
+/// Options of the MongoDB sink and reader.
+#[derive(clap::Args, Clone)]
+struct MongoArgs {
+    /// MongoDB connection string; views are then upserted into MongoDB as well.
+    #[arg(long, env = "TRENDFLOW_MONGODB_URI", hide_env_values = true)]
+    mongodb_uri: Option<String>,
+    /// Database of the view collections.
+    #[arg(long, env = "TRENDFLOW_MONGODB_DATABASE", default_value = "trendflow")]
+    mongodb_database: String,
+    /// Write concern: `majority` or a number of nodes.
+    #[arg(long, env = "TRENDFLOW_MONGODB_WRITE_CONCERN", default_value = "majority")]
+    mongodb_write_concern: String,
+    /// Write a view to another collection: VIEW=COLLECTION. Repeatable.
+    #[arg(long = "mongodb-collection", value_delimiter = ',')]
+    mongodb_collections: Vec<String>,
+}
+
+impl MongoArgs {
+    fn options(&self) -> Result<Option<MongoOptions>> {
+        let Some(uri) = &self.mongodb_uri else { return Ok(None) };
+        let mut collections = HashMap::new();
+        for mapping in &self.mongodb_collections {
+            let (view, collection) = mapping.split_once('=').with_context(|| format!("--mongodb-collection `{mapping}`: expected VIEW=COLLECTION"))?;
+            collections.insert(view.to_string(), collection.to_string());
+        }
+        Ok(Some(MongoOptions {
+            uri: uri.clone(),
+            database: self.mongodb_database.clone(),
+            write_concern: self.mongodb_write_concern.clone(),
+            collections,
+            ..Default::default()
+        }))
+    }
 }
 
 /// Options of the Flight SQL server.
@@ -90,6 +129,8 @@ enum Command {
         gen_rows: u64,
         #[command(flatten)]
         serve: ServeArgs,
+        #[command(flatten)]
+        mongo: MongoArgs,
     },
     /// Serve the views of a job over Flight SQL without running it (reads its state directory).
     Serve {
@@ -97,6 +138,9 @@ enum Command {
         pipeline: PipelineArgs,
         #[command(flatten)]
         serve: ServeArgs,
+        /// With --mongodb-uri, views are served from MongoDB instead of the state directory.
+        #[command(flatten)]
+        mongo: MongoArgs,
     },
     /// Compute every view once over files (backfill), with the same SQL.
     Batch {
@@ -152,16 +196,16 @@ fn main() -> std::process::ExitCode {
 
 async fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { pipeline, max_rows, max_delay_ms, checkpoint_interval_ms, until_idle, gen_rows, serve } => {
+        Command::Run { pipeline, max_rows, max_delay_ms, checkpoint_interval_ms, until_idle, gen_rows, serve, mongo } => {
             let options = RunOptions {
                 max_rows,
                 max_delay: Duration::from_millis(max_delay_ms),
                 checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
                 until_idle,
             };
-            run(pipeline, options, gen_rows, serve).await
+            run(pipeline, options, gen_rows, serve, mongo).await
         }
-        Command::Serve { pipeline, serve } => serve_only(pipeline, serve).await,
+        Command::Serve { pipeline, serve, mongo } => serve_only(pipeline, serve, mongo).await,
         Command::Batch { pipeline } => batch(pipeline).await,
         Command::Query { sql_text, pipeline, format } => query(&sql_text, pipeline, format).await,
         Command::Gen { rows, seed, out } => {
@@ -186,17 +230,22 @@ async fn load_catalog(args: &PipelineArgs, bindings: &Bindings, config: datafusi
     Ok(Catalog::load(&args.sql, config, &bindings.files()).await?)
 }
 
-async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: ServeArgs) -> Result<()> {
+async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: ServeArgs, mongo: MongoArgs) -> Result<()> {
     let mut bindings = resolve_bindings(&args)?;
     if bindings.is_empty() {
         bindings = embedded_defaults(&args.state, gen_rows)?;
     }
-    bindings.save(&args.state)?;
     let catalog = load_catalog(&args, &bindings, incremental_session_config()).await?;
     let sources = bindings.open_sources(&catalog, &args.state.join("dead_letters"))?;
+    bindings.save(&args.state)?;
+    let mut mongo_sink = match mongo.options()? {
+        Some(options) => Some(MongoSink::new(mongo::connect(&options).await?, options)),
+        None => None,
+    };
     let mut store = EmbeddedStore::new(args.state.join("store"));
-    let _server = start_server(&serve, serving_context(&catalog, |view| store.live_table(view)).await?).await?;
     let mut pipeline = Pipeline::compile(catalog, args.state.clone()).await?;
+    let views = pipeline.view_infos();
+    let _server = start_server(&serve, serving_context(pipeline.catalog(), &views, |view| store.live_table(view)).await?).await?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -210,7 +259,11 @@ async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: Serv
         progress.set_message(format!("batch {} · {} rejected", report.batch_id, report.rejected));
         tracing::debug!(batch = report.batch_id, rows = report.rows, ms = report.elapsed.as_millis() as u64, "micro-batch");
     };
-    let summary = pipeline.run(sources, &mut store, &options, shutdown, &mut on_step).await?;
+    let mut sinks: Vec<&mut (dyn Sink + '_)> = vec![&mut store];
+    if let Some(mongo_sink) = mongo_sink.as_mut() {
+        sinks.push(mongo_sink);
+    }
+    let summary = pipeline.run(sources, &mut FanOut::new(sinks), &options, shutdown, &mut on_step).await?;
     progress.finish_and_clear();
     let rate = summary.rows as f64 / summary.elapsed.as_secs_f64().max(1e-9);
     println!(
@@ -247,11 +300,19 @@ async fn start_server(args: &ServeArgs, ctx: datafusion::prelude::SessionContext
     Ok(Some(server))
 }
 
-async fn serve_only(args: PipelineArgs, serve: ServeArgs) -> Result<()> {
+async fn serve_only(args: PipelineArgs, serve: ServeArgs, mongo: MongoArgs) -> Result<()> {
     let bindings = resolve_bindings(&args)?;
     let catalog = load_catalog(&args, &bindings, batch_session_config()).await?;
     let store_dir = args.state.join("store");
-    let ctx = serving_context(&catalog, |view| EmbeddedStore::persisted_table(&store_dir, view)).await?;
+    let views = catalog.view_infos().await?;
+    let ctx = match mongo.options()? {
+        Some(options) => {
+            let database = mongo::connect(&options).await?;
+            let sink = MongoSink::new(database.clone(), options);
+            serving_context(&catalog, &views, |view| Arc::new(MongoTable::new(database.clone(), sink.collection_of(&view.name), view)) as _).await?
+        }
+        None => serving_context(&catalog, &views, |view| EmbeddedStore::persisted_table(&store_dir, view)).await?,
+    };
     let Some(server) = start_server(&serve, ctx).await? else { bail!("serve needs a --flight-addr") };
     tokio::select! {
         result = server.wait() => Ok(result?),
@@ -296,13 +357,16 @@ async fn batch(args: PipelineArgs) -> Result<()> {
     if bindings.is_empty() {
         bail!("batch needs inputs: pass --source NAME=file:PATH for every stream");
     }
-    bindings.save(&args.state)?;
     let catalog = load_catalog(&args, &bindings, batch_session_config()).await?;
     let (tables, rejected) = bindings.read_streams(&catalog, &args.state.join("dead_letters")).await?;
     catalog.replace_streams(tables).await?;
+    bindings.save(&args.state)?;
+    // The batch result replaces the store; a later `run` must not resume a stale checkpoint on top of it.
     let store_dir = args.state.join("store");
-    if store_dir.exists() {
-        std::fs::remove_dir_all(&store_dir).with_context(|| format!("clearing {}", store_dir.display()))?;
+    for stale in [&store_dir, &args.state.join("checkpoints")] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale).with_context(|| format!("clearing {}", stale.display()))?;
+        }
     }
     let mut store = EmbeddedStore::new(store_dir);
     let infos = catalog.view_infos().await?;
@@ -322,7 +386,8 @@ async fn query(sql: &str, args: PipelineArgs, format: Format) -> Result<()> {
     let bindings = resolve_bindings(&args)?;
     let catalog = load_catalog(&args, &bindings, batch_session_config()).await?;
     let store_dir = args.state.join("store");
-    let ctx = serving_context(&catalog, |view| EmbeddedStore::persisted_table(&store_dir, view)).await?;
+    let views = catalog.view_infos().await?;
+    let ctx = serving_context(&catalog, &views, |view| EmbeddedStore::persisted_table(&store_dir, view)).await?;
     let batches = ctx.sql(sql).await?.collect().await?;
     let mut out = std::io::stdout().lock();
     match format {

@@ -148,13 +148,32 @@ pub fn with_metadata(stream: &StreamDecl, payload: &RecordBatch, origin: RecordO
     RecordBatch::try_new(stream.schema.clone(), columns)
 }
 
-/// Arrival times carried by the input itself (a `_timestamp` column), if any.
-pub fn input_timestamps(input: &RecordBatch, rows: &[usize]) -> Result<Option<Vec<i64>>, ArrowError> {
-    let Ok(index) = input.schema().index_of(TIMESTAMP_COLUMN) else { return Ok(None) };
+/// The arrival time a record carries in a `_timestamp` field of its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrival {
+    /// A valid timestamp, ms since the epoch.
+    Given(i64),
+    /// No `_timestamp` value: the source's clock applies.
+    Missing,
+    /// A `_timestamp` value that is not a timestamp: the record is rejected.
+    Invalid,
+}
+
+/// The [`Arrival`] of each of `rows` of `input`.
+pub fn input_timestamps(input: &RecordBatch, rows: &[usize]) -> Result<Vec<Arrival>, ArrowError> {
+    let Ok(index) = input.schema().index_of(TIMESTAMP_COLUMN) else { return Ok(vec![Arrival::Missing; rows.len()]) };
+    let given = blank_strings_as_null(input.column(index))?;
     let target = DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None);
-    let column = cast(&blank_strings_as_null(input.column(index))?, &target)?;
+    let column = cast_with_options(&given, &target, &CastOptions { safe: true, ..Default::default() })?;
     let column = column.as_any().downcast_ref::<TimestampMillisecondArray>().expect("cast gives ms timestamps");
-    Ok(Some(rows.iter().map(|&r| if column.is_null(r) { 0 } else { column.value(r) }).collect()))
+    Ok(rows
+        .iter()
+        .map(|&r| match (given.is_valid(r), column.is_valid(r)) {
+            (_, true) => Arrival::Given(column.value(r)),
+            (false, false) => Arrival::Missing,
+            (true, false) => Arrival::Invalid,
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -2,8 +2,11 @@
 //!
 //! The file is read in chunks of `max_rows` records; each record gets the
 //! metadata a Kafka record would have: partition 0, its index as offset, and
-//! as arrival time the file's own `_timestamp` column when it has one (so
-//! replays are reproducible) or else the time it was read.
+//! as arrival time the file's own `_timestamp` column when it has one, or else
+//! a replay clock: the time the replay started plus one millisecond per record
+//! (a nominal 1,000 records per second). The start time is part of the
+//! source's checkpointed position, so a replay after a crash stamps every
+//! record exactly as the first pass did.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -12,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::csv;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::json;
@@ -25,7 +28,7 @@ use trendflow_engine::stream_table::{StreamDecl, TIMESTAMP_COLUMN};
 use trendflow_engine::EngineError;
 
 use crate::dead_letter::{row_as_json, DeadLetter, DeadLetterFile};
-use crate::decode::{conform, input_timestamps, nullable_schema, with_metadata, RecordOrigin};
+use crate::decode::{conform, input_timestamps, nullable_schema, with_metadata, Arrival, RecordOrigin, Rejected};
 use crate::error::{ConnectorError, Result};
 
 /// A chunk of raw records before conversion to the stream's schema.
@@ -43,7 +46,7 @@ struct RawChunk {
 #[allow(clippy::large_enum_variant)] // one per source
 enum Reader {
     Csv(csv::Reader<File>),
-    Json { lines: std::io::Lines<BufReader<File>>, schema: SchemaRef },
+    Json { lines: std::io::Split<BufReader<File>>, schema: SchemaRef },
     Parquet(ParquetRecordBatchReader),
 }
 
@@ -59,7 +62,12 @@ pub struct FileSource {
     skip: i64,
     dead_letters: DeadLetterFile,
     finished: bool,
+    /// Start of the replay clock, ms since the epoch (set on the first poll or by a seek).
+    replay_start: Option<i64>,
 }
+
+/// The pseudo-partition under which a file source checkpoints its replay clock.
+pub const REPLAY_CLOCK_PARTITION: i32 = -1;
 
 impl FileSource {
     /// Replays `path` (format from its extension) into `stream`; rejected records go
@@ -68,7 +76,7 @@ impl FileSource {
         std::fs::metadata(&path).map_err(|e| ConnectorError::io(&path, e))?;
         let format = FileFormat::from_path(&path.to_string_lossy());
         let dead_letters = DeadLetterFile::new(dead_letter_dir, &stream.name);
-        Ok(Self { stream, path, format, reader: None, position: 0, skip: 0, dead_letters, finished: false })
+        Ok(Self { stream, path, format, reader: None, position: 0, skip: 0, dead_letters, finished: false, replay_start: None })
     }
 
     fn open(&self, batch_size: usize) -> Result<Reader> {
@@ -89,7 +97,7 @@ impl FileSource {
             FileFormat::NdJson => {
                 let mut fields: Vec<Field> = nullable_schema(&self.stream.payload_schema).fields().iter().map(|f| f.as_ref().clone()).collect();
                 fields.push(Field::new(TIMESTAMP_COLUMN, DataType::Timestamp(TimeUnit::Millisecond, None), true));
-                Reader::Json { lines: BufReader::new(file).lines(), schema: Arc::new(Schema::new(fields)) }
+                Reader::Json { lines: BufReader::new(file).split(b'\n'), schema: Arc::new(Schema::new(fields)) }
             }
             FileFormat::Parquet => {
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -111,7 +119,9 @@ impl FileSource {
             Reader::Csv(reader) => match reader.next() {
                 None => None,
                 Some(batch) => {
-                    let batch = batch.map_err(|e| format_error(&format!("near record {}: {e}", start + 1)))?;
+                    let batch = batch.map_err(|e| {
+                    format_error(&format!("in records {}..{} (CSV lines after the header): {e}", start + 1, start + max_rows as i64))
+                })?;
                     Some(RawChunk { indices: (start..start + batch.num_rows() as i64).collect(), records: batch.num_rows(), batch, unparsed: vec![] })
                 }
             },
@@ -132,28 +142,46 @@ impl FileSource {
 
     /// Converts a raw chunk to the stream schema; writes rejected records as dead letters.
     fn decode(&mut self, chunk: RawChunk) -> Result<MicroBatch> {
-        let conformed = conform(&chunk.batch, &self.stream.payload_schema)?;
+        let mut conformed = conform(&chunk.batch, &self.stream.payload_schema)?;
         let mut letters: Vec<DeadLetter> = chunk
             .unparsed
             .into_iter()
             .map(|(offset, reason, record)| self.letter(offset, reason, record))
             .collect();
+        let start = *self.replay_start.get_or_insert_with(|| {
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+        });
+        let arrivals = input_timestamps(&chunk.batch, &conformed.accepted_rows)?;
+        if arrivals.contains(&Arrival::Invalid) {
+            let keep: BooleanArray = arrivals.iter().map(|a| Some(*a != Arrival::Invalid)).collect();
+            conformed.batch = filter_record_batch(&conformed.batch, &keep)?;
+            for (&row, _) in conformed.accepted_rows.iter().zip(&arrivals).filter(|(_, a)| **a == Arrival::Invalid) {
+                let reason = format!("column `{TIMESTAMP_COLUMN}` is not a timestamp");
+                conformed.rejected.push(Rejected { row, reason });
+            }
+        }
+        let (accepted_rows, timestamps): (Vec<usize>, Vec<i64>) = conformed
+            .accepted_rows
+            .iter()
+            .zip(&arrivals)
+            .filter_map(|(&row, arrival)| match arrival {
+                Arrival::Given(t) => Some((row, *t)),
+                Arrival::Missing => Some((row, start + chunk.indices[row])),
+                Arrival::Invalid => None,
+            })
+            .unzip();
+        conformed.accepted_rows = accepted_rows;
+        conformed.rejected.sort_by_key(|r| r.row);
         for rejected in &conformed.rejected {
             let record = row_as_json(&chunk.batch, rejected.row);
             letters.push(self.letter(chunk.indices[rejected.row], rejected.reason.clone(), record));
         }
         self.dead_letters.write(&letters)?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
-        let rows = conformed.accepted_rows.len();
-        let timestamps = input_timestamps(&chunk.batch, &conformed.accepted_rows)?.unwrap_or_else(|| vec![now; rows]);
-        let origin = RecordOrigin {
-            partition: 0,
-            offsets: conformed.accepted_rows.iter().map(|&r| chunk.indices[r]).collect(),
-            timestamps,
-            keys: None,
-        };
+        let offsets: Vec<i64> = conformed.accepted_rows.iter().map(|&r| chunk.indices[r]).collect();
+        let origin = RecordOrigin { partition: 0, offsets, timestamps, keys: None };
         let batch = with_metadata(&self.stream, &conformed.batch, origin)?;
-        Ok(MicroBatch { batch, offsets: Offsets::from([(0, self.position)]), rejected: letters.len() as u64 })
+        let positions = Offsets::from([(0, self.position), (REPLAY_CLOCK_PARTITION, start)]);
+        Ok(MicroBatch { batch, offsets: positions, rejected: letters.len() as u64 })
     }
 
     fn letter(&self, offset: i64, reason: String, record: String) -> DeadLetter {
@@ -179,6 +207,10 @@ impl Source for FileSource {
         &self.stream.name
     }
 
+    fn identity(&self) -> String {
+        format!("file:{}", std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone()).display())
+    }
+
     async fn poll(&mut self, max_rows: usize, _max_delay: Duration) -> trendflow_engine::Result<Poll> {
         let name = self.stream.name.clone();
         let source_error = |e: ConnectorError| EngineError::Source { source_name: name.clone(), message: e.to_string() };
@@ -202,6 +234,7 @@ impl Source for FileSource {
 
     async fn seek(&mut self, offsets: &Offsets) -> trendflow_engine::Result<()> {
         self.skip = offsets.get(&0).copied().unwrap_or(0);
+        self.replay_start = offsets.get(&REPLAY_CLOCK_PARTITION).copied();
         Ok(())
     }
 }
@@ -217,20 +250,29 @@ fn csv_header(path: &Path) -> Result<Vec<String>> {
     Ok(header)
 }
 
-/// Reads up to `max_rows` JSON lines; a line that does not decode is reported, not fatal.
+/// Reads up to `max_rows` JSON lines; a line that is not UTF-8 or does not decode is
+/// reported, not fatal.
 fn read_json_lines(
-    lines: &mut std::io::Lines<BufReader<File>>,
+    lines: &mut std::io::Split<BufReader<File>>,
     schema: &SchemaRef,
     max_rows: usize,
     start: i64,
 ) -> std::result::Result<Option<RawChunk>, std::io::Error> {
     let mut texts = Vec::with_capacity(max_rows);
+    let mut unparsed = Vec::new();
     let mut records = 0usize;
     for line in lines.by_ref() {
         let line = line?;
+        let index = start + records as i64;
         records += 1;
-        texts.push((start + records as i64 - 1, line));
-        if texts.len() >= max_rows {
+        match String::from_utf8(line) {
+            Ok(text) => texts.push((index, text.trim_end_matches('\r').to_string())),
+            Err(e) => {
+                let shown = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                unparsed.push((index, format!("invalid UTF-8 ({})", e.utf8_error()), shown));
+            }
+        }
+        if records >= max_rows {
             break;
         }
     }
@@ -238,11 +280,13 @@ fn read_json_lines(
         return Ok(None);
     }
     texts.retain(|(_, t)| !t.trim().is_empty());
-    let (batch, indices, unparsed) = match decode_json(schema, texts.iter().map(|(_, t)| t.as_str())) {
+    let (batch, indices, mut not_json) = match decode_json(schema, texts.iter().map(|(_, t)| t.as_str())) {
         // A line holding two objects would shift rows against record indices.
         Ok(batch) if batch.num_rows() == texts.len() => (batch, texts.iter().map(|(i, _)| *i).collect(), vec![]),
         _ => decode_json_one_by_one(schema, &texts),
     };
+    unparsed.append(&mut not_json);
+    unparsed.sort_by_key(|(i, _, _)| *i);
     Ok(Some(RawChunk { batch, indices, unparsed, records }))
 }
 
@@ -250,12 +294,12 @@ fn decode_json<'a>(schema: &SchemaRef, lines: impl Iterator<Item = &'a str>) -> 
     const BATCH: usize = 8192;
     let mut decoder = json::ReaderBuilder::new(schema.clone()).with_batch_size(BATCH).build_decoder().map_err(|e| e.to_string())?;
     let mut batches = Vec::new();
-    for (n, line) in lines.enumerate() {
+    for line in lines {
         let mut bytes = line.as_bytes();
         while !bytes.is_empty() {
             let read = decoder.decode(bytes).map_err(|e| e.to_string())?;
             bytes = &bytes[read..];
-            if !bytes.is_empty() || (n + 1) % BATCH == 0 {
+            if !bytes.is_empty() {
                 // The decoder stops when a batch is full: drain it and continue.
                 batches.extend(decoder.flush().map_err(|e| e.to_string())?);
             }

@@ -6,10 +6,13 @@
 //! ([`dead_letter`]), and the embedded result store ([`store::EmbeddedStore`]).
 
 pub mod binding;
+pub mod bson_convert;
 pub mod dead_letter;
 pub mod decode;
 pub mod error;
+pub mod fan_out;
 pub mod file_source;
+pub mod mongo;
 pub mod serving;
 pub mod store;
 

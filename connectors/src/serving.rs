@@ -15,25 +15,26 @@ pub const VIEWS_SCHEMA: &str = "views";
 /// Schema of the reference tables (`SELECT * FROM reference.categories`).
 pub const REFERENCE_SCHEMA: &str = "reference";
 
-/// A session for queries over the views (rows from `view_table`) and the reference
+/// A session for queries over `views` (rows from `view_table`) and the reference
 /// tables of `catalog`.
 pub async fn serving_context(
     catalog: &Catalog,
+    views: &[ViewInfo],
     view_table: impl Fn(&ViewInfo) -> Arc<dyn TableProvider>,
 ) -> trendflow_engine::Result<SessionContext> {
     let config: SessionConfig = batch_session_config().with_default_catalog_and_schema(CATALOG, VIEWS_SCHEMA);
     let ctx = SessionContext::new_with_config(config);
     let trendflow = ctx.catalog(CATALOG).expect("the default catalog exists");
-    let views = Arc::new(MemorySchemaProvider::new());
-    for info in catalog.view_infos().await? {
-        views.register_table(info.name.clone(), view_table(&info))?;
+    let view_schema = Arc::new(MemorySchemaProvider::new());
+    for info in views {
+        view_schema.register_table(info.name.clone(), view_table(info))?;
     }
     let references = Arc::new(MemorySchemaProvider::new());
     for reference in catalog.references() {
         let table = catalog.session().table_provider(reference.name.as_str()).await?;
         references.register_table(reference.name.clone(), table)?;
     }
-    trendflow.register_schema(VIEWS_SCHEMA, views)?;
+    trendflow.register_schema(VIEWS_SCHEMA, view_schema)?;
     trendflow.register_schema(REFERENCE_SCHEMA, references)?;
     Ok(ctx)
 }

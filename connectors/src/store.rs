@@ -114,11 +114,15 @@ impl Sink for EmbeddedStore {
         for view in views {
             let mut table = KeyedTable::new(view.schema.clone(), view.key.clone())?;
             if let Some(rows) = Self::read_view(&self.dir, &view.name).map_err(sink_error)? {
-                if rows.schema().fields() == view.schema.fields() {
-                    table.upsert(&rows)?;
-                } else {
-                    tracing::warn!(view = %view.name, "stored rows have another schema; the view is rebuilt");
-                }
+                let rows = RecordBatch::try_new(view.schema.clone(), rows.columns().to_vec()).map_err(|e| {
+                    EngineError::Sink(format!(
+                        "embedded store: {} holds rows of another shape than view `{}` now has ({e}); \
+                         start from a fresh --state directory",
+                        self.dir.display(),
+                        view.name
+                    ))
+                })?;
+                table.upsert(&rows)?;
             }
             self.tables.write().expect("store lock poisoned").insert(view.name.clone(), table);
         }
@@ -139,7 +143,8 @@ impl Sink for EmbeddedStore {
         for view in std::mem::take(&mut self.dirty) {
             self.write_view(&view).map_err(sink_error)?;
         }
-        Ok(())
+        // The renames must be durable before the checkpoint that relies on them.
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| sink_error(ConnectorError::io(&self.dir, e)))
     }
 }
 
@@ -174,7 +179,13 @@ impl ViewTable {
                 EmbeddedStore::read_view(dir, &self.name).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
             }
         };
-        Ok(rows.into_iter().filter(|b| b.schema().fields() == self.schema.fields()).collect())
+        rows.into_iter()
+            .map(|b| {
+                RecordBatch::try_new(self.schema.clone(), b.columns().to_vec()).map_err(|e| {
+                    datafusion::error::DataFusionError::Execution(format!("stored rows of view `{}` do not match its schema: {e}", self.name))
+                })
+            })
+            .collect()
     }
 }
 

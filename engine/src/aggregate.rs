@@ -90,11 +90,6 @@ impl IncrementalAggregate {
         &self.finals_slot
     }
 
-    /// Number of groups held.
-    pub fn groups(&self) -> usize {
-        self.state.len()
-    }
-
     /// Folds the current micro-batch (already in the stream slots) into the state.
     /// Returns whether any group changed.
     pub async fn apply(&mut self, ctx: &Arc<TaskContext>) -> Result<bool> {

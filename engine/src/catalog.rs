@@ -74,9 +74,12 @@ pub fn batch_session_config() -> SessionConfig {
 ///
 /// One partition keeps every aggregate a single `AggregateExec` the engine can
 /// split into its Partial / PartialReduce / Final stages; dynamic filters are
-/// off because plans are re-executed and such filters carry state between runs.
+/// off because plans are re-executed and such filters carry state between runs;
+/// `Partial` never skips aggregation, so it emits one row per group and a group's
+/// stored state is merged exactly once.
 pub fn incremental_session_config() -> SessionConfig {
     let mut config = batch_session_config().with_target_partitions(1);
+    config.options_mut().execution.skip_partial_aggregation_probe_rows_threshold = usize::MAX;
     let optimizer = &mut config.options_mut().optimizer;
     optimizer.enable_dynamic_filter_pushdown = false;
     optimizer.enable_topk_dynamic_filter_pushdown = false;

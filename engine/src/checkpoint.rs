@@ -33,6 +33,10 @@ pub struct CheckpointMeta {
     pub sources: BTreeMap<String, Offsets>,
     /// View name → number of state files (`<view>.<i>.arrow`).
     pub views: BTreeMap<String, usize>,
+    /// What the state was computed from: `view:<name>` → hash of its SQL,
+    /// `source:<stream>` → the bound input. A restart with other inputs is refused.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
 }
 
 /// A checkpoint read back: positions plus the state batches of each view.

@@ -103,7 +103,7 @@ impl RowEncoder {
 /// table.upsert(&batch(vec!["a", "b"], vec![1, 2])).unwrap();
 /// table.upsert(&batch(vec!["a"], vec![3])).unwrap();
 /// assert_eq!(table.len(), 2);
-/// let a = table.lookup(&batch(vec!["a"], vec![0]).project(&[0]).unwrap()).unwrap();
+/// let a = table.lookup(&batch(vec!["a", "a"], vec![0, 0]).project(&[0]).unwrap()).unwrap();
 /// assert_eq!(a.num_rows(), 1);
 /// ```
 #[derive(Debug)]
@@ -177,12 +177,14 @@ impl KeyedTable {
         Ok(removed)
     }
 
-    /// The stored rows for `keys`, a batch of just the key columns in key order
-    /// (keys not present are skipped).
+    /// The stored rows for `keys`, a batch of just the key columns in key order; each
+    /// stored row once, however often its key appears (keys not present are skipped).
     pub fn lookup(&self, keys: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         let encoded = self.key_encoder.encode(keys)?;
-        let found: Vec<(usize, usize)> =
+        let mut found: Vec<(usize, usize)> =
             (0..encoded.len()).filter_map(|row| self.index.get(encoded.get(row)).copied()).collect();
+        found.sort_unstable();
+        found.dedup();
         self.gather(&found)
     }
 

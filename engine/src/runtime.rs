@@ -48,6 +48,11 @@ pub trait Source: Send {
     async fn poll(&mut self, max_rows: usize, max_delay: Duration) -> Result<Poll>;
     /// Continues after `offsets` (from a checkpoint) instead of the beginning.
     async fn seek(&mut self, offsets: &Offsets) -> Result<()>;
+    /// What this source reads (e.g. `file:/data/products.csv`); checkpoints remember it
+    /// so that a restart bound to another input is refused rather than mis-positioned.
+    fn identity(&self) -> String {
+        self.stream().to_string()
+    }
     /// Called after a checkpoint holding `offsets` is durable.
     async fn commit(&mut self, _offsets: &Offsets) -> Result<()> {
         Ok(())
@@ -128,6 +133,8 @@ pub struct Pipeline {
     checkpointer: Checkpointer,
     batch_id: u64,
     offsets: BTreeMap<String, Offsets>,
+    /// `view:<name>` / `source:<stream>` → what they were built from (see [`CheckpointMeta::inputs`]).
+    inputs: BTreeMap<String, String>,
     resumed: bool,
 }
 
@@ -136,12 +143,14 @@ impl Pipeline {
     pub async fn compile(catalog: Catalog, state_dir: PathBuf) -> Result<Self> {
         let slots: Vec<_> = catalog.streams().iter().map(|s| s.slot.clone()).collect();
         let mut views = Vec::new();
+        let mut inputs = BTreeMap::new();
         for def in catalog.views() {
             views.push(IncrementalView::compile(catalog.session(), def, &slots).await?);
+            inputs.insert(format!("view:{}", def.name), format!("{:016x}", fnv1a(def.origin.text.as_bytes())));
         }
         let task = catalog.session().task_ctx();
         let checkpointer = Checkpointer::new(state_dir.join("checkpoints"))?;
-        Ok(Self { catalog, views, task, checkpointer, batch_id: 0, offsets: BTreeMap::new(), resumed: false })
+        Ok(Self { catalog, views, task, checkpointer, batch_id: 0, offsets: BTreeMap::new(), inputs, resumed: false })
     }
 
     /// The catalog the pipeline was compiled from.
@@ -173,6 +182,21 @@ impl Pipeline {
     pub async fn restore(&mut self) -> Result<bool> {
         let Some(checkpoint) = self.checkpointer.load()? else { return Ok(false) };
         let path = self.checkpointer.dir().to_path_buf();
+        for (input, now) in &self.inputs {
+            match checkpoint.meta.inputs.get(input) {
+                Some(then) if then != now => {
+                    return Err(EngineError::Checkpoint {
+                        path,
+                        message: format!(
+                            "{} changed since the checkpoint was written ({then} then, {now} now); \
+                             bind the same input, or start from a fresh --state directory to recompute",
+                            input.replacen(':', " `", 1) + "`"
+                        ),
+                    })
+                }
+                _ => {}
+            }
+        }
         let mut states = checkpoint.states;
         for view in &mut self.views {
             let name = &view.info().name;
@@ -236,7 +260,12 @@ impl Pipeline {
 
     /// Flushes the sink, then writes a checkpoint of state and positions.
     pub async fn checkpoint(&mut self, sink: &mut dyn Sink) -> Result<CheckpointMeta> {
-        let meta = CheckpointMeta { batch_id: self.batch_id, sources: self.offsets.clone(), views: BTreeMap::new() };
+        let meta = CheckpointMeta {
+            batch_id: self.batch_id,
+            sources: self.offsets.clone(),
+            views: BTreeMap::new(),
+            inputs: self.inputs.clone(),
+        };
         sink.flush(&meta).await?;
         let mut states = BTreeMap::new();
         for view in &self.views {
@@ -258,6 +287,9 @@ impl Pipeline {
     ) -> Result<RunSummary> {
         let started = Instant::now();
         self.check_bindings(&sources)?;
+        for source in &sources {
+            self.inputs.insert(format!("source:{}", source.stream()), source.identity());
+        }
         sink.open(&self.view_infos()).await?;
         self.restore().await?;
         for source in &mut sources {
@@ -291,9 +323,11 @@ impl Pipeline {
                     break;
                 }
                 // Drained: keep serving until told to stop, like a stream that went quiet.
+                let pause = options.max_delay.max(Duration::from_millis(50));
                 tokio::select! {
-                    _ = shutdown.changed() => {}
-                    _ = tokio::time::sleep(options.max_delay.max(Duration::from_millis(50))) => {}
+                    // A dropped sender can no longer ask for a stop: just wait out the pause.
+                    changed = shutdown.changed() => if changed.is_err() { tokio::time::sleep(pause).await },
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
         }
@@ -326,8 +360,14 @@ impl Pipeline {
                 });
             }
         }
-        for source in sources {
+        for (i, source) in sources.iter().enumerate() {
             find_stream(self.catalog.streams(), source.stream())?;
+            if sources[..i].iter().any(|s| s.stream() == source.stream()) {
+                return Err(EngineError::Binding {
+                    binding: source.stream().to_string(),
+                    message: "the stream is bound twice; bind each stream to one source".into(),
+                });
+            }
         }
         Ok(())
     }
@@ -367,4 +407,9 @@ fn conform(stream: &StreamDecl, batch: &RecordBatch) -> Result<RecordBatch> {
         source_name: stream.name.clone(),
         message: format!("micro-batch does not match the declared schema: {e}"),
     })
+}
+
+/// FNV-1a: a hash that, unlike std's, is stable across Rust releases (checkpoints outlive binaries).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }

@@ -63,13 +63,6 @@ pub struct StreamDecl {
     pub slot: BatchSlot,
 }
 
-impl StreamDecl {
-    /// `OPTIONS ('format' …)`, default `json`.
-    pub fn format(&self) -> &str {
-        self.options.get("format").map(String::as_str).unwrap_or("json")
-    }
-}
-
 /// The streams declared so far, shared between the factory and the catalog.
 #[derive(Debug, Default, Clone)]
 pub struct StreamRegistry(Arc<Mutex<Vec<StreamDecl>>>);

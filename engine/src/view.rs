@@ -148,7 +148,7 @@ impl IncrementalView {
                     });
                 }
                 let result = evaluate(aggregates, output, ctx).await?;
-                current.replace(result)
+                current.replace(result, &self.info.name)
             }
         }
     }
@@ -175,19 +175,11 @@ impl IncrementalView {
         let ViewKind::Aggregating { aggregates, output, current } = &mut self.kind else {
             return Ok(());
         };
-        if state.len() != aggregates.len() {
-            return Err(EngineError::DataFusion(datafusion::error::DataFusionError::Plan(format!(
-                "checkpoint holds {} aggregate states for view `{}`, its plan has {}",
-                state.len(),
-                self.info.name,
-                aggregates.len()
-            ))));
-        }
         for (aggregate, batch) in aggregates.iter_mut().zip(state) {
             aggregate.restore(batch, ctx).await?;
         }
         let result = evaluate(aggregates, output, ctx).await?;
-        current.replace(result)?;
+        current.replace(result, &self.info.name)?;
         Ok(())
     }
 }
@@ -270,7 +262,7 @@ impl ResultSnapshot {
     }
 
     /// Makes `result` current and returns how it differs from the previous result.
-    fn replace(&mut self, result: RecordBatch) -> Result<Changeset> {
+    fn replace(&mut self, result: RecordBatch, view: &str) -> Result<Changeset> {
         let keys = self.key_encoder.encode(&result)?;
         let rows = self.row_encoder.encode(&result)?;
         let mut index = HashMap::with_capacity(keys.len());
@@ -283,7 +275,7 @@ impl ResultSnapshot {
             }
             if index.insert(Box::<[u8]>::from(key), i).is_some() {
                 return Err(EngineError::DataFusion(datafusion::error::DataFusionError::Execution(format!(
-                    "view produced two rows for key columns {:?}",
+                    "view `{view}` produced two rows for its key columns {:?}",
                     self.key.iter().map(|&k| result.schema().field(k).name().clone()).collect::<Vec<_>>()
                 ))));
             }

@@ -1,7 +1,7 @@
 //! # trendflow-server
 //!
-//! Arrow Flight SQL over trendflow's tables: views (current results),
-//! reference tables and streams, as a DataFusion session sees them. Read-only;
+//! Arrow Flight SQL over the tables of a DataFusion session (in trendflow:
+//! views with their current results, and reference tables). Read-only;
 //! optional basic-auth handshake with bearer tokens; optional TLS; per-query
 //! memory, time and concurrency limits.
 //!

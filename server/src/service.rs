@@ -43,7 +43,7 @@ use crate::auth::Authenticator;
 pub struct QueryLimits {
     /// Memory one query may hold (DataFusion memory pool); `None`: unbounded.
     pub memory_bytes: Option<usize>,
-    /// Longest a query may run, from planning to its last batch.
+    /// Longest a query may take to deliver its last batch, counted from the start of execution.
     pub timeout: Duration,
     /// Queries executing at once; more are refused with `RESOURCE_EXHAUSTED`.
     pub max_concurrent: usize,
@@ -106,9 +106,11 @@ impl TrendflowFlightSql {
         let sql = sql.as_str();
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         self.query_context()?.sql_with_options(sql, options).await.map_err(|e| match e {
-            DataFusionError::Plan(message) if message.contains("not supported") => Status::permission_denied(format!(
-                "trendflow's Flight SQL service is read-only ({message}); records are ingested through the ingest API"
-            )),
+            DataFusionError::Plan(message)
+                if ["DDL not supported", "DML not supported", "Statement not supported"].iter().any(|p| message.starts_with(p)) =>
+            {
+                Status::permission_denied(format!("trendflow's Flight SQL service is read-only ({message})"))
+            }
             other => df_status(other),
         })
     }
@@ -430,7 +432,7 @@ impl FlightSqlService for TrendflowFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         self.auth.check(request.metadata())?;
-        Err(Status::permission_denied("trendflow's Flight SQL service is read-only; records are ingested through the ingest API"))
+        Err(Status::permission_denied("trendflow's Flight SQL service is read-only"))
     }
 
     async fn do_put_prepared_statement_update(
@@ -439,7 +441,7 @@ impl FlightSqlService for TrendflowFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         self.auth.check(request.metadata())?;
-        Err(Status::permission_denied("trendflow's Flight SQL service is read-only; records are ingested through the ingest API"))
+        Err(Status::permission_denied("trendflow's Flight SQL service is read-only"))
     }
 
     async fn get_flight_info_catalogs(

@@ -70,24 +70,28 @@ async fn bad_bindings_are_refused() {
 #[tokio::test]
 async fn bad_records_become_dead_letters_and_counts_add_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let header = "asin,title,imgUrl,productURL,stars,reviews,price,listPrice,category_id,isBestSeller,boughtInLastMonth,extra";
+    let header = "asin,title,imgUrl,productURL,stars,reviews,price,listPrice,category_id,isBestSeller,boughtInLastMonth,extra,_timestamp";
     let csv = format!(
-        "{header}\nA1,ok,,,4.5,1,9.99,0,1,False,0,x\n,no asin,,,4.5,1,9.99,0,1,False,0,x\nA3,bad price,,,4.5,1,cheap,0,1,False,0,x\n\
-         A4,bad bool,,,4.5,1,9.99,0,1,Maybe,0,x\nA5,\"quoted, title\",,,,,12.5,,2,True,,x\n"
+        "{header}\nA1,ok,,,4.5,1,9.99,0,1,False,0,x,2023-01-01T00:00:00\n,no asin,,,4.5,1,9.99,0,1,False,0,x,\n\
+         A3,bad price,,,4.5,1,cheap,0,1,False,0,x,\nA4,bad bool,,,4.5,1,9.99,0,1,Maybe,0,x,\n\
+         A5,\"quoted, title\",,,,,12.5,,2,True,,x,\nA6,bad time,,,,,1,,2,True,,x,soon\n"
     );
     let products = tmp.path().join("products.csv");
     std::fs::write(&products, csv).unwrap();
     let ndjson = tmp.path().join("products.ndjson");
-    std::fs::write(
-        &ndjson,
-        "{\"asin\":\"J1\",\"price\":5.5,\"category_id\":3,\"unknown\":1}\n{\"asin\":\"J2\",\"price\":\n\
-         {\"asin\":\"J3\",\"price\":\"abc\"}\n\n{\"title\":\"no asin\"}\n{\"asin\":\"J5\",\"isBestSeller\":true}\n",
-    )
-    .unwrap();
+    let mut lines = b"{\"asin\":\"J1\",\"price\":5.5,\"category_id\":3,\"unknown\":1}\n{\"asin\":\"J2\",\"price\":\n\
+         {\"asin\":\"J3\",\"price\":\"abc\"}\n\n{\"title\":\"no asin\"}\n{\"asin\":\"J5\",\"isBestSeller\":true}\n"
+        .to_vec();
+    lines.extend_from_slice(b"{\"asin\":\"J7\",\"title\":\"\xff\xfe\"}\n");
+    std::fs::write(&ndjson, lines).unwrap();
     let categories = shared_data("amazon_categories.csv");
     for (file, accepted, reasons) in [
-        (&products, 2, vec!["`asin` is required", "`cheap` is not a valid Float64", "`Maybe` is not a valid Boolean"]),
-        (&ndjson, 2, vec!["invalid JSON record", "invalid JSON record", "`asin` is required"]),
+        (
+            &products,
+            2,
+            vec!["`asin` is required", "`cheap` is not a valid Float64", "`Maybe` is not a valid Boolean", "`_timestamp` is not a timestamp"],
+        ),
+        (&ndjson, 2, vec!["invalid JSON record", "invalid JSON record", "invalid UTF-8", "`asin` is required"]),
     ] {
         let bindings = bindings(file, &categories);
         let catalog = Catalog::load(&[shipped_sql()], incremental_session_config(), &bindings.files()).await.unwrap();

@@ -2,6 +2,7 @@
 
 mod cli;
 mod errors;
+mod mongo;
 mod restart;
 mod semantics;
 mod streaming_equals_batch;
