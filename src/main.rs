@@ -58,8 +58,11 @@ struct MongoArgs {
     #[arg(long, env = "TRENDFLOW_MONGODB_WRITE_CONCERN", default_value = "majority")]
     mongodb_write_concern: String,
     /// Write a view to another collection: VIEW=COLLECTION. Repeatable.
-    #[arg(long = "mongodb-collection", value_delimiter = ',')]
+    #[arg(long = "mongodb-collection")]
     mongodb_collections: Vec<String>,
+    /// Create a secondary index: VIEW=COLUMN[+COLUMN...]. Repeatable.
+    #[arg(long = "mongodb-index")]
+    mongodb_indexes: Vec<String>,
 }
 
 impl MongoArgs {
@@ -70,11 +73,17 @@ impl MongoArgs {
             let (view, collection) = mapping.split_once('=').with_context(|| format!("--mongodb-collection `{mapping}`: expected VIEW=COLLECTION"))?;
             collections.insert(view.to_string(), collection.to_string());
         }
+        let mut indexes: HashMap<String, Vec<Vec<String>>> = HashMap::new();
+        for spec in &self.mongodb_indexes {
+            let (view, columns) = spec.split_once('=').with_context(|| format!("--mongodb-index `{spec}`: expected VIEW=COLUMN[+COLUMN...]"))?;
+            indexes.entry(view.to_string()).or_default().push(columns.split('+').map(str::to_string).collect());
+        }
         Ok(Some(MongoOptions {
             uri: uri.clone(),
             database: self.mongodb_database.clone(),
             write_concern: self.mongodb_write_concern.clone(),
             collections,
+            indexes,
             ..Default::default()
         }))
     }
@@ -153,6 +162,9 @@ enum Command {
         sql_text: String,
         #[command(flatten)]
         pipeline: PipelineArgs,
+        /// With --mongodb-uri, views are read from MongoDB instead of the state directory.
+        #[command(flatten)]
+        mongo: MongoArgs,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -207,7 +219,7 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Serve { pipeline, serve, mongo } => serve_only(pipeline, serve, mongo).await,
         Command::Batch { pipeline } => batch(pipeline).await,
-        Command::Query { sql_text, pipeline, format } => query(&sql_text, pipeline, format).await,
+        Command::Query { sql_text, pipeline, format, mongo } => query(&sql_text, pipeline, format, mongo).await,
         Command::Gen { rows, seed, out } => {
             let summary = trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows, seed, out })?;
             println!("wrote {} products to {} and categories to {}", summary.rows, summary.products.display(), summary.categories.display());
@@ -300,19 +312,27 @@ async fn start_server(args: &ServeArgs, ctx: datafusion::prelude::SessionContext
     Ok(Some(server))
 }
 
-async fn serve_only(args: PipelineArgs, serve: ServeArgs, mongo: MongoArgs) -> Result<()> {
-    let bindings = resolve_bindings(&args)?;
-    let catalog = load_catalog(&args, &bindings, batch_session_config()).await?;
-    let store_dir = args.state.join("store");
+/// The catalog of a job that runs elsewhere: views from MongoDB when configured,
+/// else as persisted in the state directory.
+async fn stored_views_context(args: &PipelineArgs, mongo: &MongoArgs) -> Result<datafusion::prelude::SessionContext> {
+    let bindings = resolve_bindings(args)?;
+    let catalog = load_catalog(args, &bindings, batch_session_config()).await?;
     let views = catalog.view_infos().await?;
-    let ctx = match mongo.options()? {
+    Ok(match mongo.options()? {
         Some(options) => {
             let database = mongo::connect(&options).await?;
             let sink = MongoSink::new(database.clone(), options);
             serving_context(&catalog, &views, |view| Arc::new(MongoTable::new(database.clone(), sink.collection_of(&view.name), view)) as _).await?
         }
-        None => serving_context(&catalog, &views, |view| EmbeddedStore::persisted_table(&store_dir, view)).await?,
-    };
+        None => {
+            let store_dir = args.state.join("store");
+            serving_context(&catalog, &views, |view| EmbeddedStore::persisted_table(&store_dir, view)).await?
+        }
+    })
+}
+
+async fn serve_only(args: PipelineArgs, serve: ServeArgs, mongo: MongoArgs) -> Result<()> {
+    let ctx = stored_views_context(&args, &mongo).await?;
     let Some(server) = start_server(&serve, ctx).await? else { bail!("serve needs a --flight-addr") };
     tokio::select! {
         result = server.wait() => Ok(result?),
@@ -382,12 +402,8 @@ async fn batch(args: PipelineArgs) -> Result<()> {
     print_views(&infos, |name| Ok(store.rows(name).transpose()?))
 }
 
-async fn query(sql: &str, args: PipelineArgs, format: Format) -> Result<()> {
-    let bindings = resolve_bindings(&args)?;
-    let catalog = load_catalog(&args, &bindings, batch_session_config()).await?;
-    let store_dir = args.state.join("store");
-    let views = catalog.view_infos().await?;
-    let ctx = serving_context(&catalog, &views, |view| EmbeddedStore::persisted_table(&store_dir, view)).await?;
+async fn query(sql: &str, args: PipelineArgs, format: Format, mongo: MongoArgs) -> Result<()> {
+    let ctx = stored_views_context(&args, &mongo).await?;
     let batches = ctx.sql(sql).await?.collect().await?;
     let mut out = std::io::stdout().lock();
     match format {

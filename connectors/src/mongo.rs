@@ -47,6 +47,8 @@ pub struct MongoOptions {
     pub write_concern: String,
     /// View name → collection name, where it differs.
     pub collections: HashMap<String, String>,
+    /// View name → secondary indexes, each a list of columns (ascending).
+    pub indexes: HashMap<String, Vec<Vec<String>>>,
     /// How long transient errors are retried before the job stops.
     pub retry_for: Duration,
 }
@@ -58,6 +60,7 @@ impl Default for MongoOptions {
             database: "trendflow".into(),
             write_concern: "majority".into(),
             collections: HashMap::new(),
+            indexes: HashMap::new(),
             retry_for: Duration::from_secs(600),
         }
     }
@@ -197,6 +200,19 @@ fn is_transient(error: &MongoError) -> bool {
 impl Sink for MongoSink {
     async fn open(&mut self, views: &[ViewInfo]) -> Result<(), EngineError> {
         self.views = views.iter().map(|v| (v.name.clone(), v.clone())).collect();
+        for (view, indexes) in &self.options.indexes {
+            let info = self.views.get(view).ok_or_else(|| EngineError::Sink(format!("--mongodb-index names `{view}`, which is not a view")))?;
+            let mut specs = Vec::new();
+            for columns in indexes {
+                if let Some(missing) = columns.iter().find(|c| info.schema.index_of(c).is_err()) {
+                    return Err(EngineError::Sink(format!("--mongodb-index: view `{view}` has no column `{missing}`")));
+                }
+                let key: Document = columns.iter().map(|c| (c.clone(), Bson::Int32(1))).collect();
+                specs.push(Bson::Document(doc! {"key": key, "name": columns.join("_")}));
+            }
+            // `_id` is unique by MongoDB's own rule; these are lookups over view columns.
+            self.write(doc! {"createIndexes": self.collection_of(view), "indexes": specs}).await?;
+        }
         Ok(())
     }
 
