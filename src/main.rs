@@ -18,7 +18,7 @@ use trendflow_engine::checkpoint::CheckpointMeta;
 use trendflow_engine::runtime::{Pipeline, RunOptions, Sink, StepReport};
 use trendflow_connectors::fan_out::FanOut;
 use trendflow_connectors::mongo::{self, MongoOptions, MongoSink, MongoTable};
-use trendflow_connectors::serving::serving_context;
+use trendflow_connectors::serving::{serving_context, Streams};
 use trendflow_engine::view::{Changeset, ViewInfo};
 use trendflow_server::auth::AuthConfig;
 use trendflow_server::service::QueryLimits;
@@ -95,7 +95,8 @@ struct ServeArgs {
     /// Flight SQL listen address (`none` disables the server; port 0 picks a free port).
     #[arg(long, env = "TRENDFLOW_FLIGHT_ADDR", default_value = "127.0.0.1:50051")]
     flight_addr: String,
-    /// Client authentication: `none`, or `basic:USER:PASSWORD` exchanged for a bearer token.
+    /// Client authentication: `none`, `basic:USER:PASSWORD` (exchanged for an expiring bearer
+    /// token in the handshake) or `token-file:PATH` (long-lived bearer tokens, one per line).
     #[arg(long, env = "TRENDFLOW_FLIGHT_AUTH", default_value = "none", hide_env_values = true)]
     auth: String,
     /// PEM certificate for TLS (with --tls-key).
@@ -257,7 +258,7 @@ async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: Serv
     let mut store = EmbeddedStore::new(args.state.join("store"));
     let mut pipeline = Pipeline::compile(catalog, args.state.clone()).await?;
     let views = pipeline.view_infos();
-    let _server = start_server(&serve, serving_context(pipeline.catalog(), &views, |view| store.live_table(view)).await?).await?;
+    let _server = start_server(&serve, serving_context(pipeline.catalog(), &views, Streams::Recent, |view| store.live_table(view)).await?).await?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -322,11 +323,11 @@ async fn stored_views_context(args: &PipelineArgs, mongo: &MongoArgs) -> Result<
         Some(options) => {
             let database = mongo::connect(&options).await?;
             let sink = MongoSink::new(database.clone(), options);
-            serving_context(&catalog, &views, |view| Arc::new(MongoTable::new(database.clone(), sink.collection_of(&view.name), view)) as _).await?
+            serving_context(&catalog, &views, Streams::Hidden, |view| Arc::new(MongoTable::new(database.clone(), sink.collection_of(&view.name), view)) as _).await?
         }
         None => {
             let store_dir = args.state.join("store");
-            serving_context(&catalog, &views, |view| EmbeddedStore::persisted_table(&store_dir, view)).await?
+            serving_context(&catalog, &views, Streams::Hidden, |view| EmbeddedStore::persisted_table(&store_dir, view)).await?
         }
     })
 }

@@ -14,12 +14,24 @@ pub const CATALOG: &str = "trendflow";
 pub const VIEWS_SCHEMA: &str = "views";
 /// Schema of the reference tables (`SELECT * FROM reference.categories`).
 pub const REFERENCE_SCHEMA: &str = "reference";
+/// Schema of the streams' recent rows (`SELECT * FROM streams.products`), while a job runs.
+pub const STREAMS_SCHEMA: &str = "streams";
 
-/// A session for queries over `views` (rows from `view_table`) and the reference
-/// tables of `catalog`.
+/// What a serving session shows of the streams.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Streams {
+    /// Their recent rows (in the process that runs the job).
+    Recent,
+    /// Nothing (the job runs elsewhere).
+    Hidden,
+}
+
+/// A session for queries over `views` (rows from `view_table`), the reference
+/// tables of `catalog` and, with [`Streams::Recent`], the streams' latest rows.
 pub async fn serving_context(
     catalog: &Catalog,
     views: &[ViewInfo],
+    streams: Streams,
     view_table: impl Fn(&ViewInfo) -> Arc<dyn TableProvider>,
 ) -> trendflow_engine::Result<SessionContext> {
     let config: SessionConfig = batch_session_config().with_default_catalog_and_schema(CATALOG, VIEWS_SCHEMA);
@@ -33,6 +45,13 @@ pub async fn serving_context(
     for reference in catalog.references() {
         let table = catalog.session().table_provider(reference.name.as_str()).await?;
         references.register_table(reference.name.clone(), table)?;
+    }
+    if streams == Streams::Recent {
+        let stream_schema = Arc::new(MemorySchemaProvider::new());
+        for stream in catalog.streams() {
+            stream_schema.register_table(stream.name.clone(), Arc::new(stream.recent.clone()))?;
+        }
+        trendflow.register_schema(STREAMS_SCHEMA, stream_schema)?;
     }
     trendflow.register_schema(VIEWS_SCHEMA, view_schema)?;
     trendflow.register_schema(REFERENCE_SCHEMA, references)?;

@@ -28,6 +28,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod error;
 pub mod keyed;
+pub mod recent;
 pub mod runtime;
 pub mod slot;
 pub mod stream_table;

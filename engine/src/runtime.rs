@@ -232,6 +232,7 @@ impl Pipeline {
             report.rows += micro.batch.num_rows() as u64;
             report.rejected += micro.rejected;
             let batch = conform(stream, &micro.batch)?;
+            stream.recent.push(batch.clone());
             stream.slot.set(vec![batch]);
         }
         let result = self.update_views(sink, &mut report).await;

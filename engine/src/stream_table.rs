@@ -16,6 +16,7 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{CreateExternalTable, Expr};
 use datafusion::physical_plan::ExecutionPlan;
 
+use crate::recent::{RecentRows, DEFAULT_RECENT_ROWS};
 use crate::slot::BatchSlot;
 
 /// The `STORED AS` name that declares a stream.
@@ -61,6 +62,8 @@ pub struct StreamDecl {
     pub primary_key: Vec<usize>,
     /// Holds the micro-batch being processed.
     pub slot: BatchSlot,
+    /// The latest rows, for serving (`OPTIONS ('recent_rows' 'N')`, default [`DEFAULT_RECENT_ROWS`]).
+    pub recent: RecentRows,
 }
 
 /// The streams declared so far, shared between the factory and the catalog.
@@ -116,7 +119,14 @@ impl TableProviderFactory for StreamTableFactory {
                 Constraint::Unique(_) => None,
             })
             .unwrap_or_default();
+        let recent_rows = match cmd.options.get("recent_rows") {
+            None => DEFAULT_RECENT_ROWS,
+            Some(n) => n.parse().map_err(|_| {
+                datafusion::error::DataFusionError::Plan(format!("stream `{}`: OPTIONS recent_rows `{n}` is not a number of rows", cmd.name))
+            })?,
+        };
         let decl = StreamDecl {
+            recent: RecentRows::new(schema.clone(), recent_rows),
             name: cmd.name.table().to_string(),
             location: cmd.locations.first().cloned().unwrap_or_default(),
             options: cmd.options.iter().map(|(k, v)| (k.to_lowercase(), v.clone())).collect(),

@@ -19,22 +19,34 @@ pub enum AuthConfig {
     None,
     /// Basic credentials exchanged for a bearer token in the handshake.
     Basic { user: String, password: String },
+    /// Long-lived bearer tokens, one per line of a file (`#` starts a comment).
+    Tokens(Vec<String>),
 }
 
 impl AuthConfig {
-    /// Parses `--auth basic:USER:PASSWORD` (or `none`).
+    /// Parses `--auth basic:USER:PASSWORD`, `--auth token-file:PATH` or `none`.
     ///
     /// ```
     /// use trendflow_server::auth::AuthConfig;
     /// assert!(matches!(AuthConfig::parse("basic:ann:secret").unwrap(), AuthConfig::Basic { .. }));
     /// assert!(AuthConfig::parse("basic:ann").is_err());
+    /// assert!(AuthConfig::parse("token-file:/no/such/file").is_err());
     /// ```
     pub fn parse(spec: &str) -> Result<Self> {
         if spec == "none" {
             return Ok(Self::None);
         }
         let error = |message: &str| ServerError::Config { option: "--auth".into(), message: message.into() };
-        let rest = spec.strip_prefix("basic:").ok_or_else(|| error("expected basic:USER:PASSWORD or none"))?;
+        if let Some(path) = spec.strip_prefix("token-file:") {
+            let text = std::fs::read_to_string(path).map_err(|e| error(&format!("token file {path}: {e}")))?;
+            let tokens: Vec<String> =
+                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
+            if tokens.is_empty() {
+                return Err(error(&format!("token file {path} holds no token")));
+            }
+            return Ok(Self::Tokens(tokens));
+        }
+        let rest = spec.strip_prefix("basic:").ok_or_else(|| error("expected basic:USER:PASSWORD, token-file:PATH or none"))?;
         let (user, password) = rest.split_once(':').ok_or_else(|| error("expected basic:USER:PASSWORD"))?;
         if user.is_empty() || password.is_empty() {
             return Err(error("user and password must not be empty"));
@@ -64,8 +76,10 @@ impl Authenticator {
 
     /// Checks the basic credentials of a handshake and returns a fresh token.
     pub async fn handshake(&self, metadata: &MetadataMap) -> Result<String, Status> {
-        let AuthConfig::Basic { user, password } = &self.config else {
-            return Ok(String::new());
+        let (user, password) = match &self.config {
+            AuthConfig::None => return Ok(String::new()),
+            AuthConfig::Tokens(_) => return Err(Status::unauthenticated("this server takes bearer tokens from its token file, not a handshake")),
+            AuthConfig::Basic { user, password } => (user, password),
         };
         let header = metadata.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
         let given = header
@@ -96,6 +110,9 @@ impl Authenticator {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("missing bearer token: authenticate with the handshake first"))?;
+        if let AuthConfig::Tokens(accepted) = &self.config {
+            return accepted.iter().any(|t| t == token).then_some(()).ok_or_else(|| Status::unauthenticated("invalid token"));
+        }
         let tokens = self.tokens.lock().expect("token lock poisoned");
         match tokens.get(token) {
             Some(expires) if *expires > Instant::now() => Ok(()),

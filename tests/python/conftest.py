@@ -90,6 +90,29 @@ def auth_job():
 
 
 @pytest.fixture(scope="session")
+def token_job(tmp_path_factory):
+    tokens = tmp_path_factory.mktemp("auth") / "tokens"
+    tokens.write_text("# bearer tokens of the BI clients\ndashboard-7f3a\n")
+    job = Job("--auth", f"token-file:{tokens}")
+    yield job
+    job.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_job(tmp_path_factory):
+    """A job serving over TLS with a self-signed certificate for 127.0.0.1 (made by the openssl CLI)."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    job = Job("--tls-cert", str(cert), "--tls-key", str(key))
+    job.cert = cert.read_text()
+    yield job
+    job.stop()
+
+
+@pytest.fixture(scope="session")
 def limited_job():
     job = Job("--query-memory-mb", "16", "--query-timeout-s", "30")
     job.wait_drained()

@@ -48,7 +48,7 @@ def test_get_objects_lists_catalog_schemas_tables_and_columns(job):
     catalogs = {c["catalog_name"]: c for c in objects}
     assert "trendflow" in catalogs
     schemas = {s["db_schema_name"]: s for s in catalogs["trendflow"]["catalog_db_schemas"]}
-    assert {"views", "reference"} <= set(schemas)
+    assert {"views", "reference", "streams"} <= set(schemas)
     tables = {t["table_name"]: t for t in schemas["views"]["db_schema_tables"]}
     assert set(VIEWS) <= set(tables)
     columns = [c["column_name"] for c in tables["price_levels"]["table_columns"]]
@@ -112,6 +112,37 @@ def test_auth_accepts_valid_credentials_only(auth_job):
     client = flight.FlightClient(auth_job.uri)
     with pytest.raises(flight.FlightUnauthenticatedError):
         client.get_flight_info(flight.FlightDescriptor.for_command(command(flightsql_pb2.CommandGetCatalogs())))
+
+
+def test_token_file_auth(token_job):
+    header = {"adbc.flight.sql.authorization_header": "Bearer dashboard-7f3a"}
+    with connect(token_job, db_kwargs=header) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 AS one")
+        assert cur.fetchall() == [(1,)]
+    with pytest.raises(Exception) as error:
+        bad = {"adbc.flight.sql.authorization_header": "Bearer guessed"}
+        with connect(token_job, db_kwargs=bad) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+    assert "UNAUTHENTICATED" in str(error.value).upper() or "invalid token" in str(error.value)
+
+
+def test_tls(tls_job):
+    assert tls_job.uri.startswith("grpc+tls://")
+    trusted = {"adbc.flight.sql.client_option.tls_root_certs": tls_job.cert}
+    with connect(tls_job, db_kwargs=trusted) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 AS one")
+        assert cur.fetchall() == [(1,)]
+    with pytest.raises(Exception):
+        with connect(tls_job) as conn, conn.cursor() as cur:  # the self-signed certificate is not trusted
+            cur.execute("SELECT 1")
+
+
+def test_streams_serve_their_recent_rows(job):
+    with connect(job) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*), MIN(_offset), MAX(_offset) FROM streams.products")
+        count, first, last = cur.fetchall()[0]
+    # The default window keeps the latest 10,000 of the 20,000 generated records.
+    assert (count, first, last) == (10_000, 10_000, 19_999)
 
 
 def command(message) -> bytes:
