@@ -49,7 +49,7 @@ pub async fn serving_context(
     if streams == Streams::Recent {
         let stream_schema = Arc::new(MemorySchemaProvider::new());
         for stream in catalog.streams() {
-            stream_schema.register_table(stream.name.clone(), Arc::new(stream.recent.clone()))?;
+            stream_schema.register_table(stream.name.clone(), Arc::new(stream.recent.table()))?;
         }
         trendflow.register_schema(STREAMS_SCHEMA, stream_schema)?;
     }

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use datafusion::catalog::{Session, TableProvider};
+use datafusion::catalog::TableProvider;
 use datafusion::common::{Constraint, Constraints};
-use datafusion::datasource::{MemTable, TableType};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::datasource::TableType;
+use datafusion::error::DataFusionError;
+use trendflow_engine::snapshot::SnapshotTable;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
@@ -64,13 +64,13 @@ impl EmbeddedStore {
 
     /// A table serving `view`'s current rows as this store updates them.
     pub fn live_table(&self, view: &ViewInfo) -> Arc<dyn TableProvider> {
-        Arc::new(ViewTable::new(view, ViewRows::Live(self.tables.clone())))
+        Arc::new(view_table(view, ViewRows::Live(self.tables.clone())))
     }
 
     /// A table serving `view`'s rows as last persisted in a store directory, re-read on
     /// every query (for serving a job that runs in another process).
     pub fn persisted_table(dir: &Path, view: &ViewInfo) -> Arc<dyn TableProvider> {
-        Arc::new(ViewTable::new(view, ViewRows::Persisted(dir.to_path_buf())))
+        Arc::new(view_table(view, ViewRows::Persisted(dir.to_path_buf())))
     }
 
     /// Reads a view's persisted rows from a store directory (`None` if never written).
@@ -148,8 +148,7 @@ impl Sink for EmbeddedStore {
     }
 }
 
-/// Where a [`ViewTable`] reads rows from.
-#[derive(Debug)]
+/// Where a served view's rows come from.
 enum ViewRows {
     /// The running job's store.
     Live(SharedTables),
@@ -158,59 +157,20 @@ enum ViewRows {
 }
 
 /// A view's current rows as a DataFusion table, keyed by the view key.
-#[derive(Debug)]
-struct ViewTable {
-    name: String,
-    schema: datafusion::arrow::datatypes::SchemaRef,
-    constraints: Constraints,
-    rows: ViewRows,
-}
-
-impl ViewTable {
-    fn new(view: &ViewInfo, rows: ViewRows) -> Self {
-        let constraints = Constraints::new_unverified(vec![Constraint::PrimaryKey(view.key.clone())]);
-        Self { name: view.name.clone(), schema: view.schema.clone(), constraints, rows }
-    }
-
-    fn snapshot(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
-        let rows = match &self.rows {
-            ViewRows::Live(tables) => tables.read().expect("store lock poisoned").get(&self.name).map(|t| t.to_batch()).transpose()?,
-            ViewRows::Persisted(dir) => {
-                EmbeddedStore::read_view(dir, &self.name).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
-            }
+fn view_table(view: &ViewInfo, source: ViewRows) -> SnapshotTable {
+    let constraints = Constraints::new_unverified(vec![Constraint::PrimaryKey(view.key.clone())]);
+    let (name, schema) = (view.name.clone(), view.schema.clone());
+    let rows = move || {
+        let rows = match &source {
+            ViewRows::Live(tables) => tables.read().expect("store lock poisoned").get(&name).map(|t| t.to_batch()).transpose()?,
+            ViewRows::Persisted(dir) => EmbeddedStore::read_view(dir, &name).map_err(|e| DataFusionError::External(Box::new(e)))?,
         };
         rows.into_iter()
             .map(|b| {
-                RecordBatch::try_new(self.schema.clone(), b.columns().to_vec()).map_err(|e| {
-                    datafusion::error::DataFusionError::Execution(format!("stored rows of view `{}` do not match its schema: {e}", self.name))
-                })
+                RecordBatch::try_new(schema.clone(), b.columns().to_vec())
+                    .map_err(|e| DataFusionError::Execution(format!("stored rows of view `{name}` do not match its schema: {e}")))
             })
             .collect()
-    }
-}
-
-#[async_trait]
-impl TableProvider for ViewTable {
-    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
-        self.schema.clone()
-    }
-
-    fn constraints(&self) -> Option<&Constraints> {
-        Some(&self.constraints)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let snapshot = MemTable::try_new(self.schema.clone(), vec![self.snapshot()?])?;
-        snapshot.scan(state, projection, filters, limit).await
-    }
+    };
+    SnapshotTable::new(view.schema.clone(), TableType::View, Some(constraints), rows)
 }

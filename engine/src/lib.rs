@@ -31,6 +31,7 @@ pub mod keyed;
 pub mod recent;
 pub mod runtime;
 pub mod slot;
+pub mod snapshot;
 pub mod stream_table;
 pub mod view;
 

@@ -3,14 +3,11 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 
-use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::{MemTable, TableType};
-use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::datasource::TableType;
+
+use crate::snapshot::SnapshotTable;
 
 /// Rows a stream keeps for serving unless `OPTIONS ('recent_rows' 'N')` says otherwise.
 pub const DEFAULT_RECENT_ROWS: usize = 10_000;
@@ -68,25 +65,10 @@ impl RecentRows {
     pub fn snapshot(&self) -> Vec<RecordBatch> {
         self.batches.read().expect("recent rows lock poisoned").iter().cloned().collect()
     }
-}
 
-#[async_trait]
-impl TableProvider for RecentRows {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        MemTable::try_new(self.schema.clone(), vec![self.snapshot()])?.scan(state, projection, filters, limit).await
+    /// A table reading the window as it is when queried.
+    pub fn table(&self) -> SnapshotTable {
+        let recent = self.clone();
+        SnapshotTable::new(self.schema.clone(), TableType::Temporary, None, move || Ok(recent.snapshot()))
     }
 }
