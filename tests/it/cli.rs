@@ -101,8 +101,8 @@ fn killed_runs_resume_to_exact_results() {
     let state = tmp.path().join("state");
     let state = state.to_str().unwrap();
     let common = ["--source", &products, "--source", &categories, "--state", state, "--flight-addr", "none", "--checkpoint-interval-ms", "0"];
-    let mut positions = Vec::new();
-    for (kill_after_ms, max_rows) in [(700u64, "60"), (600, "90"), (500, "40")] {
+    let mut positions = vec![0];
+    for max_rows in ["60", "90", "40"] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_trendflow"))
             .args(["run", "--max-rows", max_rows])
             .args(common)
@@ -111,13 +111,19 @@ fn killed_runs_resume_to_exact_results() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(kill_after_ms));
+        // Kill once the job has checkpointed some progress of its own (however loaded the machine is).
+        let before = *positions.last().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while checkpointed_position(Path::new(state)) < before + 1_000 {
+            assert!(std::time::Instant::now() < deadline, "no progress past record {before} within 120 s");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         positions.push(checkpointed_position(Path::new(state)));
     }
-    // Every kill hit the job mid-stream, after some progress.
-    assert!(positions.windows(2).all(|w| w[0] < w[1]) && positions[0] > 0 && positions[2] < 60_000, "{positions:?}");
+    // Every kill hit the job mid-stream.
+    assert!(positions.windows(2).all(|w| w[0] < w[1]) && positions[3] < 60_000, "{positions:?}");
     let last = ok(&[&["run", "--until-idle", "--max-rows", "2500"][..], &common[..]].concat(), &repo);
     assert!(last.contains("resumed from checkpoint"), "{last}");
     let batch_state = tmp.path().join("batch");
