@@ -244,6 +244,7 @@ async fn load_catalog(args: &PipelineArgs, bindings: &Bindings, config: datafusi
 }
 
 async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: ServeArgs, mongo: MongoArgs) -> Result<()> {
+    trendflow_engine::catalog::sql_files(&args.sql)?; // before generating data for a pipeline that does not exist
     let mut bindings = resolve_bindings(&args)?;
     if bindings.is_empty() {
         bindings = embedded_defaults(&args.state, gen_rows)?;

@@ -8,8 +8,9 @@ use datafusion::error::DataFusionError;
 /// running micro-batches, and reading or writing checkpoints.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// A SQL file could not be read, parsed or planned. `line` is 1-based.
-    #[error("{}:{line}: {message}", file.display())]
+    /// A SQL file could not be read, parsed or planned. `line` is 1-based; 0 when the
+    /// problem is the file itself (missing, unreadable).
+    #[error("{}{}: {message}", file.display(), if *line > 0 { format!(":{line}") } else { String::new() })]
     Sql {
         file: PathBuf,
         line: usize,
