@@ -38,6 +38,27 @@ impl DeadLetterFile {
         Self { path: dir.join(format!("{stream}.ndjson")), writer: None }
     }
 
+    /// Bytes in the file (0 when it does not exist yet): the position a checkpoint records.
+    #[allow(clippy::len_without_is_empty)] // a file position, not a collection
+    pub fn len(&self) -> Result<u64> {
+        match std::fs::metadata(&self.path) {
+            Ok(meta) => Ok(meta.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(ConnectorError::io(&self.path, e)),
+        }
+    }
+
+    /// Cuts the file back to `len` bytes: letters written after a checkpoint are
+    /// written again when their records are replayed, so they must go first.
+    pub fn truncate(&mut self, len: u64) -> Result<()> {
+        self.writer = None;
+        match OpenOptions::new().write(true).open(&self.path) {
+            Ok(file) => file.set_len(len).and_then(|()| file.sync_all()).map_err(|e| ConnectorError::io(&self.path, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ConnectorError::io(&self.path, e)),
+        }
+    }
+
     /// Appends `letters` and flushes them to the file.
     pub fn write(&mut self, letters: &[DeadLetter]) -> Result<()> {
         if letters.is_empty() {

@@ -68,6 +68,9 @@ pub struct FileSource {
 
 /// The pseudo-partition under which a file source checkpoints its replay clock.
 pub const REPLAY_CLOCK_PARTITION: i32 = -1;
+/// The pseudo-partition under which a file source checkpoints the length of its
+/// dead-letter file, so that a replay does not write the same letters twice.
+pub const DEAD_LETTER_BYTES_PARTITION: i32 = -2;
 
 impl FileSource {
     /// Replays `path` (format from its extension) into `stream`; rejected records go
@@ -180,7 +183,8 @@ impl FileSource {
         let offsets: Vec<i64> = conformed.accepted_rows.iter().map(|&r| chunk.indices[r]).collect();
         let origin = RecordOrigin { partition: 0, offsets, timestamps, keys: None };
         let batch = with_metadata(&self.stream, &conformed.batch, origin)?;
-        let positions = Offsets::from([(0, self.position), (REPLAY_CLOCK_PARTITION, start)]);
+        let dead_letter_bytes = self.dead_letters.len()? as i64;
+        let positions = Offsets::from([(0, self.position), (REPLAY_CLOCK_PARTITION, start), (DEAD_LETTER_BYTES_PARTITION, dead_letter_bytes)]);
         Ok(MicroBatch { batch, offsets: positions, rejected: letters.len() as u64 })
     }
 
@@ -235,7 +239,11 @@ impl Source for FileSource {
     async fn seek(&mut self, offsets: &Offsets) -> trendflow_engine::Result<()> {
         self.skip = offsets.get(&0).copied().unwrap_or(0);
         self.replay_start = offsets.get(&REPLAY_CLOCK_PARTITION).copied();
-        Ok(())
+        let Some(&dead_letter_bytes) = offsets.get(&DEAD_LETTER_BYTES_PARTITION) else { return Ok(()) };
+        self.dead_letters.truncate(dead_letter_bytes as u64).map_err(|e| EngineError::Source {
+            source_name: self.stream.name.clone(),
+            message: e.to_string(),
+        })
     }
 }
 

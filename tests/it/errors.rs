@@ -123,3 +123,27 @@ async fn malformed_or_missing_files_fail_with_the_path() {
     let error = missing.open_sources(&catalog, tmp.path()).err().unwrap().to_string();
     assert!(error.contains("nothing-here.csv"), "{error}");
 }
+
+/// A replay after a crash writes no dead letter twice: the source cuts its dead-letter
+/// file back to the length its checkpointed position recorded.
+#[tokio::test]
+async fn replayed_records_are_not_dead_lettered_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lines: String = (0..40).map(|i| if i % 4 == 0 { format!("{{\"asin\":\"X{i}\",\"price\":\"bad\"}}\n") } else { format!("{{\"asin\":\"X{i}\"}}\n") }).collect();
+    let ndjson = tmp.path().join("p.ndjson");
+    std::fs::write(&ndjson, lines).unwrap();
+    let bindings = bindings(&ndjson, &shared_data("amazon_categories.csv"));
+    let catalog = Catalog::load(&[shipped_sql()], incremental_session_config(), &bindings.files()).await.unwrap();
+    let dead = tmp.path().join("dl");
+    let mut first = bindings.open_sources(&catalog, &dead).unwrap().remove(0);
+    let trendflow_engine::runtime::Poll::Batch(micro) = first.poll(10, Default::default()).await.unwrap() else { panic!() };
+    let checkpointed = micro.offsets.clone();
+    while let trendflow_engine::runtime::Poll::Batch(_) = first.poll(10, Default::default()).await.unwrap() {}
+    // The job dies here, after the last poll but before its next checkpoint; it resumes from `checkpointed`.
+    let mut second = bindings.open_sources(&catalog, &dead).unwrap().remove(0);
+    second.seek(&checkpointed).await.unwrap();
+    while let trendflow_engine::runtime::Poll::Batch(_) = second.poll(7, Default::default()).await.unwrap() {}
+    let letters = std::fs::read_to_string(dead.join("products.ndjson")).unwrap();
+    let offsets: Vec<i64> = letters.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["offset"].as_i64().unwrap()).collect();
+    assert_eq!(offsets, (0..40).step_by(4).collect::<Vec<i64>>());
+}
