@@ -1,7 +1,7 @@
 //! `trendflow`: command-line wiring of the engine and connectors.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,7 +48,8 @@ struct PipelineArgs {
 /// Options of the MongoDB sink and reader.
 #[derive(clap::Args, Clone)]
 struct MongoArgs {
-    /// MongoDB connection string; views are then upserted into MongoDB as well.
+    /// MongoDB connection string: `run` upserts the views there too; `serve` and `query`
+    /// read the views from there.
     #[arg(long, env = "TRENDFLOW_MONGODB_URI", hide_env_values = true)]
     mongodb_uri: Option<String>,
     /// Database of the view collections.
@@ -195,21 +196,45 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,trendflow=info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `trendflow query … | head`: the reader left, which is no failure of ours.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes, skipping a cause whose text the message already holds
+/// (many errors print their source themselves).
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message
+}
+
 async fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run { pipeline, max_rows, max_delay_ms, checkpoint_interval_ms, until_idle, gen_rows, serve, mongo } => {
+            if max_rows == 0 {
+                bail!("--max-rows must be at least 1");
+            }
             let options = RunOptions {
                 max_rows,
                 max_delay: Duration::from_millis(max_delay_ms),
@@ -244,10 +269,16 @@ async fn load_catalog(args: &PipelineArgs, bindings: &Bindings, config: datafusi
 }
 
 async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: ServeArgs, mongo: MongoArgs) -> Result<()> {
-    trendflow_engine::catalog::sql_files(&args.sql)?; // before generating data for a pipeline that does not exist
+    // Cheap checks first: before generating data for a pipeline that cannot start.
+    trendflow_engine::catalog::sql_files(&args.sql)?;
+    if serve.flight_addr != "none" {
+        std::net::TcpListener::bind(&serve.flight_addr).map_err(|e| {
+            anyhow::anyhow!("cannot listen on {}: {e}; pass --flight-addr 127.0.0.1:0 for any free port, or --flight-addr none", serve.flight_addr)
+        })?;
+    }
     let mut bindings = resolve_bindings(&args)?;
     if bindings.is_empty() {
-        bindings = embedded_defaults(&args.state, gen_rows)?;
+        bindings = embedded_defaults(&args.sql, &args.state, gen_rows)?;
     }
     let catalog = load_catalog(&args, &bindings, incremental_session_config()).await?;
     let sources = bindings.open_sources(&catalog, &args.state.join("dead_letters"))?;
@@ -317,6 +348,13 @@ async fn start_server(args: &ServeArgs, ctx: datafusion::prelude::SessionContext
 /// The catalog of a job that runs elsewhere: views from MongoDB when configured,
 /// else as persisted in the state directory.
 async fn stored_views_context(args: &PipelineArgs, mongo: &MongoArgs) -> Result<datafusion::prelude::SessionContext> {
+    if args.sources.is_empty() && !args.state.exists() {
+        bail!(
+            "no job state in {}: run `trendflow run --state {}` first, or pass --source bindings",
+            args.state.display(),
+            args.state.display()
+        );
+    }
     let bindings = resolve_bindings(args)?;
     let catalog = load_catalog(args, &bindings, batch_session_config()).await?;
     let views = catalog.view_infos().await?;
@@ -342,16 +380,22 @@ async fn serve_only(args: PipelineArgs, serve: ServeArgs, mongo: MongoArgs) -> R
     }
 }
 
-/// Generated data for a first run with no flags, written once into the state directory.
-fn embedded_defaults(state: &Path, rows: u64) -> Result<Bindings> {
+/// Generated data for a first run with no flags, written once into the state directory,
+/// for the tables of the shipped pipeline (`products`, `categories`) that the SQL declares.
+fn embedded_defaults(sql: &[PathBuf], state: &Path, rows: u64) -> Result<Bindings> {
+    let declared = trendflow_engine::catalog::declared_tables(sql)?;
+    let mut bindings = Bindings::default();
+    if !declared.iter().any(|t| t == "products") {
+        return Ok(bindings);
+    }
     let dir = state.join("generated");
     if !dir.join("products.csv").exists() {
         eprintln!("no --source given: generating {rows} products into {} (embedded defaults)", dir.display());
         trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows, seed: 42, out: dir.clone() })?;
     }
-    let mut bindings = Bindings::default();
-    bindings.bind_file("products", &dir.join("products.csv"));
-    bindings.bind_file("categories", &dir.join("categories.csv"));
+    for table in declared.iter().filter(|t| matches!(t.as_str(), "products" | "categories")) {
+        bindings.bind_file(table, &dir.join(format!("{table}.csv")));
+    }
     Ok(bindings.absolute())
 }
 
@@ -366,10 +410,11 @@ fn progress_bar() -> ProgressBar {
 }
 
 fn print_views(views: &[ViewInfo], rows: impl Fn(&str) -> Result<Option<RecordBatch>>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     for view in views {
         let Some(batch) = rows(&view.name)? else { continue };
-        println!("\n{} ({} rows){}", view.name, batch.num_rows(), if batch.num_rows() > 10 { ", first 10:" } else { ":" });
-        println!("{}", pretty_format_batches(&[batch.slice(0, batch.num_rows().min(10))])?);
+        writeln!(out, "\n{} ({} rows){}", view.name, batch.num_rows(), if batch.num_rows() > 10 { ", first 10:" } else { ":" })?;
+        writeln!(out, "{}", pretty_format_batches(&[batch.slice(0, batch.num_rows().min(10))])?)?;
     }
     Ok(())
 }
@@ -409,7 +454,7 @@ async fn query(sql: &str, args: PipelineArgs, format: Format, mongo: MongoArgs) 
     let batches = ctx.sql(sql).await?.collect().await?;
     let mut out = std::io::stdout().lock();
     match format {
-        Format::Table => println!("{}", pretty_format_batches(&batches)?),
+        Format::Table => writeln!(out, "{}", pretty_format_batches(&batches)?)?,
         Format::Csv => {
             let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
             batches.iter().try_for_each(|b| writer.write(b))?;

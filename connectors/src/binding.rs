@@ -115,7 +115,9 @@ impl Bindings {
                         stream.name, stream.location, stream.name
                     ),
                 })?;
-                Ok(Box::new(FileSource::new(stream.clone(), path, dead_letter_dir)?) as Box<dyn Source>)
+                let source = FileSource::new(stream.clone(), path, dead_letter_dir)
+                    .map_err(|e| ConnectorError::Binding { binding: stream.name.clone(), message: e.to_string() })?;
+                Ok(Box::new(source) as Box<dyn Source>)
             })
             .collect()
     }

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum GenError {
     /// The output could not be written.
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
 }
 
 /// What to generate.
@@ -82,7 +82,7 @@ const BOUGHT_LEVELS: [(u32, u32); 12] = [
 
 /// Writes `products.csv` and `categories.csv` into `options.out`.
 pub fn generate(options: &GenOptions) -> Result<GenSummary, GenError> {
-    std::fs::create_dir_all(&options.out).map_err(|source| GenError::Io { path: options.out.clone(), source })?;
+    std::fs::create_dir_all(&options.out).map_err(|error| GenError::Io { path: options.out.clone(), error })?;
     let categories = options.out.join("categories.csv");
     let products = options.out.join("products.csv");
     write_file(&categories, |w| write_categories(w, options.seed))?;
@@ -91,7 +91,7 @@ pub fn generate(options: &GenOptions) -> Result<GenSummary, GenError> {
 }
 
 fn write_file(path: &Path, body: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<(), GenError> {
-    let io = |source| GenError::Io { path: path.to_path_buf(), source };
+    let io = |error| GenError::Io { path: path.to_path_buf(), error };
     let mut writer = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
     body(&mut writer).map_err(io)?;
     writer.flush().map_err(io)

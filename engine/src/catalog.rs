@@ -111,25 +111,16 @@ impl Catalog {
     ) -> Result<Self> {
         let registry = StreamRegistry::default();
         let ctx = new_session(config, registry.clone());
-        let mut catalog = Catalog { ctx, streams: Vec::new(), references: Vec::new(), views: Vec::new() };
+        let mut statements = Vec::new();
         for file in sql_files(paths)? {
-            for statement in split_statements(&file)? {
-                catalog.execute(statement, bindings).await?;
-            }
+            statements.extend(split_statements(&file)?);
+        }
+        check_binding_names(&ctx, &statements, bindings)?;
+        let mut catalog = Catalog { ctx, streams: Vec::new(), references: Vec::new(), views: Vec::new() };
+        for statement in statements {
+            catalog.execute(statement, bindings).await?;
         }
         catalog.streams = registry.streams();
-        for name in bindings.keys() {
-            let declared = catalog.references.iter().any(|r| &r.name == name) || catalog.streams.iter().any(|s| &s.name == name);
-            if !declared {
-                return Err(EngineError::Binding {
-                    binding: name.clone(),
-                    message: format!(
-                        "no table `{name}` is declared in the SQL files (declared: {})",
-                        catalog.table_names().join(", ")
-                    ),
-                });
-            }
-        }
         Ok(catalog)
     }
 
@@ -164,11 +155,6 @@ impl Catalog {
         Ok(infos)
     }
 
-    /// Names of the declared streams and reference tables.
-    pub fn table_names(&self) -> Vec<&str> {
-        self.streams.iter().map(|s| s.name.as_str()).chain(self.references.iter().map(|r| r.name.as_str())).collect()
-    }
-
     /// Declared views, in declaration order.
     pub fn views(&self) -> &[ViewDef] {
         &self.views
@@ -199,7 +185,7 @@ impl Catalog {
     }
 
     async fn execute(&mut self, stmt: SqlStatementText, overrides: &HashMap<String, String>) -> Result<()> {
-        let sql_error = |message: String| EngineError::Sql { file: stmt.file.clone(), line: stmt.line, message };
+        let sql_error = |message: String| EngineError::Sql { file: stmt.file.clone(), line: stmt.line, message: file_positions(&message, stmt.line) };
         let state = self.ctx.state();
         let parsed = state.sql_to_statement(&stmt.text, &datafusion::config::Dialect::Generic).map_err(|e| sql_error(e.to_string()))?;
         match parsed {
@@ -254,6 +240,41 @@ impl Catalog {
         self.ctx.deregister_table(name)?;
         self.ctx.register_table(name, Arc::new(table))?;
         Ok(rows)
+    }
+}
+
+/// Names of the tables (streams and reference tables) that `paths` declare, read
+/// without loading anything. Statements that do not parse are skipped here; loading
+/// reports them.
+pub fn declared_tables(paths: &[PathBuf]) -> Result<Vec<String>> {
+    let mut statements = Vec::new();
+    for file in sql_files(paths)? {
+        statements.extend(split_statements(&file)?);
+    }
+    Ok(declared_in(&SessionContext::new(), &statements))
+}
+
+fn declared_in(ctx: &SessionContext, statements: &[SqlStatementText]) -> Vec<String> {
+    let state = ctx.state();
+    statements
+        .iter()
+        .filter_map(|stmt| match state.sql_to_statement(&stmt.text, &datafusion::config::Dialect::Generic) {
+            Ok(Statement::CreateExternalTable(cmd)) => Some(cmd.name.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Refuses bindings of tables no statement declares, before anything is loaded (so a
+/// typo is reported as such, not as a side effect of the table it failed to re-bind).
+fn check_binding_names(ctx: &SessionContext, statements: &[SqlStatementText], bindings: &HashMap<String, String>) -> Result<()> {
+    let declared = declared_in(ctx, statements);
+    match bindings.keys().find(|name| !declared.contains(name)) {
+        None => Ok(()),
+        Some(name) => Err(EngineError::Binding {
+            binding: name.clone(),
+            message: format!("no table `{name}` is declared in the SQL files (declared: {})", declared.join(", ")),
+        }),
     }
 }
 
@@ -315,6 +336,23 @@ impl FileFormat {
     }
 }
 
+/// Rewrites the parser's statement-relative `Line: N, Column: C` as file positions.
+fn file_positions(message: &str, first_line: usize) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("Line: ") {
+        out.push_str(&rest[..at]);
+        let digits: String = rest[at + 6..].chars().take_while(char::is_ascii_digit).collect();
+        match digits.parse::<usize>() {
+            Ok(n) => out.push_str(&format!("file line {}", first_line + n - 1)),
+            Err(_) => out.push_str("Line: "),
+        }
+        rest = &rest[at + 6 + digits.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn first_words(sql: &str) -> String {
     sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
@@ -323,7 +361,11 @@ fn first_words(sql: &str) -> String {
 pub fn sql_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
-        let io_error = |e: std::io::Error| EngineError::Sql { file: path.clone(), line: 0, message: e.to_string() };
+        let io_error = |e: std::io::Error| EngineError::Sql {
+            file: path.clone(),
+            line: 0,
+            message: format!("cannot read the SQL ({e}); run from the repository root or pass --sql PATH"),
+        };
         if path.is_dir() {
             let mut in_dir: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(io_error)?
@@ -374,8 +416,11 @@ fn split_sql(sql: &str, file: &Path) -> Result<Vec<SqlStatementText>> {
                 // Comments are dropped so that a trailing comment cannot swallow the next line.
                 text.push(' ');
             }
+            // Text starts at the statement's first token, so the parser's "Line: N" is
+            // line N of the statement, i.e. file line `line + N - 1`.
+            Token::Whitespace(_) if line.is_none() => {}
             other => {
-                if !matches!(other, Token::Whitespace(_)) && line.is_none() {
+                if line.is_none() {
                     line = Some(token.span.start.line as usize);
                 }
                 text.push_str(&other.to_string());

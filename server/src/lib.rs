@@ -85,7 +85,10 @@ impl RunningServer {
 pub async fn serve(ctx: SessionContext, options: ServeOptions) -> Result<RunningServer> {
     let listener = tokio::net::TcpListener::bind(&options.addr)
         .await
-        .map_err(|e| ServerError::Bind { addr: options.addr.clone(), message: e.to_string() })?;
+        .map_err(|e| ServerError::Bind {
+            addr: options.addr.clone(),
+            message: format!("{e}; pass --flight-addr 127.0.0.1:0 for any free port, or --flight-addr none"),
+        })?;
     let addr = listener.local_addr().map_err(|e| ServerError::Bind { addr: options.addr.clone(), message: e.to_string() })?;
     let service = TrendflowFlightSql::new(ctx, Authenticator::new(options.auth, options.token_ttl), options.limits);
     let mut builder = Server::builder();

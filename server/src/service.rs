@@ -185,6 +185,7 @@ fn df_status(e: DataFusionError) -> Status {
         DataFusionError::ResourcesExhausted(m) => Status::resource_exhausted(format!("query exceeded its memory limit: {m}")),
         DataFusionError::Plan(m) | DataFusionError::SQL(_, Some(m)) => Status::invalid_argument(m),
         DataFusionError::SchemaError(..) | DataFusionError::SQL(..) => Status::invalid_argument(e.to_string()),
+        DataFusionError::Diagnostic(_, inner) => df_status(*inner),
         DataFusionError::Context(context, inner) => {
             let status = df_status(*inner);
             Status::new(status.code(), format!("{context}: {}", status.message()))

@@ -68,14 +68,20 @@ fn bad_input_gives_one_clear_error_and_a_failing_exit_code() {
     let tmp = tempfile::tempdir().unwrap();
     let sql = pipeline_dir(tmp.path(), "CREATE VIEW v AS SELECT nope FROM nowhere;");
     let categories = format!("categories=file:{}", shared_data("amazon_categories.csv").display());
+    let state = tmp.path().join("state").display().to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["run".into(), "--sql".into(), sql.display().to_string(), "--until-idle".into(), "--flight-addr".into(), "none".into()], "pipeline.sql:1:"),
-        (vec!["run".into(), "--source".into(), "products".into()], "expected NAME=URI"),
+        (vec!["run".into(), "--sql".into(), sql.display().to_string(), "--until-idle".into(), "--flight-addr".into(), "none".into(), "--state".into(), state.clone()], "pipeline.sql:1:"),
+        (vec!["run".into(), "--source".into(), "products".into(), "--state".into(), state.clone()], "expected NAME=URI"),
         (
-            vec!["run".into(), "--source".into(), "products=file:/no/such.csv".into(), "--source".into(), categories, "--until-idle".into(), "--flight-addr".into(), "none".into()],
+            vec!["run".into(), "--source".into(), "products=file:/no/such.csv".into(), "--source".into(), categories.clone(), "--until-idle".into(), "--flight-addr".into(), "none".into(), "--state".into(), state.clone()],
             "/no/such.csv",
         ),
         (vec!["batch".into(), "--state".into(), tmp.path().join("empty").display().to_string()], "batch needs inputs"),
+        (vec!["query".into(), "SELECT 1".into(), "--state".into(), tmp.path().join("none").display().to_string()], "no job state in"),
+        (
+            vec!["run".into(), "--source".into(), "product=file:/x.csv".into(), "--source".into(), categories, "--state".into(), state.clone()],
+            "no table `product` is declared",
+        ),
     ];
     for (args, expected) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
