@@ -361,8 +361,10 @@ async fn stored_views_context(args: &PipelineArgs, mongo: &MongoArgs) -> Result<
     Ok(match mongo.options()? {
         Some(options) => {
             let database = mongo::connect(&options).await?;
-            let sink = MongoSink::new(database.clone(), options);
-            serving_context(&catalog, &views, Streams::Hidden, |view| Arc::new(MongoTable::new(database.clone(), sink.collection_of(&view.name), view)) as _).await?
+            serving_context(&catalog, &views, Streams::Hidden, |view| {
+                Arc::new(MongoTable::new(database.clone(), options.collection_of(&view.name), view)) as _
+            })
+            .await?
         }
         None => {
             let store_dir = args.state.join("store");

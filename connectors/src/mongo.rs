@@ -66,6 +66,13 @@ impl Default for MongoOptions {
     }
 }
 
+impl MongoOptions {
+    /// The collection a view is kept in.
+    pub fn collection_of(&self, view: &str) -> String {
+        self.collections.get(view).cloned().unwrap_or_else(|| view.to_string())
+    }
+}
+
 /// Connects to MongoDB; fails fast with the URI's host when nothing answers.
 pub async fn connect(options: &MongoOptions) -> Result<Database, EngineError> {
     let client = Client::with_uri_str(&options.uri)
@@ -102,11 +109,6 @@ impl MongoSink {
     /// A sink writing into `database`.
     pub fn new(database: Database, options: MongoOptions) -> Self {
         Self { database, options, views: HashMap::new() }
-    }
-
-    /// The collection a view is written to.
-    pub fn collection_of(&self, view: &str) -> String {
-        self.options.collections.get(view).cloned().unwrap_or_else(|| view.to_string())
     }
 
     fn write_concern(&self) -> Document {
@@ -211,13 +213,13 @@ impl Sink for MongoSink {
                 specs.push(Bson::Document(doc! {"key": key, "name": columns.join("_")}));
             }
             // `_id` is unique by MongoDB's own rule; these are lookups over view columns.
-            self.write(doc! {"createIndexes": self.collection_of(view), "indexes": specs}).await?;
+            self.write(doc! {"createIndexes": self.options.collection_of(view), "indexes": specs}).await?;
         }
         Ok(())
     }
 
     async fn apply(&mut self, view: &ViewInfo, changes: &Changeset) -> Result<(), EngineError> {
-        let collection = self.collection_of(&view.name);
+        let collection = self.options.collection_of(&view.name);
         self.delete(&collection, view, &changes.deletes).await?;
         self.upsert(&collection, view, &changes.upserts).await
     }
@@ -236,7 +238,7 @@ impl Sink for MongoSink {
             .keys()
             .map(|view| {
                 let document = doc! {
-                    "collection": self.collection_of(view),
+                    "collection": self.options.collection_of(view),
                     "batch_id": meta.batch_id as i64,
                     "sources": sources.clone(),
                     "updated_at": DateTime::now(),

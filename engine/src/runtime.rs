@@ -226,17 +226,19 @@ impl Pipeline {
     pub async fn step(&mut self, batches: Vec<(String, MicroBatch)>, sink: &mut dyn Sink) -> Result<StepReport> {
         let started = Instant::now();
         let mut report = StepReport { batch_id: self.batch_id + 1, ..Default::default() };
-        let streams = self.catalog.streams().to_vec();
+        // Disjoint borrows: the streams are read while the views are updated.
+        let Self { catalog, views, task, .. } = self;
+        let streams = catalog.streams();
         for (name, micro) in &batches {
-            let stream = find_stream(&streams, name)?;
+            let stream = find_stream(streams, name)?;
             report.rows += micro.batch.num_rows() as u64;
             report.rejected += micro.rejected;
             let batch = conform(stream, &micro.batch)?;
             stream.recent.push(batch.clone());
             stream.slot.set(vec![batch]);
         }
-        let result = self.update_views(sink, &mut report).await;
-        for stream in &streams {
+        let result = update_views(views, task, sink, &mut report).await;
+        for stream in streams {
             stream.slot.clear();
         }
         result?;
@@ -246,17 +248,6 @@ impl Pipeline {
         self.batch_id += 1;
         report.elapsed = started.elapsed();
         Ok(report)
-    }
-
-    async fn update_views(&mut self, sink: &mut dyn Sink, report: &mut StepReport) -> Result<()> {
-        for view in &mut self.views {
-            let changes = view.apply(&self.task).await?;
-            report.changes.insert(view.info().name.clone(), (changes.upserts.num_rows(), changes.deletes.num_rows()));
-            if !changes.is_empty() {
-                sink.apply(view.info(), &changes).await?;
-            }
-        }
-        Ok(())
     }
 
     /// Flushes the sink, then writes a checkpoint of state and positions.
@@ -372,6 +363,23 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// Applies the micro-batch now in the stream slots to every view and hands the changes to `sink`.
+async fn update_views(
+    views: &mut [IncrementalView],
+    task: &Arc<TaskContext>,
+    sink: &mut dyn Sink,
+    report: &mut StepReport,
+) -> Result<()> {
+    for view in views {
+        let changes = view.apply(task).await?;
+        report.changes.insert(view.info().name.clone(), (changes.upserts.num_rows(), changes.deletes.num_rows()));
+        if !changes.is_empty() {
+            sink.apply(view.info(), &changes).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn poll_all(sources: &mut [Box<dyn Source>], options: &RunOptions) -> Result<(Vec<(String, MicroBatch)>, usize)> {
