@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use indicatif::{ProgressBar, ProgressStyle};
-use trendflow_connectors::binding::Bindings;
+use trendflow_connectors::binding::{Bindings, SourceSettings};
+use trendflow_connectors::ingest::{IngestOptions, IngestService};
+use trendflow_connectors::kafka::{self, RecordProducer};
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::catalog::{batch_session_config, incremental_session_config, Catalog};
 use trendflow_engine::checkpoint::CheckpointMeta;
@@ -19,6 +21,7 @@ use trendflow_engine::runtime::{Pipeline, RunOptions, Sink, StepReport};
 use trendflow_connectors::fan_out::FanOut;
 use trendflow_connectors::mongo::{self, MongoOptions, MongoSink, MongoTable};
 use trendflow_connectors::serving::{serving_context, Streams};
+use trendflow_engine::stream_table::StreamDecl;
 use trendflow_engine::view::{Changeset, ViewInfo};
 use trendflow_server::auth::AuthConfig;
 use trendflow_server::service::QueryLimits;
@@ -43,6 +46,29 @@ struct PipelineArgs {
     /// Directory for checkpoints, the embedded result store and dead letters.
     #[arg(long, env = "TRENDFLOW_STATE", default_value = "trendflow-state")]
     state: PathBuf,
+    /// Kafka bootstrap servers (HOST:PORT[,HOST:PORT]): streams without a --source
+    /// binding read their LOCATION topic there.
+    #[arg(long, env = "TRENDFLOW_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Consumer group the job commits its Kafka progress to (for lag tools; positions
+    /// themselves live in the checkpoint).
+    #[arg(long, env = "TRENDFLOW_KAFKA_GROUP", default_value = "trendflow")]
+    kafka_group: String,
+}
+
+impl PipelineArgs {
+    fn source_settings(&self, bounded: bool) -> SourceSettings {
+        SourceSettings {
+            dead_letter_dir: self.state.join("dead_letters"),
+            kafka_brokers: self.kafka_brokers.clone(),
+            kafka_group: self.kafka_group.clone(),
+            bounded,
+        }
+    }
+
+    fn brokers(&self, command: &str) -> Result<&str> {
+        self.kafka_brokers.as_deref().with_context(|| format!("{command} needs Kafka: pass --kafka-brokers HOST:PORT or set TRENDFLOW_KAFKA_BROKERS"))
+    }
 }
 
 /// Options of the MongoDB sink and reader.
@@ -132,7 +158,8 @@ enum Command {
         /// Least time between checkpoints, in milliseconds (0: after every micro-batch).
         #[arg(long, env = "TRENDFLOW_CHECKPOINT_INTERVAL_MS", default_value_t = 5_000)]
         checkpoint_interval_ms: u64,
-        /// Exit once every source is drained instead of waiting for more records.
+        /// Exit once every source is drained instead of waiting for more records (files at
+        /// their end, topics at the end offsets they had when reading started).
         #[arg(long)]
         until_idle: bool,
         /// Rows of generated data when no --source is given (embedded defaults).
@@ -170,6 +197,42 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+    },
+    /// HTTP ingest API: POST /v1/topics/{topic}/records validates records against the
+    /// stream declared on the topic and produces the valid ones to Kafka.
+    Ingest {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Listen address.
+        #[arg(long, env = "TRENDFLOW_INGEST_ADDR", default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// Partitions of topics the API creates when they are missing.
+        #[arg(long, env = "TRENDFLOW_KAFKA_PARTITIONS", default_value_t = 4)]
+        partitions: i32,
+        /// Largest request body, in bytes.
+        #[arg(long, env = "TRENDFLOW_INGEST_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+        max_body_bytes: usize,
+    },
+    /// Replay a file (CSV, NDJSON, Parquet) into a Kafka topic as records of a stream.
+    Produce {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// The file to replay.
+        #[arg(long)]
+        file: PathBuf,
+        /// Topic to write (default: the stream's LOCATION).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Stream whose schema the records follow (default: the one declared on --topic,
+        /// or the only stream).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Records per second (default: as fast as the brokers take them).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Partitions of the topic when it has to be created.
+        #[arg(long, env = "TRENDFLOW_KAFKA_PARTITIONS", default_value_t = 4)]
+        partitions: i32,
     },
     /// Write products.csv and categories.csv shaped like the Amazon Products 2023 dataset.
     Gen {
@@ -246,6 +309,10 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Serve { pipeline, serve, mongo } => serve_only(pipeline, serve, mongo).await,
         Command::Batch { pipeline } => batch(pipeline).await,
         Command::Query { sql_text, pipeline, format, mongo } => query(&sql_text, pipeline, format, mongo).await,
+        Command::Ingest { pipeline, listen, partitions, max_body_bytes } => ingest(pipeline, &listen, partitions, max_body_bytes).await,
+        Command::Produce { pipeline, file, topic, stream, rate, partitions } => {
+            produce(pipeline, file, topic, stream.as_deref(), rate, partitions).await
+        }
         Command::Gen { rows, seed, out } => {
             let summary = trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows, seed, out })?;
             println!("wrote {} products to {} and categories to {}", summary.rows, summary.products.display(), summary.categories.display());
@@ -277,11 +344,11 @@ async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: Serv
         })?;
     }
     let mut bindings = resolve_bindings(&args)?;
-    if bindings.is_empty() {
+    if bindings.is_empty() && args.kafka_brokers.is_none() {
         bindings = embedded_defaults(&args.sql, &args.state, gen_rows)?;
     }
     let catalog = load_catalog(&args, &bindings, incremental_session_config()).await?;
-    let sources = bindings.open_sources(&catalog, &args.state.join("dead_letters"))?;
+    let sources = bindings.open_sources(&catalog, &args.source_settings(options.until_idle)).await?;
     bindings.save(&args.state)?;
     let mut mongo_sink = match mongo.options()? {
         Some(options) => Some(MongoSink::new(mongo::connect(&options).await?, options)),
@@ -423,11 +490,11 @@ fn print_views(views: &[ViewInfo], rows: impl Fn(&str) -> Result<Option<RecordBa
 
 async fn batch(args: PipelineArgs) -> Result<()> {
     let bindings = resolve_bindings(&args)?;
-    if bindings.is_empty() {
-        bail!("batch needs inputs: pass --source NAME=file:PATH for every stream");
+    if bindings.is_empty() && args.kafka_brokers.is_none() {
+        bail!("batch needs inputs: pass --source NAME=file:PATH for every stream, or --kafka-brokers to read the topics");
     }
     let catalog = load_catalog(&args, &bindings, batch_session_config()).await?;
-    let (tables, rejected) = bindings.read_streams(&catalog, &args.state.join("dead_letters")).await?;
+    let (tables, rejected) = bindings.read_streams(&catalog, &args.source_settings(true)).await?;
     catalog.replace_streams(tables).await?;
     bindings.save(&args.state)?;
     // The batch result replaces the store; a later `run` must not resume a stale checkpoint on top of it.
@@ -449,6 +516,65 @@ async fn batch(args: PipelineArgs) -> Result<()> {
     store.flush(&CheckpointMeta::default()).await?;
     println!("batch: computed {} views, {rejected} records rejected", infos.len());
     print_views(&infos, |name| Ok(store.rows(name).transpose()?))
+}
+
+async fn ingest(args: PipelineArgs, listen: &str, partitions: i32, max_body_bytes: usize) -> Result<()> {
+    let brokers = args.brokers("ingest")?.to_string();
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let streams = Catalog::load_streams(&args.sql).await?;
+    for stream in &streams {
+        kafka::ensure_topic(&brokers, &stream.location, partitions).await?;
+    }
+    let service = IngestService::new(&streams, RecordProducer::new(&brokers)?, IngestOptions { max_body_bytes })?;
+    let topics: Vec<&str> = service.topics().collect();
+    eprintln!("ingest API listening on http://{} (POST /v1/topics/{{topic}}/records; topics: {})", listener.local_addr()?, topics.join(", "));
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    axum::serve(listener, Arc::new(service).router()).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+async fn produce(args: PipelineArgs, file: PathBuf, topic: Option<String>, stream: Option<&str>, rate: Option<f64>, partitions: i32) -> Result<()> {
+    let brokers = args.brokers("produce")?.to_string();
+    if rate.is_some_and(|r| !(r > 0.0)) {
+        bail!("--rate must be a positive number of records per second");
+    }
+    let streams = Catalog::load_streams(&args.sql).await?;
+    let stream = pick_stream(&streams, stream, topic.as_deref())?;
+    let topic = topic.unwrap_or_else(|| stream.location.clone());
+    kafka::ensure_topic(&brokers, &topic, partitions).await?;
+    let producer = RecordProducer::new(&brokers)?;
+    let progress = progress_bar();
+    let dead_letters = args.state.join("dead_letters");
+    let mut on_progress = |n: u64| progress.set_position(n);
+    let summary = kafka::replay_file(stream, file.clone(), &dead_letters, &producer, &topic, rate, &mut on_progress).await?;
+    progress.finish_and_clear();
+    let secs = summary.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "produced {} records from {} to topic `{topic}` in {secs:.2} s ({:.0} records/s), {} rejected{}",
+        summary.records,
+        file.display(),
+        summary.records as f64 / secs,
+        summary.rejected,
+        if summary.rejected > 0 { format!(" (see {})", dead_letters.display()) } else { String::new() }
+    );
+    Ok(())
+}
+
+/// The stream records are for: named, else declared on `topic`, else the only one.
+fn pick_stream<'a>(streams: &'a [StreamDecl], name: Option<&str>, topic: Option<&str>) -> Result<&'a StreamDecl> {
+    let names = || streams.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
+    if let Some(name) = name {
+        return streams.iter().find(|s| s.name == name).with_context(|| format!("no stream `{name}` is declared (streams: {})", names()));
+    }
+    if let Some(found) = topic.and_then(|t| streams.iter().find(|s| s.location == t)) {
+        return Ok(found);
+    }
+    match streams {
+        [only] => Ok(only),
+        _ => bail!("several streams are declared ({}): pick one with --stream", names()),
+    }
 }
 
 async fn query(sql: &str, args: PipelineArgs, format: Format, mongo: MongoArgs) -> Result<()> {

@@ -13,13 +13,37 @@ use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use trendflow_engine::catalog::Catalog;
 use trendflow_engine::runtime::{Poll, Source};
+use trendflow_engine::stream_table::StreamDecl;
 
 use crate::error::{ConnectorError, Result};
 use crate::file_source::FileSource;
+use crate::kafka::{KafkaAddress, KafkaSource, KafkaSourceOptions};
+
+/// How unbound streams and Kafka bindings are opened.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    /// Where file sources write dead letters.
+    pub dead_letter_dir: PathBuf,
+    /// Brokers for streams without a binding: they read their `LOCATION` topic.
+    pub kafka_brokers: Option<String>,
+    /// Consumer group Kafka sources commit progress to.
+    pub kafka_group: String,
+    /// Stop at the end of the input as it is when reading starts.
+    pub bounded: bool,
+}
+
+impl SourceSettings {
+    async fn kafka_source(&self, stream: &StreamDecl, brokers: &str, topic: &str) -> Result<KafkaSource> {
+        let mut options = KafkaSourceOptions::new(stream, brokers, topic, &self.kafka_group);
+        options.bounded = self.bounded;
+        KafkaSource::open(stream.clone(), options).await
+    }
+}
 
 const SAVED: &str = "sources.json";
 
-/// Table name → input address, e.g. `products` → `file:/data/products.csv`.
+/// Table name → input address, e.g. `products` → `file:/data/products.csv` or
+/// `kafka://127.0.0.1:9092/products`.
 ///
 /// ```
 /// use trendflow_connectors::binding::Bindings;
@@ -31,7 +55,7 @@ const SAVED: &str = "sources.json";
 pub struct Bindings(BTreeMap<String, String>);
 
 impl Bindings {
-    /// Parses `NAME=URI` arguments; URIs are `file:PATH`.
+    /// Parses `NAME=URI` arguments; URIs are `file:PATH` or `kafka://BROKERS/TOPIC`.
     pub fn parse(args: &[String]) -> Result<Self> {
         let mut bindings = BTreeMap::new();
         for arg in args {
@@ -40,11 +64,15 @@ impl Bindings {
             if name.is_empty() {
                 return Err(error("the table name is empty"));
             }
-            let Some(path) = uri.strip_prefix("file:") else {
-                return Err(error("unsupported address: expected file:PATH (Kafka bindings come with the Kafka connector)"));
-            };
-            if path.is_empty() {
-                return Err(error("the file path is empty"));
+            if uri.starts_with("kafka://") {
+                KafkaAddress::parse(uri)?;
+            } else {
+                let Some(path) = uri.strip_prefix("file:") else {
+                    return Err(error("unsupported address: expected file:PATH or kafka://HOST:PORT/TOPIC"));
+                };
+                if path.is_empty() {
+                    return Err(error("the file path is empty"));
+                }
             }
             bindings.insert(name.to_string(), uri.to_string());
         }
@@ -102,40 +130,54 @@ impl Bindings {
         }
     }
 
-    /// Opens a source for every stream of `catalog`; every stream must be bound.
-    pub fn open_sources(&self, catalog: &Catalog, dead_letter_dir: &Path) -> Result<Vec<Box<dyn Source>>> {
-        catalog
-            .streams()
-            .iter()
-            .map(|stream| {
-                let path = self.file(&stream.name).ok_or_else(|| ConnectorError::Binding {
-                    binding: stream.name.clone(),
-                    message: format!(
-                        "stream `{}` (STORED AS KAFKA, topic `{}`) is not bound: pass --source {}=file:PATH",
-                        stream.name, stream.location, stream.name
-                    ),
-                })?;
-                let source = FileSource::new(stream.clone(), path, dead_letter_dir)
-                    .map_err(|e| ConnectorError::Binding { binding: stream.name.clone(), message: e.to_string() })?;
-                Ok(Box::new(source) as Box<dyn Source>)
-            })
-            .collect()
+    /// Opens a source for every stream of `catalog`: its binding, else its topic on
+    /// `settings.kafka_brokers`. Every stream must be one or the other.
+    pub async fn open_sources(&self, catalog: &Catalog, settings: &SourceSettings) -> Result<Vec<Box<dyn Source>>> {
+        let mut sources = Vec::new();
+        for stream in catalog.streams() {
+            let bound = |e: ConnectorError| ConnectorError::Binding { binding: stream.name.clone(), message: e.to_string() };
+            let source: Box<dyn Source> = match (self.0.get(&stream.name), &settings.kafka_brokers) {
+                (Some(uri), _) if uri.starts_with("kafka://") => {
+                    let address = KafkaAddress::parse(uri)?;
+                    Box::new(settings.kafka_source(stream, &address.brokers, &address.topic).await.map_err(bound)?)
+                }
+                (Some(uri), _) => {
+                    let path = PathBuf::from(uri.strip_prefix("file:").unwrap_or(uri));
+                    Box::new(FileSource::new(stream.clone(), path, &settings.dead_letter_dir).map_err(bound)?)
+                }
+                (None, Some(brokers)) => Box::new(settings.kafka_source(stream, brokers, &stream.location).await.map_err(bound)?),
+                (None, None) => {
+                    return Err(ConnectorError::Binding {
+                        binding: stream.name.clone(),
+                        message: format!(
+                            "stream `{}` (STORED AS KAFKA, topic `{}`) has no input: pass --kafka-brokers HOST:PORT, \
+                             or bind it with --source {}=file:PATH or kafka://HOST:PORT/TOPIC",
+                            stream.name, stream.location, stream.name
+                        ),
+                    })
+                }
+            };
+            sources.push(source);
+        }
+        Ok(sources)
     }
 
-    /// Reads every stream's bound file completely into a table, for a batch run.
+    /// Reads every stream's input completely into a table, for a batch run (a topic is
+    /// read up to its end when reading starts).
     /// Returns the tables and the number of records rejected while decoding.
     pub async fn read_streams(
         &self,
         catalog: &Catalog,
-        dead_letter_dir: &Path,
+        settings: &SourceSettings,
     ) -> Result<(Vec<(String, Arc<dyn TableProvider>)>, u64)> {
         let mut tables = Vec::new();
         let mut rejected = 0;
-        for (stream, mut source) in catalog.streams().iter().zip(self.open_sources(catalog, dead_letter_dir)?) {
+        let bounded = SourceSettings { bounded: true, ..settings.clone() };
+        for (stream, mut source) in catalog.streams().iter().zip(self.open_sources(catalog, &bounded).await?) {
             let mut batches = Vec::new();
             loop {
-                let poll = source.poll(65_536, std::time::Duration::ZERO).await.map_err(|e| ConnectorError::Format {
-                    path: self.file(&stream.name).unwrap_or_default(),
+                let poll = source.poll(65_536, std::time::Duration::from_millis(200)).await.map_err(|e| ConnectorError::Binding {
+                    binding: stream.name.clone(),
                     message: e.to_string(),
                 })?;
                 match poll {
@@ -147,10 +189,8 @@ impl Bindings {
                     Poll::Finished => break,
                 }
             }
-            let table = MemTable::try_new(stream.schema.clone(), vec![batches]).map_err(|e| ConnectorError::Format {
-                path: self.file(&stream.name).unwrap_or_default(),
-                message: e.to_string(),
-            })?;
+            let table = MemTable::try_new(stream.schema.clone(), vec![batches])
+                .map_err(|e| ConnectorError::Binding { binding: stream.name.clone(), message: e.to_string() })?;
             tables.push((stream.name.clone(), Arc::new(table) as Arc<dyn TableProvider>));
         }
         Ok((tables, rejected))

@@ -14,6 +14,9 @@ pub enum ConnectorError {
     /// A source or sink address is malformed (`--source name=file:PATH`).
     #[error("binding `{binding}`: {message}")]
     Binding { binding: String, message: String },
+    /// Kafka brokers could not be reached, or refused a request.
+    #[error("Kafka at {brokers}: {message}")]
+    Kafka { brokers: String, message: String },
     /// Arrow failed while converting records.
     #[error(transparent)]
     Arrow(#[from] datafusion::arrow::error::ArrowError),

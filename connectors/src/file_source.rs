@@ -15,30 +15,25 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::csv;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::arrow::json;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use trendflow_engine::catalog::FileFormat;
 use trendflow_engine::checkpoint::Offsets;
 use trendflow_engine::runtime::{MicroBatch, Poll, Source};
-use trendflow_engine::stream_table::{StreamDecl, TIMESTAMP_COLUMN};
+use trendflow_engine::stream_table::StreamDecl;
 use trendflow_engine::EngineError;
 
-use crate::dead_letter::{row_as_json, DeadLetter, DeadLetterFile};
-use crate::decode::{conform, input_timestamps, nullable_schema, with_metadata, Arrival, RecordOrigin, Rejected};
+use crate::dead_letter::{DeadLetter, DeadLetterFile};
+use crate::decode::{decode_parsed, parse_records, with_metadata, Parsed, RecordFormat, RecordOrigin};
 use crate::error::{ConnectorError, Result};
 
-/// A chunk of raw records before conversion to the stream's schema.
+/// A chunk of records read from the file, parsed but not yet converted.
 struct RawChunk {
-    /// Records that parsed structurally (text columns for CSV, typed for JSON/Parquet).
-    batch: RecordBatch,
-    /// Record index (in the file) of each row of `batch`.
-    indices: Vec<i64>,
-    /// Records that did not parse at all: (record index, reason, raw text).
-    unparsed: Vec<(i64, String, String)>,
+    /// Parsed records; `rows` count from `first`.
+    parsed: Parsed,
+    /// Record index (in the file) of the chunk's first record.
+    first: i64,
     /// Records consumed from the file, parsed or not.
     records: usize,
 }
@@ -46,7 +41,7 @@ struct RawChunk {
 #[allow(clippy::large_enum_variant)] // one per source
 enum Reader {
     Csv(csv::Reader<File>),
-    Json { lines: std::io::Split<BufReader<File>>, schema: SchemaRef },
+    Json(std::io::Split<BufReader<File>>),
     Parquet(ParquetRecordBatchReader),
 }
 
@@ -97,11 +92,7 @@ impl FileSource {
                     .map_err(|e| format_error(&e))?;
                 Reader::Csv(reader)
             }
-            FileFormat::NdJson => {
-                let mut fields: Vec<Field> = nullable_schema(&self.stream.payload_schema).fields().iter().map(|f| f.as_ref().clone()).collect();
-                fields.push(Field::new(TIMESTAMP_COLUMN, DataType::Timestamp(TimeUnit::Millisecond, None), true));
-                Reader::Json { lines: BufReader::new(file).split(b'\n'), schema: Arc::new(Schema::new(fields)) }
-            }
+            FileFormat::NdJson => Reader::Json(BufReader::new(file).split(b'\n')),
             FileFormat::Parquet => {
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)
                     .and_then(|b| b.with_batch_size(batch_size).build())
@@ -125,17 +116,19 @@ impl FileSource {
                     let batch = batch.map_err(|e| {
                     format_error(&format!("in records {}..{} (CSV lines after the header): {e}", start + 1, start + max_rows as i64))
                 })?;
-                    Some(RawChunk { indices: (start..start + batch.num_rows() as i64).collect(), records: batch.num_rows(), batch, unparsed: vec![] })
+                    Some(RawChunk { first: start, records: batch.num_rows(), parsed: Parsed::all(batch) })
                 }
             },
             Reader::Parquet(reader) => match reader.next() {
                 None => None,
                 Some(batch) => {
                     let batch = batch.map_err(|e| format_error(&e))?;
-                    Some(RawChunk { indices: (start..start + batch.num_rows() as i64).collect(), records: batch.num_rows(), batch, unparsed: vec![] })
+                    Some(RawChunk { first: start, records: batch.num_rows(), parsed: Parsed::all(batch) })
                 }
             },
-            Reader::Json { lines, schema } => read_json_lines(lines, schema, max_rows, start).map_err(|e| format_error(&e))?,
+            Reader::Json(lines) => {
+                read_json_lines(lines, &self.stream.payload_schema, max_rows, start).map_err(|e| format_error(&e))?
+            }
         };
         if let Some(chunk) = &chunk {
             self.position += chunk.records as i64;
@@ -145,44 +138,20 @@ impl FileSource {
 
     /// Converts a raw chunk to the stream schema; writes rejected records as dead letters.
     fn decode(&mut self, chunk: RawChunk) -> Result<MicroBatch> {
-        let mut conformed = conform(&chunk.batch, &self.stream.payload_schema)?;
-        let mut letters: Vec<DeadLetter> = chunk
-            .unparsed
-            .into_iter()
-            .map(|(offset, reason, record)| self.letter(offset, reason, record))
-            .collect();
+        let decoded = decode_parsed(chunk.parsed, &self.stream.payload_schema)?;
         let start = *self.replay_start.get_or_insert_with(|| {
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
         });
-        let arrivals = input_timestamps(&chunk.batch, &conformed.accepted_rows)?;
-        if arrivals.contains(&Arrival::Invalid) {
-            let keep: BooleanArray = arrivals.iter().map(|a| Some(*a != Arrival::Invalid)).collect();
-            conformed.batch = filter_record_batch(&conformed.batch, &keep)?;
-            for (&row, _) in conformed.accepted_rows.iter().zip(&arrivals).filter(|(_, a)| **a == Arrival::Invalid) {
-                let reason = format!("column `{TIMESTAMP_COLUMN}` is not a timestamp");
-                conformed.rejected.push(Rejected { row, reason });
-            }
-        }
-        let (accepted_rows, timestamps): (Vec<usize>, Vec<i64>) = conformed
-            .accepted_rows
-            .iter()
-            .zip(&arrivals)
-            .filter_map(|(&row, arrival)| match arrival {
-                Arrival::Given(t) => Some((row, *t)),
-                Arrival::Missing => Some((row, start + chunk.indices[row])),
-                Arrival::Invalid => None,
-            })
-            .unzip();
-        conformed.accepted_rows = accepted_rows;
-        conformed.rejected.sort_by_key(|r| r.row);
-        for rejected in &conformed.rejected {
-            let record = row_as_json(&chunk.batch, rejected.row);
-            letters.push(self.letter(chunk.indices[rejected.row], rejected.reason.clone(), record));
-        }
+        let letters: Vec<DeadLetter> = decoded
+            .rejected
+            .into_iter()
+            .map(|(row, reason, record)| self.letter(chunk.first + row as i64, reason, record))
+            .collect();
         self.dead_letters.write(&letters)?;
-        let offsets: Vec<i64> = conformed.accepted_rows.iter().map(|&r| chunk.indices[r]).collect();
-        let origin = RecordOrigin { partition: 0, offsets, timestamps, keys: None };
-        let batch = with_metadata(&self.stream, &conformed.batch, origin)?;
+        let offsets: Vec<i64> = decoded.rows.iter().map(|&r| chunk.first + r as i64).collect();
+        let timestamps = decoded.arrivals.iter().zip(&offsets).map(|(given, offset)| given.unwrap_or(start + offset)).collect();
+        let origin = RecordOrigin { partitions: vec![0; offsets.len()], offsets, timestamps, keys: None };
+        let batch = with_metadata(&self.stream, &decoded.batch, origin)?;
         let dead_letter_bytes = self.dead_letters.len()? as i64;
         let positions = Offsets::from([(0, self.position), (REPLAY_CLOCK_PARTITION, start), (DEAD_LETTER_BYTES_PARTITION, dead_letter_bytes)]);
         Ok(MicroBatch { batch, offsets: positions, rejected: letters.len() as u64 })
@@ -194,14 +163,15 @@ impl FileSource {
 
     /// Drops the records before the seek position from the chunk that straddles it.
     fn skip_records(&mut self, chunk: RawChunk) -> RawChunk {
-        let skip = std::mem::take(&mut self.skip);
-        let first = chunk.indices.partition_point(|&i| i < skip);
-        RawChunk {
-            batch: chunk.batch.slice(first, chunk.batch.num_rows() - first),
-            indices: chunk.indices[first..].to_vec(),
-            unparsed: chunk.unparsed.into_iter().filter(|(i, _, _)| *i >= skip).collect(),
-            records: chunk.records,
-        }
+        let skip = (std::mem::take(&mut self.skip) - chunk.first).max(0) as usize;
+        let parsed = chunk.parsed;
+        let first = parsed.rows.partition_point(|&r| r < skip);
+        let parsed = Parsed {
+            batch: parsed.batch.slice(first, parsed.batch.num_rows() - first),
+            rows: parsed.rows[first..].to_vec(),
+            unparsed: parsed.unparsed.into_iter().filter(|(r, _, _)| *r >= skip).collect(),
+        };
+        RawChunk { parsed, ..chunk }
     }
 }
 
@@ -262,79 +232,23 @@ fn csv_header(path: &Path) -> Result<Vec<String>> {
 /// reported, not fatal.
 fn read_json_lines(
     lines: &mut std::io::Split<BufReader<File>>,
-    schema: &SchemaRef,
+    payload: &SchemaRef,
     max_rows: usize,
     start: i64,
 ) -> std::result::Result<Option<RawChunk>, std::io::Error> {
     let mut texts = Vec::with_capacity(max_rows);
-    let mut unparsed = Vec::new();
-    let mut records = 0usize;
     for line in lines.by_ref() {
-        let line = line?;
-        let index = start + records as i64;
-        records += 1;
-        match String::from_utf8(line) {
-            Ok(text) => texts.push((index, text.trim_end_matches('\r').to_string())),
-            Err(e) => {
-                let shown = String::from_utf8_lossy(e.as_bytes()).into_owned();
-                unparsed.push((index, format!("invalid UTF-8 ({})", e.utf8_error()), shown));
-            }
-        }
-        if records >= max_rows {
+        texts.push(line?);
+        if texts.len() >= max_rows {
             break;
         }
     }
-    if records == 0 {
+    if texts.is_empty() {
         return Ok(None);
     }
-    texts.retain(|(_, t)| !t.trim().is_empty());
-    let (batch, indices, mut not_json) = match decode_json(schema, texts.iter().map(|(_, t)| t.as_str())) {
-        // A line holding two objects would shift rows against record indices.
-        Ok(batch) if batch.num_rows() == texts.len() => (batch, texts.iter().map(|(i, _)| *i).collect(), vec![]),
-        _ => decode_json_one_by_one(schema, &texts),
-    };
-    unparsed.append(&mut not_json);
-    unparsed.sort_by_key(|(i, _, _)| *i);
-    Ok(Some(RawChunk { batch, indices, unparsed, records }))
-}
-
-fn decode_json<'a>(schema: &SchemaRef, lines: impl Iterator<Item = &'a str>) -> std::result::Result<RecordBatch, String> {
-    const BATCH: usize = 8192;
-    let mut decoder = json::ReaderBuilder::new(schema.clone()).with_batch_size(BATCH).build_decoder().map_err(|e| e.to_string())?;
-    let mut batches = Vec::new();
-    for line in lines {
-        let mut bytes = line.as_bytes();
-        while !bytes.is_empty() {
-            let read = decoder.decode(bytes).map_err(|e| e.to_string())?;
-            bytes = &bytes[read..];
-            if !bytes.is_empty() {
-                // The decoder stops when a batch is full: drain it and continue.
-                batches.extend(decoder.flush().map_err(|e| e.to_string())?);
-            }
-        }
-        decoder.decode(b"\n").map_err(|e| e.to_string())?;
-    }
-    batches.extend(decoder.flush().map_err(|e| e.to_string())?);
-    if batches.is_empty() {
-        return Ok(RecordBatch::new_empty(schema.clone()));
-    }
-    concat_batches(schema, &batches).map_err(|e| e.to_string())
-}
-
-fn decode_json_one_by_one(schema: &SchemaRef, texts: &[(i64, String)]) -> (RecordBatch, Vec<i64>, Vec<(i64, String, String)>) {
-    let mut batches = Vec::new();
-    let mut indices = Vec::new();
-    let mut unparsed = Vec::new();
-    for (index, text) in texts {
-        match decode_json(schema, std::iter::once(text.as_str())) {
-            Ok(batch) if batch.num_rows() == 1 => {
-                batches.push(batch);
-                indices.push(*index);
-            }
-            Ok(_) => unparsed.push((*index, "not a single JSON object".to_string(), text.clone())),
-            Err(reason) => unparsed.push((*index, format!("invalid JSON record: {reason}"), text.clone())),
-        }
-    }
-    let batch = concat_batches(schema, &batches).unwrap_or_else(|_| RecordBatch::new_empty(schema.clone()));
-    (batch, indices, unparsed)
+    let records: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
+    let mut parsed = parse_records(RecordFormat::Json, payload, &records);
+    // Blank lines separate records in NDJSON; they are not records that failed.
+    parsed.unparsed.retain(|(row, _, _)| !texts[*row].trim_ascii().is_empty());
+    Ok(Some(RawChunk { parsed, first: start, records: texts.len() }))
 }

@@ -12,6 +12,8 @@ pub mod decode;
 pub mod error;
 pub mod fan_out;
 pub mod file_source;
+pub mod ingest;
+pub mod kafka;
 pub mod mongo;
 pub mod serving;
 pub mod store;

@@ -98,6 +98,12 @@ pub fn new_session(config: SessionConfig, registry: StreamRegistry) -> SessionCo
     SessionContext::new_with_state(state)
 }
 
+/// Whether a statement's text declares a stream (`… STORED AS KAFKA …`).
+fn is_stream_declaration(text: &str) -> bool {
+    let words: Vec<String> = text.split_whitespace().map(str::to_ascii_uppercase).collect();
+    words.windows(3).any(|w| w[0] == "STORED" && w[1] == "AS" && w[2] == STREAM_FILE_TYPE)
+}
+
 impl Catalog {
     /// Loads SQL files (a directory means every `*.sql` in it, in name order).
     ///
@@ -122,6 +128,22 @@ impl Catalog {
         }
         catalog.streams = registry.streams();
         Ok(catalog)
+    }
+
+    /// Only the streams the SQL files declare, without loading reference tables or
+    /// planning views: what producers (ingest, replay) need to validate records.
+    pub async fn load_streams(paths: &[PathBuf]) -> Result<Vec<StreamDecl>> {
+        let registry = StreamRegistry::default();
+        let ctx = new_session(batch_session_config(), registry.clone());
+        let mut catalog = Catalog { ctx, streams: Vec::new(), references: Vec::new(), views: Vec::new() };
+        for file in sql_files(paths)? {
+            for statement in split_statements(&file)? {
+                if is_stream_declaration(&statement.text) {
+                    catalog.execute(statement, &HashMap::new()).await?;
+                }
+            }
+        }
+        Ok(registry.streams())
     }
 
     /// The session every table and view is registered in.

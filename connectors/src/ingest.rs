@@ -1,0 +1,168 @@
+//! The HTTP ingest API: `POST /v1/topics/{topic}/records` validates records
+//! against the stream declared on that topic and produces the valid ones to Kafka.
+//!
+//! The body is a JSON array of records or NDJSON (one record per line). The
+//! response counts accepted and rejected records and gives, per rejected record,
+//! its index in the body and the reason:
+//!
+//! ```text
+//! 200 {"accepted": 2, "rejected": 1, "errors": [{"index": 1, "reason": "column `price`: `abc` is not a valid Float64"}]}
+//! ```
+//!
+//! 400 when no record is valid, 404 for a topic no stream is declared on, 413 for a
+//! body over the limit, 503 when Kafka does not acknowledge. One long-lived
+//! idempotent producer serves all requests; a request returns once its records
+//! are acknowledged by all in-sync replicas.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::json;
+use trendflow_engine::stream_table::StreamDecl;
+
+use crate::decode::{decode_parsed, parse_records, RecordFormat};
+use crate::kafka::{send_rows, RecordProducer};
+
+/// Settings of the ingest API.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        Self { max_body_bytes: 16 << 20 }
+    }
+}
+
+/// What the API serves: the declared streams by topic, and the producer.
+pub struct IngestService {
+    streams: BTreeMap<String, (StreamDecl, RecordFormat)>,
+    producer: RecordProducer,
+    options: IngestOptions,
+}
+
+impl IngestService {
+    /// Serves every stream of `streams` on its topic (`LOCATION`).
+    pub fn new(streams: &[StreamDecl], producer: RecordProducer, options: IngestOptions) -> crate::Result<Self> {
+        let mut by_topic = BTreeMap::new();
+        for stream in streams {
+            let format = RecordFormat::of(stream).map_err(|message| crate::ConnectorError::Binding { binding: stream.name.clone(), message })?;
+            by_topic.insert(stream.location.clone(), (stream.clone(), format));
+        }
+        Ok(Self { streams: by_topic, producer, options })
+    }
+
+    /// The topics records can be posted to.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.streams.keys().map(String::as_str)
+    }
+
+    /// The HTTP routes of the API.
+    ///
+    /// ```no_run
+    /// # async fn demo(service: trendflow_connectors::ingest::IngestService) -> std::io::Result<()> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
+    /// axum::serve(listener, std::sync::Arc::new(service).router()).await
+    /// # }
+    /// ```
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/topics/{topic}/records", post(post_records))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .with_state(self)
+    }
+
+    async fn ingest(&self, topic: &str, body: Body) -> Response {
+        let Some((stream, format)) = self.streams.get(topic) else {
+            let known: Vec<&str> = self.topics().collect();
+            return error(StatusCode::NOT_FOUND, format!("no stream is declared on topic `{topic}` (topics: {})", known.join(", ")));
+        };
+        let Ok(bytes) = axum::body::to_bytes(body, self.options.max_body_bytes).await else {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes; send fewer records per request", self.options.max_body_bytes));
+        };
+        let records = match split_records(&bytes) {
+            Ok(records) if records.is_empty() => return error(StatusCode::BAD_REQUEST, "the body holds no records".into()),
+            Ok(records) => records,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        };
+        let slices: Vec<&[u8]> = records.iter().map(|r| r.as_ref()).collect();
+        let decoded = match decode_parsed(parse_records(*format, &stream.payload_schema, &slices), &stream.payload_schema) {
+            Ok(decoded) => decoded,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let errors: Vec<_> = decoded.rejected.iter().map(|(index, reason, _)| json!({"index": index, "reason": reason})).collect();
+        let accepted = decoded.batch.num_rows();
+        if accepted > 0 {
+            if let Err(e) = send_rows(&self.producer, stream, topic, &decoded.batch).await {
+                return error(StatusCode::SERVICE_UNAVAILABLE, format!("records not stored, send them again: {e}"));
+            }
+        }
+        let status = if accepted == 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+        let body = json!({"accepted": accepted, "rejected": errors.len(), "errors": errors});
+        (status, [("content-type", "application/json")], body.to_string()).into_response()
+    }
+}
+
+async fn post_records(State(service): State<Arc<IngestService>>, Path(topic): Path<String>, body: Body) -> Response {
+    service.ingest(&topic, body).await
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, [("content-type", "application/json")], json!({ "error": message }).to_string()).into_response()
+}
+
+/// A record of the body: an element of a JSON array, or a non-blank line.
+enum BodyRecord {
+    Owned(Vec<u8>),
+    Line(Bytes),
+}
+
+impl AsRef<[u8]> for BodyRecord {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Self::Owned(bytes) => bytes,
+            Self::Line(bytes) => bytes,
+        }
+    }
+}
+
+/// Splits a body into records: a JSON array's elements, or NDJSON lines.
+fn split_records(body: &Bytes) -> Result<Vec<BodyRecord>, String> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let values: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON array of records: {e}"))?;
+        return Ok(values.iter().map(|v| BodyRecord::Owned(serde_json::to_vec(v).expect("a JSON value serializes"))).collect());
+    }
+    let mut records = Vec::new();
+    let mut start = 0;
+    for end in body.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i).chain([body.len()]) {
+        let line = body.slice(start..end);
+        start = (end + 1).min(body.len());
+        if !line.trim_ascii().is_empty() {
+            records.push(BodyRecord::Line(line));
+        }
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_arrays_and_lines() {
+        let array = split_records(&Bytes::from_static(b" [{\"a\":1}, {\"a\":2}] ")).unwrap();
+        assert_eq!(array.iter().map(|r| r.as_ref().to_vec()).collect::<Vec<_>>(), vec![b"{\"a\":1}".to_vec(), b"{\"a\":2}".to_vec()]);
+        let lines = split_records(&Bytes::from_static(b"{\"a\":1}\n\n{\"a\":2}\r\n")).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert!(split_records(&Bytes::from_static(b"[{\"a\":1}")).unwrap_err().contains("not a JSON array"));
+    }
+}

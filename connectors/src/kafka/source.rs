@@ -1,0 +1,414 @@
+//! A Kafka topic as the records of a stream, exactly once.
+//!
+//! Partitions are assigned by the source itself (no group rebalancing): the
+//! engine's checkpoint holds the next offset of every partition, and a restart
+//! seeks there. Offsets are committed to the consumer group only after a
+//! checkpoint is durable, so lag tools see real progress. New partitions are
+//! discovered while running and read from their beginning.
+//!
+//! Records that do not decode go to a dead-letter topic with the reason and their
+//! origin in headers. The dead-letter topic's end is part of the checkpointed
+//! position too: after a crash, letters already written past the checkpoint are
+//! read back and not written twice.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, StringArray};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::{Offset, TopicPartitionList};
+use trendflow_engine::checkpoint::Offsets;
+use trendflow_engine::runtime::{MicroBatch, Poll, Source};
+use trendflow_engine::stream_table::StreamDecl;
+use trendflow_engine::EngineError;
+
+use super::{client_config, ensure_topic, kafka_error, partition_count, OutRecord, RecordProducer};
+use crate::decode::{decode_parsed, parse_records, with_metadata, RecordFormat, RecordOrigin};
+use crate::error::{ConnectorError, Result};
+
+/// The pseudo-partition under which a Kafka source checkpoints the end of its
+/// dead-letter topic.
+pub const DEAD_LETTER_POSITION: i32 = -2;
+
+/// How often a running source looks for new partitions.
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Settings of a [`KafkaSource`].
+#[derive(Debug, Clone)]
+pub struct KafkaSourceOptions {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topic to read (the stream's `LOCATION` unless re-bound).
+    pub topic: String,
+    /// Consumer group the source commits its progress to.
+    pub group: String,
+    /// Stop at the end offsets seen when reading starts (batch runs, `--until-idle`).
+    pub bounded: bool,
+    /// Larger records are dead-lettered instead of decoded.
+    pub max_record_bytes: usize,
+    /// Where undecodable records go (default `<topic>.dlq`, or `OPTIONS ('dead_letter_topic' …)`).
+    pub dead_letter_topic: String,
+}
+
+impl KafkaSourceOptions {
+    /// Defaults for reading `stream` from `topic` on `brokers`.
+    pub fn new(stream: &StreamDecl, brokers: &str, topic: &str, group: &str) -> Self {
+        let option = |key: &str| stream.options.get(key).cloned();
+        Self {
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+            group: group.to_string(),
+            bounded: false,
+            max_record_bytes: option("max_record_bytes").and_then(|v| v.parse().ok()).unwrap_or(1 << 20),
+            dead_letter_topic: option("dead_letter_topic").unwrap_or_else(|| format!("{topic}.dlq")),
+        }
+    }
+}
+
+/// Records of one poll, copied out of librdkafka's buffers.
+#[derive(Default)]
+struct Fetched {
+    payloads: Vec<Vec<u8>>,
+    keys: Vec<Option<String>>,
+    partitions: Vec<i32>,
+    offsets: Vec<i64>,
+    timestamps: Vec<i64>,
+}
+
+/// A Kafka topic replayed as the records of one stream.
+pub struct KafkaSource {
+    stream: StreamDecl,
+    format: RecordFormat,
+    options: KafkaSourceOptions,
+    consumer: Arc<StreamConsumer>,
+    dead_letters: RecordProducer,
+    /// Next offset to read, per assigned partition.
+    positions: BTreeMap<i32, i64>,
+    /// End of the dead-letter topic after our last letter (None: nothing written yet).
+    dead_letter_end: Option<i64>,
+    /// Records already dead-lettered after the restored checkpoint: (partition, offset).
+    already_dead_lettered: HashSet<(i32, i64)>,
+    /// With `bounded`: the end offsets to stop at.
+    ends: Option<BTreeMap<i32, i64>>,
+    assigned: bool,
+    last_discovery: Instant,
+    last_warning: Option<Instant>,
+}
+
+impl KafkaSource {
+    /// Connects to the brokers and checks that the topic exists. Fails with one
+    /// clear error when the brokers are unreachable or the topic is missing.
+    pub async fn open(stream: StreamDecl, options: KafkaSourceOptions) -> Result<Self> {
+        let format = RecordFormat::of(&stream).map_err(|message| ConnectorError::Binding { binding: stream.name.clone(), message })?;
+        let consumer: StreamConsumer = client_config(&options.brokers)
+            .set("group.id", &options.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // Large fetches: the broker, not the client, should be the limit.
+            .set("fetch.max.bytes", "67108864")
+            .set("max.partition.fetch.bytes", "16777216")
+            .set("receive.message.max.bytes", "100000000")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(|e| kafka_error(&options.brokers, "cannot create a consumer", e))?;
+        let consumer = Arc::new(consumer);
+        let (probe, brokers, topic) = (consumer.clone(), options.brokers.clone(), options.topic.clone());
+        let partitions = blocking(move || partition_count(probe.as_ref(), &brokers, &topic)).await?;
+        if partitions.is_none() {
+            return Err(kafka_error(
+                &options.brokers,
+                &format!("topic `{}` (stream `{}`)", options.topic, stream.name),
+                "does not exist; create it, or start `trendflow ingest` / `trendflow produce`, which create it",
+            ));
+        }
+        ensure_topic(&options.brokers, &options.dead_letter_topic, 1).await?;
+        let dead_letters = RecordProducer::new(&options.brokers)?;
+        Ok(Self {
+            stream,
+            format,
+            options,
+            consumer,
+            dead_letters,
+            positions: BTreeMap::new(),
+            dead_letter_end: None,
+            already_dead_lettered: HashSet::new(),
+            ends: None,
+            assigned: false,
+            last_discovery: Instant::now(),
+            last_warning: None,
+        })
+    }
+
+    fn source_error(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::Source { source_name: self.stream.name.clone(), message: e.to_string() }
+    }
+
+    /// Assigns every partition of the topic at its position (the beginning when new).
+    async fn assign(&mut self) -> Result<()> {
+        let (consumer, brokers, topic) = (self.consumer.clone(), self.options.brokers.clone(), self.options.topic.clone());
+        let count = blocking(move || partition_count(consumer.as_ref(), &brokers, &topic)).await?.unwrap_or(0);
+        let known = self.positions.len();
+        for partition in 0..count {
+            self.positions.entry(partition).or_insert(0);
+        }
+        if self.assigned && self.positions.len() == known {
+            return Ok(());
+        }
+        if self.assigned {
+            tracing::info!(topic = self.options.topic, partitions = count, "new partitions: reading them from the beginning");
+        }
+        let mut assignment = TopicPartitionList::new();
+        for (&partition, &next) in &self.positions {
+            assignment
+                .add_partition_offset(&self.options.topic, partition, Offset::Offset(next))
+                .map_err(|e| kafka_error(&self.options.brokers, "cannot assign partitions", e))?;
+        }
+        self.consumer.assign(&assignment).map_err(|e| kafka_error(&self.options.brokers, "cannot assign partitions", e))?;
+        self.assigned = true;
+        if self.options.bounded && self.ends.is_none() {
+            self.ends = Some(self.end_offsets().await?);
+        }
+        Ok(())
+    }
+
+    async fn end_offsets(&self) -> Result<BTreeMap<i32, i64>> {
+        let (consumer, brokers, topic) = (self.consumer.clone(), self.options.brokers.clone(), self.options.topic.clone());
+        let partitions: Vec<i32> = self.positions.keys().copied().collect();
+        blocking(move || {
+            partitions
+                .into_iter()
+                .map(|p| {
+                    let (_, high) = consumer
+                        .fetch_watermarks(&topic, p, super::STARTUP_TIMEOUT)
+                        .map_err(|e| kafka_error(&brokers, &format!("cannot read the end of `{topic}` partition {p}"), e))?;
+                    Ok((p, high))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    fn caught_up(&self) -> bool {
+        self.ends.as_ref().is_some_and(|ends| ends.iter().all(|(p, end)| self.positions.get(p).is_some_and(|pos| pos >= end)))
+    }
+
+    /// Gathers up to `max_rows` records, waiting at most `max_delay` after the first call.
+    async fn fetch(&mut self, max_rows: usize, max_delay: Duration) -> Fetched {
+        let deadline = tokio::time::Instant::now() + max_delay;
+        let mut fetched = Fetched::default();
+        while fetched.offsets.len() < max_rows && !self.caught_up() {
+            let message = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) => {
+                    self.warn_transient(&e);
+                    continue;
+                }
+                Ok(Ok(message)) => message,
+            };
+            let (partition, offset) = (message.partition(), message.offset());
+            let next = self.positions.entry(partition).or_insert(0);
+            if offset < *next {
+                continue; // re-delivered after a re-assignment
+            }
+            *next = offset + 1;
+            fetched.payloads.push(message.payload().unwrap_or_default().to_vec());
+            fetched.keys.push(message.key().map(|k| String::from_utf8_lossy(k).into_owned()));
+            fetched.partitions.push(partition);
+            fetched.offsets.push(offset);
+            fetched.timestamps.push(message.timestamp().to_millis().unwrap_or_else(now_ms));
+        }
+        fetched
+    }
+
+    /// Logs a consumer error at most every 10 s; librdkafka reconnects with backoff by itself.
+    fn warn_transient(&mut self, e: &rdkafka::error::KafkaError) {
+        if self.last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            tracing::warn!(brokers = self.options.brokers, topic = self.options.topic, "Kafka: {e}; retrying");
+            self.last_warning = Some(Instant::now());
+        }
+    }
+
+    /// Decodes fetched records; rejected ones go to the dead-letter topic first.
+    async fn decode(&mut self, fetched: Fetched) -> Result<MicroBatch> {
+        let limit = self.options.max_record_bytes;
+        let fits: Vec<usize> = (0..fetched.payloads.len()).filter(|&i| fetched.payloads[i].len() <= limit).collect();
+        let records: Vec<&[u8]> = fits.iter().map(|&i| fetched.payloads[i].as_slice()).collect();
+        let decoded = decode_parsed(parse_records(self.format, &self.stream.payload_schema, &records), &self.stream.payload_schema)?;
+        let mut rejected: Vec<(usize, String)> = decoded.rejected.into_iter().map(|(row, reason, _)| (fits[row], reason)).collect();
+        for (i, payload) in fetched.payloads.iter().enumerate().filter(|(_, p)| p.len() > limit) {
+            rejected.push((i, format!("record of {} bytes is larger than max_record_bytes ({limit})", payload.len())));
+        }
+        rejected.sort_by_key(|(i, _)| *i);
+        self.dead_letter(&fetched, &rejected).await?;
+        let accepted: Vec<usize> = decoded.rows.iter().map(|&row| fits[row]).collect();
+        let keys: StringArray = accepted.iter().map(|&i| fetched.keys[i].as_deref()).collect();
+        let keys = if keys.null_count() == keys.len() { None } else { Some(keys) };
+        let origin = RecordOrigin {
+            partitions: accepted.iter().map(|&i| fetched.partitions[i]).collect(),
+            offsets: accepted.iter().map(|&i| fetched.offsets[i]).collect(),
+            timestamps: accepted.iter().zip(&decoded.arrivals).map(|(&i, given)| given.unwrap_or(fetched.timestamps[i])).collect(),
+            keys,
+        };
+        let batch = with_metadata(&self.stream, &decoded.batch, origin)?;
+        let mut offsets: Offsets = self.positions.clone();
+        if let Some(end) = self.dead_letter_end {
+            offsets.insert(DEAD_LETTER_POSITION, end);
+        }
+        Ok(MicroBatch { batch, offsets, rejected: rejected.len() as u64 })
+    }
+
+    /// Writes rejected records to the dead-letter topic and waits for the acknowledgements,
+    /// skipping those a previous run already wrote there.
+    async fn dead_letter(&mut self, fetched: &Fetched, rejected: &[(usize, String)]) -> Result<()> {
+        let letters: Vec<&(usize, String)> = rejected
+            .iter()
+            .filter(|(i, _)| !self.already_dead_lettered.contains(&(fetched.partitions[*i], fetched.offsets[*i])))
+            .collect();
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let records = letters.iter().map(|(i, _)| OutRecord {
+            key: fetched.keys[*i].as_deref().map(str::as_bytes),
+            payload: &fetched.payloads[*i],
+            timestamp: Some(fetched.timestamps[*i]),
+        }).collect::<Vec<_>>();
+        let headers = |n: usize| {
+            let (i, reason) = letters[n];
+            letter_headers(&self.stream.name, &self.options.topic, fetched.partitions[*i], fetched.offsets[*i], reason)
+        };
+        let ends = self.dead_letters.send_all(&self.options.dead_letter_topic, &records, Some(&headers)).await?;
+        if let Some(&end) = ends.get(&0) {
+            self.dead_letter_end = Some(self.dead_letter_end.unwrap_or(0).max(end));
+        }
+        Ok(())
+    }
+
+    /// Reads the letters written after the checkpointed end of the dead-letter topic:
+    /// their records are about to be replayed and must not be dead-lettered twice.
+    async fn read_back_letters(&mut self, from: i64) -> Result<()> {
+        let brokers = self.options.brokers.clone();
+        let topic = self.options.dead_letter_topic.clone();
+        let stream = self.stream.name.clone();
+        let consumer: BaseConsumer = client_config(&brokers)
+            .set("group.id", format!("{}-dead-letter-check", self.options.group))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| kafka_error(&brokers, "cannot create a consumer", e))?;
+        let seen = blocking(move || {
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, 0, super::STARTUP_TIMEOUT)
+                .map_err(|e| kafka_error(&brokers, &format!("cannot read the end of `{topic}`"), e))?;
+            let mut seen = HashSet::new();
+            if high <= from {
+                return Ok((seen, high));
+            }
+            let mut assignment = TopicPartitionList::new();
+            assignment.add_partition_offset(&topic, 0, Offset::Offset(from)).map_err(|e| kafka_error(&brokers, "assign", e))?;
+            consumer.assign(&assignment).map_err(|e| kafka_error(&brokers, "assign", e))?;
+            let started = Instant::now();
+            let mut next = from;
+            while next < high {
+                if started.elapsed() > super::STARTUP_TIMEOUT {
+                    return Err(kafka_error(&brokers, &format!("reading back `{topic}`"), "timed out"));
+                }
+                let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+                let message = message.map_err(|e| kafka_error(&brokers, &format!("reading back `{topic}`"), e))?;
+                next = message.offset() + 1;
+                if let Some(origin) = letter_origin(&message, &stream) {
+                    seen.insert(origin);
+                }
+            }
+            Ok((seen, high))
+        })
+        .await?;
+        self.already_dead_lettered = seen.0;
+        self.dead_letter_end = Some(seen.1);
+        Ok(())
+    }
+}
+
+/// Headers of a dead letter: why, and where the record came from.
+fn letter_headers(stream: &str, topic: &str, partition: i32, offset: i64, reason: &str) -> OwnedHeaders {
+    let (partition, offset) = (partition.to_string(), offset.to_string());
+    OwnedHeaders::new()
+        .insert(Header { key: "trendflow.stream", value: Some(stream) })
+        .insert(Header { key: "trendflow.reason", value: Some(reason) })
+        .insert(Header { key: "trendflow.topic", value: Some(topic) })
+        .insert(Header { key: "trendflow.partition", value: Some(&partition) })
+        .insert(Header { key: "trendflow.offset", value: Some(&offset) })
+}
+
+/// The (partition, offset) a dead letter of `stream` came from.
+fn letter_origin(message: &impl Message, stream: &str) -> Option<(i32, i64)> {
+    let headers = message.headers()?;
+    let value = |key: &str| {
+        headers.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok().map(str::to_string))
+    };
+    if value("trendflow.stream")? != stream {
+        return None;
+    }
+    Some((value("trendflow.partition")?.parse().ok()?, value("trendflow.offset")?.parse().ok()?))
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    fn stream(&self) -> &str {
+        &self.stream.name
+    }
+
+    fn identity(&self) -> String {
+        format!("kafka:{}", self.options.topic)
+    }
+
+    async fn poll(&mut self, max_rows: usize, max_delay: Duration) -> trendflow_engine::Result<Poll> {
+        let discover = !self.options.bounded && self.last_discovery.elapsed() >= DISCOVERY_INTERVAL;
+        if !self.assigned || discover {
+            self.assign().await.map_err(|e| self.source_error(e))?;
+            self.last_discovery = Instant::now();
+        }
+        if self.caught_up() {
+            return Ok(Poll::Finished);
+        }
+        let fetched = self.fetch(max_rows.max(1), max_delay).await;
+        if fetched.offsets.is_empty() {
+            return Ok(if self.caught_up() { Poll::Finished } else { Poll::Idle });
+        }
+        self.decode(fetched).await.map(Poll::Batch).map_err(|e| self.source_error(e))
+    }
+
+    async fn seek(&mut self, offsets: &Offsets) -> trendflow_engine::Result<()> {
+        self.positions = offsets.iter().filter(|(p, _)| **p >= 0).map(|(p, o)| (*p, *o)).collect();
+        self.assigned = false;
+        match offsets.get(&DEAD_LETTER_POSITION) {
+            Some(&from) => self.read_back_letters(from).await.map_err(|e| self.source_error(e)),
+            // No letter was checkpointed: any letter of ours past the start is a replay.
+            None => self.read_back_letters(0).await.map_err(|e| self.source_error(e)),
+        }
+    }
+
+    async fn commit(&mut self, offsets: &Offsets) -> trendflow_engine::Result<()> {
+        let mut list = TopicPartitionList::new();
+        for (&partition, &next) in offsets.iter().filter(|(p, _)| **p >= 0) {
+            list.add_partition_offset(&self.options.topic, partition, Offset::Offset(next)).map_err(|e| self.source_error(e))?;
+        }
+        // Only for lag tools: positions live in the checkpoint, so a failed commit loses nothing.
+        if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::warn!(group = self.options.group, "cannot commit offsets to the consumer group: {e}");
+        }
+        Ok(())
+    }
+}
+
+/// Runs a blocking librdkafka call off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ConnectorError::Kafka { brokers: String::new(), message: e.to_string() })?
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
