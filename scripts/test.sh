@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of trendflow: Rust unit, integration (real MongoDB-protocol server) and doc
-# tests, then the Python
-# client tests (ADBC, pyarrow.flight, SQLAlchemy) against real `trendflow` processes.
+# Runs every test of trendflow: Rust unit, integration (real Kafka-protocol broker, real
+# MongoDB-protocol server) and doc tests, then the Python client tests (ADBC,
+# pyarrow.flight, SQLAlchemy) against real `trendflow` processes.
 # Installs what the tests need when it is missing. Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
     echo "$want" > "$stamp"
 fi
+
+echo "== Kafka-protocol broker for the Kafka tests (tansu)"
+tansu_version=0.6.0
+tansu="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+if [ "$("$tansu" --version 2>/dev/null)" != "tansu $tansu_version" ]; then
+    echo "installing tansu $tansu_version with cargo (first run only; ~15 min on 2 cores)"
+    # Its own build dir: the broker's dependencies stay out of trendflow's target dir.
+    env -u CARGO_TARGET_DIR cargo install tansu --version "$tansu_version" --locked --features libsql --quiet
+fi
+export TANSU_BIN="$tansu"
 
 echo "== cargo test (workspace)"
 # The MongoDB tests start SecantusDB with this interpreter, unless MONGODB_URI names a real server.

@@ -120,6 +120,7 @@ fn error(status: StatusCode, message: String) -> Response {
 }
 
 /// A record of the body: an element of a JSON array, or a non-blank line.
+#[derive(Debug)]
 enum BodyRecord {
     Owned(Vec<u8>),
     Line(Bytes),

@@ -56,7 +56,8 @@ async fn non_incremental_constructs_are_refused_at_start_up() {
 
 #[tokio::test]
 async fn bad_bindings_are_refused() {
-    assert!(Bindings::parse(&["products=kafka://x/y".into()]).unwrap_err().to_string().contains("expected file:PATH"));
+    assert!(Bindings::parse(&["products=http://x/y".into()]).unwrap_err().to_string().contains("expected file:PATH or kafka://"));
+    assert!(Bindings::parse(&["products=kafka://127.0.0.1:9092".into()]).unwrap_err().to_string().contains("topic is missing"));
     let tmp = tempfile::tempdir().unwrap();
     let categories = shared_data("amazon_categories.csv");
     let unknown = files(&[("nope", Path::new("x.csv")), ("categories", &categories)]);
@@ -116,11 +117,11 @@ async fn malformed_or_missing_files_fail_with_the_path() {
     std::fs::write(&broken, "asin,price\nA1,1.0\nA2,2.0,extra,fields\n").unwrap();
     let broken_bindings = bindings(&broken, &categories);
     let catalog = Catalog::load(&[shipped_sql()], incremental_session_config(), &broken_bindings.files()).await.unwrap();
-    let mut sources = broken_bindings.open_sources(&catalog, tmp.path()).unwrap();
+    let mut sources = broken_bindings.open_sources(&catalog, &file_settings(tmp.path())).await.unwrap();
     let error = sources[0].poll(100, Default::default()).await.expect_err("a malformed CSV is an error").to_string();
     assert!(error.contains("broken.csv") && error.contains("products"), "{error}");
     let missing = bindings(&tmp.path().join("nothing-here.csv"), &categories);
-    let error = missing.open_sources(&catalog, tmp.path()).err().unwrap().to_string();
+    let error = missing.open_sources(&catalog, &file_settings(tmp.path())).await.err().unwrap().to_string();
     assert!(error.contains("nothing-here.csv"), "{error}");
 }
 
@@ -135,12 +136,12 @@ async fn replayed_records_are_not_dead_lettered_twice() {
     let bindings = bindings(&ndjson, &shared_data("amazon_categories.csv"));
     let catalog = Catalog::load(&[shipped_sql()], incremental_session_config(), &bindings.files()).await.unwrap();
     let dead = tmp.path().join("dl");
-    let mut first = bindings.open_sources(&catalog, &dead).unwrap().remove(0);
+    let mut first = bindings.open_sources(&catalog, &file_settings(&dead)).await.unwrap().remove(0);
     let trendflow_engine::runtime::Poll::Batch(micro) = first.poll(10, Default::default()).await.unwrap() else { panic!() };
     let checkpointed = micro.offsets.clone();
     while let trendflow_engine::runtime::Poll::Batch(_) = first.poll(10, Default::default()).await.unwrap() {}
     // The job dies here, after the last poll but before its next checkpoint; it resumes from `checkpointed`.
-    let mut second = bindings.open_sources(&catalog, &dead).unwrap().remove(0);
+    let mut second = bindings.open_sources(&catalog, &file_settings(&dead)).await.unwrap().remove(0);
     second.seek(&checkpointed).await.unwrap();
     while let trendflow_engine::runtime::Poll::Batch(_) = second.poll(7, Default::default()).await.unwrap() {}
     let letters = std::fs::read_to_string(dead.join("products.ndjson")).unwrap();

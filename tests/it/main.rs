@@ -2,6 +2,7 @@
 
 mod cli;
 mod errors;
+mod kafka;
 mod mongo;
 mod restart;
 mod semantics;

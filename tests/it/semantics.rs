@@ -130,7 +130,7 @@ fn events(pipeline: &Pipeline, rows: &[(&str, &str, f64)]) -> Vec<(String, Micro
     )
     .unwrap();
     let origin = trendflow_connectors::decode::RecordOrigin {
-        partition: 0,
+        partitions: vec![0; rows.len()],
         offsets: (0..rows.len() as i64).collect(),
         timestamps: vec![0; rows.len()],
         keys: None,

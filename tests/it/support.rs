@@ -10,7 +10,7 @@ use datafusion::arrow::array::{Array, Float64Array, RecordBatch};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use trendflow_connectors::binding::Bindings;
+use trendflow_connectors::binding::{Bindings, SourceSettings};
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::catalog::{batch_session_config, incremental_session_config, Catalog};
 use trendflow_engine::checkpoint::Offsets;
@@ -57,9 +57,14 @@ pub fn bindings(products: &Path, categories: &Path) -> Bindings {
     bindings
 }
 
+/// Settings for sources bound to files only (dead letters under `dead_letters`).
+pub fn file_settings(dead_letters: &Path) -> SourceSettings {
+    SourceSettings { dead_letter_dir: dead_letters.to_path_buf(), kafka_brokers: None, kafka_group: "test".into(), bounded: false }
+}
+
 /// Reads a stream's whole file through the file source, as one decoded batch.
 pub async fn decode_all(catalog: &Catalog, bindings: &Bindings, dead_letters: &Path) -> RecordBatch {
-    let mut sources = bindings.open_sources(catalog, dead_letters).unwrap();
+    let mut sources = bindings.open_sources(catalog, &file_settings(dead_letters)).await.unwrap();
     let source = &mut sources[0];
     let mut batches = Vec::new();
     while let Poll::Batch(micro) = source.poll(1 << 20, Duration::ZERO).await.unwrap() {
@@ -149,7 +154,7 @@ pub async fn run_streaming(
 /// Computes every view with plain DataFusion over the whole files (the batch path).
 pub async fn run_batch(sql: &Path, bindings: &Bindings, dead_letters: &Path) -> BTreeMap<String, RecordBatch> {
     let catalog = Catalog::load(&[sql.to_path_buf()], batch_session_config(), &bindings.files()).await.unwrap();
-    let (tables, _) = bindings.read_streams(&catalog, dead_letters).await.unwrap();
+    let (tables, _) = bindings.read_streams(&catalog, &file_settings(dead_letters)).await.unwrap();
     catalog.replace_streams(tables).await.unwrap();
     let mut views = BTreeMap::new();
     for view in catalog.views() {

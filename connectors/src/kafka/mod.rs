@@ -10,7 +10,7 @@ mod source;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -102,20 +102,6 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result
     Ok(())
 }
 
-/// Grows `topic` to `partitions` partitions.
-pub async fn add_partitions(brokers: &str, topic: &str, partitions: usize) -> Result<()> {
-    let admin = admin_client(brokers)?;
-    let options = AdminOptions::new().operation_timeout(Some(STARTUP_TIMEOUT));
-    let results = admin
-        .create_partitions([&NewPartitions::new(topic, partitions)], &options)
-        .await
-        .map_err(|e| kafka_error(brokers, "cannot add partitions", e))?;
-    for result in results {
-        result.map_err(|(name, code)| kafka_error(brokers, &format!("cannot add partitions to `{name}`"), code))?;
-    }
-    Ok(())
-}
-
 fn admin_client(brokers: &str) -> Result<AdminClient<DefaultClientContext>> {
     client_config(brokers).create().map_err(|e| kafka_error(brokers, "cannot create an admin client", e))
 }
@@ -157,8 +143,9 @@ impl RecordProducer {
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "500000")
             .set("message.max.bytes", "16777216")
-            // Retries of a broker outage happen inside librdkafka for up to this long.
-            .set("message.timeout.ms", "300000")
+            // librdkafka retries through a broker outage for this long, then the caller
+            // gets an error (the ingest API answers 503, so the client sends again).
+            .set("message.timeout.ms", "30000")
             .create()
             .map_err(|e| kafka_error(brokers, "cannot create a producer", e))?;
         Ok(Self { producer, brokers: brokers.to_string() })

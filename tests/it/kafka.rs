@@ -1,0 +1,414 @@
+//! Kafka end to end against a real broker (`tansu`, started per test on a free
+//! port with sqlite storage): ingest API → topic → job → views, exactly once
+//! through SIGKILLs, the dead-letter topic, and keyed producing.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, Int32Array, RecordBatch};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use trendflow_connectors::kafka::{self, encode_rows, KafkaSource, KafkaSourceOptions, RecordProducer};
+use trendflow_engine::catalog::Catalog;
+use trendflow_engine::runtime::{Poll, Source};
+
+use crate::support::*;
+
+/// A tansu broker process on a free loopback port, storing into a temp dir.
+pub struct Broker {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+fn tansu() -> PathBuf {
+    if let Some(path) = std::env::var_os("TANSU_BIN") {
+        return path.into();
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let path = cargo_home.join("bin").join("tansu");
+    assert!(path.exists(), "no tansu broker at {}: run scripts/test.sh, which installs it (or set TANSU_BIN)", path.display());
+    path
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
+        let child = Command::new(tansu())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .current_dir(dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("tansu starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on port {port} within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, addr: format!("127.0.0.1:{port}"), _dir: dir }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn trendflow() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trendflow"));
+    command.current_dir(repo());
+    command
+}
+
+fn ok(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && !stderr.contains("panicked"), "{command:?} failed:\n{stderr}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The shipped views as CSV, through `trendflow query` on a state directory.
+fn views_csv(state: &Path, with_time: bool) -> Vec<String> {
+    let mut queries = vec![
+        "SELECT category_id, products, ROUND(share, 9), best_sellers FROM category_distribution ORDER BY category_id",
+        "SELECT price_level, products, ROUND(avg_price, 6), min_price, max_price FROM price_levels ORDER BY price_level",
+        "SELECT category_id, products, ROUND(avg_price, 6) FROM avg_price_by_category ORDER BY category_id",
+        "SELECT category_id, bought_last_month FROM top_categories_by_demand ORDER BY category_id",
+    ];
+    if with_time {
+        queries.push("SELECT window_start, category_id, products FROM category_trend ORDER BY window_start, category_id");
+    }
+    queries.iter().map(|sql| ok(trendflow().args(["query", sql, "--format", "csv", "--state"]).arg(state))).collect()
+}
+
+/// Generated products encoded as JSON records (what producers send).
+async fn json_records(data: &Path, dead_letters: &Path) -> Vec<Vec<u8>> {
+    let bindings = bindings(&data.join("products.csv"), &data.join("categories.csv"));
+    let catalog = Catalog::load(&[shipped_sql()], trendflow_engine::catalog::batch_session_config(), &bindings.files()).await.unwrap();
+    let stream = &catalog.streams()[0];
+    let mut sources = bindings.open_sources(&catalog, &file_settings(dead_letters)).await.unwrap();
+    let mut records = Vec::new();
+    while let Poll::Batch(micro) = sources[0].poll(10_000, Duration::ZERO).await.unwrap() {
+        let payload = micro.batch.project(&(0..stream.payload_schema.fields().len()).collect::<Vec<_>>()).unwrap();
+        let encoded = encode_rows(trendflow_connectors::decode::RecordFormat::Json, &payload).unwrap();
+        records.extend((0..payload.num_rows()).map(|i| encoded.get(i).to_vec()));
+    }
+    records
+}
+
+/// A minimal HTTP/1.1 POST; returns the status code and body.
+fn http_post(addr: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).unwrap();
+    // The server may answer 413 before reading everything: a failed write is fine then.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let json = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("null");
+    (status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+}
+
+fn wait_for_line(child: &mut Child, prefix: &str) -> String {
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split(prefix).nth(1) {
+            // Keep draining stderr so the child never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            return rest.split_whitespace().next().unwrap().to_string();
+        }
+    }
+    panic!("the process exited before printing `{prefix}`");
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Records posted to the ingest API reach the views exactly: the streamed views equal
+/// the batch computation over the same records, read from the file they came from and
+/// from the topic; bad records are reported per index and never produced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_api_feeds_the_views_exactly() {
+    let broker = Broker::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(trendflow().args(["gen", "--rows", "3000", "--seed", "7", "--out"]).arg(&data));
+    let records = json_records(&data, tmp.path()).await;
+    let mut ingest = Killed(
+        trendflow()
+            .args(["ingest", "--listen", "127.0.0.1:0", "--partitions", "3", "--max-body-bytes", "1000000", "--kafka-brokers", &broker.addr])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let api = wait_for_line(&mut ingest.0, "listening on http://");
+    for chunk in records.chunks(400) {
+        let (status, body) = http_post(&api, "/v1/topics/products/records", &chunk.join(&b'\n'));
+        assert_eq!((status, body["accepted"].as_u64()), (200, Some(chunk.len() as u64)), "{body}");
+    }
+    let mixed = br#"[{"asin": "BTEST00001", "price": 12.5, "category_id": 3}, {"asin": "BTEST00002", "price": "cheap"}, {"price": 1.0}]"#;
+    let (status, body) = http_post(&api, "/v1/topics/products/records", mixed);
+    assert_eq!((status, body["accepted"].as_u64(), body["rejected"].as_u64()), (200, Some(1), Some(2)), "{body}");
+    assert_eq!(body["errors"][0]["index"], 1, "{body}");
+    assert!(body["errors"][0]["reason"].as_str().unwrap().contains("cheap"), "{body}");
+    assert!(body["errors"][1]["reason"].as_str().unwrap().contains("`asin` is required"), "{body}");
+    let (status, body) = http_post(&api, "/v1/topics/products/records", b"{\"asin\": 5}\n{not json");
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = http_post(&api, "/v1/topics/products/records", &vec![b' '; 2_000_000]);
+    assert_eq!(status, 413);
+    let (status, body) = http_post(&api, "/v1/topics/nope/records", b"{}");
+    assert!(status == 404 && body["error"].as_str().unwrap().contains("products"), "{status} {body}");
+
+    let categories = format!("categories=file:{}", data.join("categories.csv").display());
+    let streamed = tmp.path().join("streamed");
+    let summary = ok(trendflow()
+        .args(["run", "--until-idle", "--flight-addr", "none", "--max-rows", "700", "--kafka-brokers", &broker.addr, "--source", &categories, "--state"])
+        .arg(&streamed));
+    assert!(summary.contains("processed 3001 records"), "{summary}");
+    let from_topic = tmp.path().join("from_topic");
+    let products = format!("products=kafka://{}/products", broker.addr);
+    ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_topic));
+    assert_eq!(views_csv(&streamed, true), views_csv(&from_topic, true));
+    // The same records from the file (plus the one accepted from the mixed request).
+    let expected = tmp.path().join("accepted.ndjson");
+    let mut lines = records.join(&b'\n');
+    lines.extend_from_slice(b"\n{\"asin\": \"BTEST00001\", \"price\": 12.5, \"category_id\": 3}\n");
+    std::fs::write(&expected, lines).unwrap();
+    let from_file = tmp.path().join("from_file");
+    let products = format!("products=file:{}", expected.display());
+    ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_file));
+    assert_eq!(views_csv(&streamed, false), views_csv(&from_file, false));
+}
+
+/// Positions of `products` in the current checkpoint of `state`: records covered.
+fn checkpointed_records(state: &Path) -> i64 {
+    let checkpoints = state.join("checkpoints");
+    let current = std::fs::read_to_string(checkpoints.join("CURRENT")).unwrap_or_default();
+    let Ok(meta) = std::fs::read_to_string(checkpoints.join(current.trim()).join("meta.json")) else { return 0 };
+    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    let Some(partitions) = meta["sources"]["products"].as_object() else { return 0 };
+    partitions.iter().filter(|(p, _)| !p.starts_with('-')).map(|(_, o)| o.as_i64().unwrap()).sum()
+}
+
+/// SIGKILL the job at random moments while it consumes a generated topic of three
+/// partitions; after the last restart the views equal the batch result exactly, and
+/// the consumer group's committed offsets reached the end of every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_kafka_job_resumes_exactly() {
+    const ROWS: i64 = 40_000;
+    let broker = Broker::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(trendflow().args(["gen", "--rows", &ROWS.to_string(), "--seed", "11", "--out"]).arg(&data));
+    let produced = ok(trendflow()
+        .args(["produce", "--partitions", "3", "--kafka-brokers", &broker.addr, "--file"])
+        .arg(data.join("products.csv"))
+        .arg("--state")
+        .arg(tmp.path().join("producer")));
+    assert!(produced.contains(&format!("produced {ROWS} records")), "{produced}");
+    let categories = format!("categories=file:{}", data.join("categories.csv").display());
+    let state = tmp.path().join("state");
+    let run = |extra: &[&str]| {
+        let mut command = trendflow();
+        command
+            .args(["run", "--flight-addr", "none", "--checkpoint-interval-ms", "0", "--kafka-group", "killed-job"])
+            .args(["--kafka-brokers", &broker.addr, "--source", &categories, "--state"])
+            .arg(&state)
+            .args(extra);
+        command
+    };
+    let seed = std::process::id() as u64;
+    let mut rng = seed;
+    let mut positions = vec![0];
+    for max_rows in ["300", "450", "200", "350"] {
+        let mut child = Killed(run(&["--max-rows", max_rows]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let step = 1_000 + (rng >> 33) as i64 % 6_000;
+        let before = *positions.last().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while checkpointed_records(&state) < before + step {
+            assert!(Instant::now() < deadline, "no progress past {before} within 120 s (seed {seed})");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+        positions.push(checkpointed_records(&state));
+    }
+    assert!(positions.windows(2).all(|w| w[0] < w[1]) && positions[4] < ROWS, "kills were not mid-stream: {positions:?} (seed {seed})");
+    let last = ok(&mut run(&["--until-idle", "--max-rows", "5000"]));
+    assert!(last.contains("resumed from checkpoint") && last.contains(" 0 rejected"), "{last}");
+    let from_topic = tmp.path().join("from_topic");
+    let products = format!("products=kafka://{}/products", broker.addr);
+    ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_topic));
+    assert_eq!(views_csv(&state, true), views_csv(&from_topic, true), "seed {seed}");
+    let from_file = tmp.path().join("from_file");
+    let products = format!("products=file:{}", data.join("products.csv").display());
+    ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_file));
+    assert_eq!(views_csv(&state, false), views_csv(&from_file, false), "seed {seed}");
+    assert_eq!(committed_total(&broker.addr, "killed-job", "products", 3), ROWS);
+}
+
+/// The offsets a consumer group committed, summed over `partitions` partitions.
+fn committed_total(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+    committed.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 }).sum()
+}
+
+fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new().set("bootstrap.servers", brokers).set("message.max.bytes", "20000000").create().unwrap()
+}
+
+async fn send(producer: &FutureProducer, topic: &str, partition: Option<i32>, payload: &[u8]) {
+    let mut record = FutureRecord::<(), [u8]>::to(topic).payload(payload);
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+}
+
+async fn products_source(brokers: &str, bounded: bool, max_record_bytes: usize) -> KafkaSource {
+    let stream = Catalog::load_streams(&[shipped_sql()]).await.unwrap().remove(0);
+    let mut options = KafkaSourceOptions::new(&stream, brokers, "products", "poison-test");
+    options.bounded = bounded;
+    options.max_record_bytes = max_record_bytes;
+    KafkaSource::open(stream, options).await.unwrap()
+}
+
+/// Reads a whole topic: (headers as text, payload) of every record.
+fn read_topic(brokers: &str, topic: &str) -> Vec<(std::collections::BTreeMap<String, String>, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", "reader").create().unwrap();
+    let (_, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap();
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&list).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (out.len() as i64) < high {
+        assert!(Instant::now() < deadline, "read {} of {high} records of {topic}", out.len());
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let message = message.unwrap();
+        let headers = message.headers().map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect()).unwrap_or_default();
+        out.push((headers, message.payload().unwrap_or_default().to_vec()));
+    }
+    out
+}
+
+async fn drain(source: &mut KafkaSource, max_rows: usize) -> (usize, u64) {
+    let (mut rows, mut rejected) = (0, 0);
+    loop {
+        match source.poll(max_rows, Duration::from_millis(300)).await.unwrap() {
+            Poll::Batch(micro) => {
+                rows += micro.batch.num_rows();
+                rejected += micro.rejected;
+            }
+            Poll::Idle => {}
+            Poll::Finished => return (rows, rejected),
+        }
+    }
+}
+
+/// Poison records (bad JSON, wrong types, a missing key, invalid UTF-8, an oversized
+/// record) land in the dead-letter topic with reason and origin, good ones are
+/// processed, counts add up; a replay after a crash writes no letter twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_go_to_the_dead_letter_topic_once() {
+    let broker = Broker::start();
+    kafka::ensure_topic(&broker.addr, "products", 1).await.unwrap();
+    let producer = producer(&broker.addr);
+    let huge = format!("{{\"asin\": \"BIG\", \"title\": \"{}\"}}", "x".repeat(2 << 20));
+    let poison: Vec<Vec<u8>> = vec![
+        b"{\"asin\": \"B1\", \"price\": 3.5}".to_vec(),
+        b"{\"asin\": \"B2\", \"price\": \"three\"}".to_vec(),
+        b"{truncated".to_vec(),
+        b"{\"price\": 1.0}".to_vec(),
+        b"{\"asin\": \"B\xff\xfe\"}".to_vec(),
+        huge.into_bytes(),
+        b"{\"asin\": \"B3\", \"stars\": 4.5, \"category_id\": 12}".to_vec(),
+        b"{\"asin\": \"B4\", \"reviews\": 1.5e400}".to_vec(),
+    ];
+    for payload in poison.iter().cycle().take(poison.len() * 3) {
+        send(&producer, "products", None, payload).await;
+    }
+    let mut first = products_source(&broker.addr, true, 1 << 20).await;
+    let Poll::Batch(micro) = first.poll(5, Duration::from_secs(5)).await.unwrap() else { panic!("no records") };
+    let checkpoint = micro.offsets.clone();
+    let (rows, rejected) = drain(&mut first, 5).await;
+    assert_eq!(micro.batch.num_rows() + rows, 6, "B1 and B3 of each copy are valid");
+    assert_eq!(micro.rejected + rejected, 18);
+    // The job dies before its next checkpoint and resumes from `checkpoint`.
+    let mut second = products_source(&broker.addr, true, 1 << 20).await;
+    second.seek(&checkpoint).await.unwrap();
+    drain(&mut second, 3).await;
+    let letters = read_topic(&broker.addr, "products.dlq");
+    assert_eq!(letters.len(), 18, "every bad record once");
+    let mut offsets: Vec<i64> = letters.iter().map(|(h, _)| h["trendflow.offset"].parse().unwrap()).collect();
+    offsets.sort();
+    let bad: Vec<i64> = (0..24).filter(|o| !matches!(o % 8, 0 | 6)).collect();
+    assert_eq!(offsets, bad);
+    let reasons: Vec<&str> = letters.iter().take(6).map(|(h, _)| h["trendflow.reason"].as_str()).collect();
+    for (reason, expected) in reasons.iter().zip(["three", "invalid JSON", "`asin` is required", "invalid UTF-8", "larger than max_record_bytes", "reviews"]) {
+        assert!(reason.contains(expected), "{reason:?} should mention {expected:?}");
+    }
+    assert!(letters.iter().all(|(h, _)| h["trendflow.partition"] == "0" && h["trendflow.topic"] == "products"));
+    assert_eq!(letters[1].1, poison[2], "the original bytes are kept");
+}
+
+/// Records produced by `RecordProducer` carry the primary key as Kafka key, so a
+/// product's updates stay in one partition, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_keys_records_by_primary_key() {
+    let broker = Broker::start();
+    kafka::ensure_topic(&broker.addr, "products", 4).await.unwrap();
+    let stream = Catalog::load_streams(&[shipped_sql()]).await.unwrap().remove(0);
+    let payload = RecordBatch::try_new(
+        stream.payload_schema.clone(),
+        stream
+            .payload_schema
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "asin" => std::sync::Arc::new(datafusion::arrow::array::StringArray::from(vec!["K1", "K2", "K1", "K1"])) as _,
+                _ => datafusion::arrow::array::new_null_array(f.data_type(), 4),
+            })
+            .collect(),
+    )
+    .unwrap();
+    kafka::send_rows(&RecordProducer::new(&broker.addr).unwrap(), &stream, "products", &payload).await.unwrap();
+    let mut source = products_source(&broker.addr, true, 1 << 20).await;
+    let mut seen = Vec::new();
+    while let Poll::Batch(micro) = source.poll(10, Duration::from_secs(2)).await.unwrap() {
+        let keys = micro.batch.column_by_name("_key").unwrap().as_any().downcast_ref::<datafusion::arrow::array::StringArray>().unwrap().clone();
+        let parts = micro.batch.column_by_name("_partition").unwrap().as_any().downcast_ref::<Int32Array>().unwrap().clone();
+        seen.extend((0..keys.len()).map(|i| (keys.value(i).to_string(), parts.value(i))));
+    }
+    assert_eq!(seen.len(), 4);
+    let k1: Vec<i32> = seen.iter().filter(|(k, _)| k == "K1").map(|(_, p)| *p).collect();
+    assert!(k1.len() == 3 && k1.iter().all(|p| *p == k1[0]), "{seen:?}");
+}
