@@ -21,10 +21,10 @@ use crate::support::*;
 
 /// A tansu broker process on a free loopback port, storing into a temp dir.
 pub struct Broker {
-    child: Child,
+    child: Option<Child>,
     /// `127.0.0.1:PORT`.
     pub addr: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn tansu() -> PathBuf {
@@ -39,30 +39,42 @@ fn tansu() -> PathBuf {
 
 impl Broker {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
+        let mut broker = Self { child: None, addr: format!("127.0.0.1:{port}"), dir: tempfile::tempdir().unwrap() };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://{}", self.addr);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("broker.log")).unwrap();
         let child = Command::new(tansu())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
-            .current_dir(dir.path())
+            .current_dir(self.dir.path())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("tansu starts");
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on port {port} within 30 s");
+        while TcpStream::connect(&self.addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {} within 30 s", self.addr);
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, addr: format!("127.0.0.1:{port}"), _dir: dir }
+    }
+
+    /// Kills the broker (SIGKILL); its data stays for [`Broker::spawn`].
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -82,15 +94,33 @@ fn ok(command: &mut Command) -> String {
 /// The shipped views as CSV, through `trendflow query` on a state directory.
 fn views_csv(state: &Path, with_time: bool) -> Vec<String> {
     let mut queries = vec![
-        "SELECT category_id, products, ROUND(share, 9), best_sellers FROM category_distribution ORDER BY category_id",
-        "SELECT price_level, products, ROUND(avg_price, 6), min_price, max_price FROM price_levels ORDER BY price_level",
-        "SELECT category_id, products, ROUND(avg_price, 6) FROM avg_price_by_category ORDER BY category_id",
+        "SELECT category_id, products, share, best_sellers FROM category_distribution ORDER BY category_id",
+        "SELECT price_level, products, avg_price, min_price, max_price FROM price_levels ORDER BY price_level",
+        "SELECT category_id, products, avg_price FROM avg_price_by_category ORDER BY category_id",
         "SELECT category_id, bought_last_month FROM top_categories_by_demand ORDER BY category_id",
     ];
     if with_time {
         queries.push("SELECT window_start, category_id, products FROM category_trend ORDER BY window_start, category_id");
     }
     queries.iter().map(|sql| ok(trendflow().args(["query", sql, "--format", "csv", "--state"]).arg(state))).collect()
+}
+
+/// Asserts two sets of query results are equal, showing only the first differing line.
+/// Numbers agree within 1e-9 relative: sums of floats depend on the order of addition.
+fn assert_same_csv(actual: &[String], expected: &[String], context: &str) {
+    let same_cell = |a: &str, e: &str| match (a.parse::<f64>(), e.parse::<f64>()) {
+        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => a == e,
+    };
+    let same_line = |a: &str, e: &str| a.split(',').count() == e.split(',').count() && a.split(',').zip(e.split(',')).all(|(x, y)| same_cell(x, y));
+    assert_eq!(actual.len(), expected.len());
+    for (a, e) in actual.iter().zip(expected) {
+        let header = a.lines().next().unwrap_or("");
+        if let Some((la, le)) = a.lines().zip(e.lines()).find(|(x, y)| !same_line(x, y)) {
+            panic!("{context}: results differ under `{header}`:\n  got      {la}\n  expected {le}");
+        }
+        assert_eq!(a.lines().count(), e.lines().count(), "{context}: row counts differ under `{header}`");
+    }
 }
 
 /// Generated products encoded as JSON records (what producers send).
@@ -190,7 +220,7 @@ async fn ingest_api_feeds_the_views_exactly() {
     let from_topic = tmp.path().join("from_topic");
     let products = format!("products=kafka://{}/products", broker.addr);
     ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_topic));
-    assert_eq!(views_csv(&streamed, true), views_csv(&from_topic, true));
+    assert_same_csv(&views_csv(&streamed, true), &views_csv(&from_topic, true), "views");
     // The same records from the file (plus the one accepted from the mixed request).
     let expected = tmp.path().join("accepted.ndjson");
     let mut lines = records.join(&b'\n');
@@ -199,7 +229,7 @@ async fn ingest_api_feeds_the_views_exactly() {
     let from_file = tmp.path().join("from_file");
     let products = format!("products=file:{}", expected.display());
     ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_file));
-    assert_eq!(views_csv(&streamed, false), views_csv(&from_file, false));
+    assert_same_csv(&views_csv(&streamed, false), &views_csv(&from_file, false), "views");
 }
 
 /// Positions of `products` in the current checkpoint of `state`: records covered.
@@ -262,12 +292,92 @@ async fn killed_kafka_job_resumes_exactly() {
     let from_topic = tmp.path().join("from_topic");
     let products = format!("products=kafka://{}/products", broker.addr);
     ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_topic));
-    assert_eq!(views_csv(&state, true), views_csv(&from_topic, true), "seed {seed}");
+    assert_same_csv(&views_csv(&state, true), &views_csv(&from_topic, true), &format!("seed {seed}"));
     let from_file = tmp.path().join("from_file");
     let products = format!("products=file:{}", data.join("products.csv").display());
     ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_file));
-    assert_eq!(views_csv(&state, false), views_csv(&from_file, false), "seed {seed}");
+    assert_same_csv(&views_csv(&state, false), &views_csv(&from_file, false), &format!("seed {seed}"));
     assert_eq!(committed_total(&broker.addr, "killed-job", "products", 3), ROWS);
+}
+
+/// The broker is killed and restarted while the job consumes: the job logs, retries,
+/// goes on, and its views equal the batch result over the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_nothing() {
+    const ROWS: i64 = 20_000;
+    let mut broker = Broker::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(trendflow().args(["gen", "--rows", &ROWS.to_string(), "--seed", "5", "--out"]).arg(&data));
+    let (first, second) = split_csv(&data.join("products.csv"), tmp.path());
+    let produce = |file: &Path, brokers: &str| {
+        ok(trendflow().args(["produce", "--partitions", "2", "--kafka-brokers", brokers, "--file"]).arg(file).arg("--state").arg(tmp.path().join("p")));
+    };
+    produce(&first, &broker.addr);
+    let categories = format!("categories=file:{}", data.join("categories.csv").display());
+    let state = tmp.path().join("state");
+    let log = tmp.path().join("job.log");
+    let mut job = Killed(
+        trendflow()
+            .args(["run", "--flight-addr", "none", "--checkpoint-interval-ms", "0", "--max-rows", "200"])
+            .args(["--kafka-brokers", &broker.addr, "--source", &categories, "--state"])
+            .arg(&state)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let wait_for = |records: i64| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while checkpointed_records(&state) < records {
+            assert!(Instant::now() < deadline, "stuck at {} of {records} records", checkpointed_records(&state));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_for(ROWS / 2);
+    broker.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    broker.spawn();
+    // Records produced after the restart reach the job: it reconnected by itself.
+    produce(&second, &broker.addr);
+    wait_for(ROWS);
+    assert!(job.0.try_wait().unwrap().is_none(), "the job exited during the outage:\n{}", std::fs::read_to_string(&log).unwrap());
+    let from_topic = tmp.path().join("from_topic");
+    let products = format!("products=kafka://{}/products", broker.addr);
+    ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_topic));
+    assert_same_csv(&views_csv(&state, true), &views_csv(&from_topic, true), "views");
+}
+
+/// Splits a CSV file into two halves with the header each.
+fn split_csv(path: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.collect();
+    let (a, b) = rows.split_at(rows.len() / 2);
+    let write = |name: &str, rows: &[&str]| {
+        let out = dir.join(name);
+        std::fs::write(&out, format!("{header}\n{}\n", rows.join("\n"))).unwrap();
+        out
+    };
+    (write("first.csv", a), write("second.csv", b))
+}
+
+/// Unreachable brokers and a missing topic at start-up: one clear error line, a failing
+/// exit code, no panic.
+#[test]
+fn unreachable_brokers_and_missing_topics_fail_clearly() {
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let categories = format!("categories=file:{}", shared_data("amazon_categories.csv").display());
+    let output = trendflow().args(["run", "--flight-addr", "none", "--kafka-brokers", &closed, "--source", &categories, "--state"]).arg(tmp.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error = stderr.lines().filter(|l| l.starts_with("error:")).collect::<Vec<_>>();
+    assert!(!output.status.success() && error.len() == 1 && error[0].contains(&closed) && error[0].contains("cannot reach"), "{stderr}");
+    let broker = Broker::start();
+    let output = trendflow().args(["run", "--flight-addr", "none", "--kafka-brokers", &broker.addr, "--source", &categories, "--state"]).arg(tmp.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("topic `products`") && stderr.contains("does not exist"), "{stderr}");
 }
 
 /// The offsets a consumer group committed, summed over `partitions` partitions.
