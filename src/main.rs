@@ -25,6 +25,7 @@ use trendflow_engine::stream_table::StreamDecl;
 use trendflow_engine::view::{Changeset, ViewInfo};
 use trendflow_server::auth::AuthConfig;
 use trendflow_server::service::QueryLimits;
+use trendflow_server::status::{serve_status, JobStatus};
 use trendflow_server::{RunningServer, ServeOptions};
 
 #[derive(Parser)]
@@ -162,6 +163,9 @@ enum Command {
         /// their end, topics at the end offsets they had when reading started).
         #[arg(long)]
         until_idle: bool,
+        /// HTTP status endpoint (/healthz, /readyz, /metrics, /status); `none` disables it.
+        #[arg(long, env = "TRENDFLOW_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+        http_addr: String,
         /// Rows of generated data when no --source is given (embedded defaults).
         #[arg(long, default_value_t = 200_000)]
         gen_rows: u64,
@@ -294,7 +298,7 @@ fn error_chain(error: &anyhow::Error) -> String {
 
 async fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { pipeline, max_rows, max_delay_ms, checkpoint_interval_ms, until_idle, gen_rows, serve, mongo } => {
+        Command::Run { pipeline, max_rows, max_delay_ms, checkpoint_interval_ms, until_idle, http_addr, gen_rows, serve, mongo } => {
             if max_rows == 0 {
                 bail!("--max-rows must be at least 1");
             }
@@ -304,7 +308,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
                 until_idle,
             };
-            run(pipeline, options, gen_rows, serve, mongo).await
+            run(pipeline, options, gen_rows, serve, mongo, &http_addr).await
         }
         Command::Serve { pipeline, serve, mongo } => serve_only(pipeline, serve, mongo).await,
         Command::Batch { pipeline } => batch(pipeline).await,
@@ -335,12 +339,17 @@ async fn load_catalog(args: &PipelineArgs, bindings: &Bindings, config: datafusi
     Ok(Catalog::load(&args.sql, config, &bindings.files()).await?)
 }
 
-async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: ServeArgs, mongo: MongoArgs) -> Result<()> {
+async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: ServeArgs, mongo: MongoArgs, http_addr: &str) -> Result<()> {
     // Cheap checks first: before generating data for a pipeline that cannot start.
     trendflow_engine::catalog::sql_files(&args.sql)?;
     if serve.flight_addr != "none" {
         std::net::TcpListener::bind(&serve.flight_addr).map_err(|e| {
             anyhow::anyhow!("cannot listen on {}: {e}; pass --flight-addr 127.0.0.1:0 for any free port, or --flight-addr none", serve.flight_addr)
+        })?;
+    }
+    if http_addr != "none" {
+        std::net::TcpListener::bind(http_addr).map_err(|e| {
+            anyhow::anyhow!("cannot listen on {http_addr}: {e}; pass --http-addr 127.0.0.1:0 for any free port, or --http-addr none")
         })?;
     }
     let mut bindings = resolve_bindings(&args)?;
@@ -365,8 +374,15 @@ async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: Serv
             let _ = stop.send(true);
         }
     });
+    let status = Arc::new(JobStatus::new(args.state.join("checkpoints").join("CURRENT"), Box::new(store.view_sizes())));
+    if http_addr != "none" {
+        let addr = serve_status(http_addr, status.clone()).await?;
+        eprintln!("status endpoint on http://{addr} (/healthz /readyz /metrics /status)");
+    }
     let progress = progress_bar();
+    status.set_ready(true);
     let mut on_step = |report: &StepReport| {
+        status.record(report);
         progress.inc(report.rows);
         progress.set_message(format!("batch {} · {} rejected", report.batch_id, report.rejected));
         tracing::debug!(batch = report.batch_id, rows = report.rows, ms = report.elapsed.as_millis() as u64, "micro-batch");
@@ -375,7 +391,9 @@ async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: Serv
     if let Some(mongo_sink) = mongo_sink.as_mut() {
         sinks.push(mongo_sink);
     }
-    let summary = pipeline.run(sources, &mut FanOut::new(sinks), &options, shutdown, &mut on_step).await?;
+    let summary = pipeline.run(sources, &mut FanOut::new(sinks), &options, shutdown, &mut on_step).await;
+    status.set_ready(false);
+    let summary = summary?;
     progress.finish_and_clear();
     let rate = summary.rows as f64 / summary.elapsed.as_secs_f64().max(1e-9);
     println!(

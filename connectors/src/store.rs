@@ -62,6 +62,13 @@ impl EmbeddedStore {
         self.tables.read().expect("store lock poisoned").get(view).map(|t| t.to_batch().map_err(Into::into))
     }
 
+    /// A function reading the number of rows of every view, usable while the store
+    /// is being written (for the status endpoint).
+    pub fn view_sizes(&self) -> impl Fn() -> BTreeMap<String, usize> + Send + Sync + 'static {
+        let tables = self.tables.clone();
+        move || tables.read().expect("store lock poisoned").iter().map(|(name, table)| (name.clone(), table.len())).collect()
+    }
+
     /// A table serving `view`'s current rows as this store updates them.
     pub fn live_table(&self, view: &ViewInfo) -> Arc<dyn TableProvider> {
         Arc::new(view_table(view, ViewRows::Live(self.tables.clone())))

@@ -104,6 +104,8 @@ pub struct StepReport {
     pub rows: u64,
     /// Records sent to the dead-letter destination.
     pub rejected: u64,
+    /// Stream name → (records processed, records rejected).
+    pub streams: BTreeMap<String, (u64, u64)>,
     /// View name → (rows upserted, rows deleted).
     pub changes: BTreeMap<String, (usize, usize)>,
     /// Wall time spent on the micro-batch, sink included.
@@ -233,6 +235,9 @@ impl Pipeline {
             let stream = find_stream(streams, name)?;
             report.rows += micro.batch.num_rows() as u64;
             report.rejected += micro.rejected;
+            let counts = report.streams.entry(name.clone()).or_default();
+            counts.0 += micro.batch.num_rows() as u64;
+            counts.1 += micro.rejected;
             let batch = conform(stream, &micro.batch)?;
             stream.recent.push(batch.clone());
             stream.slot.set(vec![batch]);

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use crate::support::*;
 
 fn trendflow(args: &[&str], cwd: &Path) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_trendflow")).args(args).current_dir(cwd).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_trendflow")).env("TRENDFLOW_HTTP_ADDR", "127.0.0.1:0").args(args).current_dir(cwd).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "trendflow {args:?} panicked:\n{stderr}");
     output
@@ -110,6 +110,7 @@ fn killed_runs_resume_to_exact_results() {
     let mut positions = vec![0];
     for max_rows in ["60", "90", "40"] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_trendflow"))
+            .env("TRENDFLOW_HTTP_ADDR", "127.0.0.1:0")
             .args(["run", "--max-rows", max_rows])
             .args(common)
             .current_dir(&repo)

@@ -80,7 +80,8 @@ impl Drop for Broker {
 
 fn trendflow() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_trendflow"));
-    command.current_dir(repo());
+    // Tests run side by side: any free port for the status endpoint.
+    command.current_dir(repo()).env("TRENDFLOW_HTTP_ADDR", "127.0.0.1:0");
     command
 }
 

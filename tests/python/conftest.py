@@ -28,23 +28,27 @@ class Job:
         self.tmp = tempfile.TemporaryDirectory()
         self.state = Path(self.tmp.name) / "state"
         args = [trendflow_bin(), "run", "--state", str(self.state), "--gen-rows", str(ROWS), "--max-rows", "4000",
-                "--checkpoint-interval-ms", "0", "--flight-addr", "127.0.0.1:0", *extra_args]
+                "--checkpoint-interval-ms", "0", "--flight-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", *extra_args]
         self.process = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        self.uri = self._read_address()
+        self.uri, self.status_url = self._read_addresses()
 
-    def _read_address(self) -> str:
+    def _read_addresses(self) -> tuple[str, str]:
+        """The Flight SQL URI and the status endpoint's base URL, as printed at start."""
         deadline = time.monotonic() + 60
-        seen = []
-        while time.monotonic() < deadline:
+        seen, flight, status = [], None, None
+        while time.monotonic() < deadline and not (flight and status):
             line = self.process.stderr.readline()
             if not line:
                 break
             seen.append(line)
-            match = re.search(r"Flight SQL listening on (grpc(?:\+tls)?://[\d.]+:\d+)", line)
-            if match:
-                return match.group(1)
+            if match := re.search(r"Flight SQL listening on (grpc(?:\+tls)?://[\d.]+:\d+)", line):
+                flight = match.group(1)
+            if match := re.search(r"status endpoint on (http://[\d.]+:\d+)", line):
+                status = match.group(1)
+        if flight and status:
+            return flight, status
         self.stop()
-        raise RuntimeError("trendflow did not report its Flight SQL address:\n" + "".join(seen))
+        raise RuntimeError("trendflow did not report its Flight SQL and status addresses:\n" + "".join(seen))
 
     def query(self, sql: str) -> list[dict]:
         """`trendflow query --format json` over the job's persisted views."""

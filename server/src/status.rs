@@ -1,0 +1,216 @@
+//! The job's HTTP status endpoint: `/healthz`, `/readyz`, `/metrics` (Prometheus
+//! text format) and `/status` (the same figures as JSON).
+//!
+//! The job records each micro-batch into a [`JobStatus`]; the endpoint reads it,
+//! plus the view sizes and the checkpoint age, when asked.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+use trendflow_engine::runtime::StepReport;
+
+use crate::error::{Result, ServerError};
+
+/// Upper bounds (seconds) of the micro-batch latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Counts of one stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamCounts {
+    /// Records processed.
+    pub records: u64,
+    /// Records sent to dead letters.
+    pub dead_letters: u64,
+}
+
+/// Changes of one view.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ViewCounts {
+    /// Rows the view holds now.
+    pub rows: usize,
+    /// Rows upserted since the job started.
+    pub upserts: u64,
+    /// Rows deleted since the job started.
+    pub deletes: u64,
+    /// When the view last changed (ms since the epoch).
+    pub updated_at_ms: Option<u64>,
+}
+
+/// Everything `/status` reports.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatusSnapshot {
+    /// Whether the job is processing (sources open, sink reachable).
+    pub ready: bool,
+    /// Micro-batches processed by this process.
+    pub micro_batches: u64,
+    /// Id of the last micro-batch (continues across restarts).
+    pub last_batch_id: u64,
+    /// Per stream.
+    pub streams: BTreeMap<String, StreamCounts>,
+    /// Per view.
+    pub views: BTreeMap<String, ViewCounts>,
+    /// Seconds since the last checkpoint was written (None: none yet).
+    pub checkpoint_age_seconds: Option<f64>,
+    /// Micro-batch wall time: count and sum of seconds, and per-bucket counts.
+    pub latency_count: u64,
+    /// Sum of micro-batch wall times, seconds.
+    pub latency_sum_seconds: f64,
+    /// Cumulative counts per bucket of [`LATENCY_BUCKETS`].
+    pub latency_buckets: Vec<u64>,
+}
+
+/// The job's figures, shared between the micro-batch loop and the endpoint.
+///
+/// ```
+/// use trendflow_engine::runtime::StepReport;
+/// use trendflow_server::status::JobStatus;
+/// let status = JobStatus::new("state/checkpoints/CURRENT".into(), Box::new(Default::default));
+/// status.record(&StepReport { batch_id: 1, rows: 10, ..Default::default() });
+/// assert_eq!(status.snapshot().micro_batches, 1);
+/// assert!(status.prometheus().contains("trendflow_micro_batches_total 1"));
+/// ```
+pub struct JobStatus {
+    state: Mutex<StatusSnapshot>,
+    checkpoint_pointer: PathBuf,
+    view_sizes: Box<dyn Fn() -> BTreeMap<String, usize> + Send + Sync>,
+}
+
+impl JobStatus {
+    /// `checkpoint_pointer` is the file replaced at every checkpoint (its age is the
+    /// checkpoint age); `view_sizes` reads the current row count of each view.
+    pub fn new(checkpoint_pointer: PathBuf, view_sizes: Box<dyn Fn() -> BTreeMap<String, usize> + Send + Sync>) -> Self {
+        let state = StatusSnapshot { latency_buckets: vec![0; LATENCY_BUCKETS.len()], ..Default::default() };
+        Self { state: Mutex::new(state), checkpoint_pointer, view_sizes }
+    }
+
+    /// Marks the job ready (processing) or not (starting, stopping, retrying a sink).
+    pub fn set_ready(&self, ready: bool) {
+        self.lock().ready = ready;
+    }
+
+    /// Adds one micro-batch's figures.
+    pub fn record(&self, report: &StepReport) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).ok();
+        let mut state = self.lock();
+        state.micro_batches += 1;
+        state.last_batch_id = report.batch_id;
+        for (stream, (records, rejected)) in &report.streams {
+            let counts = state.streams.entry(stream.clone()).or_default();
+            counts.records += records;
+            counts.dead_letters += rejected;
+        }
+        for (view, (upserts, deletes)) in &report.changes {
+            let counts = state.views.entry(view.clone()).or_default();
+            counts.upserts += *upserts as u64;
+            counts.deletes += *deletes as u64;
+            if upserts + deletes > 0 {
+                counts.updated_at_ms = now;
+            }
+        }
+        let seconds = report.elapsed.as_secs_f64();
+        state.latency_count += 1;
+        state.latency_sum_seconds += seconds;
+        for (bucket, bound) in state.latency_buckets.iter_mut().zip(LATENCY_BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+
+    /// The current figures, with view sizes and checkpoint age filled in.
+    pub fn snapshot(&self) -> StatusSnapshot {
+        let mut snapshot = self.lock().clone();
+        for (view, rows) in (self.view_sizes)() {
+            snapshot.views.entry(view).or_default().rows = rows;
+        }
+        snapshot.checkpoint_age_seconds = std::fs::metadata(&self.checkpoint_pointer)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map(|age: Duration| age.as_secs_f64());
+        snapshot
+    }
+
+    /// The figures in Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let s = self.snapshot();
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let label = |key: &str, value: &str| format!("{{{key}=\"{}\"}}", value.replace('\\', "\\\\").replace('"', "\\\""));
+        metric("trendflow_ready", "gauge", "1 while the job is processing.", vec![(String::new(), u8::from(s.ready).to_string())]);
+        metric("trendflow_micro_batches_total", "counter", "Micro-batches processed.", vec![(String::new(), s.micro_batches.to_string())]);
+        let per_stream = |f: fn(&StreamCounts) -> u64| s.streams.iter().map(|(n, c)| (label("stream", n), f(c).to_string())).collect();
+        metric("trendflow_records_total", "counter", "Records processed, per stream.", per_stream(|c| c.records));
+        metric("trendflow_dead_letters_total", "counter", "Records sent to dead letters, per stream.", per_stream(|c| c.dead_letters));
+        let per_view = |f: fn(&ViewCounts) -> String| s.views.iter().map(|(n, c)| (label("view", n), f(c))).collect();
+        metric("trendflow_view_rows", "gauge", "Rows each view holds.", per_view(|c| c.rows.to_string()));
+        metric("trendflow_view_upserts_total", "counter", "Rows upserted, per view.", per_view(|c| c.upserts.to_string()));
+        metric("trendflow_view_deletes_total", "counter", "Rows deleted, per view.", per_view(|c| c.deletes.to_string()));
+        let age = s.checkpoint_age_seconds.map_or_else(|| "NaN".to_string(), |a| format!("{a:.3}"));
+        metric("trendflow_checkpoint_age_seconds", "gauge", "Seconds since the last checkpoint.", vec![(String::new(), age)]);
+        let mut buckets: Vec<(String, String)> =
+            LATENCY_BUCKETS.iter().zip(&s.latency_buckets).map(|(b, n)| (format!("_bucket{{le=\"{b}\"}}"), n.to_string())).collect();
+        buckets.push(("_bucket{le=\"+Inf\"}".into(), s.latency_count.to_string()));
+        buckets.push(("_sum".into(), format!("{:.6}", s.latency_sum_seconds)));
+        buckets.push(("_count".into(), s.latency_count.to_string()));
+        metric("trendflow_micro_batch_seconds", "histogram", "Wall time of a micro-batch, sink included.", buckets);
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatusSnapshot> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The endpoint's routes.
+pub fn router(status: Arc<JobStatus>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status_json))
+        .with_state(status)
+}
+
+async fn readyz(axum::extract::State(status): axum::extract::State<Arc<JobStatus>>) -> Response {
+    if status.lock().ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(axum::extract::State(status): axum::extract::State<Arc<JobStatus>>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], status.prometheus()).into_response()
+}
+
+async fn status_json(axum::extract::State(status): axum::extract::State<Arc<JobStatus>>) -> Response {
+    let body = serde_json::to_string(&status.snapshot()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    ([("content-type", "application/json")], body).into_response()
+}
+
+/// Serves the endpoint on `addr` (port 0: any free port) until the process ends.
+/// Returns the bound address.
+pub async fn serve_status(addr: &str, status: Arc<JobStatus>) -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| ServerError::Bind { addr: addr.to_string(), message: e.to_string() })?;
+    let local = listener.local_addr().map_err(|e| ServerError::Bind { addr: addr.to_string(), message: e.to_string() })?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(status)).await {
+            tracing::error!("status endpoint stopped: {e}");
+        }
+    });
+    Ok(local)
+}
