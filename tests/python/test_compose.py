@@ -1,0 +1,60 @@
+"""docker-compose.yml stays consistent with the binary: every trendflow command, flag
+and TRENDFLOW_* variable it uses exists in `trendflow <command> --help` (there is no
+container engine on the development machines, so the file is checked statically)."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, trendflow_bin
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def trendflow_services():
+    return {name: s for name, s in COMPOSE["services"].items() if s.get("image") == "trendflow:local"}
+
+
+def help_of(command):
+    return subprocess.run([trendflow_bin(), command, "--help"], capture_output=True, text=True, check=True).stdout
+
+
+def test_every_trendflow_service_uses_real_commands_flags_and_variables():
+    services = trendflow_services()
+    assert {"generate", "ingest", "loader", "trendflow"} <= services.keys()
+    for name, service in services.items():
+        command = service["command"]
+        text = help_of(command[0])
+        for flag in (a for a in command[1:] if a.startswith("--")):
+            assert re.search(rf"\s{re.escape(flag)}\b", text), f"{name}: `trendflow {command[0]}` has no {flag}"
+        for variable in service.get("environment", {}):
+            if variable.startswith("TRENDFLOW_"):
+                # Secret-bearing variables are listed without their value (`[env: NAME]`).
+                assert re.search(rf"\[env: {variable}[=\]]", text), f"{name}: `trendflow {command[0]}` reads no {variable}"
+
+
+def test_the_stack_is_complete_and_healthy_by_construction():
+    services = COMPOSE["services"]
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller", "Kafka runs in KRaft mode"
+    assert {"kafka", "mongodb", "ingest", "loader", "trendflow"} <= services.keys()
+    job = services["trendflow"]
+    assert job["restart"] == "unless-stopped" and "/readyz" in " ".join(job["healthcheck"]["test"])
+    assert job["environment"]["TRENDFLOW_MONGODB_URI"].startswith("mongodb://${MONGO_ROOT_USER}")
+    assert "restart" not in services["loader"], "the loader is one-shot"
+
+
+def test_no_credentials_in_the_compose_file():
+    text = (REPO / "docker-compose.yml").read_text()
+    example = (REPO / ".env.example").read_text()
+    for variable in re.findall(r"\$\{(\w+)", text):
+        assert re.search(rf"^{variable}=", example, re.M), f"{variable} is not documented in .env.example"
+    assert "change-me" not in text
+
+
+def test_the_image_runs_as_a_non_root_user():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    stages = dockerfile.split("\nFROM ")
+    assert len(stages) >= 2, "multi-stage build"
+    assert re.search(r"^USER trendflow$", stages[-1], re.M)
