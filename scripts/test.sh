@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of trendflow: Rust unit, integration (real Kafka-protocol broker, real
 # MongoDB-protocol server) and doc tests, then the Python client tests (ADBC,
-# pyarrow.flight, SQLAlchemy) against real `trendflow` processes.
+# pyarrow.flight, SQLAlchemy), the status endpoint, the Streamlit dashboard (AppTest and
+# headless Chromium via Playwright) and the compose file, against real `trendflow` processes.
 # Installs what the tests need when it is missing. Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
+echo "== Chromium for the browser test (Debian package)"
+if [ ! -x /usr/bin/chromium ]; then
+    sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 echo "== Kafka-protocol broker for the Kafka tests (tansu)"
 tansu_version=0.6.0
 tansu="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
@@ -42,6 +49,8 @@ echo "== cargo test (workspace)"
 export TRENDFLOW_PYTHON="$venv/bin/python"
 cargo test --workspace --locked "$@"
 
-echo "== Flight SQL client tests (pytest)"
+echo "== Flight SQL client, status, dashboard and browser tests (pytest)"
+# The browser test's screenshot lands here (a CI artifact).
+export TRENDFLOW_ARTIFACTS="${TRENDFLOW_ARTIFACTS:-$PWD/target/artifacts}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 TRENDFLOW_BIN="$(cd "$target_dir" && pwd)/debug/trendflow" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python

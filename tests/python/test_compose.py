@@ -38,7 +38,8 @@ def test_every_trendflow_service_uses_real_commands_flags_and_variables():
 def test_the_stack_is_complete_and_healthy_by_construction():
     services = COMPOSE["services"]
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller", "Kafka runs in KRaft mode"
-    assert {"kafka", "mongodb", "ingest", "loader", "trendflow"} <= services.keys()
+    assert {"kafka", "mongodb", "ingest", "loader", "trendflow", "dashboard"} <= services.keys()
+    assert services["dashboard"]["environment"]["TRENDFLOW_FLIGHT_URI"] == "grpc://trendflow:50051"
     job = services["trendflow"]
     assert job["restart"] == "unless-stopped" and "/readyz" in " ".join(job["healthcheck"]["test"])
     assert job["environment"]["TRENDFLOW_MONGODB_URI"].startswith("mongodb://${MONGO_ROOT_USER}")
@@ -53,8 +54,12 @@ def test_no_credentials_in_the_compose_file():
     assert "change-me" not in text
 
 
-def test_the_image_runs_as_a_non_root_user():
+def test_the_images_run_as_non_root_users():
     dockerfile = (REPO / "Dockerfile").read_text()
     stages = dockerfile.split("\nFROM ")
     assert len(stages) >= 2, "multi-stage build"
     assert re.search(r"^USER trendflow$", stages[-1], re.M)
+    dashboard = (REPO / "dashboard" / "Dockerfile").read_text()
+    assert re.search(r"^USER dashboard$", dashboard, re.M)
+    pinned = (REPO / "dashboard" / "requirements.txt").read_text()
+    assert all("==" in line for line in pinned.splitlines() if line and not line.startswith("#"))

@@ -1,0 +1,67 @@
+"""The Streamlit dashboard, run by Streamlit's own testing API against a running job:
+every chart's data (shown beside it as a table) equals the view it charts."""
+
+import socket
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import REPO, ROWS
+
+APP = str(REPO / "dashboard" / "app.py")
+
+
+def dashboard(monkeypatch, uri, status_url):
+    monkeypatch.setenv("TRENDFLOW_FLIGHT_URI", uri)
+    monkeypatch.setenv("TRENDFLOW_STATUS_URL", status_url)
+    monkeypatch.setenv("TRENDFLOW_REFRESH_S", "0")
+    return AppTest.from_file(APP, default_timeout=60).run()
+
+
+def rows(frame):
+    """Rows as tuples, floats rounded, timestamps as ISO text."""
+    def cell(v):
+        if isinstance(v, float):
+            return round(v, 9)
+        if hasattr(v, "isoformat"):
+            return v.isoformat().replace("+00:00", "Z")
+        return v
+    return [tuple(cell(v) for v in row) for row in frame.itertuples(index=False)]
+
+
+def test_every_chart_shows_its_view(job, monkeypatch):
+    at = dashboard(monkeypatch, job.uri, job.status_url)
+    assert not at.exception and not at.error, (at.exception, at.error)
+    frames = [d.value for d in at.dataframe]
+    expected = [
+        job.query("SELECT price_level, products, avg_price, min_price, max_price FROM price_levels ORDER BY min_price"),
+        job.query("SELECT category_id, category_name, products, share, best_sellers FROM category_distribution "
+                  "ORDER BY products DESC, category_id LIMIT 15"),
+        job.query("SELECT category_id, category_name, products, avg_price, min_price, max_price FROM avg_price_by_category "
+                  "ORDER BY category_id"),
+        job.query("SELECT window_start, category_id, products, avg_price FROM category_trend ORDER BY window_start, category_id"),
+        job.query("SELECT category_id, category_name, bought_last_month FROM top_categories_by_demand "
+                  "ORDER BY bought_last_month DESC, category_id"),
+    ]
+    assert len(frames) == len(expected)
+    for frame, want in zip(frames, expected):
+        assert list(frame.columns) == list(want[0].keys())
+        assert rows(frame) == [tuple(round(v, 9) if isinstance(v, float) else v for v in r.values()) for r in want]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Records processed"] == f"{ROWS:,}" and metrics["Dead letters"] == "0"
+
+
+def test_product_lookup_reads_the_stream(job, monkeypatch):
+    at = dashboard(monkeypatch, job.uri, job.status_url)
+    at.text_input(key="lookup").input("26").run()
+    found = at.dataframe[-1].value
+    assert len(found) > 0 and set(found["category_id"]) == {26}
+
+
+def test_unreachable_server_gives_a_message_not_a_traceback(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    at = dashboard(monkeypatch, f"grpc://127.0.0.1:{port}", f"http://127.0.0.1:{port}")
+    assert not at.exception
+    assert any("Cannot read the views" in e.value for e in at.error)
