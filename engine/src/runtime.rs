@@ -53,6 +53,11 @@ pub trait Source: Send {
     fn identity(&self) -> String {
         self.stream().to_string()
     }
+    /// Records waiting to be read, when the source can tell (Kafka: end offsets minus
+    /// positions, as of its last look at the end offsets).
+    fn lag(&self) -> Option<u64> {
+        None
+    }
     /// Called after a checkpoint holding `offsets` is durable.
     async fn commit(&mut self, _offsets: &Offsets) -> Result<()> {
         Ok(())
@@ -108,6 +113,8 @@ pub struct StepReport {
     pub streams: BTreeMap<String, (u64, u64)>,
     /// View name → (rows upserted, rows deleted).
     pub changes: BTreeMap<String, (usize, usize)>,
+    /// Stream name → records waiting in the source after this micro-batch (sources that can tell).
+    pub lag: BTreeMap<String, u64>,
     /// Wall time spent on the micro-batch, sink included.
     pub elapsed: Duration,
 }
@@ -303,7 +310,8 @@ impl Pipeline {
             }
             let (batches, finished) = poll_all(&mut sources, options).await?;
             if !batches.is_empty() {
-                let report = self.step(batches, sink).await?;
+                let mut report = self.step(batches, sink).await?;
+                report.lag = sources.iter().filter_map(|s| Some((s.stream().to_string(), s.lag()?))).collect();
                 summary.batches += 1;
                 summary.rows += report.rows;
                 summary.rejected += report.rejected;

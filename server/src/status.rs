@@ -29,6 +29,8 @@ pub struct StreamCounts {
     pub records: u64,
     /// Records sent to dead letters.
     pub dead_letters: u64,
+    /// Records waiting in the source (Kafka consumer lag), when the source can tell.
+    pub lag: Option<u64>,
 }
 
 /// Changes of one view.
@@ -107,6 +109,9 @@ impl JobStatus {
             counts.records += records;
             counts.dead_letters += rejected;
         }
+        for (stream, lag) in &report.lag {
+            state.streams.entry(stream.clone()).or_default().lag = Some(*lag);
+        }
         for (view, (upserts, deletes)) in &report.changes {
             let counts = state.views.entry(view.clone()).or_default();
             counts.upserts += *upserts as u64;
@@ -155,6 +160,8 @@ impl JobStatus {
         let per_stream = |f: fn(&StreamCounts) -> u64| s.streams.iter().map(|(n, c)| (label("stream", n), f(c).to_string())).collect();
         metric("trendflow_records_total", "counter", "Records processed, per stream.", per_stream(|c| c.records));
         metric("trendflow_dead_letters_total", "counter", "Records sent to dead letters, per stream.", per_stream(|c| c.dead_letters));
+        let lags = s.streams.iter().filter_map(|(n, c)| Some((label("stream", n), c.lag?.to_string()))).collect();
+        metric("trendflow_consumer_lag_records", "gauge", "Records waiting in the source (Kafka end offsets minus positions).", lags);
         let per_view = |f: fn(&ViewCounts) -> String| s.views.iter().map(|(n, c)| (label("view", n), f(c))).collect();
         metric("trendflow_view_rows", "gauge", "Rows each view holds.", per_view(|c| c.rows.to_string()));
         metric("trendflow_view_upserts_total", "counter", "Rows upserted, per view.", per_view(|c| c.upserts.to_string()));

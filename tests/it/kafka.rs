@@ -139,19 +139,24 @@ async fn json_records(data: &Path, dead_letters: &Path) -> Vec<Vec<u8>> {
     records
 }
 
-/// A minimal HTTP/1.1 POST; returns the status code and body.
-fn http_post(addr: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+/// A minimal HTTP/1.1 request; returns the status code and body.
+fn http(method: &str, addr: &str, path: &str, body: &[u8]) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     stream.write_all(head.as_bytes()).unwrap();
     // The server may answer 413 before reading everything: a failed write is fine then.
     let _ = stream.write_all(body);
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response);
+    let text = String::from_utf8_lossy(&response).into_owned();
     let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
-    let json = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("null");
-    (status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// POSTs records to the ingest API; returns the status code and the JSON answer.
+fn http_post(addr: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let (status, text) = http("POST", addr, path, body);
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
 fn wait_for_line(child: &mut Child, prefix: &str) -> String {
@@ -343,6 +348,13 @@ async fn a_broker_restart_loses_nothing() {
     produce(&second, &broker.addr);
     wait_for(ROWS);
     assert!(job.0.try_wait().unwrap().is_none(), "the job exited during the outage:\n{}", std::fs::read_to_string(&log).unwrap());
+    // The status endpoint saw every record, and no lag is left.
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    let status_addr = log_text.split("status endpoint on http://").nth(1).and_then(|r| r.split_whitespace().next()).unwrap();
+    let (code, metrics) = http("GET", status_addr, "/metrics", b"");
+    assert_eq!(code, 200);
+    assert!(metrics.contains(&format!("trendflow_records_total{{stream=\"products\"}} {ROWS}\n")), "{metrics}");
+    assert!(metrics.contains("trendflow_consumer_lag_records{stream=\"products\"} 0\n"), "{metrics}");
     let from_topic = tmp.path().join("from_topic");
     let products = format!("products=kafka://{}/products", broker.addr);
     ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_topic));

@@ -93,6 +93,8 @@ pub struct KafkaSource {
     already_dead_lettered: HashSet<(i32, i64)>,
     /// With `bounded`: the end offsets to stop at.
     ends: Option<BTreeMap<i32, i64>>,
+    /// End offsets as last looked up (every [`DISCOVERY_INTERVAL`]), for the lag.
+    latest_ends: BTreeMap<i32, i64>,
     assigned: bool,
     last_discovery: Instant,
     last_warning: Option<Instant>,
@@ -137,6 +139,7 @@ impl KafkaSource {
             dead_letter_end: None,
             already_dead_lettered: HashSet::new(),
             ends: None,
+            latest_ends: BTreeMap::new(),
             assigned: false,
             last_discovery: Instant::now(),
             last_warning: None,
@@ -225,7 +228,7 @@ impl KafkaSource {
     }
 
     /// Logs a consumer error at most every 10 s; librdkafka reconnects with backoff by itself.
-    fn warn_transient(&mut self, e: &rdkafka::error::KafkaError) {
+    fn warn_transient(&mut self, e: &dyn std::fmt::Display) {
         if self.last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
             tracing::warn!(brokers = self.options.brokers, topic = self.options.topic, "Kafka: {e}; retrying");
             self.last_warning = Some(Instant::now());
@@ -368,6 +371,11 @@ impl Source for KafkaSource {
         let discover = !self.options.bounded && self.last_discovery.elapsed() >= DISCOVERY_INTERVAL;
         if !self.assigned || discover {
             self.assign().await.map_err(|e| self.source_error(e))?;
+            // Only for the lag figure: a failed look is retried at the next interval.
+            match self.end_offsets().await {
+                Ok(ends) => self.latest_ends = ends,
+                Err(e) => self.warn_transient(&e.to_string()),
+            }
             self.last_discovery = Instant::now();
         }
         if self.caught_up() {
@@ -388,6 +396,11 @@ impl Source for KafkaSource {
             // No letter was checkpointed: any letter of ours past the start is a replay.
             None => self.read_back_letters(0).await.map_err(|e| self.source_error(e)),
         }
+    }
+
+    fn lag(&self) -> Option<u64> {
+        let behind = |(p, end): (&i32, &i64)| (end - self.positions.get(p).copied().unwrap_or(0)).max(0) as u64;
+        Some(self.latest_ends.iter().map(behind).sum())
     }
 
     async fn commit(&mut self, offsets: &Offsets) -> trendflow_engine::Result<()> {
