@@ -81,13 +81,16 @@ def render(uri, token, status_url, top_n):
     status = job_status(status_url)
     if status:
         batch_seconds = status["latency_sum_seconds"] / max(status["latency_count"], 1)
-        records = sum(s["records"] for s in status["streams"].values())
-        cols = st.columns(4)
-        cols[0].metric("Records processed", f"{records:,}")
-        cols[1].metric("Dead letters", f"{sum(s['dead_letters'] for s in status['streams'].values()):,}")
-        cols[2].metric("Mean micro-batch", f"{batch_seconds * 1000:.0f} ms")
+        streams = status["streams"].values()
+        lags = [s["lag"] for s in streams if s.get("lag") is not None]
+        cols = st.columns(6)
+        cols[0].metric("Records processed", f"{sum(s['records'] for s in streams):,}")
+        cols[1].metric("Throughput", f"{status['records_per_second']:,.0f} rec/s", help="over the last 10 s")
+        cols[2].metric("Consumer lag", f"{sum(lags):,}" if lags else "n/a", help="records waiting in Kafka")
+        cols[3].metric("Dead letters", f"{sum(s['dead_letters'] for s in streams):,}")
+        cols[4].metric("Mean micro-batch", f"{batch_seconds * 1000:.0f} ms")
         age = status.get("checkpoint_age_seconds")
-        cols[3].metric("Checkpoint age", f"{age:.0f} s" if age is not None else "none yet")
+        cols[5].metric("Checkpoint age", f"{age:.0f} s" if age is not None else "none yet")
     else:
         st.warning(f"The job's status endpoint at {status_url} does not answer; showing the views only.")
 

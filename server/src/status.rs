@@ -4,11 +4,11 @@
 //! The job records each micro-batch into a [`JobStatus`]; the endpoint reads it,
 //! plus the view sizes and the checkpoint age, when asked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -21,6 +21,9 @@ use crate::error::{Result, ServerError};
 
 /// Upper bounds (seconds) of the micro-batch latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The span `records_per_second` averages over.
+const THROUGHPUT_WINDOW: Duration = Duration::from_secs(10);
 
 /// Counts of one stream.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -59,6 +62,8 @@ pub struct StatusSnapshot {
     pub streams: BTreeMap<String, StreamCounts>,
     /// Per view.
     pub views: BTreeMap<String, ViewCounts>,
+    /// Records per second over the last [`THROUGHPUT_WINDOW`].
+    pub records_per_second: f64,
     /// Seconds since the last checkpoint was written (None: none yet).
     pub checkpoint_age_seconds: Option<f64>,
     /// Micro-batch wall time: count and sum of seconds, and per-bucket counts.
@@ -81,6 +86,8 @@ pub struct StatusSnapshot {
 /// ```
 pub struct JobStatus {
     state: Mutex<StatusSnapshot>,
+    /// (when, records) of the micro-batches within [`THROUGHPUT_WINDOW`].
+    recent: Mutex<VecDeque<(Instant, u64)>>,
     checkpoint_pointer: PathBuf,
     view_sizes: Box<dyn Fn() -> BTreeMap<String, usize> + Send + Sync>,
 }
@@ -90,7 +97,7 @@ impl JobStatus {
     /// checkpoint age); `view_sizes` reads the current row count of each view.
     pub fn new(checkpoint_pointer: PathBuf, view_sizes: Box<dyn Fn() -> BTreeMap<String, usize> + Send + Sync>) -> Self {
         let state = StatusSnapshot { latency_buckets: vec![0; LATENCY_BUCKETS.len()], ..Default::default() };
-        Self { state: Mutex::new(state), checkpoint_pointer, view_sizes }
+        Self { state: Mutex::new(state), recent: Mutex::default(), checkpoint_pointer, view_sizes }
     }
 
     /// Marks the job ready (processing) or not (starting, stopping, retrying a sink).
@@ -120,6 +127,14 @@ impl JobStatus {
                 counts.updated_at_ms = now;
             }
         }
+        drop(state);
+        let mut recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        recent.push_back((Instant::now(), report.rows));
+        while recent.front().is_some_and(|(t, _)| t.elapsed() > THROUGHPUT_WINDOW) {
+            recent.pop_front();
+        }
+        drop(recent);
+        let mut state = self.lock();
         let seconds = report.elapsed.as_secs_f64();
         state.latency_count += 1;
         state.latency_sum_seconds += seconds;
@@ -133,6 +148,10 @@ impl JobStatus {
     /// The current figures, with view sizes and checkpoint age filled in.
     pub fn snapshot(&self) -> StatusSnapshot {
         let mut snapshot = self.lock().clone();
+        let recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let records: u64 = recent.iter().filter(|(t, _)| t.elapsed() <= THROUGHPUT_WINDOW).map(|(_, n)| n).sum();
+        snapshot.records_per_second = records as f64 / THROUGHPUT_WINDOW.as_secs_f64();
+        drop(recent);
         for (view, rows) in (self.view_sizes)() {
             snapshot.views.entry(view).or_default().rows = rows;
         }
@@ -156,6 +175,7 @@ impl JobStatus {
         };
         let label = |key: &str, value: &str| format!("{{{key}=\"{}\"}}", value.replace('\\', "\\\\").replace('"', "\\\""));
         metric("trendflow_ready", "gauge", "1 while the job is processing.", vec![(String::new(), u8::from(s.ready).to_string())]);
+        metric("trendflow_records_per_second", "gauge", "Records processed per second over the last 10 s.", vec![(String::new(), format!("{:.1}", s.records_per_second))]);
         metric("trendflow_micro_batches_total", "counter", "Micro-batches processed.", vec![(String::new(), s.micro_batches.to_string())]);
         let per_stream = |f: fn(&StreamCounts) -> u64| s.streams.iter().map(|(n, c)| (label("stream", n), f(c).to_string())).collect();
         metric("trendflow_records_total", "counter", "Records processed, per stream.", per_stream(|c| c.records));

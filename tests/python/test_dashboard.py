@@ -49,6 +49,8 @@ def test_every_chart_shows_its_view(job, monkeypatch):
         assert rows(frame) == [tuple(round(v, 9) if isinstance(v, float) else v for v in r.values()) for r in want]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Records processed"] == f"{ROWS:,}" and metrics["Dead letters"] == "0"
+    assert metrics["Consumer lag"] == "n/a", "a file source has no consumer lag"
+    assert metrics["Throughput"].endswith("rec/s")
 
 
 def test_product_lookup_reads_the_stream(job, monkeypatch):

@@ -28,6 +28,7 @@ def test_metrics_count_every_record_and_view_row(job):
     assert samples['trendflow_records_total{stream="products"}'] == ROWS
     assert samples['trendflow_dead_letters_total{stream="products"}'] == 0
     assert samples["trendflow_ready"] == 1
+    assert samples["trendflow_records_per_second"] >= 0
     assert samples["trendflow_micro_batch_seconds_count"] == samples["trendflow_micro_batches_total"] >= ROWS / 4000
     assert samples['trendflow_micro_batch_seconds_bucket{le="+Inf"}'] == samples["trendflow_micro_batch_seconds_count"]
     assert 0 <= samples["trendflow_checkpoint_age_seconds"] < 600
