@@ -216,6 +216,12 @@ enum Command {
         /// Largest request body, in bytes.
         #[arg(long, env = "TRENDFLOW_INGEST_MAX_BODY_BYTES", default_value_t = 16 << 20)]
         max_body_bytes: usize,
+        /// Require `Authorization: Bearer TOKEN` with a token from this file (one per line).
+        #[arg(long, env = "TRENDFLOW_INGEST_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// Requests per second one client address may make (0: unlimited).
+        #[arg(long, env = "TRENDFLOW_INGEST_RATE_LIMIT", default_value_t = 100.0)]
+        rate_limit: f64,
     },
     /// Replay a file (CSV, NDJSON, Parquet) into a Kafka topic as records of a stream.
     Produce {
@@ -313,7 +319,16 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Serve { pipeline, serve, mongo } => serve_only(pipeline, serve, mongo).await,
         Command::Batch { pipeline } => batch(pipeline).await,
         Command::Query { sql_text, pipeline, format, mongo } => query(&sql_text, pipeline, format, mongo).await,
-        Command::Ingest { pipeline, listen, partitions, max_body_bytes } => ingest(pipeline, &listen, partitions, max_body_bytes).await,
+        Command::Ingest { pipeline, listen, partitions, max_body_bytes, token_file, rate_limit } => {
+            let tokens = match token_file {
+                Some(path) => match AuthConfig::parse(&format!("token-file:{}", path.display()))? {
+                    AuthConfig::Tokens(tokens) => tokens,
+                    _ => unreachable!("a token-file spec parses to tokens"),
+                },
+                None => Vec::new(),
+            };
+            ingest(pipeline, &listen, partitions, IngestOptions { max_body_bytes, tokens, requests_per_second: rate_limit }).await
+        }
         Command::Produce { pipeline, file, topic, stream, rate, partitions } => {
             produce(pipeline, file, topic, stream.as_deref(), rate, partitions).await
         }
@@ -536,20 +551,21 @@ async fn batch(args: PipelineArgs) -> Result<()> {
     print_views(&infos, |name| Ok(store.rows(name).transpose()?))
 }
 
-async fn ingest(args: PipelineArgs, listen: &str, partitions: i32, max_body_bytes: usize) -> Result<()> {
+async fn ingest(args: PipelineArgs, listen: &str, partitions: i32, options: IngestOptions) -> Result<()> {
     let brokers = args.brokers("ingest")?.to_string();
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let streams = Catalog::load_streams(&args.sql).await?;
     for stream in &streams {
         kafka::ensure_topic(&brokers, &stream.location, partitions).await?;
     }
-    let service = IngestService::new(&streams, RecordProducer::new(&brokers)?, IngestOptions { max_body_bytes })?;
+    let service = IngestService::new(&streams, RecordProducer::new(&brokers)?, options)?;
     let topics: Vec<&str> = service.topics().collect();
     eprintln!("ingest API listening on http://{} (POST /v1/topics/{{topic}}/records; topics: {})", listener.local_addr()?, topics.join(", "));
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    axum::serve(listener, Arc::new(service).router()).with_graceful_shutdown(shutdown).await?;
+    let app = Arc::new(service).router().into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }
 

@@ -10,16 +10,20 @@
 //! ```
 //!
 //! 400 when no record is valid, 404 for a topic no stream is declared on, 413 for a
-//! body over the limit, 503 when Kafka does not acknowledge. One long-lived
+//! body over the limit, 401 without a valid bearer token (when tokens are configured),
+//! 429 over the per-client request rate, 503 when Kafka does not acknowledge. One long-lived
 //! idempotent producer serves all requests; a request returns once its records
 //! are acknowledged by all in-sync replicas.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -34,12 +38,54 @@ use crate::kafka::{send_rows, RecordProducer};
 pub struct IngestOptions {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Bearer tokens a request must carry one of (empty: no authentication).
+    pub tokens: Vec<String>,
+    /// Requests per second one client address may make (0: unlimited); bursts of up
+    /// to one second's worth pass.
+    pub requests_per_second: f64,
 }
 
 impl Default for IngestOptions {
     fn default() -> Self {
-        Self { max_body_bytes: 16 << 20 }
+        Self { max_body_bytes: 16 << 20, tokens: Vec::new(), requests_per_second: 0.0 }
     }
+}
+
+/// A token bucket per client address.
+#[derive(Debug, Default)]
+struct RateLimiter {
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// Takes one request from `client`'s bucket; false when it is empty.
+    fn admit(&self, client: IpAddr, per_second: f64) -> bool {
+        if per_second <= 0.0 {
+            return true;
+        }
+        let burst = per_second.max(1.0);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (tokens, last) = buckets.entry(client).or_insert((burst, Instant::now()));
+        *tokens = (*tokens + last.elapsed().as_secs_f64() * per_second).min(burst);
+        *last = Instant::now();
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Whether `header` (an `Authorization` value) carries one of `tokens`; compares
+/// every byte of every token so the time taken does not tell how close a guess was.
+fn authorized(header: Option<&str>, tokens: &[String]) -> bool {
+    let given = header.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("").as_bytes();
+    tokens.iter().fold(false, |found, token| {
+        let token = token.as_bytes();
+        let differs = token.len() != given.len() || token.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0;
+        found | !differs
+    })
 }
 
 /// What the API serves: the declared streams by topic, and the producer.
@@ -47,6 +93,7 @@ pub struct IngestService {
     streams: BTreeMap<String, (StreamDecl, RecordFormat)>,
     producer: RecordProducer,
     options: IngestOptions,
+    limiter: RateLimiter,
 }
 
 impl IngestService {
@@ -57,7 +104,7 @@ impl IngestService {
             let format = RecordFormat::of(stream).map_err(|message| crate::ConnectorError::Binding { binding: stream.name.clone(), message })?;
             by_topic.insert(stream.location.clone(), (stream.clone(), format));
         }
-        Ok(Self { streams: by_topic, producer, options })
+        Ok(Self { streams: by_topic, producer, options, limiter: RateLimiter::default() })
     }
 
     /// The topics records can be posted to.
@@ -70,7 +117,8 @@ impl IngestService {
     /// ```no_run
     /// # async fn demo(service: trendflow_connectors::ingest::IngestService) -> std::io::Result<()> {
     /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
-    /// axum::serve(listener, std::sync::Arc::new(service).router()).await
+    /// let app = std::sync::Arc::new(service).router();
+    /// axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
     /// # }
     /// ```
     pub fn router(self: Arc<Self>) -> Router {
@@ -78,6 +126,24 @@ impl IngestService {
             .route("/v1/topics/{topic}/records", post(post_records))
             .route("/healthz", get(|| async { "ok\n" }))
             .with_state(self)
+    }
+
+    /// Checks the client's token and rate; the response to send instead when refused.
+    fn refuse(&self, client: IpAddr, headers: &HeaderMap) -> Option<Response> {
+        if !self.options.tokens.is_empty() {
+            let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+            if !authorized(header, &self.options.tokens) {
+                let mut response = error(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer TOKEN` header is required".into());
+                response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return Some(response);
+            }
+        }
+        if !self.limiter.admit(client, self.options.requests_per_second) {
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, format!("more than {} requests/s from {client}; retry later", self.options.requests_per_second));
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return Some(response);
+        }
+        None
     }
 
     async fn ingest(&self, topic: &str, body: Body) -> Response {
@@ -111,8 +177,17 @@ impl IngestService {
     }
 }
 
-async fn post_records(State(service): State<Arc<IngestService>>, Path(topic): Path<String>, body: Body) -> Response {
-    service.ingest(&topic, body).await
+async fn post_records(
+    State(service): State<Arc<IngestService>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match service.refuse(client.ip(), &headers) {
+        Some(refused) => refused,
+        None => service.ingest(&topic, body).await,
+    }
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -157,6 +232,19 @@ fn split_records(body: &Bytes) -> Result<Vec<BodyRecord>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_and_rates_are_checked() {
+        let tokens = vec!["s3cret".to_string(), "other".to_string()];
+        assert!(authorized(Some("Bearer other"), &tokens));
+        assert!(!authorized(Some("Bearer s3cre"), &tokens) && !authorized(Some("s3cret"), &tokens) && !authorized(None, &tokens));
+        let limiter = RateLimiter::default();
+        let client: IpAddr = "127.0.0.1".parse().unwrap();
+        let admitted = (0..10).filter(|_| limiter.admit(client, 3.0)).count();
+        assert_eq!(admitted, 3, "a burst of one second's worth");
+        assert!(limiter.admit("127.0.0.2".parse().unwrap(), 3.0), "buckets are per client");
+        assert!((0..100).all(|_| limiter.admit(client, 0.0)), "0 means unlimited");
+    }
 
     #[test]
     fn splits_arrays_and_lines() {

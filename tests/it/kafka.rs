@@ -141,8 +141,13 @@ async fn json_records(data: &Path, dead_letters: &Path) -> Vec<Vec<u8>> {
 
 /// A minimal HTTP/1.1 request; returns the status code and body.
 fn http(method: &str, addr: &str, path: &str, body: &[u8]) -> (u16, String) {
+    http_with(method, addr, path, "", body)
+}
+
+/// [`http`] with extra header lines (each ending in `\r\n`).
+fn http_with(method: &str, addr: &str, path: &str, headers: &str, body: &[u8]) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     stream.write_all(head.as_bytes()).unwrap();
     // The server may answer 413 before reading everything: a failed write is fine then.
     let _ = stream.write_all(body);
@@ -236,6 +241,46 @@ async fn ingest_api_feeds_the_views_exactly() {
     let products = format!("products=file:{}", expected.display());
     ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_file));
     assert_same_csv(&views_csv(&streamed, false), &views_csv(&from_file, false), "views");
+}
+
+/// With a token file, the ingest API refuses requests without a valid bearer token
+/// (401); over the per-client rate it answers 429; neither produces anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_api_checks_tokens_and_rates() {
+    let broker = Broker::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens");
+    std::fs::write(&tokens, "# ingest clients\nt0ken-1\n").unwrap();
+    let mut ingest = Killed(
+        trendflow()
+            .args(["ingest", "--listen", "127.0.0.1:0", "--rate-limit", "3", "--kafka-brokers", &broker.addr, "--token-file"])
+            .arg(&tokens)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let api = wait_for_line(&mut ingest.0, "listening on http://");
+    let record = br#"{"asin": "B1", "price": 1.5}"#;
+    let path = "/v1/topics/products/records";
+    assert_eq!(http_with("POST", &api, path, "", record).0, 401);
+    assert_eq!(http_with("POST", &api, path, "Authorization: Bearer t0ken-2\r\n", record).0, 401);
+    // Eight requests at once: a burst of three passes (plus what refills while they run).
+    let started = Instant::now();
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            let api = api.clone();
+            std::thread::spawn(move || http_with("POST", &api, path, "Authorization: Bearer t0ken-1\r\n", record).0)
+        })
+        .collect();
+    let statuses: Vec<u16> = burst.into_iter().map(|t| t.join().unwrap()).collect();
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let refilled = (started.elapsed().as_secs_f64() * 3.0).ceil() as usize;
+    assert!(admitted >= 3 && admitted <= 3 + refilled, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 8 - admitted, "{statuses:?}");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(http_with("POST", &api, path, "Authorization: Bearer t0ken-1\r\n", record).0, 200, "the bucket refills");
+    let mut source = products_source(&broker.addr, true, 1 << 20).await;
+    assert_eq!(drain(&mut source, 100).await, (admitted + 1, 0), "only accepted requests were produced");
 }
 
 /// Positions of `products` in the current checkpoint of `state`: records covered.
