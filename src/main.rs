@@ -390,6 +390,9 @@ async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: Serv
         }
     });
     let status = Arc::new(JobStatus::new(args.state.join("checkpoints").join("CURRENT"), Box::new(store.view_sizes())));
+    if let Some(mongo_sink) = &mongo_sink {
+        status.watch(mongo_sink.health());
+    }
     if http_addr != "none" {
         let addr = serve_status(http_addr, status.clone()).await?;
         eprintln!("status endpoint on http://{addr} (/healthz /readyz /metrics /status)");

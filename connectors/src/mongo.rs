@@ -9,6 +9,7 @@
 //! anything else stops the job with the server's message.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,12 +104,19 @@ pub struct MongoSink {
     database: Database,
     options: MongoOptions,
     views: HashMap<String, ViewInfo>,
+    /// False while writes are being retried (the job reports itself not ready).
+    healthy: Arc<AtomicBool>,
 }
 
 impl MongoSink {
     /// A sink writing into `database`.
     pub fn new(database: Database, options: MongoOptions) -> Self {
-        Self { database, options, views: HashMap::new() }
+        Self { database, options, views: HashMap::new(), healthy: Arc::new(AtomicBool::new(true)) }
+    }
+
+    /// A flag that is false while the sink retries failing writes.
+    pub fn health(&self) -> Arc<AtomicBool> {
+        self.healthy.clone()
     }
 
     fn write_concern(&self) -> Document {
@@ -126,7 +134,10 @@ impl MongoSink {
             let outcome = self.database.run_command(command.clone()).await;
             let error = match outcome {
                 Ok(reply) => match write_errors(&reply) {
-                    None => return Ok(()),
+                    None => {
+                        self.healthy.store(true, Ordering::Relaxed);
+                        return Ok(());
+                    }
                     Some((message, transient)) if transient => message,
                     Some((message, _)) => return Err(EngineError::Sink(format!("MongoDB rejected a write: {message}"))),
                 },
@@ -139,6 +150,7 @@ impl MongoSink {
                     self.options.retry_for
                 )));
             }
+            self.healthy.store(false, Ordering::Relaxed);
             tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "MongoDB write failed; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));

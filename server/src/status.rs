@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -52,7 +53,7 @@ pub struct ViewCounts {
 /// Everything `/status` reports.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StatusSnapshot {
-    /// Whether the job is processing (sources open, sink reachable).
+    /// Whether the job is processing and every watched part (sinks) is healthy.
     pub ready: bool,
     /// Micro-batches processed by this process.
     pub micro_batches: u64,
@@ -90,6 +91,8 @@ pub struct JobStatus {
     recent: Mutex<VecDeque<(Instant, u64)>>,
     checkpoint_pointer: PathBuf,
     view_sizes: Box<dyn Fn() -> BTreeMap<String, usize> + Send + Sync>,
+    /// Flags of parts that can turn unhealthy (a sink retrying writes): all must hold.
+    health: Mutex<Vec<Arc<AtomicBool>>>,
 }
 
 impl JobStatus {
@@ -97,7 +100,18 @@ impl JobStatus {
     /// checkpoint age); `view_sizes` reads the current row count of each view.
     pub fn new(checkpoint_pointer: PathBuf, view_sizes: Box<dyn Fn() -> BTreeMap<String, usize> + Send + Sync>) -> Self {
         let state = StatusSnapshot { latency_buckets: vec![0; LATENCY_BUCKETS.len()], ..Default::default() };
-        Self { state: Mutex::new(state), recent: Mutex::default(), checkpoint_pointer, view_sizes }
+        Self { state: Mutex::new(state), recent: Mutex::default(), checkpoint_pointer, view_sizes, health: Mutex::default() }
+    }
+
+    /// Makes readiness depend on `flag` too (e.g. a sink's health).
+    pub fn watch(&self, flag: Arc<AtomicBool>) {
+        self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(flag);
+    }
+
+    /// Running, and every watched part healthy.
+    fn is_ready(&self) -> bool {
+        let healthy = self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().all(|f| f.load(Ordering::Relaxed));
+        self.lock().ready && healthy
     }
 
     /// Marks the job ready (processing) or not (starting, stopping, retrying a sink).
@@ -148,6 +162,7 @@ impl JobStatus {
     /// The current figures, with view sizes and checkpoint age filled in.
     pub fn snapshot(&self) -> StatusSnapshot {
         let mut snapshot = self.lock().clone();
+        snapshot.ready = self.is_ready();
         let recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let records: u64 = recent.iter().filter(|(t, _)| t.elapsed() <= THROUGHPUT_WINDOW).map(|(_, n)| n).sum();
         snapshot.records_per_second = records as f64 / THROUGHPUT_WINDOW.as_secs_f64();
@@ -213,7 +228,7 @@ pub fn router(status: Arc<JobStatus>) -> Router {
 }
 
 async fn readyz(axum::extract::State(status): axum::extract::State<Arc<JobStatus>>) -> Response {
-    if status.lock().ready {
+    if status.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()

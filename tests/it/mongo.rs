@@ -179,8 +179,10 @@ async fn a_mongodb_outage_loses_nothing() {
     let catalog = Catalog::load(&[shipped_sql()], incremental_session_config(), &bindings.files()).await.unwrap();
     let mut pipeline = Pipeline::compile(catalog, tmp.path().join("state")).await.unwrap();
     let mut sink = MongoSink::new(connect(&options).await.unwrap(), options.clone());
+    let health = sink.health();
     sink.open(&pipeline.view_infos()).await.unwrap();
     let mut source = SplitSource::new("products", data, 3, 600);
+    let mut unhealthy_seen = false;
     use trendflow_engine::runtime::{Poll, Source};
     let mut step = 0;
     let mut restarted = false;
@@ -194,6 +196,8 @@ async fn a_mongodb_outage_loses_nothing() {
             // The server comes back while the sink is retrying this micro-batch.
             let (outcome, ()) = tokio::join!(run, async {
                 tokio::time::sleep(Duration::from_secs(3)).await;
+                // The job reports itself not ready while its sink retries (what /readyz serves).
+                unhealthy_seen = !health.load(std::sync::atomic::Ordering::Relaxed);
                 tokio::task::block_in_place(|| server.spawn());
                 restarted = true;
             });
@@ -203,6 +207,8 @@ async fn a_mongodb_outage_loses_nothing() {
         }
     }
     assert!(restarted);
+    assert!(unhealthy_seen, "the sink did not report itself unhealthy during the outage");
+    assert!(health.load(std::sync::atomic::Ordering::Relaxed), "healthy again once writes succeed");
     let expected = run_batch(&shipped_sql(), &bindings, &tmp.path().join("dl-b")).await;
     assert_same_views(&read_views(&options, &pipeline.view_infos()).await, &expected);
 }
