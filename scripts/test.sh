@@ -7,46 +7,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v cargo >/dev/null 2>&1; then
-    echo "error: cargo not found; install Rust from https://rustup.rs" >&2
-    exit 1
-fi
+. scripts/setup.sh
 if [ ! -d ../shared/data ]; then
     echo "error: ../shared/data (the real sample used by the tests) is missing beside this checkout" >&2
     exit 1
 fi
 
-echo "== Python clients for the Flight SQL tests"
-venv="${TRENDFLOW_VENV:-$HOME/.cache/trendflow/venv}"
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-fi
-stamp="$venv/.requirements.sha256"
-want="$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-    echo "$want" > "$stamp"
-fi
-
+echo "== Python packages for the client, dashboard and browser tests"
+ensure_venv tests/python/requirements.txt bench/requirements.txt
 echo "== Chromium for the browser test (Debian package)"
-if [ ! -x /usr/bin/chromium ]; then
-    sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-fi
-
+ensure_chromium
 echo "== Kafka-protocol broker for the Kafka tests (tansu)"
-tansu_version=0.6.0
-tansu="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
-if [ "$("$tansu" --version 2>/dev/null)" != "tansu $tansu_version" ]; then
-    echo "installing tansu $tansu_version with cargo (first run only; ~15 min on 2 cores)"
-    # Its own build dir: the broker's dependencies stay out of trendflow's target dir.
-    env -u CARGO_TARGET_DIR cargo install tansu --version "$tansu_version" --locked --features libsql --quiet
-fi
-export TANSU_BIN="$tansu"
+ensure_tansu
 
 echo "== cargo test (workspace)"
-# The MongoDB tests start SecantusDB with this interpreter, unless MONGODB_URI names a real server.
-export TRENDFLOW_PYTHON="$venv/bin/python"
 cargo test --workspace --locked "$@"
 
 echo "== Flight SQL client, status, dashboard and browser tests (pytest)"
@@ -54,3 +28,6 @@ echo "== Flight SQL client, status, dashboard and browser tests (pytest)"
 export TRENDFLOW_ARTIFACTS="${TRENDFLOW_ARTIFACTS:-$PWD/target/artifacts}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 TRENDFLOW_BIN="$(cd "$target_dir" && pwd)/debug/trendflow" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
+
+echo "== benchmark harness smoke run (every figure produced; no time is asserted)"
+scripts/bench.sh --smoke

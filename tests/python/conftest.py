@@ -21,6 +21,15 @@ def trendflow_bin() -> str:
     return path
 
 
+def comparable(value):
+    """A value as JSON and Arrow both render it: floats rounded to 1e-9, times as ISO text."""
+    if isinstance(value, float):
+        return round(value, 9)
+    if hasattr(value, "isoformat"):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
+
+
 class Job:
     """A running `trendflow run` with its Flight SQL address and state directory."""
 

@@ -3,10 +3,9 @@ every chart's data (shown beside it as a table) equals the view it charts."""
 
 import socket
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, ROWS
+from conftest import REPO, ROWS, comparable
 
 APP = str(REPO / "dashboard" / "app.py")
 
@@ -19,14 +18,8 @@ def dashboard(monkeypatch, uri, status_url):
 
 
 def rows(frame):
-    """Rows as tuples, floats rounded, timestamps as ISO text."""
-    def cell(v):
-        if isinstance(v, float):
-            return round(v, 9)
-        if hasattr(v, "isoformat"):
-            return v.isoformat().replace("+00:00", "Z")
-        return v
-    return [tuple(cell(v) for v in row) for row in frame.itertuples(index=False)]
+    """A DataFrame's rows as tuples of comparable values."""
+    return [tuple(comparable(v) for v in row) for row in frame.itertuples(index=False)]
 
 
 def test_every_chart_shows_its_view(job, monkeypatch):
@@ -46,7 +39,7 @@ def test_every_chart_shows_its_view(job, monkeypatch):
     assert len(frames) == len(expected)
     for frame, want in zip(frames, expected):
         assert list(frame.columns) == list(want[0].keys())
-        assert rows(frame) == [tuple(round(v, 9) if isinstance(v, float) else v for v in r.values()) for r in want]
+        assert rows(frame) == [tuple(comparable(v) for v in r.values()) for r in want]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Records processed"] == f"{ROWS:,}" and metrics["Dead letters"] == "0"
     assert metrics["Consumer lag"] == "n/a", "a file source has no consumer lag"

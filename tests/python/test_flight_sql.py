@@ -13,6 +13,7 @@ import adbc_driver_flightsql.dbapi as flightsql_dbapi
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+from conftest import comparable
 from flightsql import flightsql_pb2
 from google.protobuf import any_pb2
 
@@ -32,14 +33,8 @@ def connect(job, **kwargs):
 
 
 def normalized(rows):
-    """Rows as sorted tuples, floats rounded (JSON and Arrow render them alike up to 1e-9)."""
-    def cell(v):
-        if isinstance(v, float):
-            return round(v, 9)
-        if hasattr(v, "isoformat"):
-            return v.isoformat().replace("+00:00", "Z")
-        return v
-    return sorted(tuple(cell(v) for v in row) for row in rows)
+    """Rows as sorted tuples of comparable values."""
+    return sorted(tuple(comparable(v) for v in row) for row in rows)
 
 
 def test_get_objects_lists_catalog_schemas_tables_and_columns(job):

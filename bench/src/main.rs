@@ -1,0 +1,130 @@
+//! `trendflow-bench`: the in-process measurements of `scripts/bench.sh`.
+//!
+//! - `engine`: Kafka-shaped JSON messages (one NDJSON line each, held in memory)
+//!   decoded and pushed through every shipped view with no sink, against
+//!   arrow-json decoding of the same messages alone (the physical limit the engine
+//!   sits on). Prints one JSON object with both timings.
+//! - `consume`: a consume-only rdkafka client reading a whole topic with the same
+//!   fetch settings as trendflow's source: the broker-bound baseline.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use trendflow_connectors::decode::{decode_parsed, parse_records, with_metadata, RecordFormat, RecordOrigin};
+use trendflow_connectors::fan_out::FanOut;
+use trendflow_connectors::kafka::{client_config, partition_count};
+use trendflow_engine::catalog::{incremental_session_config, Catalog};
+use trendflow_engine::runtime::{MicroBatch, Pipeline};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Engine throughput against decoding alone, over NDJSON messages.
+    Engine {
+        /// One JSON message per line.
+        #[arg(long)]
+        messages: PathBuf,
+        /// The pipeline's SQL.
+        #[arg(long, default_value = "sql")]
+        sql: PathBuf,
+        /// File for the `categories` reference table.
+        #[arg(long)]
+        categories: PathBuf,
+        /// Messages per micro-batch.
+        #[arg(long, default_value_t = 50_000)]
+        batch: usize,
+    },
+    /// Reads a whole topic and discards it.
+    Consume {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    match Cli::parse().command {
+        Command::Engine { messages, sql, categories, batch } => runtime.block_on(engine(&messages, &sql, &categories, batch)),
+        Command::Consume { brokers, topic } => runtime.block_on(consume(&brokers, &topic)),
+    }
+}
+
+async fn engine(messages: &std::path::Path, sql: &std::path::Path, categories: &std::path::Path, batch: usize) -> Result<()> {
+    let text = std::fs::read(messages).with_context(|| format!("reading {}", messages.display()))?;
+    let records: Vec<&[u8]> = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let bindings = HashMap::from([("categories".to_string(), categories.display().to_string())]);
+    let catalog = Catalog::load(&[sql.to_path_buf()], incremental_session_config(), &bindings).await?;
+    let stream = catalog.streams()[0].clone();
+
+    let started = Instant::now();
+    let mut decoded_rows = 0;
+    for chunk in records.chunks(batch) {
+        decoded_rows += parse_records(RecordFormat::Json, &stream.payload_schema, chunk).batch.num_rows();
+    }
+    let decode_seconds = started.elapsed().as_secs_f64();
+
+    let state = tempfile::tempdir()?;
+    let mut pipeline = Pipeline::compile(catalog, state.path().to_path_buf()).await?;
+    let mut sink = FanOut::new(vec![]);
+    let started = Instant::now();
+    let mut offset = 0i64;
+    for chunk in records.chunks(batch) {
+        let decoded = decode_parsed(parse_records(RecordFormat::Json, &stream.payload_schema, chunk), &stream.payload_schema)?;
+        let rows = decoded.batch.num_rows();
+        let origin = RecordOrigin {
+            partitions: vec![0; rows],
+            offsets: (offset..offset + rows as i64).collect(),
+            timestamps: decoded.arrivals.iter().enumerate().map(|(i, t)| t.unwrap_or(offset + i as i64)).collect(),
+            keys: None,
+        };
+        offset += rows as i64;
+        let micro = MicroBatch { batch: with_metadata(&stream, &decoded.batch, origin)?, offsets: Default::default(), rejected: 0 };
+        pipeline.step(vec![(stream.name.clone(), micro)], &mut sink).await?;
+    }
+    let engine_seconds = started.elapsed().as_secs_f64();
+    let out = serde_json::json!({
+        "messages": records.len(), "decoded": decoded_rows, "decode_seconds": decode_seconds, "engine_seconds": engine_seconds,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+async fn consume(brokers: &str, topic: &str) -> Result<()> {
+    let consumer: StreamConsumer = client_config(brokers)
+        .set("group.id", "trendflow-bench")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "67108864")
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("receive.message.max.bytes", "100000000")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let started = Instant::now();
+    let partitions = partition_count(&consumer, brokers, topic)?.context("no such topic")?;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0;
+    for p in 0..partitions {
+        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        remaining += consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?.1;
+    }
+    consumer.assign(&assignment)?;
+    let total = remaining;
+    while remaining > 0 {
+        let message = consumer.recv().await?;
+        std::hint::black_box(rdkafka::Message::payload(&message));
+        remaining -= 1;
+    }
+    println!("{}", serde_json::json!({"messages": total, "seconds": started.elapsed().as_secs_f64()}));
+    Ok(())
+}

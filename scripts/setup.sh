@@ -1,0 +1,46 @@
+# Sourced by test.sh and bench.sh: installs what tests and benchmarks need when it is
+# missing, and exports where it is. Idempotent; fast when everything is in place.
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "error: cargo not found; install Rust from https://rustup.rs" >&2
+    exit 1
+fi
+
+# A Python venv with the pinned packages of the given requirement files.
+ensure_venv() {
+    venv="${TRENDFLOW_VENV:-$HOME/.cache/trendflow/venv}"
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv"
+    fi
+    local stamp="$venv/.requirements.sha256" want
+    want="$(cat "$@" | sha256sum | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        local args=()
+        for file in "$@"; do args+=(-r "$file"); done
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${args[@]}"
+        echo "$want" > "$stamp"
+    fi
+    # The MongoDB tests and benchmarks start SecantusDB with this interpreter.
+    export TRENDFLOW_PYTHON="$venv/bin/python"
+}
+
+# Debian's Chromium, for the browser test.
+ensure_chromium() {
+    if [ ! -x /usr/bin/chromium ]; then
+        local sudo=""
+        [ "$(id -u)" -ne 0 ] && sudo="sudo"
+        $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    fi
+}
+
+# The tansu Kafka-protocol broker, pinned, installed with cargo into ~/.cargo/bin.
+ensure_tansu() {
+    local version=0.6.0
+    TANSU_BIN="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+    if [ "$("$TANSU_BIN" --version 2>/dev/null)" != "tansu $version" ]; then
+        echo "installing tansu $version with cargo (first run only; ~15 min on 2 cores)"
+        # Its own build dir: the broker's dependencies stay out of trendflow's target dir.
+        env -u CARGO_TARGET_DIR cargo install tansu --version "$version" --locked --features libsql --quiet
+    fi
+    export TANSU_BIN
+}
