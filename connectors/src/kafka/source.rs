@@ -95,6 +95,8 @@ pub struct KafkaSource {
     ends: Option<BTreeMap<i32, i64>>,
     /// End offsets as last looked up (every [`DISCOVERY_INTERVAL`]), for the lag.
     latest_ends: BTreeMap<i32, i64>,
+    /// The look at partitions and end offsets running in the background, if any.
+    look: Option<tokio::task::JoinHandle<Result<(i32, BTreeMap<i32, i64>)>>>,
     assigned: bool,
     last_discovery: Instant,
     last_warning: Option<Instant>,
@@ -140,6 +142,7 @@ impl KafkaSource {
             already_dead_lettered: HashSet::new(),
             ends: None,
             latest_ends: BTreeMap::new(),
+            look: None,
             assigned: false,
             last_discovery: Instant::now(),
             last_warning: None,
@@ -154,6 +157,15 @@ impl KafkaSource {
     async fn assign(&mut self) -> Result<()> {
         let (consumer, brokers, topic) = (self.consumer.clone(), self.options.brokers.clone(), self.options.topic.clone());
         let count = blocking(move || partition_count(consumer.as_ref(), &brokers, &topic)).await?.unwrap_or(0);
+        self.assign_partitions(count)?;
+        if self.options.bounded && self.ends.is_none() {
+            self.ends = Some(self.end_offsets().await?);
+        }
+        Ok(())
+    }
+
+    /// Assigns partitions `0..count`: the known ones at their positions, new ones from the start.
+    fn assign_partitions(&mut self, count: i32) -> Result<()> {
         let known = self.positions.len();
         for partition in 0..count {
             self.positions.entry(partition).or_insert(0);
@@ -172,10 +184,41 @@ impl KafkaSource {
         }
         self.consumer.assign(&assignment).map_err(|e| kafka_error(&self.options.brokers, "cannot assign partitions", e))?;
         self.assigned = true;
-        if self.options.bounded && self.ends.is_none() {
-            self.ends = Some(self.end_offsets().await?);
-        }
         Ok(())
+    }
+
+    /// Every [`DISCOVERY_INTERVAL`], looks at the topic's partitions and end offsets in the
+    /// background (metadata round trips must not stall micro-batches), and applies the
+    /// previous look once it is done: new partitions are assigned, the lag refreshed.
+    async fn look_around(&mut self) {
+        if self.look.as_ref().is_some_and(|look| look.is_finished()) {
+            match self.look.take().expect("checked above").await {
+                Ok(Ok((count, ends))) => {
+                    self.latest_ends = ends;
+                    if let Err(e) = self.assign_partitions(count) {
+                        self.warn_transient(&e);
+                    }
+                }
+                Ok(Err(e)) => self.warn_transient(&e),
+                Err(e) => self.warn_transient(&e),
+            }
+        }
+        if self.look.is_none() && self.last_discovery.elapsed() >= DISCOVERY_INTERVAL {
+            let (consumer, brokers, topic) = (self.consumer.clone(), self.options.brokers.clone(), self.options.topic.clone());
+            self.look = Some(tokio::task::spawn_blocking(move || {
+                let count = partition_count(consumer.as_ref(), &brokers, &topic)?.unwrap_or(0);
+                let ends = (0..count)
+                    .map(|p| {
+                        let (_, high) = consumer
+                            .fetch_watermarks(&topic, p, super::STARTUP_TIMEOUT)
+                            .map_err(|e| kafka_error(&brokers, &format!("cannot read the end of `{topic}` partition {p}"), e))?;
+                        Ok((p, high))
+                    })
+                    .collect::<Result<_>>()?;
+                Ok((count, ends))
+            }));
+            self.last_discovery = Instant::now();
+        }
     }
 
     async fn end_offsets(&self) -> Result<BTreeMap<i32, i64>> {
@@ -368,15 +411,12 @@ impl Source for KafkaSource {
     }
 
     async fn poll(&mut self, max_rows: usize, max_delay: Duration) -> trendflow_engine::Result<Poll> {
-        let discover = !self.options.bounded && self.last_discovery.elapsed() >= DISCOVERY_INTERVAL;
-        if !self.assigned || discover {
+        if !self.assigned {
             self.assign().await.map_err(|e| self.source_error(e))?;
-            // Only for the lag figure: a failed look is retried at the next interval.
-            match self.end_offsets().await {
-                Ok(ends) => self.latest_ends = ends,
-                Err(e) => self.warn_transient(&e.to_string()),
-            }
+            // The first look for new partitions and the lag comes one interval later.
             self.last_discovery = Instant::now();
+        } else if !self.options.bounded {
+            self.look_around().await;
         }
         if self.caught_up() {
             return Ok(Poll::Finished);
@@ -399,6 +439,9 @@ impl Source for KafkaSource {
     }
 
     fn lag(&self) -> Option<u64> {
+        if self.latest_ends.is_empty() {
+            return None; // not looked at the end offsets yet
+        }
         let behind = |(p, end): (&i32, &i64)| (end - self.positions.get(p).copied().unwrap_or(0)).max(0) as u64;
         Some(self.latest_ends.iter().map(behind).sum())
     }
