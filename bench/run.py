@@ -84,6 +84,7 @@ class Harness:
         self.bench = self.bin / "trendflow-bench"
         self.work = Path(tempfile.mkdtemp(prefix="trendflow-bench-"))
         self.figures = {}
+        self._lines = None
 
     def log(self, text):
         print(f"[bench] {text}", file=sys.stderr, flush=True)
@@ -96,6 +97,17 @@ class Harness:
         self.messages = self.work / "messages.ndjson"
         import duckdb
         duckdb.sql(f"COPY (SELECT * FROM read_csv('{self.products}', header=true)) TO '{self.messages}' (FORMAT JSON)")
+
+    def head(self, count):
+        """The first `count` generated products as a CSV file (written once; the source is read once)."""
+        if count >= self.args.rows:
+            return self.products
+        part = self.work / f"products_{count}.csv"
+        if not part.exists():
+            if self._lines is None:
+                self._lines = self.products.read_text().splitlines(keepends=True)
+            part.write_text("".join(self._lines[: count + 1]))
+        return part
 
     def engine_throughput(self):
         self.log("figure 1: engine throughput vs arrow-json decoding alone")
@@ -138,13 +150,10 @@ class Harness:
 
     def memory(self):
         self.log("figure 6: peak RSS of trendflow run at 1/4, 1/2 and all of the records")
-        lines = self.products.read_text().splitlines(keepends=True)
-        header, rows = lines[0], lines[1:]
         points = {}
         for fraction in (0.25, 0.5, 1.0):
-            count = int(len(rows) * fraction)
-            part = self.work / f"products_{count}.csv"
-            part.write_text(header + "".join(rows[:count]))
+            count = int(self.args.rows * fraction)
+            part = self.head(count)
             peaks = []
             for _ in range(self.args.repeat):
                 state = self.work / f"mem-state-{count}-{len(peaks)}"
@@ -174,15 +183,9 @@ class Harness:
         wait_port(port, "SecantusDB")
         return process, f"mongodb://127.0.0.1:{port}"
 
-    def streaming_sample(self):
-        count = min(self.args.stream_rows, self.args.rows)
-        sample = self.work / f"stream_{count}.csv"
-        lines = self.products.read_text().splitlines(keepends=True)
-        sample.write_text("".join(lines[: count + 1]))
-        return sample, count
-
     def end_to_end(self):
-        sample, count = self.streaming_sample()
+        count = min(self.args.stream_rows, self.args.rows)
+        sample = self.head(count)
         self.log(f"figure 2: {count} records through Kafka (tansu) into MongoDB (SecantusDB) vs a consume-only client")
         broker, brokers = self.start_broker()
         mongo, mongo_uri = self.start_mongo()
@@ -216,9 +219,7 @@ class Harness:
         import adbc_driver_flightsql.dbapi as flightsql
         broker, brokers = self.start_broker()
         flight_port = free_port()
-        sample = self.work / f"latency_{count}.csv"
-        lines = self.products.read_text().splitlines(keepends=True)
-        sample.write_text("".join(lines[: count + 1]))
+        sample = self.head(count)
         job = None
         try:
             # Replaying a file without records creates the topic the job reads; the paced replay fills it.

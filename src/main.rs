@@ -357,16 +357,8 @@ async fn load_catalog(args: &PipelineArgs, bindings: &Bindings, config: datafusi
 async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: ServeArgs, mongo: MongoArgs, http_addr: &str) -> Result<()> {
     // Cheap checks first: before generating data for a pipeline that cannot start.
     trendflow_engine::catalog::sql_files(&args.sql)?;
-    if serve.flight_addr != "none" {
-        std::net::TcpListener::bind(&serve.flight_addr).map_err(|e| {
-            anyhow::anyhow!("cannot listen on {}: {e}; pass --flight-addr 127.0.0.1:0 for any free port, or --flight-addr none", serve.flight_addr)
-        })?;
-    }
-    if http_addr != "none" {
-        std::net::TcpListener::bind(http_addr).map_err(|e| {
-            anyhow::anyhow!("cannot listen on {http_addr}: {e}; pass --http-addr 127.0.0.1:0 for any free port, or --http-addr none")
-        })?;
-    }
+    check_listen(&serve.flight_addr, "--flight-addr")?;
+    check_listen(http_addr, "--http-addr")?;
     let mut bindings = resolve_bindings(&args)?;
     if bindings.is_empty() && args.kafka_brokers.is_none() {
         bindings = embedded_defaults(&args.sql, &args.state, gen_rows)?;
@@ -424,6 +416,16 @@ async fn run(args: PipelineArgs, options: RunOptions, gen_rows: u64, serve: Serv
         args.state.join("dead_letters").display()
     );
     print_views(&pipeline.view_infos(), |name| Ok(store.rows(name).transpose()?))
+}
+
+/// Fails early, before any data is generated, when `addr` (given by `flag`) is taken.
+fn check_listen(addr: &str, flag: &str) -> Result<()> {
+    if addr == "none" {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}; pass {flag} 127.0.0.1:0 for any free port, or {flag} none"))
 }
 
 /// Starts the Flight SQL server unless `--flight-addr none`.

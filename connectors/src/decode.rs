@@ -191,14 +191,22 @@ pub enum RecordFormat {
 
 impl RecordFormat {
     /// The format a stream declares.
-    pub fn of(stream: &StreamDecl) -> Result<Self, String> {
+    pub fn of(stream: &StreamDecl) -> crate::Result<Self> {
         match stream.options.get("format").map(|f| f.to_ascii_lowercase()).as_deref() {
             None | Some("json") => Ok(Self::Json),
             Some("csv") => Ok(Self::Csv),
-            Some(other) => Err(format!(
-                "stream `{}`: unsupported record format `{other}` (OPTIONS ('format' 'json') or ('format' 'csv'))",
-                stream.name
-            )),
+            Some(other) => Err(crate::ConnectorError::Binding {
+                binding: stream.name.clone(),
+                message: format!("unsupported record format `{other}` (OPTIONS ('format' 'json') or ('format' 'csv'))"),
+            }),
+        }
+    }
+
+    /// The format's name in messages.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Json => "JSON",
+            Self::Csv => "CSV",
         }
     }
 }
@@ -332,7 +340,7 @@ fn parse_one_by_one(
                 rows.push(index);
             }
             Ok(_) => unparsed.push((index, "not a single record".to_string(), text.to_string())),
-            Err(reason) => unparsed.push((index, format!("invalid {format:?} record: {reason}").replace("Json", "JSON").replace("Csv", "CSV"), text.to_string())),
+            Err(reason) => unparsed.push((index, format!("invalid {} record: {reason}", format.name()), text.to_string())),
         }
     }
     let batch = concat_batches(schema, &batches).unwrap_or_else(|_| RecordBatch::new_empty(schema.clone()));

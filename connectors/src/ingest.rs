@@ -101,7 +101,7 @@ impl IngestService {
     pub fn new(streams: &[StreamDecl], producer: RecordProducer, options: IngestOptions) -> crate::Result<Self> {
         let mut by_topic = BTreeMap::new();
         for stream in streams {
-            let format = RecordFormat::of(stream).map_err(|message| crate::ConnectorError::Binding { binding: stream.name.clone(), message })?;
+            let format = RecordFormat::of(stream)?;
             by_topic.insert(stream.location.clone(), (stream.clone(), format));
         }
         Ok(Self { streams: by_topic, producer, options, limiter: RateLimiter::default() })
@@ -167,7 +167,7 @@ impl IngestService {
         let errors: Vec<_> = decoded.rejected.iter().map(|(index, reason, _)| json!({"index": index, "reason": reason})).collect();
         let accepted = decoded.batch.num_rows();
         if accepted > 0 {
-            if let Err(e) = send_rows(&self.producer, stream, topic, &decoded.batch).await {
+            if let Err(e) = send_rows(&self.producer, stream, *format, topic, &decoded.batch).await {
                 return error(StatusCode::SERVICE_UNAVAILABLE, format!("records not stored, send them again: {e}"));
             }
         }

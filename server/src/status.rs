@@ -122,6 +122,13 @@ impl JobStatus {
     /// Adds one micro-batch's figures.
     pub fn record(&self, report: &StepReport) {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).ok();
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            recent.push_back((Instant::now(), report.rows));
+            while recent.front().is_some_and(|(t, _)| t.elapsed() > THROUGHPUT_WINDOW) {
+                recent.pop_front();
+            }
+        }
         let mut state = self.lock();
         state.micro_batches += 1;
         state.last_batch_id = report.batch_id;
@@ -141,14 +148,6 @@ impl JobStatus {
                 counts.updated_at_ms = now;
             }
         }
-        drop(state);
-        let mut recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        recent.push_back((Instant::now(), report.rows));
-        while recent.front().is_some_and(|(t, _)| t.elapsed() > THROUGHPUT_WINDOW) {
-            recent.pop_front();
-        }
-        drop(recent);
-        let mut state = self.lock();
         let seconds = report.elapsed.as_secs_f64();
         state.latency_count += 1;
         state.latency_sum_seconds += seconds;

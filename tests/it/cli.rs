@@ -150,9 +150,5 @@ fn killed_runs_resume_to_exact_results() {
 
 /// Records of `products` covered by the current checkpoint in `state`.
 fn checkpointed_position(state: &Path) -> i64 {
-    let checkpoints = state.join("checkpoints");
-    let current = std::fs::read_to_string(checkpoints.join("CURRENT")).unwrap_or_default();
-    let Ok(meta) = std::fs::read_to_string(checkpoints.join(current.trim()).join("meta.json")) else { return 0 };
-    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
-    meta["sources"]["products"]["0"].as_i64().unwrap_or(0)
+    checkpoint_meta(state).and_then(|meta| meta["sources"]["products"]["0"].as_i64()).unwrap_or(0)
 }

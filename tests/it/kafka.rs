@@ -13,6 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use trendflow_connectors::decode::RecordFormat;
 use trendflow_connectors::kafka::{self, encode_rows, KafkaSource, KafkaSourceOptions, RecordProducer};
 use trendflow_engine::catalog::Catalog;
 use trendflow_engine::runtime::{Poll, Source};
@@ -56,11 +57,7 @@ impl Broker {
             .spawn()
             .expect("tansu starts");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&self.addr).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {} within 30 s", self.addr);
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(&self.addr, "tansu", 30);
     }
 
     /// Kills the broker (SIGKILL); its data stays for [`Broker::spawn`].
@@ -133,7 +130,7 @@ async fn json_records(data: &Path, dead_letters: &Path) -> Vec<Vec<u8>> {
     let mut records = Vec::new();
     while let Poll::Batch(micro) = sources[0].poll(10_000, Duration::ZERO).await.unwrap() {
         let payload = micro.batch.project(&(0..stream.payload_schema.fields().len()).collect::<Vec<_>>()).unwrap();
-        let encoded = encode_rows(trendflow_connectors::decode::RecordFormat::Json, &payload).unwrap();
+        let encoded = encode_rows(RecordFormat::Json, &payload).unwrap();
         records.extend((0..payload.num_rows()).map(|i| encoded.get(i).to_vec()));
     }
     records
@@ -285,10 +282,7 @@ async fn ingest_api_checks_tokens_and_rates() {
 
 /// Positions of `products` in the current checkpoint of `state`: records covered.
 fn checkpointed_records(state: &Path) -> i64 {
-    let checkpoints = state.join("checkpoints");
-    let current = std::fs::read_to_string(checkpoints.join("CURRENT")).unwrap_or_default();
-    let Ok(meta) = std::fs::read_to_string(checkpoints.join(current.trim()).join("meta.json")) else { return 0 };
-    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    let Some(meta) = checkpoint_meta(state) else { return 0 };
     let Some(partitions) = meta["sources"]["products"].as_object() else { return 0 };
     partitions.iter().filter(|(p, _)| !p.starts_with('-')).map(|(_, o)| o.as_i64().unwrap()).sum()
 }
@@ -568,7 +562,7 @@ async fn producer_keys_records_by_primary_key() {
             .collect(),
     )
     .unwrap();
-    kafka::send_rows(&RecordProducer::new(&broker.addr).unwrap(), &stream, "products", &payload).await.unwrap();
+    kafka::send_rows(&RecordProducer::new(&broker.addr).unwrap(), &stream, RecordFormat::Json, "products", &payload).await.unwrap();
     let mut source = products_source(&broker.addr, true, 1 << 20).await;
     let mut seen = Vec::new();
     while let Poll::Batch(micro) = source.poll(10, Duration::from_secs(2)).await.unwrap() {

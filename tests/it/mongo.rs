@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, ListArray, RecordBatch,
@@ -65,11 +65,7 @@ impl MongoServer {
             .spawn()
             .expect("SecantusDB starts");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "SecantusDB did not listen on port {} within 60 s", self.port);
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_port(&format!("127.0.0.1:{}", self.port), "SecantusDB", 60);
     }
 
     fn stop(&mut self) {

@@ -57,6 +57,23 @@ pub fn bindings(products: &Path, categories: &Path) -> Bindings {
     bindings
 }
 
+/// Waits until something listens on `addr`; fails naming `what` after `seconds`.
+pub fn wait_for_port(addr: &str, what: &str, seconds: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{what} did not listen on {addr} within {seconds} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `meta.json` of the current checkpoint in a state directory (None before the first).
+pub fn checkpoint_meta(state: &Path) -> Option<serde_json::Value> {
+    let checkpoints = state.join("checkpoints");
+    let current = std::fs::read_to_string(checkpoints.join("CURRENT")).ok()?;
+    let meta = std::fs::read_to_string(checkpoints.join(current.trim()).join("meta.json")).ok()?;
+    Some(serde_json::from_str(&meta).unwrap())
+}
+
 /// Settings for sources bound to files only (dead letters under `dead_letters`).
 pub fn file_settings(dead_letters: &Path) -> SourceSettings {
     SourceSettings { dead_letter_dir: dead_letters.to_path_buf(), kafka_brokers: None, kafka_group: "test".into(), bounded: false }

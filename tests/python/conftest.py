@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -19,6 +20,13 @@ def trendflow_bin() -> str:
     if not Path(path).exists():
         raise RuntimeError(f"trendflow binary not found at {path}: build it (scripts/test.sh does) or set TRENDFLOW_BIN")
     return path
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (at the time of asking)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def comparable(value):

@@ -3,7 +3,6 @@ against `streamlit run dashboard/app.py` reading a running job. Saves a screensh
 (`$TRENDFLOW_ARTIFACTS/dashboard.png`, default `target/artifacts/`)."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 CHROMIUM = os.environ.get("TRENDFLOW_CHROMIUM", "/usr/bin/chromium")
 # As the machine's notes advise: no background networking on a closed network.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

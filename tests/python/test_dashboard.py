@@ -1,11 +1,9 @@
 """The Streamlit dashboard, run by Streamlit's own testing API against a running job:
 every chart's data (shown beside it as a table) equals the view it charts."""
 
-import socket
-
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, ROWS, comparable
+from conftest import REPO, ROWS, comparable, free_port
 
 APP = str(REPO / "dashboard" / "app.py")
 
@@ -54,9 +52,7 @@ def test_product_lookup_reads_the_stream(job, monkeypatch):
 
 
 def test_unreachable_server_gives_a_message_not_a_traceback(monkeypatch):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     at = dashboard(monkeypatch, f"grpc://127.0.0.1:{port}", f"http://127.0.0.1:{port}")
     assert not at.exception
     assert any("Cannot read the views" in e.value for e in at.error)

@@ -70,9 +70,8 @@ pub fn record_keys(stream: &StreamDecl, payload: &RecordBatch) -> Result<Option<
     Ok(keys.as_any().downcast_ref::<StringArray>().cloned())
 }
 
-/// Sends already-validated rows of `payload` to `topic`, keyed by the primary key.
-pub async fn send_rows(producer: &RecordProducer, stream: &StreamDecl, topic: &str, payload: &RecordBatch) -> Result<()> {
-    let format = RecordFormat::of(stream).map_err(|message| ConnectorError::Binding { binding: stream.name.clone(), message })?;
+/// Sends already-validated rows of `payload` to `topic` in `format`, keyed by the primary key.
+pub async fn send_rows(producer: &RecordProducer, stream: &StreamDecl, format: RecordFormat, topic: &str, payload: &RecordBatch) -> Result<()> {
     let encoded = encode_rows(format, payload)?;
     let keys = record_keys(stream, payload)?;
     let records: Vec<OutRecord<'_>> = (0..payload.num_rows())
@@ -110,6 +109,7 @@ pub async fn replay_file(
     on_progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<ReplaySummary> {
     let started = Instant::now();
+    let format = RecordFormat::of(stream)?;
     let mut source = FileSource::new(stream.clone(), path.clone(), dead_letter_dir)?;
     // Small chunks when throttled, so the pace is smooth.
     let chunk = rate.map_or(20_000, |r| (r / 20.0).clamp(1.0, 20_000.0) as usize);
@@ -123,7 +123,7 @@ pub async fn replay_file(
             Poll::Finished => break,
         };
         let payload = micro.batch.project(&(0..payload_columns).collect::<Vec<_>>())?;
-        send_rows(producer, stream, topic, &payload).await?;
+        send_rows(producer, stream, format, topic, &payload).await?;
         summary.records += payload.num_rows() as u64;
         summary.rejected += micro.rejected;
         on_progress(summary.records);

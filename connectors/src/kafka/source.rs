@@ -106,7 +106,7 @@ impl KafkaSource {
     /// Connects to the brokers and checks that the topic exists. Fails with one
     /// clear error when the brokers are unreachable or the topic is missing.
     pub async fn open(stream: StreamDecl, options: KafkaSourceOptions) -> Result<Self> {
-        let format = RecordFormat::of(&stream).map_err(|message| ConnectorError::Binding { binding: stream.name.clone(), message })?;
+        let format = RecordFormat::of(&stream)?;
         let consumer: StreamConsumer = client_config(&options.brokers)
             .set("group.id", &options.group)
             .set("enable.auto.commit", "false")
@@ -207,15 +207,7 @@ impl KafkaSource {
             let (consumer, brokers, topic) = (self.consumer.clone(), self.options.brokers.clone(), self.options.topic.clone());
             self.look = Some(tokio::task::spawn_blocking(move || {
                 let count = partition_count(consumer.as_ref(), &brokers, &topic)?.unwrap_or(0);
-                let ends = (0..count)
-                    .map(|p| {
-                        let (_, high) = consumer
-                            .fetch_watermarks(&topic, p, super::STARTUP_TIMEOUT)
-                            .map_err(|e| kafka_error(&brokers, &format!("cannot read the end of `{topic}` partition {p}"), e))?;
-                        Ok((p, high))
-                    })
-                    .collect::<Result<_>>()?;
-                Ok((count, ends))
+                Ok((count, fetch_ends(&consumer, &brokers, &topic, 0..count)?))
             }));
             self.last_discovery = Instant::now();
         }
@@ -224,18 +216,7 @@ impl KafkaSource {
     async fn end_offsets(&self) -> Result<BTreeMap<i32, i64>> {
         let (consumer, brokers, topic) = (self.consumer.clone(), self.options.brokers.clone(), self.options.topic.clone());
         let partitions: Vec<i32> = self.positions.keys().copied().collect();
-        blocking(move || {
-            partitions
-                .into_iter()
-                .map(|p| {
-                    let (_, high) = consumer
-                        .fetch_watermarks(&topic, p, super::STARTUP_TIMEOUT)
-                        .map_err(|e| kafka_error(&brokers, &format!("cannot read the end of `{topic}` partition {p}"), e))?;
-                    Ok((p, high))
-                })
-                .collect()
-        })
-        .await
+        blocking(move || fetch_ends(&consumer, &brokers, &topic, partitions)).await
     }
 
     fn caught_up(&self) -> bool {
@@ -375,6 +356,19 @@ impl KafkaSource {
         self.dead_letter_end = Some(seen.1);
         Ok(())
     }
+}
+
+/// The end offset of each of `partitions` (a blocking round trip per partition).
+fn fetch_ends(consumer: &StreamConsumer, brokers: &str, topic: &str, partitions: impl IntoIterator<Item = i32>) -> Result<BTreeMap<i32, i64>> {
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, super::STARTUP_TIMEOUT)
+                .map_err(|e| kafka_error(brokers, &format!("cannot read the end of `{topic}` partition {p}"), e))?;
+            Ok((p, high))
+        })
+        .collect()
 }
 
 /// Headers of a dead letter: why, and where the record came from.
