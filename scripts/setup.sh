@@ -44,3 +44,12 @@ ensure_tansu() {
     fi
     export TANSU_BIN
 }
+
+# cargo-fuzz (libFuzzer driver) for scripts/fuzz.sh, installed by cargo when missing.
+ensure_cargo_fuzz() {
+    local version=0.13.1
+    if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $version" ]; then
+        echo "installing cargo-fuzz $version with cargo (first run only; ~2 min)"
+        env -u CARGO_TARGET_DIR cargo install cargo-fuzz --version "$version" --locked --quiet
+    fi
+}

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of trendflow: Rust unit, integration (real Kafka-protocol broker, real
-# MongoDB-protocol server) and doc tests, then the Python client tests (ADBC,
-# pyarrow.flight, SQLAlchemy), the status endpoint, the Streamlit dashboard (AppTest and
-# headless Chromium via Playwright) and the compose file, against real `trendflow` processes.
-# Installs what the tests need when it is missing. Usage: scripts/test.sh [extra cargo test args]
+# MongoDB-protocol server) and doc tests; the fault, hostile-input and load tests; a short
+# fuzzing run; then the Python client tests (ADBC, pyarrow.flight, SQLAlchemy, 50 concurrent
+# clients), the status endpoint, the Streamlit dashboard (AppTest and headless Chromium via
+# Playwright) and the compose file, against real `trendflow` processes; then the benchmark
+# smoke run, and prints the reliability figures. Installs what the tests need when it is missing. Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,14 +21,32 @@ ensure_chromium
 echo "== Kafka-protocol broker for the Kafka tests (tansu)"
 ensure_tansu
 
-echo "== cargo test (workspace)"
-cargo test --workspace --locked "$@"
+# Screenshots and the reliability figures land here (CI artifacts).
+export TRENDFLOW_ARTIFACTS="${TRENDFLOW_ARTIFACTS:-$PWD/target/artifacts}"
+mkdir -p "$TRENDFLOW_ARTIFACTS"
+rm -f "$TRENDFLOW_ARTIFACTS/reliability.ndjson"
+
+echo "== cargo test (workspace; the heavy fault and load tests come next, alone)"
+cargo test --workspace --locked "$@" -- --skip reliability::
+
+echo "== fault, hostile-input and load tests (one at a time)"
+cargo test --locked --test it "$@" reliability:: -- --test-threads=1
+
+echo "== fuzzing the decoders and the ingest body parser (30 s per target)"
+scripts/fuzz.sh 30
 
 echo "== Flight SQL client, status, dashboard and browser tests (pytest)"
-# The browser test's screenshot lands here (a CI artifact).
-export TRENDFLOW_ARTIFACTS="${TRENDFLOW_ARTIFACTS:-$PWD/target/artifacts}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 TRENDFLOW_BIN="$(cd "$target_dir" && pwd)/debug/trendflow" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
 
 echo "== benchmark harness smoke run (every figure produced; no time is asserted)"
 scripts/bench.sh --smoke
+
+echo "== reliability figures ($TRENDFLOW_ARTIFACTS/reliability.ndjson)"
+"$venv/bin/python" - "$TRENDFLOW_ARTIFACTS/reliability.ndjson" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    entry = json.loads(line)
+    figures = {k: v for k, v in entry["figures"].items() if not isinstance(v, list) or len(v) <= 12}
+    print(f"{entry['test']}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+PY

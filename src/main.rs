@@ -441,6 +441,7 @@ async fn start_server(args: &ServeArgs, ctx: datafusion::prelude::SessionContext
             memory_bytes: Some(args.query_memory_mb << 20),
             timeout: Duration::from_secs(args.query_timeout_s),
             max_concurrent: args.max_queries,
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
-use trendflow_connectors::decode::{decode_parsed, parse_records, with_metadata, RecordFormat, RecordOrigin};
+use trendflow_connectors::decode::{decode_parsed, max_record_bytes, parse_records, with_metadata, RecordFormat, RecordOrigin};
 use trendflow_connectors::fan_out::FanOut;
 use trendflow_connectors::kafka::{client_config, partition_count};
 use trendflow_engine::catalog::{incremental_session_config, Catalog};
@@ -71,7 +71,7 @@ async fn engine(messages: &std::path::Path, sql: &std::path::Path, categories: &
     let started = Instant::now();
     let mut decoded_rows = 0;
     for chunk in records.chunks(batch) {
-        decoded_rows += parse_records(RecordFormat::Json, &stream.payload_schema, chunk).batch.num_rows();
+        decoded_rows += parse_records(RecordFormat::Json, &stream.payload_schema, chunk, max_record_bytes(&stream)).batch.num_rows();
     }
     let decode_seconds = started.elapsed().as_secs_f64();
 
@@ -81,7 +81,7 @@ async fn engine(messages: &std::path::Path, sql: &std::path::Path, categories: &
     let started = Instant::now();
     let mut offset = 0i64;
     for chunk in records.chunks(batch) {
-        let decoded = decode_parsed(parse_records(RecordFormat::Json, &stream.payload_schema, chunk), &stream.payload_schema)?;
+        let decoded = decode_parsed(parse_records(RecordFormat::Json, &stream.payload_schema, chunk, max_record_bytes(&stream)), &stream.payload_schema)?;
         let rows = decoded.batch.num_rows();
         let origin = RecordOrigin {
             partitions: vec![0; rows],

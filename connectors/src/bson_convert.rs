@@ -17,8 +17,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    new_null_array, Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder,
-    RecordBatch, StringBuilder, TimestampMillisecondBuilder,
+    new_null_array, Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, RecordBatchOptions,
+    StringBuilder, TimestampMillisecondBuilder,
 };
 use datafusion::arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
@@ -142,7 +142,9 @@ pub fn documents_to_batch(schema: &SchemaRef, documents: &[Document]) -> Result<
         .iter()
         .map(|field| column(field.name(), field.data_type(), documents))
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema.clone(), columns)
+    // A schema without fields (e.g. for COUNT(*)) still has one row per document.
+    let options = RecordBatchOptions::new().with_row_count(Some(documents.len()));
+    RecordBatch::try_new_with_options(schema.clone(), columns, &options)
 }
 
 fn column(name: &str, data_type: &DataType, documents: &[Document]) -> Result<ArrayRef, ArrowError> {

@@ -4,8 +4,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde::Serialize;
 
 use crate::error::{ConnectorError, Result};
@@ -78,17 +76,4 @@ impl DeadLetterFile {
         }
         writer.flush().map_err(|e| ConnectorError::io(&self.path, e))
     }
-}
-
-/// Row `row` of `batch` as a JSON object of display strings (for dead letters).
-pub fn row_as_json(batch: &RecordBatch, row: usize) -> String {
-    let options = FormatOptions::default().with_null("");
-    let mut object = serde_json::Map::new();
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        let value = ArrayFormatter::try_new(column.as_ref(), &options)
-            .map(|f| f.value(row).to_string())
-            .unwrap_or_default();
-        object.insert(field.name().clone(), serde_json::Value::String(value));
-    }
-    serde_json::Value::Object(object).to_string()
 }

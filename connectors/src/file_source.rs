@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use datafusion::arrow::csv;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use trendflow_engine::catalog::FileFormat;
 use trendflow_engine::checkpoint::Offsets;
@@ -25,7 +25,7 @@ use trendflow_engine::stream_table::StreamDecl;
 use trendflow_engine::EngineError;
 
 use crate::dead_letter::{DeadLetter, DeadLetterFile};
-use crate::decode::{decode_parsed, parse_records, with_metadata, Parsed, RecordFormat, RecordOrigin};
+use crate::decode::{decode_parsed, max_record_bytes, parse_records, with_metadata, Parsed, RecordFormat, RecordOrigin};
 use crate::error::{ConnectorError, Result};
 
 /// A chunk of records read from the file, parsed but not yet converted.
@@ -127,7 +127,7 @@ impl FileSource {
                 }
             },
             Reader::Json(lines) => {
-                read_json_lines(lines, &self.stream.payload_schema, max_rows, start).map_err(|e| format_error(&e))?
+                read_json_lines(lines, &self.stream, max_rows, start).map_err(|e| format_error(&e))?
             }
         };
         if let Some(chunk) = &chunk {
@@ -228,11 +228,11 @@ fn csv_header(path: &Path) -> Result<Vec<String>> {
     Ok(header)
 }
 
-/// Reads up to `max_rows` JSON lines; a line that is not UTF-8 or does not decode is
-/// reported, not fatal.
+/// Reads up to `max_rows` JSON lines; a line that is too long, not UTF-8 or does not
+/// decode is reported, not fatal.
 fn read_json_lines(
     lines: &mut std::io::Split<BufReader<File>>,
-    payload: &SchemaRef,
+    stream: &StreamDecl,
     max_rows: usize,
     start: i64,
 ) -> std::result::Result<Option<RawChunk>, std::io::Error> {
@@ -247,7 +247,7 @@ fn read_json_lines(
         return Ok(None);
     }
     let records: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
-    let mut parsed = parse_records(RecordFormat::Json, payload, &records);
+    let mut parsed = parse_records(RecordFormat::Json, &stream.payload_schema, &records, max_record_bytes(stream));
     // Blank lines separate records in NDJSON; they are not records that failed.
     parsed.unparsed.retain(|(row, _, _)| !texts[*row].trim_ascii().is_empty());
     Ok(Some(RawChunk { parsed, first: start, records: texts.len() }))

@@ -20,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -30,7 +30,7 @@ use axum::Router;
 use serde_json::json;
 use trendflow_engine::stream_table::StreamDecl;
 
-use crate::decode::{decode_parsed, parse_records, RecordFormat};
+use crate::decode::{decode_parsed, max_record_bytes, parse_records, record_format, split_body, RecordFormat};
 use crate::kafka::{send_rows, RecordProducer};
 
 /// Settings of the ingest API.
@@ -101,7 +101,7 @@ impl IngestService {
     pub fn new(streams: &[StreamDecl], producer: RecordProducer, options: IngestOptions) -> crate::Result<Self> {
         let mut by_topic = BTreeMap::new();
         for stream in streams {
-            let format = RecordFormat::of(stream)?;
+            let format = record_format(stream)?;
             by_topic.insert(stream.location.clone(), (stream.clone(), format));
         }
         Ok(Self { streams: by_topic, producer, options, limiter: RateLimiter::default() })
@@ -154,13 +154,14 @@ impl IngestService {
         let Ok(bytes) = axum::body::to_bytes(body, self.options.max_body_bytes).await else {
             return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes; send fewer records per request", self.options.max_body_bytes));
         };
-        let records = match split_records(&bytes) {
+        let records = match split_body(&bytes) {
             Ok(records) if records.is_empty() => return error(StatusCode::BAD_REQUEST, "the body holds no records".into()),
             Ok(records) => records,
             Err(message) => return error(StatusCode::BAD_REQUEST, message),
         };
         let slices: Vec<&[u8]> = records.iter().map(|r| r.as_ref()).collect();
-        let decoded = match decode_parsed(parse_records(*format, &stream.payload_schema, &slices), &stream.payload_schema) {
+        let parsed = parse_records(*format, &stream.payload_schema, &slices, max_record_bytes(stream));
+        let decoded = match decode_parsed(parsed, &stream.payload_schema) {
             Ok(decoded) => decoded,
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
@@ -194,41 +195,6 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, [("content-type", "application/json")], json!({ "error": message }).to_string()).into_response()
 }
 
-/// A record of the body: an element of a JSON array, or a non-blank line.
-#[derive(Debug)]
-enum BodyRecord {
-    Owned(Vec<u8>),
-    Line(Bytes),
-}
-
-impl AsRef<[u8]> for BodyRecord {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            Self::Owned(bytes) => bytes,
-            Self::Line(bytes) => bytes,
-        }
-    }
-}
-
-/// Splits a body into records: a JSON array's elements, or NDJSON lines.
-fn split_records(body: &Bytes) -> Result<Vec<BodyRecord>, String> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'[') {
-        let values: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON array of records: {e}"))?;
-        return Ok(values.iter().map(|v| BodyRecord::Owned(serde_json::to_vec(v).expect("a JSON value serializes"))).collect());
-    }
-    let mut records = Vec::new();
-    let mut start = 0;
-    for end in body.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i).chain([body.len()]) {
-        let line = body.slice(start..end);
-        start = (end + 1).min(body.len());
-        if !line.trim_ascii().is_empty() {
-            records.push(BodyRecord::Line(line));
-        }
-    }
-    Ok(records)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,14 +210,5 @@ mod tests {
         assert_eq!(admitted, 3, "a burst of one second's worth");
         assert!(limiter.admit("127.0.0.2".parse().unwrap(), 3.0), "buckets are per client");
         assert!((0..100).all(|_| limiter.admit(client, 0.0)), "0 means unlimited");
-    }
-
-    #[test]
-    fn splits_arrays_and_lines() {
-        let array = split_records(&Bytes::from_static(b" [{\"a\":1}, {\"a\":2}] ")).unwrap();
-        assert_eq!(array.iter().map(|r| r.as_ref().to_vec()).collect::<Vec<_>>(), vec![b"{\"a\":1}".to_vec(), b"{\"a\":2}".to_vec()]);
-        let lines = split_records(&Bytes::from_static(b"{\"a\":1}\n\n{\"a\":2}\r\n")).unwrap();
-        assert_eq!(lines.len(), 2);
-        assert!(split_records(&Bytes::from_static(b"[{\"a\":1}")).unwrap_err().contains("not a JSON array"));
     }
 }

@@ -349,8 +349,14 @@ impl TableProvider for MongoTable {
             find = find.projection(fields);
         }
         let documents: Vec<Document> = find.await.map_err(external)?.try_collect().await.map_err(external)?;
-        let batch = documents_to_batch(&self.schema, &documents)?;
-        MemTable::try_new(self.schema.clone(), vec![vec![batch]])?.scan(state, projection, &[], limit).await
+        // Only the projected columns were fetched: build just those, so a non-nullable
+        // column left out of the projection is not filled with nulls.
+        let schema = match projection {
+            Some(columns) => Arc::new(self.schema.project(columns)?),
+            None => self.schema.clone(),
+        };
+        let batch = documents_to_batch(&schema, &documents)?;
+        MemTable::try_new(schema, vec![vec![batch]])?.scan(state, None, &[], limit).await
     }
 }
 

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
@@ -89,9 +91,14 @@ impl Checkpointer {
         fs::create_dir_all(&tmp).map_err(|e| io_error(&tmp, e))?;
         let mut meta = meta.clone();
         meta.views.clear();
+        let mut files = 0;
         for (view, batches) in states {
             for (i, batch) in batches.iter().enumerate() {
                 write_ipc(&tmp.join(format!("{view}.{i}.arrow")), batch)?;
+                files += 1;
+                if files == 1 {
+                    abort_if_asked();
+                }
             }
             meta.views.insert(view.clone(), batches.len());
         }
@@ -141,6 +148,22 @@ impl Checkpointer {
                     tracing::warn!(path = %entry.path().display(), error = %e, "could not remove an old checkpoint");
                 }
             }
+        }
+    }
+}
+
+/// Crash-test hook: with `TRENDFLOW_ABORT_AT=checkpoint-write:N` the process aborts
+/// during its N-th checkpoint write, right after the first state file, the way a
+/// power cut or SIGKILL would stop it. The crash tests use it to cut a write short
+/// at the worst moment, which random kills rarely hit.
+fn abort_if_asked() {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    static AT: OnceLock<Option<u64>> = OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("TRENDFLOW_ABORT_AT").ok()?.strip_prefix("checkpoint-write:")?.parse().ok());
+    if let Some(at) = at {
+        if WRITES.fetch_add(1, Ordering::Relaxed) + 1 == *at {
+            eprintln!("TRENDFLOW_ABORT_AT: aborting in the middle of checkpoint write {at}");
+            std::process::abort();
         }
     }
 }

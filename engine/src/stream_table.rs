@@ -28,7 +28,7 @@ pub const PARTITION_COLUMN: &str = "_partition";
 /// Metadata column: the record's offset within its partition.
 pub const OFFSET_COLUMN: &str = "_offset";
 /// Metadata column: the record's arrival time (Kafka timestamp, or read time for files).
-pub const TIMESTAMP_COLUMN: &str = "_timestamp";
+pub use trendflow_formats::TIMESTAMP_COLUMN;
 
 /// The metadata columns every stream has after its declared columns.
 pub fn metadata_fields() -> Vec<Field> {

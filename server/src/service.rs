@@ -45,13 +45,15 @@ pub struct QueryLimits {
     pub memory_bytes: Option<usize>,
     /// Longest a query may take to deliver its last batch, counted from the start of execution.
     pub timeout: Duration,
-    /// Queries executing at once; more are refused with `RESOURCE_EXHAUSTED`.
+    /// Queries executing at once; more wait in line, first come first served.
     pub max_concurrent: usize,
+    /// Longest a query waits in line for a slot before it is refused with `RESOURCE_EXHAUSTED`.
+    pub queue_timeout: Duration,
 }
 
 impl Default for QueryLimits {
     fn default() -> Self {
-        Self { memory_bytes: Some(512 << 20), timeout: Duration::from_secs(60), max_concurrent: 16 }
+        Self { memory_bytes: Some(512 << 20), timeout: Duration::from_secs(60), max_concurrent: 16, queue_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -117,9 +119,12 @@ impl TrendflowFlightSql {
 
     /// Streams a planned query under the concurrency and time limits.
     async fn execute(&self, df: DataFrame) -> Result<Response<FlightStream>, Status> {
-        let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!("{} queries are running, the most allowed; retry later", self.limits.max_concurrent))
-        })?;
+        // A burst of clients queues (the semaphore is fair) rather than failing at once.
+        let waited = tokio::time::timeout(self.limits.queue_timeout, self.slots.clone().acquire_owned()).await;
+        let Ok(Ok(permit)) = waited else {
+            let (most, wait) = (self.limits.max_concurrent, self.limits.queue_timeout);
+            return Err(Status::resource_exhausted(format!("{most} queries are running, the most allowed, and none ended within {wait:?}; retry later")));
+        };
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
         let timeout = self.limits.timeout;

@@ -75,14 +75,14 @@ impl Drop for Broker {
     }
 }
 
-fn trendflow() -> Command {
+pub(crate) fn trendflow() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_trendflow"));
     // Tests run side by side: any free port for the status endpoint.
     command.current_dir(repo()).env("TRENDFLOW_HTTP_ADDR", "127.0.0.1:0");
     command
 }
 
-fn ok(command: &mut Command) -> String {
+pub(crate) fn ok(command: &mut Command) -> String {
     let output = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && !stderr.contains("panicked"), "{command:?} failed:\n{stderr}");
@@ -90,7 +90,13 @@ fn ok(command: &mut Command) -> String {
 }
 
 /// The shipped views as CSV, through `trendflow query` on a state directory.
-fn views_csv(state: &Path, with_time: bool) -> Vec<String> {
+pub(crate) fn views_csv(state: &Path, with_time: bool) -> Vec<String> {
+    query_views(&["--state".as_ref(), state.as_os_str()], with_time)
+}
+
+/// The shipped views as CSV, through `trendflow query` with `from` (`--state DIR`, or
+/// `--mongodb-uri URI --mongodb-database DB`).
+pub(crate) fn query_views(from: &[&std::ffi::OsStr], with_time: bool) -> Vec<String> {
     let mut queries = vec![
         "SELECT category_id, products, share, best_sellers FROM category_distribution ORDER BY category_id",
         "SELECT price_level, products, avg_price, min_price, max_price FROM price_levels ORDER BY price_level",
@@ -100,12 +106,12 @@ fn views_csv(state: &Path, with_time: bool) -> Vec<String> {
     if with_time {
         queries.push("SELECT window_start, category_id, products FROM category_trend ORDER BY window_start, category_id");
     }
-    queries.iter().map(|sql| ok(trendflow().args(["query", sql, "--format", "csv", "--state"]).arg(state))).collect()
+    queries.iter().map(|sql| ok(trendflow().args(["query", sql, "--format", "csv"]).args(from))).collect()
 }
 
 /// Asserts two sets of query results are equal, showing only the first differing line.
 /// Numbers agree within 1e-9 relative: sums of floats depend on the order of addition.
-fn assert_same_csv(actual: &[String], expected: &[String], context: &str) {
+pub(crate) fn assert_same_csv(actual: &[String], expected: &[String], context: &str) {
     let same_cell = |a: &str, e: &str| match (a.parse::<f64>(), e.parse::<f64>()) {
         (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
         _ => a == e,
@@ -122,7 +128,7 @@ fn assert_same_csv(actual: &[String], expected: &[String], context: &str) {
 }
 
 /// Generated products encoded as JSON records (what producers send).
-async fn json_records(data: &Path, dead_letters: &Path) -> Vec<Vec<u8>> {
+pub(crate) async fn json_records(data: &Path, dead_letters: &Path) -> Vec<Vec<u8>> {
     let bindings = bindings(&data.join("products.csv"), &data.join("categories.csv"));
     let catalog = Catalog::load(&[shipped_sql()], trendflow_engine::catalog::batch_session_config(), &bindings.files()).await.unwrap();
     let stream = &catalog.streams()[0];
@@ -137,7 +143,7 @@ async fn json_records(data: &Path, dead_letters: &Path) -> Vec<Vec<u8>> {
 }
 
 /// A minimal HTTP/1.1 request; returns the status code and body.
-fn http(method: &str, addr: &str, path: &str, body: &[u8]) -> (u16, String) {
+pub(crate) fn http(method: &str, addr: &str, path: &str, body: &[u8]) -> (u16, String) {
     http_with(method, addr, path, "", body)
 }
 
@@ -156,12 +162,12 @@ fn http_with(method: &str, addr: &str, path: &str, headers: &str, body: &[u8]) -
 }
 
 /// POSTs records to the ingest API; returns the status code and the JSON answer.
-fn http_post(addr: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+pub(crate) fn http_post(addr: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
     let (status, text) = http("POST", addr, path, body);
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
-fn wait_for_line(child: &mut Child, prefix: &str) -> String {
+pub(crate) fn wait_for_line(child: &mut Child, prefix: &str) -> String {
     let stderr = child.stderr.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
     for line in lines.by_ref() {
@@ -175,7 +181,7 @@ fn wait_for_line(child: &mut Child, prefix: &str) -> String {
     panic!("the process exited before printing `{prefix}`");
 }
 
-struct Killed(Child);
+pub(crate) struct Killed(pub Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -281,7 +287,7 @@ async fn ingest_api_checks_tokens_and_rates() {
 }
 
 /// Positions of `products` in the current checkpoint of `state`: records covered.
-fn checkpointed_records(state: &Path) -> i64 {
+pub(crate) fn checkpointed_records(state: &Path) -> i64 {
     let Some(meta) = checkpoint_meta(state) else { return 0 };
     let Some(partitions) = meta["sources"]["products"].as_object() else { return 0 };
     partitions.iter().filter(|(p, _)| !p.starts_with('-')).map(|(_, o)| o.as_i64().unwrap()).sum()
@@ -443,11 +449,11 @@ fn committed_total(brokers: &str, group: &str, topic: &str, partitions: i32) -> 
     committed.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 }).sum()
 }
 
-fn producer(brokers: &str) -> FutureProducer {
+pub(crate) fn producer(brokers: &str) -> FutureProducer {
     ClientConfig::new().set("bootstrap.servers", brokers).set("message.max.bytes", "20000000").create().unwrap()
 }
 
-async fn send(producer: &FutureProducer, topic: &str, partition: Option<i32>, payload: &[u8]) {
+pub(crate) async fn send(producer: &FutureProducer, topic: &str, partition: Option<i32>, payload: &[u8]) {
     let mut record = FutureRecord::<(), [u8]>::to(topic).payload(payload);
     if let Some(partition) = partition {
         record = record.partition(partition);
@@ -464,7 +470,7 @@ async fn products_source(brokers: &str, bounded: bool, max_record_bytes: usize) 
 }
 
 /// Reads a whole topic: (headers as text, payload) of every record.
-fn read_topic(brokers: &str, topic: &str) -> Vec<(std::collections::BTreeMap<String, String>, Vec<u8>)> {
+pub(crate) fn read_topic(brokers: &str, topic: &str) -> Vec<(std::collections::BTreeMap<String, String>, Vec<u8>)> {
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", "reader").create().unwrap();
     let (_, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap();
     let mut list = TopicPartitionList::new();

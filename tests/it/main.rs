@@ -4,6 +4,7 @@ mod cli;
 mod errors;
 mod kafka;
 mod mongo;
+mod reliability;
 mod restart;
 mod semantics;
 mod streaming_equals_batch;

@@ -22,9 +22,9 @@ use trendflow_engine::view::{Changeset, ViewInfo};
 use crate::support::*;
 
 /// A MongoDB-protocol server for one test.
-struct MongoServer {
-    uri: String,
-    database: String,
+pub struct MongoServer {
+    pub uri: String,
+    pub database: String,
     child: Option<Child>,
     port: u16,
     storage: PathBuf,
@@ -42,7 +42,7 @@ fn python() -> PathBuf {
 
 impl MongoServer {
     /// A server keeping its data in memory (or real MongoDB when `MONGODB_URI` is set).
-    fn start(name: &str, storage: &Path) -> Self {
+    pub fn start(name: &str, storage: &Path) -> Self {
         let database = format!("tf_{name}_{}", std::process::id());
         if let Ok(uri) = std::env::var("MONGODB_URI") {
             return Self { uri, database, child: None, port: 0, storage: storage.into(), in_memory: true };
@@ -140,6 +140,16 @@ async fn views_streamed_into_mongodb_equal_batch_and_replays_are_idempotent() {
     let expected = run_batch(&shipped_sql(), &bindings, &tmp.path().join("dl-b")).await;
     assert_same_views(&read_views(&options, &views).await, &expected);
     assert_eq!(raw_documents(&options, "top_categories_by_demand").await.len(), 10, "categories that left the top 10 were deleted");
+    // Projections that leave out a non-nullable column, and one with no column at all.
+    let ctx = SessionContext::new();
+    let top = views.iter().find(|v| v.name == "top_categories_by_demand").unwrap();
+    ctx.register_table("top", Arc::new(MongoTable::new(connect(&options).await.unwrap(), top.name.clone(), top))).unwrap();
+    for sql in ["SELECT category_id FROM top", "SELECT COUNT(*) FROM top"] {
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let first = batches.iter().find(|b| b.num_rows() > 0).unwrap();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        assert!(rows == 10 || (rows == 1 && first.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0) == 10), "{sql}");
+    }
     let before: Vec<Vec<Document>> = futures::future::join_all(views.iter().map(|v| raw_documents(&options, &v.name))).await;
     // A second job from scratch replays every changeset (same splits) into the same collections.
     stream_into_mongo(&bindings, data, 4, &tmp.path().join("s2"), &options).await;
@@ -191,7 +201,7 @@ async fn a_mongodb_outage_loses_nothing() {
         if step == 3 {
             // The server comes back while the sink is retrying this micro-batch.
             let (outcome, ()) = tokio::join!(run, async {
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
                 // The job reports itself not ready while its sink retries (what /readyz serves).
                 unhealthy_seen = !health.load(std::sync::atomic::Ordering::Relaxed);
                 tokio::task::block_in_place(|| server.spawn());

@@ -246,3 +246,15 @@ pub fn pipeline_dir(root: &Path, sql: &str) -> PathBuf {
 pub fn files(pairs: &[(&str, &Path)]) -> HashMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string_lossy().into_owned())).collect()
 }
+
+/// Appends one test's figures to `reliability.ndjson` in the artifacts directory
+/// (`TRENDFLOW_ARTIFACTS`, default `target/artifacts`), which `scripts/test.sh` prints.
+pub fn report(test: &str, figures: serde_json::Value) {
+    use std::io::Write;
+    let dir = std::env::var_os("TRENDFLOW_ARTIFACTS").map(PathBuf::from).unwrap_or_else(|| repo().join("target/artifacts"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = serde_json::json!({"test": test, "figures": figures});
+    eprintln!("{line}");
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("reliability.ndjson")).unwrap();
+    writeln!(file, "{line}").unwrap();
+}

@@ -29,6 +29,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def report(test: str, figures: dict) -> None:
+    """Appends a test's figures to reliability.ndjson in TRENDFLOW_ARTIFACTS (printed by scripts/test.sh)."""
+    directory = Path(os.environ.get("TRENDFLOW_ARTIFACTS", REPO / "target" / "artifacts"))
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "reliability.ndjson", "a") as out:
+        out.write(json.dumps({"test": test, "figures": figures}) + "\n")
+
+
 def comparable(value):
     """A value as JSON and Arrow both render it: floats rounded to 1e-9, times as ISO text."""
     if isinstance(value, float):
@@ -41,10 +49,10 @@ def comparable(value):
 class Job:
     """A running `trendflow run` with its Flight SQL address and state directory."""
 
-    def __init__(self, *extra_args: str):
+    def __init__(self, *extra_args: str, rows: int = ROWS, max_rows: int = 4000):
         self.tmp = tempfile.TemporaryDirectory()
         self.state = Path(self.tmp.name) / "state"
-        args = [trendflow_bin(), "run", "--state", str(self.state), "--gen-rows", str(ROWS), "--max-rows", "4000",
+        args = [trendflow_bin(), "run", "--state", str(self.state), "--gen-rows", str(rows), "--max-rows", str(max_rows),
                 "--checkpoint-interval-ms", "0", "--flight-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", *extra_args]
         self.process = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self.uri, self.status_url = self._read_addresses()

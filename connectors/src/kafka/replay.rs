@@ -12,7 +12,7 @@ use trendflow_engine::runtime::{Poll, Source};
 use trendflow_engine::stream_table::StreamDecl;
 
 use super::{OutRecord, RecordProducer};
-use crate::decode::RecordFormat;
+use crate::decode::{record_format, RecordFormat};
 use crate::error::{ConnectorError, Result};
 use crate::file_source::FileSource;
 
@@ -109,7 +109,7 @@ pub async fn replay_file(
     on_progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<ReplaySummary> {
     let started = Instant::now();
-    let format = RecordFormat::of(stream)?;
+    let format = record_format(stream)?;
     let mut source = FileSource::new(stream.clone(), path.clone(), dead_letter_dir)?;
     // Small chunks when throttled, so the pace is smooth.
     let chunk = rate.map_or(20_000, |r| (r / 20.0).clamp(1.0, 20_000.0) as usize);

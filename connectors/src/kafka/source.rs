@@ -26,7 +26,7 @@ use trendflow_engine::stream_table::StreamDecl;
 use trendflow_engine::EngineError;
 
 use super::{client_config, ensure_topic, kafka_error, partition_count, OutRecord, RecordProducer};
-use crate::decode::{decode_parsed, parse_records, with_metadata, RecordFormat, RecordOrigin};
+use crate::decode::{decode_parsed, max_record_bytes, parse_records, record_format, with_metadata, RecordFormat, RecordOrigin};
 use crate::error::{ConnectorError, Result};
 
 /// The pseudo-partition under which a Kafka source checkpoints the end of its
@@ -62,7 +62,7 @@ impl KafkaSourceOptions {
             topic: topic.to_string(),
             group: group.to_string(),
             bounded: false,
-            max_record_bytes: option("max_record_bytes").and_then(|v| v.parse().ok()).unwrap_or(1 << 20),
+            max_record_bytes: max_record_bytes(stream),
             dead_letter_topic: option("dead_letter_topic").unwrap_or_else(|| format!("{topic}.dlq")),
         }
     }
@@ -106,7 +106,7 @@ impl KafkaSource {
     /// Connects to the brokers and checks that the topic exists. Fails with one
     /// clear error when the brokers are unreachable or the topic is missing.
     pub async fn open(stream: StreamDecl, options: KafkaSourceOptions) -> Result<Self> {
-        let format = RecordFormat::of(&stream)?;
+        let format = record_format(&stream)?;
         let consumer: StreamConsumer = client_config(&options.brokers)
             .set("group.id", &options.group)
             .set("enable.auto.commit", "false")
@@ -261,17 +261,12 @@ impl KafkaSource {
 
     /// Decodes fetched records; rejected ones go to the dead-letter topic first.
     async fn decode(&mut self, fetched: Fetched) -> Result<MicroBatch> {
-        let limit = self.options.max_record_bytes;
-        let fits: Vec<usize> = (0..fetched.payloads.len()).filter(|&i| fetched.payloads[i].len() <= limit).collect();
-        let records: Vec<&[u8]> = fits.iter().map(|&i| fetched.payloads[i].as_slice()).collect();
-        let decoded = decode_parsed(parse_records(self.format, &self.stream.payload_schema, &records), &self.stream.payload_schema)?;
-        let mut rejected: Vec<(usize, String)> = decoded.rejected.into_iter().map(|(row, reason, _)| (fits[row], reason)).collect();
-        for (i, payload) in fetched.payloads.iter().enumerate().filter(|(_, p)| p.len() > limit) {
-            rejected.push((i, format!("record of {} bytes is larger than max_record_bytes ({limit})", payload.len())));
-        }
-        rejected.sort_by_key(|(i, _)| *i);
+        let records: Vec<&[u8]> = fetched.payloads.iter().map(Vec::as_slice).collect();
+        let parsed = parse_records(self.format, &self.stream.payload_schema, &records, self.options.max_record_bytes);
+        let decoded = decode_parsed(parsed, &self.stream.payload_schema)?;
+        let rejected: Vec<(usize, String)> = decoded.rejected.into_iter().map(|(row, reason, _)| (row, reason)).collect();
         self.dead_letter(&fetched, &rejected).await?;
-        let accepted: Vec<usize> = decoded.rows.iter().map(|&row| fits[row]).collect();
+        let accepted = decoded.rows;
         let keys: StringArray = accepted.iter().map(|&i| fetched.keys[i].as_deref()).collect();
         let keys = if keys.null_count() == keys.len() { None } else { Some(keys) };
         let origin = RecordOrigin {

@@ -1,0 +1,274 @@
+//! Parsing raw records (JSON objects or CSV lines) and converting them to a
+//! stream's payload schema.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, BooleanArray, RecordBatch, TimestampMillisecondArray};
+use arrow::compute::{cast_with_options, concat_batches, filter_record_batch, CastOptions};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use arrow::{csv, json};
+
+use crate::conform::{blank_strings_as_null, conform, nullable_schema};
+use crate::TIMESTAMP_COLUMN;
+
+/// How a stream's records are encoded: `OPTIONS ('format' 'json')` (the default)
+/// or `OPTIONS ('format' 'csv')` (one CSV line per record, declared column order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFormat {
+    /// One JSON object per record.
+    Json,
+    /// One CSV line per record, no header, columns in declaration order.
+    Csv,
+}
+
+impl RecordFormat {
+    /// The format named `name` (`json` or `csv`, any case).
+    ///
+    /// ```
+    /// use trendflow_formats::RecordFormat;
+    /// assert_eq!(RecordFormat::from_name("CSV"), Some(RecordFormat::Csv));
+    /// assert_eq!(RecordFormat::from_name("avro"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "json" => Some(Self::Json),
+            "csv" => Some(Self::Csv),
+            _ => None,
+        }
+    }
+
+    /// The format's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Json => "JSON",
+            Self::Csv => "CSV",
+        }
+    }
+}
+
+/// Records parsed structurally (JSON objects or CSV fields), before conversion to
+/// the declared types.
+#[derive(Debug)]
+pub struct Parsed {
+    /// One row per parsed record: typed columns for JSON, text for CSV, plus any
+    /// `_timestamp` the records carry.
+    pub batch: RecordBatch,
+    /// Input index of each row of `batch`.
+    pub rows: Vec<usize>,
+    /// Records that did not parse: input index, reason, record as text.
+    pub unparsed: Vec<(usize, String, String)>,
+}
+
+impl Parsed {
+    /// Every row of `batch` parsed, rows numbered from 0 (e.g. a chunk of a CSV file).
+    pub fn all(batch: RecordBatch) -> Self {
+        Self { rows: (0..batch.num_rows()).collect(), batch, unparsed: vec![] }
+    }
+}
+
+/// Parses raw records (one per slice) in bulk; a record that is larger than
+/// `max_record_bytes`, is not UTF-8 or does not parse is singled out with a reason
+/// instead of failing the others.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::datatypes::{DataType, Field, Schema};
+/// use trendflow_formats::{parse_records, RecordFormat};
+///
+/// let payload = Arc::new(Schema::new(vec![Field::new("price", DataType::Float64, true)]));
+/// let records: [&[u8]; 3] = [br#"{"price": 1.5}"#, b"{not json", br#"{"price": 2}"#];
+/// let parsed = parse_records(RecordFormat::Json, &payload, &records, 1 << 20);
+/// assert_eq!(parsed.rows, vec![0, 2]);
+/// assert_eq!(parsed.unparsed[0].0, 1);
+/// ```
+pub fn parse_records(format: RecordFormat, payload: &SchemaRef, records: &[&[u8]], max_record_bytes: usize) -> Parsed {
+    let schema = parse_schema(format, payload);
+    let mut texts = Vec::with_capacity(records.len());
+    let mut unparsed = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        if record.len() > max_record_bytes {
+            let reason = format!("record of {} bytes is larger than max_record_bytes ({max_record_bytes})", record.len());
+            unparsed.push((index, reason, String::from_utf8_lossy(record).into_owned()));
+            continue;
+        }
+        match std::str::from_utf8(record) {
+            Ok(text) if text.trim().is_empty() => unparsed.push((index, "empty record".to_string(), String::new())),
+            Ok(text) => texts.push((index, text.trim_end_matches(['\r', '\n']))),
+            Err(e) => unparsed.push((index, format!("invalid UTF-8 ({e})"), String::from_utf8_lossy(record).into_owned())),
+        }
+    }
+    let (batch, rows) = match parse_texts(format, &schema, texts.iter().map(|(_, t)| *t)) {
+        // A line holding two objects, or a quoted newline, would shift rows against records.
+        Ok(batch) if batch.num_rows() == texts.len() => (batch, texts.iter().map(|(i, _)| *i).collect()),
+        _ => {
+            let (batch, rows, mut bad) = parse_one_by_one(format, &schema, &texts);
+            unparsed.append(&mut bad);
+            (batch, rows)
+        }
+    };
+    unparsed.sort_by_key(|(i, _, _)| *i);
+    Parsed { batch, rows, unparsed }
+}
+
+/// What the parser produces: JSON gets the nullable declared types (plus `_timestamp`),
+/// CSV text columns in declaration order, converted later by [`conform`].
+fn parse_schema(format: RecordFormat, payload: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = match format {
+        RecordFormat::Json => nullable_schema(payload).fields().iter().map(|f| f.as_ref().clone()).collect(),
+        RecordFormat::Csv => payload.fields().iter().map(|f| Field::new(f.name(), DataType::Utf8, true)).collect(),
+    };
+    if format == RecordFormat::Json {
+        fields.push(Field::new(TIMESTAMP_COLUMN, DataType::Timestamp(TimeUnit::Millisecond, None), true));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+fn parse_texts<'a>(format: RecordFormat, schema: &SchemaRef, texts: impl Iterator<Item = &'a str>) -> Result<RecordBatch, String> {
+    match format {
+        RecordFormat::Json => parse_json(schema, texts),
+        RecordFormat::Csv => parse_csv(schema, texts),
+    }
+}
+
+fn parse_json<'a>(schema: &SchemaRef, texts: impl Iterator<Item = &'a str>) -> Result<RecordBatch, String> {
+    const BATCH: usize = 8192;
+    let mut decoder = json::ReaderBuilder::new(schema.clone()).with_batch_size(BATCH).build_decoder().map_err(|e| e.to_string())?;
+    let mut batches = Vec::new();
+    for text in texts {
+        let mut bytes = text.as_bytes();
+        while !bytes.is_empty() {
+            let read = decoder.decode(bytes).map_err(|e| e.to_string())?;
+            bytes = &bytes[read..];
+            if !bytes.is_empty() {
+                // The decoder stops when a batch is full: drain it and continue.
+                batches.extend(decoder.flush().map_err(|e| e.to_string())?);
+            }
+        }
+        decoder.decode(b"\n").map_err(|e| e.to_string())?;
+    }
+    batches.extend(decoder.flush().map_err(|e| e.to_string())?);
+    concat_batches(schema, &batches).map_err(|e| e.to_string())
+}
+
+fn parse_csv<'a>(schema: &SchemaRef, texts: impl Iterator<Item = &'a str>) -> Result<RecordBatch, String> {
+    let mut joined = String::new();
+    for text in texts {
+        joined.push_str(text);
+        joined.push('\n');
+    }
+    let reader = csv::ReaderBuilder::new(schema.clone())
+        .with_header(false)
+        .with_truncated_rows(true)
+        .with_batch_size(65_536)
+        .build(joined.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    concat_batches(schema, &batches).map_err(|e| e.to_string())
+}
+
+fn parse_one_by_one(
+    format: RecordFormat,
+    schema: &SchemaRef,
+    texts: &[(usize, &str)],
+) -> (RecordBatch, Vec<usize>, Vec<(usize, String, String)>) {
+    let mut batches = Vec::new();
+    let mut rows = Vec::new();
+    let mut unparsed = Vec::new();
+    for &(index, text) in texts {
+        match parse_texts(format, schema, std::iter::once(text)) {
+            Ok(batch) if batch.num_rows() == 1 => {
+                batches.push(batch);
+                rows.push(index);
+            }
+            Ok(_) => unparsed.push((index, "not a single record".to_string(), text.to_string())),
+            Err(reason) => unparsed.push((index, format!("invalid {} record: {reason}", format.name()), text.to_string())),
+        }
+    }
+    let batch = concat_batches(schema, &batches).unwrap_or_else(|_| RecordBatch::new_empty(schema.clone()));
+    (batch, rows, unparsed)
+}
+
+/// Parsed records converted to a stream's payload schema.
+#[derive(Debug)]
+pub struct Decoded {
+    /// Accepted records, with the declared payload schema.
+    pub batch: RecordBatch,
+    /// Input index of each accepted record.
+    pub rows: Vec<usize>,
+    /// The `_timestamp` each accepted record carried (None: the source's clock applies).
+    pub arrivals: Vec<Option<i64>>,
+    /// Rejected records: input index, reason, record as text; sorted by index.
+    pub rejected: Vec<(usize, String, String)>,
+}
+
+/// Converts parsed records to `payload`, rejecting those whose values do not
+/// convert, whose required fields are missing, or whose `_timestamp` is not a time.
+pub fn decode_parsed(parsed: Parsed, payload: &SchemaRef) -> Result<Decoded, ArrowError> {
+    let conformed = conform(&parsed.batch, payload)?;
+    let arrivals = input_timestamps(&parsed.batch, &conformed.accepted_rows)?;
+    let mut rejected = parsed.unparsed;
+    for r in &conformed.rejected {
+        rejected.push((parsed.rows[r.row], r.reason.clone(), row_as_json(&parsed.batch, r.row)));
+    }
+    let keep: BooleanArray = arrivals.iter().map(|a| Some(*a != Arrival::Invalid)).collect();
+    let batch = if keep.false_count() > 0 { filter_record_batch(&conformed.batch, &keep)? } else { conformed.batch };
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    let mut times = Vec::with_capacity(batch.num_rows());
+    for (&row, arrival) in conformed.accepted_rows.iter().zip(&arrivals) {
+        match arrival {
+            Arrival::Given(t) => times.push(Some(*t)),
+            Arrival::Missing => times.push(None),
+            Arrival::Invalid => {
+                let reason = format!("column `{TIMESTAMP_COLUMN}` is not a timestamp");
+                rejected.push((parsed.rows[row], reason, row_as_json(&parsed.batch, row)));
+                continue;
+            }
+        }
+        rows.push(parsed.rows[row]);
+    }
+    rejected.sort_by_key(|(i, _, _)| *i);
+    Ok(Decoded { batch, rows, arrivals: times, rejected })
+}
+
+/// The arrival time a record carries in a `_timestamp` field of its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Arrival {
+    /// A valid timestamp, ms since the epoch.
+    Given(i64),
+    /// No `_timestamp` value: the source's clock applies.
+    Missing,
+    /// A `_timestamp` value that is not a timestamp: the record is rejected.
+    Invalid,
+}
+
+/// The [`Arrival`] of each of `rows` of `input`.
+fn input_timestamps(input: &RecordBatch, rows: &[usize]) -> Result<Vec<Arrival>, ArrowError> {
+    let Ok(index) = input.schema().index_of(TIMESTAMP_COLUMN) else { return Ok(vec![Arrival::Missing; rows.len()]) };
+    let given = blank_strings_as_null(input.column(index))?;
+    let target = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let column = cast_with_options(&given, &target, &CastOptions { safe: true, ..Default::default() })?;
+    let column = column.as_any().downcast_ref::<TimestampMillisecondArray>().expect("cast gives ms timestamps");
+    Ok(rows
+        .iter()
+        .map(|&r| match (given.is_valid(r), column.is_valid(r)) {
+            (_, true) => Arrival::Given(column.value(r)),
+            (false, false) => Arrival::Missing,
+            (true, false) => Arrival::Invalid,
+        })
+        .collect())
+}
+
+/// Row `row` of `batch` as a JSON object of display strings (for dead letters).
+pub fn row_as_json(batch: &RecordBatch, row: usize) -> String {
+    let options = FormatOptions::default().with_null("");
+    let mut object = serde_json::Map::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let value = ArrayFormatter::try_new(column.as_ref(), &options)
+            .map(|f| f.value(row).to_string())
+            .unwrap_or_default();
+        object.insert(field.name().clone(), serde_json::Value::String(value));
+    }
+    serde_json::Value::Object(object).to_string()
+}
