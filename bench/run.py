@@ -21,8 +21,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
+PEERS = REPO / "bench" / "peers"
+PEERS_VENV = Path.home() / ".cache" / "trendflow" / "bench-peers-venv"  # as scripts/bench.sh makes it
+STREAM_PEERS = ("quixstreams", "bytewax", "pathway")  # figure 3: bench/peers/<peer>_job.py
+SKIPPED = {"skipped": "in --smoke"}  # what a peer's figure holds when the smoke run leaves it out
 
-VIEW_QUERIES = {  # the shipped views as plain SQL over the CSV, for DuckDB (one query per process)
+VIEW_QUERIES = {  # the shipped views as plain SQL over the CSV, for DuckDB and PySpark (one query per process)
     "price_levels": """SELECT CASE WHEN price < 10 THEN '0-10' WHEN price < 25 THEN '10-25' WHEN price < 50 THEN '25-50'
         WHEN price < 100 THEN '50-100' WHEN price < 250 THEN '100-250' WHEN price < 500 THEN '250-500' ELSE '500+' END AS level,
         COUNT(*), AVG(price), MIN(price), MAX(price) FROM p WHERE price > 0 GROUP BY 1""",
@@ -58,6 +62,15 @@ def run(cmd, **kwargs):
     if report["rc"] != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{report['err']}")
     return report["wall"], report["cpu"], report["rss"], report["out"]
+
+
+def check_peer(peer, out, count):
+    """A peer job checks its own totals and exits non-zero when they are off; this also
+    catches one that printed no result: its last stdout line must count every record."""
+    lines = out.strip().splitlines()
+    records = json.loads(lines[-1]).get("records") if lines else None
+    if records != count:
+        raise RuntimeError(f"{peer} reported {records} records, expected {count}:\n{out[-2000:]}")
 
 
 def free_port():
@@ -122,31 +135,41 @@ class Harness:
         self.figures["engine"] = {"messages": n, "engine_records_per_s": engine, "decode_only_records_per_s": decode,
                                   "ratio_engine_to_decode": engine / decode}
 
+    def one_view_commands(self):
+        """{tool: {view: command}}: figure 4's baselines, each running one view's query in its own process."""
+        duckdb = "import duckdb; duckdb.sql(\"CREATE VIEW p AS SELECT * FROM read_csv('{csv}', header=true)\"); duckdb.sql('''{sql}''').fetchall()"
+        tools = {"duckdb": {view: [sys.executable, "-c", duckdb.format(csv=self.products, sql=sql)] for view, sql in VIEW_QUERIES.items()},
+                 "polars": {view: [sys.executable, "-c", f"import polars as pl; p = pl.scan_csv('{self.products}'); ({expr}).collect()"]
+                            for view, expr in POLARS_QUERIES.items()}}
+        if not self.args.smoke:
+            tools["pyspark"] = {view: [self.args.peers_python, PEERS / "pyspark_batch.py", "--csv", self.products, "--sql", sql]
+                                for view, sql in VIEW_QUERIES.items()}
+        return tools
+
     def batch(self):
-        self.log("figure 4: batch, trendflow (all views, one pass) vs DuckDB and Polars (one view per process)")
+        tools = self.one_view_commands()
+        self.log(f"figure 4: batch, trendflow (all views, one pass) vs {', '.join(tools)} (one view per process)")
         state = self.work / "batch-state"
-        times = {"trendflow_all_views": [], **{f"duckdb_{v}": [] for v in VIEW_QUERIES}, **{f"polars_{v}": [] for v in POLARS_QUERIES}}
+        times = {"trendflow_all_views": [], **{f"{tool}_{view}": [] for tool, views in tools.items() for view in views}}
         rss = {}
         for _ in range(self.args.repeat):
             wall, _, peak, _ = run([self.trendflow, "batch", "--source", f"products=file:{self.products}",
                                     "--source", f"categories=file:{self.categories}", "--state", state, "--sql", REPO / "sql"])
             times["trendflow_all_views"].append(wall)
             rss["trendflow"] = peak
-            for view, sql in VIEW_QUERIES.items():
-                code = f"import duckdb; duckdb.sql(\"CREATE VIEW p AS SELECT * FROM read_csv('{self.products}', header=true)\"); duckdb.sql('''{sql}''').fetchall()"
-                wall, _, peak, _ = run([sys.executable, "-c", code])
-                times[f"duckdb_{view}"].append(wall)
-                rss["duckdb"] = max(rss.get("duckdb", 0), peak)
-            for view, expr in POLARS_QUERIES.items():
-                code = f"import polars as pl; p = pl.scan_csv('{self.products}'); ({expr}).collect()"
-                wall, _, peak, _ = run([sys.executable, "-c", code])
-                times[f"polars_{view}"].append(wall)
-                rss["polars"] = max(rss.get("polars", 0), peak)
+            for tool, views in tools.items():
+                for view, command in views.items():
+                    wall, _, peak, _ = run(command)
+                    times[f"{tool}_{view}"].append(wall)
+                    rss[tool] = max(rss.get(tool, 0), peak)
         medians = {k: statistics.median(v) for k, v in times.items()}
-        duck_one = statistics.median(medians[f"duckdb_{v}"] for v in VIEW_QUERIES)
-        polars_one = statistics.median(medians[f"polars_{v}"] for v in POLARS_QUERIES)
-        self.figures["batch"] = {"seconds": medians, "peak_rss_mb": rss, "duckdb_one_view_s": duck_one, "polars_one_view_s": polars_one,
-                                 "ratio_trendflow_all_to_duckdb_one": medians["trendflow_all_views"] / duck_one}
+        one_view = {tool: statistics.median(medians[f"{tool}_{view}"] for view in views) for tool, views in tools.items()}
+        trendflow = medians["trendflow_all_views"]
+        pyspark = SKIPPED if self.args.smoke else {"one_view_s": one_view["pyspark"],
+                                                   "speedup_trendflow_all_to_pyspark_one": one_view["pyspark"] / trendflow}
+        self.figures["batch"] = {"seconds": medians, "peak_rss_mb": rss, "duckdb_one_view_s": one_view["duckdb"],
+                                 "polars_one_view_s": one_view["polars"],
+                                 "ratio_trendflow_all_to_duckdb_one": trendflow / one_view["duckdb"], "pyspark": pyspark}
 
     def memory(self):
         self.log("figure 6: peak RSS of trendflow run at 1/4, 1/2 and all of the records")
@@ -184,33 +207,46 @@ class Harness:
         return process, f"mongodb://127.0.0.1:{port}"
 
     def end_to_end(self):
+        """Figures 2 and 3: every client reads the same pre-filled topic once per repetition, in turn."""
         count = min(self.args.stream_rows, self.args.rows)
         sample = self.head(count)
-        self.log(f"figure 2: {count} records through Kafka (tansu) into MongoDB (SecantusDB) vs a consume-only client")
+        peers = () if self.args.smoke else STREAM_PEERS
+        self.log(f"figure 2{' and 3' if peers else ''}: {count} records through Kafka (tansu): trendflow into MongoDB "
+                 f"(SecantusDB), a consume-only client{''.join(f', {p}' for p in peers)}")
         broker, brokers = self.start_broker()
         mongo, mongo_uri = self.start_mongo()
         try:
             run([self.trendflow, "produce", "--kafka-brokers", brokers, "--partitions", "4", "--file", sample,
                  "--state", self.work / "producer", "--sql", REPO / "sql"])
-            consume, engine, cpu = [], [], []
+            commands = {
+                "consume_only": lambda i: [self.bench, "consume", "--brokers", brokers, "--topic", "products"],
+                "trendflow": lambda i: [self.trendflow, "run", "--until-idle", "--flight-addr", "none", "--http-addr", "none",
+                                        "--kafka-brokers", brokers, "--kafka-group", f"bench-{i}",
+                                        "--source", f"categories=file:{self.categories}", "--state", self.work / f"e2e-{i}",
+                                        "--mongodb-uri", mongo_uri, "--mongodb-database", f"bench{i}",
+                                        "--mongodb-write-concern", "1", "--sql", REPO / "sql"],
+                **{peer: lambda i, peer=peer: [self.args.peers_python, PEERS / f"{peer}_job.py", "--brokers", brokers,
+                                               "--group", f"{peer}-{i}", "--expected", count] for peer in peers},
+            }
+            samples = {name: [] for name in commands}
             for i in range(self.args.repeat):
-                wall, _, _, _ = run([self.bench, "consume", "--brokers", brokers, "--topic", "products"])
-                consume.append(count / wall)
-                wall, seconds, _, _ = run([self.trendflow, "run", "--until-idle", "--flight-addr", "none", "--http-addr", "none",
-                                           "--kafka-brokers", brokers, "--kafka-group", f"bench-{i}",
-                                           "--source", f"categories=file:{self.categories}", "--state", self.work / f"e2e-{i}",
-                                           "--mongodb-uri", mongo_uri, "--mongodb-database", f"bench{i}",
-                                           "--mongodb-write-concern", "1", "--sql", REPO / "sql"])
-                engine.append(count / wall)
-                cpu.append(seconds / count * 1e6)
-            self.figures["end_to_end"] = {
-                "records": count, "trendflow_records_per_s": statistics.median(engine),
-                "consume_only_records_per_s": statistics.median(consume),
-                "ratio_to_consume_only": statistics.median(engine) / statistics.median(consume),
-                "trendflow_cpu_s_per_million": statistics.median(cpu)}
+                for name, command in commands.items():
+                    wall, seconds, peak, out = run(command(i))
+                    if name in peers:
+                        check_peer(name, out, count)
+                    samples[name].append((count / wall, seconds / count * 1e6, peak))
         finally:
             broker.kill()
             mongo.kill()
+        rate, cpu, rss = ({name: statistics.median(s[k] for s in runs) for name, runs in samples.items()} for k in range(3))
+        self.figures["end_to_end"] = {
+            "records": count, "trendflow_records_per_s": rate["trendflow"], "consume_only_records_per_s": rate["consume_only"],
+            "ratio_to_consume_only": rate["trendflow"] / rate["consume_only"], "trendflow_cpu_s_per_million": cpu["trendflow"]}
+        self.figures["peers"] = SKIPPED if self.args.smoke else {
+            "records": count,
+            **{peer: {"records_per_s": rate[peer], "cpu_s_per_million": cpu[peer], "peak_rss_mb": rss[peer],
+                      "ratio_trendflow_to_peer_records_per_s": rate["trendflow"] / rate[peer]} for peer in peers},
+            "ratio_trendflow_to_quixstreams_cpu": cpu["trendflow"] / cpu["quixstreams"]}
 
     def latency(self):
         rate = self.args.latency_rate
@@ -266,7 +302,7 @@ class Harness:
                                 if l.startswith("model name")), "unknown"),
                    "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                    "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
-                   "build": self.bin.name, "rows": self.args.rows, "repeat": self.args.repeat}
+                   "build": self.bin.name, "rows": self.args.rows, "repeat": self.args.repeat, "smoke": self.args.smoke}
         results = Path(self.args.results)
         results.mkdir(parents=True, exist_ok=True)
         (results / "latest.json").write_text(json.dumps({"machine": machine, "figures": self.figures}, indent=2) + "\n")
@@ -282,12 +318,25 @@ class Harness:
         lines.append(f"| 2 | end to end through Kafka (tansu) into MongoDB (SecantusDB), {t['records']} records | {t['trendflow_records_per_s']:,.0f} rec/s, "
                      f"{t['trendflow_cpu_s_per_million']:.1f} CPU s per million | consume-only rdkafka {t['consume_only_records_per_s']:,.0f} rec/s | "
                      f"{t['ratio_to_consume_only']:.2f} | ≥ 0.95 |")
-        lines.append("| 3 | peers through the same broker (quixstreams, bytewax, pathway) | – | not measured by this harness yet; "
-                     "../shared/BASELINES.md has 35–45k, 39k and 39k rec/s | – | ≥ every peer |")
+        p = f["peers"]
+        peers_target = "≥ 1 vs every peer; CPU ≤ 0.10 × quixstreams"
+        if p == SKIPPED:
+            lines.append(f"| 3 | peers through the same broker and topic ({', '.join(STREAM_PEERS)}) | – | skipped in --smoke | – | {peers_target} |")
+        else:
+            lines.append(f"| 3 | peers through the same broker and topic, same views, {p['records']} records | "
+                         f"{t['trendflow_records_per_s']:,.0f} rec/s, {t['trendflow_cpu_s_per_million']:.1f} CPU s per million | "
+                         + "; ".join(f"{peer} {p[peer]['records_per_s']:,.0f} rec/s, {p[peer]['cpu_s_per_million']:.1f} CPU s per million"
+                                     for peer in STREAM_PEERS)
+                         + f" | throughput {min(p[peer]['ratio_trendflow_to_peer_records_per_s'] for peer in STREAM_PEERS):.2f} "
+                         f"× the fastest peer, CPU {p['ratio_trendflow_to_quixstreams_cpu']:.2f} × quixstreams | {peers_target} |")
         b = f["batch"]
+        spark = b["pyspark"]
+        spark_baseline, spark_ratio = (("PySpark skipped in --smoke", "–") if spark == SKIPPED else
+                                       (f"PySpark local[2] one view {spark['one_view_s']:.2f} s",
+                                        f"PySpark {spark['speedup_trendflow_all_to_pyspark_one']:.1f}× slower"))
         lines.append(f"| 4 | batch over the CSV: all views in one pass | {b['seconds']['trendflow_all_views']:.2f} s | "
-                     f"DuckDB one view {b['duckdb_one_view_s']:.2f} s, Polars one view {b['polars_one_view_s']:.2f} s | "
-                     f"{b['ratio_trendflow_all_to_duckdb_one']:.2f} | < 1 (PySpark not measured) |")
+                     f"DuckDB one view {b['duckdb_one_view_s']:.2f} s, Polars one view {b['polars_one_view_s']:.2f} s, {spark_baseline} | "
+                     f"{b['ratio_trendflow_all_to_duckdb_one']:.2f} of DuckDB; {spark_ratio} | < 1 of DuckDB; PySpark ≥ 10× slower |")
         l = f["latency"]
         lines.append(f"| 5 | latency at {l['rate']:,} rec/s, produce → visible over Flight SQL | p50 {l['p50_ms']:.0f} ms, p99 {l['p99_ms']:.0f} ms | – | – | p99 < 300 ms |")
         m = f["memory"]["peak_rss_mb_by_records"]
@@ -295,6 +344,10 @@ class Harness:
         lines += ["", "Batch detail (median seconds per command, one process each):", ""]
         lines += [f"- {k}: {v:.3f} s" for k, v in b["seconds"].items()]
         lines += [f"- peak RSS MB: {json.dumps(b['peak_rss_mb'])}"]
+        if p != SKIPPED:
+            lines += ["", "Peer detail (figure 3, median per process; its CPU and RSS are the peer's own, not the broker's):", ""]
+            lines += [f"- {peer}: {p[peer]['records_per_s']:,.0f} rec/s, {p[peer]['cpu_s_per_million']:.1f} CPU s per million, "
+                      f"peak RSS {p[peer]['peak_rss_mb']:.0f} MB" for peer in STREAM_PEERS]
         (results / "latest.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
 
@@ -309,7 +362,13 @@ def main():
     parser.add_argument("--results", default=str(RESULTS), help="where latest.md and latest.json go")
     parser.add_argument("--latency-rate", type=int, default=20_000)
     parser.add_argument("--latency-seconds", type=int, default=10)
-    harness = Harness(parser.parse_args())
+    parser.add_argument("--peers-python", default=os.environ.get("TRENDFLOW_PEERS_PYTHON", str(PEERS_VENV / "bin" / "python")),
+                        help="interpreter with bench/requirements-peers.txt (figure 3 and PySpark)")
+    parser.add_argument("--smoke", action="store_true", help="leave out the peers of figures 3 and 4 (too heavy for CI)")
+    args = parser.parse_args()
+    if not args.smoke and not Path(args.peers_python).exists():
+        parser.error(f"no peers interpreter at {args.peers_python}: scripts/bench.sh installs bench/requirements-peers.txt there")
+    harness = Harness(args)
     (harness.work / "empty.csv").write_text("asin\n")
     harness.data()
     harness.engine_throughput()

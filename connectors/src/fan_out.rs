@@ -2,6 +2,7 @@
 //! Flight SQL clients, and MongoDB).
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
 use trendflow_engine::checkpoint::CheckpointMeta;
 use trendflow_engine::runtime::Sink;
 use trendflow_engine::view::{Changeset, ViewInfo};
@@ -39,6 +40,13 @@ impl Sink for FanOut<'_> {
     async fn flush(&mut self, meta: &CheckpointMeta) -> Result<(), EngineError> {
         for sink in &mut self.sinks {
             sink.flush(meta).await?;
+        }
+        Ok(())
+    }
+
+    async fn reset(&mut self, view: &ViewInfo, rows: &RecordBatch) -> Result<(), EngineError> {
+        for sink in &mut self.sinks {
+            sink.reset(view, rows).await?;
         }
         Ok(())
     }

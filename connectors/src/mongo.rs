@@ -8,7 +8,7 @@
 //! down) are retried with backoff until [`MongoOptions::retry_for`] runs out;
 //! anything else stops the job with the server's message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -174,14 +174,24 @@ impl MongoSink {
 
     async fn delete(&self, collection: &str, view: &ViewInfo, keys: &RecordBatch) -> Result<(), EngineError> {
         let key_positions: Vec<usize> = (0..view.key.len()).collect();
-        for start in (0..keys.num_rows()).step_by(STATEMENTS_PER_COMMAND) {
-            let end = (start + STATEMENTS_PER_COMMAND).min(keys.num_rows());
-            let deletes = (start..end)
-                .map(|row| Ok(Bson::Document(doc! {"q": {"_id": row_id(keys, &key_positions, row)?}, "limit": 1})))
-                .collect::<Result<Vec<_>, datafusion::arrow::error::ArrowError>>()?;
+        let ids = (0..keys.num_rows()).map(|row| row_id(keys, &key_positions, row)).collect::<Result<Vec<_>, _>>()?;
+        self.delete_ids(collection, ids).await
+    }
+
+    async fn delete_ids(&self, collection: &str, ids: Vec<Bson>) -> Result<(), EngineError> {
+        for chunk in ids.chunks(STATEMENTS_PER_COMMAND) {
+            let deletes: Vec<Bson> = chunk.iter().map(|id| Bson::Document(doc! {"q": {"_id": id}, "limit": 1})).collect();
             self.write(doc! {"delete": collection, "deletes": deletes, "ordered": false, "writeConcern": self.write_concern()}).await?;
         }
         Ok(())
+    }
+
+    /// The `_id` of every document in `collection`.
+    async fn ids(&self, collection: &str) -> Result<Vec<Bson>, EngineError> {
+        let failed = |e: MongoError| EngineError::Sink(format!("MongoDB: reading the ids of `{collection}`: {e}"));
+        let cursor = self.database.collection::<Document>(collection).find(doc! {}).projection(doc! {"_id": 1}).await.map_err(failed)?;
+        let documents: Vec<Document> = cursor.try_collect().await.map_err(failed)?;
+        Ok(documents.into_iter().filter_map(|mut d| d.remove("_id")).collect())
     }
 }
 
@@ -234,6 +244,15 @@ impl Sink for MongoSink {
         let collection = self.options.collection_of(&view.name);
         self.delete(&collection, view, &changes.deletes).await?;
         self.upsert(&collection, view, &changes.upserts).await
+    }
+
+    async fn reset(&mut self, view: &ViewInfo, rows: &RecordBatch) -> Result<(), EngineError> {
+        let collection = self.options.collection_of(&view.name);
+        self.upsert(&collection, view, rows).await?;
+        // Bson has no Hash; its text form is exact for the key types `row_id` produces.
+        let keep = (0..rows.num_rows()).map(|row| row_id(rows, &view.key, row).map(|id| id.to_string())).collect::<Result<HashSet<_>, _>>()?;
+        let stale = self.ids(&collection).await?.into_iter().filter(|id| !keep.contains(&id.to_string())).collect();
+        self.delete_ids(&collection, stale).await
     }
 
     async fn flush(&mut self, meta: &CheckpointMeta) -> Result<(), EngineError> {

@@ -153,6 +153,14 @@ impl Sink for EmbeddedStore {
         // The renames must be durable before the checkpoint that relies on them.
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| sink_error(ConnectorError::io(&self.dir, e)))
     }
+
+    async fn reset(&mut self, view: &ViewInfo, rows: &RecordBatch) -> trendflow_engine::Result<()> {
+        let mut table = KeyedTable::new(view.schema.clone(), view.key.clone())?;
+        table.upsert(rows)?;
+        self.tables.write().expect("store lock poisoned").insert(view.name.clone(), table);
+        self.dirty.insert(view.name.clone());
+        Ok(())
+    }
 }
 
 /// Where a served view's rows come from.

@@ -169,8 +169,16 @@ impl IncrementalView {
         }
     }
 
+    /// The view's whole current result, for views that keep one (those with aggregates).
+    pub fn result(&self) -> Option<&RecordBatch> {
+        match &self.kind {
+            ViewKind::Stateless { .. } => None,
+            ViewKind::Aggregating { current, .. } => Some(&current.batch),
+        }
+    }
+
     /// Restores checkpointed state and recomputes the current result (emitting nothing:
-    /// the sink already holds it).
+    /// the pipeline resets the sink to it, see [`crate::runtime::Sink::reset`]).
     pub async fn restore(&mut self, state: Vec<RecordBatch>, ctx: &Arc<TaskContext>) -> Result<()> {
         let ViewKind::Aggregating { aggregates, output, current } = &mut self.kind else {
             return Ok(());
