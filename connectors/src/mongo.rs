@@ -1,6 +1,10 @@
 //! MongoDB: an idempotent upsert sink for views, and collections as DataFusion tables.
 //!
-//! Each changeset becomes batched `update` / `delete` commands (up to
+//! Changesets are coalesced by key between checkpoints (the last change of a row
+//! wins) and written when the engine flushes before each checkpoint, so a row that
+//! changes in every micro-batch costs one statement per checkpoint interval, and
+//! MongoDB never holds changes the next checkpoint does not cover. Writes are
+//! batched `update` / `delete` commands (up to
 //! [`STATEMENTS_PER_COMMAND`] statements per round trip, `ordered: false`):
 //! upserts `$set` absolute values under a deterministic `_id` built from the
 //! view key, deletes remove rows that left the view. Replaying a changeset
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Constraint, Constraints, ScalarValue};
 use datafusion::datasource::{MemTable, TableType};
@@ -104,6 +109,9 @@ pub struct MongoSink {
     database: Database,
     options: MongoOptions,
     views: HashMap<String, ViewInfo>,
+    /// Per view: changes since the last flush, by `_id` (as text): the document to
+    /// `$set`, or `None` to delete.
+    pending: HashMap<String, HashMap<String, (Bson, Option<Document>)>>,
     /// False while writes are being retried (the job reports itself not ready).
     healthy: Arc<AtomicBool>,
 }
@@ -111,7 +119,7 @@ pub struct MongoSink {
 impl MongoSink {
     /// A sink writing into `database`.
     pub fn new(database: Database, options: MongoOptions) -> Self {
-        Self { database, options, views: HashMap::new(), healthy: Arc::new(AtomicBool::new(true)) }
+        Self { database, options, views: HashMap::new(), pending: HashMap::new(), healthy: Arc::new(AtomicBool::new(true)) }
     }
 
     /// A flag that is false while the sink retries failing writes.
@@ -157,33 +165,26 @@ impl MongoSink {
         }
     }
 
-    async fn upsert(&self, collection: &str, view: &ViewInfo, rows: &RecordBatch) -> Result<(), EngineError> {
-        for start in (0..rows.num_rows()).step_by(STATEMENTS_PER_COMMAND) {
-            let end = (start + STATEMENTS_PER_COMMAND).min(rows.num_rows());
-            let updates = (start..end)
-                .map(|row| {
-                    let id = row_id(rows, &view.key, row)?;
-                    let document = row_document(rows, row)?;
-                    Ok(Bson::Document(doc! {"q": {"_id": id}, "u": {"$set": document}, "upsert": true}))
-                })
-                .collect::<Result<Vec<_>, datafusion::arrow::error::ArrowError>>()?;
+    /// Writes `_id` → document upserts (`None`: delete), deletes first.
+    async fn write_rows(&self, collection: &str, rows: Vec<(Bson, Option<Document>)>) -> Result<(), EngineError> {
+        let (deletes, upserts): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, document)| document.is_none());
+        for chunk in deletes.chunks(STATEMENTS_PER_COMMAND) {
+            let deletes: Vec<Bson> = chunk.iter().map(|(id, _)| Bson::Document(doc! {"q": {"_id": id}, "limit": 1})).collect();
+            self.write(doc! {"delete": collection, "deletes": deletes, "ordered": false, "writeConcern": self.write_concern()}).await?;
+        }
+        for chunk in upserts.chunks(STATEMENTS_PER_COMMAND) {
+            let updates: Vec<Bson> = chunk
+                .iter()
+                .filter_map(|(id, document)| Some(Bson::Document(doc! {"q": {"_id": id}, "u": {"$set": document.as_ref()?}, "upsert": true})))
+                .collect();
             self.write(doc! {"update": collection, "updates": updates, "ordered": false, "writeConcern": self.write_concern()}).await?;
         }
         Ok(())
     }
 
-    async fn delete(&self, collection: &str, view: &ViewInfo, keys: &RecordBatch) -> Result<(), EngineError> {
-        let key_positions: Vec<usize> = (0..view.key.len()).collect();
-        let ids = (0..keys.num_rows()).map(|row| row_id(keys, &key_positions, row)).collect::<Result<Vec<_>, _>>()?;
-        self.delete_ids(collection, ids).await
-    }
-
-    async fn delete_ids(&self, collection: &str, ids: Vec<Bson>) -> Result<(), EngineError> {
-        for chunk in ids.chunks(STATEMENTS_PER_COMMAND) {
-            let deletes: Vec<Bson> = chunk.iter().map(|id| Bson::Document(doc! {"q": {"_id": id}, "limit": 1})).collect();
-            self.write(doc! {"delete": collection, "deletes": deletes, "ordered": false, "writeConcern": self.write_concern()}).await?;
-        }
-        Ok(())
+    /// `rows` of `view` as `_id` → document pairs.
+    fn documents(view: &ViewInfo, rows: &RecordBatch) -> Result<Vec<(Bson, Option<Document>)>, EngineError> {
+        Ok((0..rows.num_rows()).map(|row| Ok((row_id(rows, &view.key, row)?, Some(row_document(rows, row)?)))).collect::<Result<_, ArrowError>>()?)
     }
 
     /// The `_id` of every document in `collection`.
@@ -241,21 +242,30 @@ impl Sink for MongoSink {
     }
 
     async fn apply(&mut self, view: &ViewInfo, changes: &Changeset) -> Result<(), EngineError> {
-        let collection = self.options.collection_of(&view.name);
-        self.delete(&collection, view, &changes.deletes).await?;
-        self.upsert(&collection, view, &changes.upserts).await
+        let key_positions: Vec<usize> = (0..view.key.len()).collect();
+        let deletes = (0..changes.deletes.num_rows()).map(|row| Ok((row_id(&changes.deletes, &key_positions, row)?, None)));
+        let deletes = deletes.collect::<Result<Vec<_>, ArrowError>>()?;
+        let pending = self.pending.entry(view.name.clone()).or_default();
+        // Bson has no Hash; its text form is exact for the key types `row_id` produces.
+        for (id, document) in deletes.into_iter().chain(Self::documents(view, &changes.upserts)?) {
+            pending.insert(id.to_string(), (id, document));
+        }
+        Ok(())
     }
 
     async fn reset(&mut self, view: &ViewInfo, rows: &RecordBatch) -> Result<(), EngineError> {
+        self.pending.remove(&view.name);
         let collection = self.options.collection_of(&view.name);
-        self.upsert(&collection, view, rows).await?;
-        // Bson has no Hash; its text form is exact for the key types `row_id` produces.
-        let keep = (0..rows.num_rows()).map(|row| row_id(rows, &view.key, row).map(|id| id.to_string())).collect::<Result<HashSet<_>, _>>()?;
-        let stale = self.ids(&collection).await?.into_iter().filter(|id| !keep.contains(&id.to_string())).collect();
-        self.delete_ids(&collection, stale).await
+        let documents = Self::documents(view, rows)?;
+        let keep: HashSet<String> = documents.iter().map(|(id, _)| id.to_string()).collect();
+        let stale = self.ids(&collection).await?.into_iter().filter(|id| !keep.contains(&id.to_string())).map(|id| (id, None));
+        self.write_rows(&collection, stale.chain(documents).collect()).await
     }
 
     async fn flush(&mut self, meta: &CheckpointMeta) -> Result<(), EngineError> {
+        for (view, rows) in std::mem::take(&mut self.pending) {
+            self.write_rows(&self.options.collection_of(&view), rows.into_values().collect()).await?;
+        }
         let sources: Document = meta
             .sources
             .iter()

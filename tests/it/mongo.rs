@@ -197,7 +197,11 @@ async fn a_mongodb_outage_loses_nothing() {
         if step == 3 {
             server.stop();
         }
-        let run = pipeline.step(vec![("products".into(), micro)], &mut sink);
+        // As `run` does: a step, then a checkpoint, whose flush writes the step's changes.
+        let run = async {
+            pipeline.step(vec![("products".into(), micro)], &mut sink).await?;
+            pipeline.checkpoint(&mut sink).await
+        };
         if step == 3 {
             // The server comes back while the sink is retrying this micro-batch.
             let (outcome, ()) = tokio::join!(run, async {
@@ -251,7 +255,10 @@ async fn every_mapped_type_round_trips() {
     assert!(indexes.contains(&"i64_flag".to_string()), "{indexes:?}");
     let changes = Changeset { upserts: batch.clone(), deletes: RecordBatch::new_empty(view.key_schema()) };
     sink.apply(&view, &changes).await.unwrap();
+    assert!(raw_documents(&options, "types").await.is_empty(), "changes wait for the flush before a checkpoint");
+    sink.flush(&Default::default()).await.unwrap();
     sink.apply(&view, &changes).await.unwrap();
+    sink.flush(&Default::default()).await.unwrap();
     let documents = raw_documents(&options, "types").await;
     assert_eq!(documents.len(), 2, "applying twice leaves two documents");
     let a = &documents[0];
