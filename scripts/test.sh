@@ -4,7 +4,8 @@
 # fuzzing run; then the Python client tests (ADBC, pyarrow.flight, SQLAlchemy, 50 concurrent
 # clients), the status endpoint, the Streamlit dashboard (AppTest and headless Chromium via
 # Playwright) and the compose file, against real `trendflow` processes; then the benchmark
-# smoke run, and prints the reliability figures. Installs what the tests need when it is missing. Usage: scripts/test.sh [extra cargo test args]
+# smoke run, and prints the reliability figures. Installs what the tests need when it is missing.
+# Usage: scripts/test.sh [cargo options, e.g. --jobs 1]  (no test-name filters: the steps differ)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,10 +31,10 @@ echo "== cargo test (workspace; the heavy fault and load tests come next, alone)
 cargo test --workspace --locked "$@" -- --skip reliability::
 
 echo "== fault, hostile-input and load tests (one at a time)"
-cargo test --locked --test it "$@" reliability:: -- --test-threads=1
+cargo test --locked "$@" --test it reliability:: -- --test-threads=1
 
 echo "== fuzzing the decoders and the ingest body parser (30 s per target)"
-scripts/fuzz.sh 30
+scripts/fuzz.sh 30 --sanitizer none
 
 echo "== Flight SQL client, status, dashboard and browser tests (pytest)"
 target_dir="${CARGO_TARGET_DIR:-target}"

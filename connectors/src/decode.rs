@@ -9,9 +9,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::error::ArrowError;
 use trendflow_engine::stream_table::StreamDecl;
-pub use trendflow_formats::{
-    conform, decode_parsed, nullable_schema, parse_records, row_as_json, split_body, Conformed, Decoded, Parsed, RecordFormat, Rejected,
-};
+pub use trendflow_formats::{decode_parsed, parse_records, split_body, Parsed, RecordFormat};
 
 /// The format a stream declares: `OPTIONS ('format' 'json')` (the default) or `('format' 'csv')`.
 pub fn record_format(stream: &StreamDecl) -> crate::Result<RecordFormat> {

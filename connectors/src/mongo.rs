@@ -2,8 +2,10 @@
 //!
 //! Changesets are coalesced by key between checkpoints (the last change of a row
 //! wins) and written when the engine flushes before each checkpoint, so a row that
-//! changes in every micro-batch costs one statement per checkpoint interval, and
-//! MongoDB never holds changes the next checkpoint does not cover. Writes are
+//! changes in every micro-batch costs one statement per checkpoint interval. A
+//! crash between that flush and the checkpoint leaves MongoDB ahead; the restart
+//! resets every aggregating view's collection to the checkpointed result, and
+//! replayed upserts rewrite the same values. Writes are
 //! batched `update` / `delete` commands (up to
 //! [`STATEMENTS_PER_COMMAND`] statements per round trip, `ordered: false`):
 //! upserts `$set` absolute values under a deterministic `_id` built from the
@@ -13,6 +15,7 @@
 //! anything else stops the job with the server's message.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,9 +112,8 @@ pub struct MongoSink {
     database: Database,
     options: MongoOptions,
     views: HashMap<String, ViewInfo>,
-    /// Per view: changes since the last flush, by `_id` (as text): the document to
-    /// `$set`, or `None` to delete.
-    pending: HashMap<String, HashMap<String, (Bson, Option<Document>)>>,
+    /// Per view: changes since the last flush, by the bytes of their `_id`.
+    pending: HashMap<String, HashMap<Vec<u8>, (Bson, Change)>>,
     /// False while writes are being retried (the job reports itself not ready).
     healthy: Arc<AtomicBool>,
 }
@@ -134,66 +136,101 @@ impl MongoSink {
         }
     }
 
-    /// Runs a write command, retrying transient failures with exponential backoff.
-    async fn write(&self, command: Document) -> Result<(), EngineError> {
+    /// Runs `attempt` until it succeeds, retrying failures it marks transient with
+    /// exponential backoff for up to [`MongoOptions::retry_for`].
+    async fn retrying<T, Fut>(&self, what: &str, mut attempt: impl FnMut() -> Fut) -> Result<T, EngineError>
+    where
+        Fut: Future<Output = Result<T, (String, bool)>>,
+    {
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
-            let outcome = self.database.run_command(command.clone()).await;
-            let error = match outcome {
-                Ok(reply) => match write_errors(&reply) {
-                    None => {
-                        self.healthy.store(true, Ordering::Relaxed);
-                        return Ok(());
-                    }
-                    Some((message, transient)) if transient => message,
-                    Some((message, _)) => return Err(EngineError::Sink(format!("MongoDB rejected a write: {message}"))),
-                },
-                Err(e) if is_transient(&e) => e.to_string(),
-                Err(e) => return Err(EngineError::Sink(format!("MongoDB: {e}"))),
+            let error = match attempt().await {
+                Ok(value) => {
+                    self.healthy.store(true, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Err((message, false)) => return Err(EngineError::Sink(format!("MongoDB, {what}: {message}"))),
+                Err((message, true)) => message,
             };
             if started.elapsed() >= self.options.retry_for {
                 return Err(EngineError::Sink(format!(
-                    "MongoDB still failing after {:?}: {error}; the job stops, its checkpoint is intact",
+                    "MongoDB, {what}: still failing after {:?}: {error}; the job stops, its checkpoint is intact",
                     self.options.retry_for
                 )));
             }
             self.healthy.store(false, Ordering::Relaxed);
-            tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "MongoDB write failed; retrying");
+            tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "MongoDB, {what}: failed; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
-    /// Writes `_id` → document upserts (`None`: delete), deletes first.
-    async fn write_rows(&self, collection: &str, rows: Vec<(Bson, Option<Document>)>) -> Result<(), EngineError> {
-        let (deletes, upserts): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, document)| document.is_none());
+    /// Runs a write command, retrying transient failures.
+    async fn write(&self, command: Document) -> Result<(), EngineError> {
+        self.retrying("writing", || async {
+            let reply = self.database.run_command(command.clone()).await.map_err(|e| (e.to_string(), is_transient(&e)))?;
+            write_errors(&reply).map_or(Ok(()), Err)
+        })
+        .await
+    }
+
+    /// Deletes the documents `deletes`, then upserts `upserts` (`_id`, document).
+    async fn write_rows(&self, collection: &str, deletes: Vec<Bson>, upserts: Vec<(Bson, Document)>) -> Result<(), EngineError> {
         for chunk in deletes.chunks(STATEMENTS_PER_COMMAND) {
-            let deletes: Vec<Bson> = chunk.iter().map(|(id, _)| Bson::Document(doc! {"q": {"_id": id}, "limit": 1})).collect();
+            let deletes: Vec<Bson> = chunk.iter().map(|id| Bson::Document(doc! {"q": {"_id": id}, "limit": 1})).collect();
             self.write(doc! {"delete": collection, "deletes": deletes, "ordered": false, "writeConcern": self.write_concern()}).await?;
         }
         for chunk in upserts.chunks(STATEMENTS_PER_COMMAND) {
-            let updates: Vec<Bson> = chunk
-                .iter()
-                .filter_map(|(id, document)| Some(Bson::Document(doc! {"q": {"_id": id}, "u": {"$set": document.as_ref()?}, "upsert": true})))
-                .collect();
+            let updates: Vec<Bson> =
+                chunk.iter().map(|(id, document)| Bson::Document(doc! {"q": {"_id": id}, "u": {"$set": document}, "upsert": true})).collect();
             self.write(doc! {"update": collection, "updates": updates, "ordered": false, "writeConcern": self.write_concern()}).await?;
         }
         Ok(())
     }
 
-    /// `rows` of `view` as `_id` → document pairs.
-    fn documents(view: &ViewInfo, rows: &RecordBatch) -> Result<Vec<(Bson, Option<Document>)>, EngineError> {
-        Ok((0..rows.num_rows()).map(|row| Ok((row_id(rows, &view.key, row)?, Some(row_document(rows, row)?)))).collect::<Result<_, ArrowError>>()?)
+    /// Writes `view`'s pending changes.
+    async fn write_pending(&mut self, view: &str) -> Result<(), EngineError> {
+        let Some(rows) = self.pending.remove(view) else { return Ok(()) };
+        let (mut deletes, mut upserts) = (Vec::new(), Vec::new());
+        for (id, change) in rows.into_values() {
+            match change {
+                Change::Delete => deletes.push(id),
+                Change::Upsert(document) => upserts.push((id, document)),
+            }
+        }
+        self.write_rows(&self.options.collection_of(view), deletes, upserts).await
+    }
+
+    /// `rows` of `view` as (`_id`, document) pairs.
+    fn documents(view: &ViewInfo, rows: &RecordBatch) -> Result<Vec<(Bson, Document)>, EngineError> {
+        Ok((0..rows.num_rows()).map(|row| Ok((row_id(rows, &view.key, row)?, row_document(rows, row)?))).collect::<Result<_, ArrowError>>()?)
     }
 
     /// The `_id` of every document in `collection`.
     async fn ids(&self, collection: &str) -> Result<Vec<Bson>, EngineError> {
-        let failed = |e: MongoError| EngineError::Sink(format!("MongoDB: reading the ids of `{collection}`: {e}"));
-        let cursor = self.database.collection::<Document>(collection).find(doc! {}).projection(doc! {"_id": 1}).await.map_err(failed)?;
-        let documents: Vec<Document> = cursor.try_collect().await.map_err(failed)?;
-        Ok(documents.into_iter().filter_map(|mut d| d.remove("_id")).collect())
+        self.retrying(&format!("reading the ids of `{collection}`"), || async {
+            let failed = |e: MongoError| (e.to_string(), is_transient(&e));
+            let cursor = self.database.collection::<Document>(collection).find(doc! {}).projection(doc! {"_id": 1}).await.map_err(failed)?;
+            let documents: Vec<Document> = cursor.try_collect().await.map_err(failed)?;
+            Ok(documents.into_iter().filter_map(|mut d| d.remove("_id")).collect())
+        })
+        .await
     }
+}
+
+/// A row's change waiting for the next flush.
+enum Change {
+    Upsert(Document),
+    Delete,
+}
+
+/// The exact bytes of an `_id`, to match rows by (Bson has no `Hash`, and its text
+/// form does not escape strings, so two keys could print alike).
+fn id_bytes(id: &Bson) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    doc! {"_id": id}.to_writer(&mut bytes).expect("a BSON document serializes into memory");
+    bytes
 }
 
 /// The write errors of a command reply, and whether they are worth retrying.
@@ -225,6 +262,18 @@ fn is_transient(error: &MongoError) -> bool {
 impl Sink for MongoSink {
     async fn open(&mut self, views: &[ViewInfo]) -> Result<(), EngineError> {
         self.views = views.iter().map(|v| (v.name.clone(), v.clone())).collect();
+        // A view owns its collection (a restart resets it to the view's result).
+        let mut owners = HashMap::new();
+        for view in views {
+            let collection = self.options.collection_of(&view.name);
+            if let Some(other) = owners.insert(collection.clone(), &view.name) {
+                return Err(EngineError::Sink(format!(
+                    "views `{other}` and `{}` would share the MongoDB collection `{collection}`: \
+                     give each its own with --mongodb-collection VIEW=COLLECTION",
+                    view.name
+                )));
+            }
+        }
         for (view, indexes) in &self.options.indexes {
             let info = self.views.get(view).ok_or_else(|| EngineError::Sink(format!("--mongodb-index names `{view}`, which is not a view")))?;
             let mut specs = Vec::new();
@@ -243,12 +292,18 @@ impl Sink for MongoSink {
 
     async fn apply(&mut self, view: &ViewInfo, changes: &Changeset) -> Result<(), EngineError> {
         let key_positions: Vec<usize> = (0..view.key.len()).collect();
-        let deletes = (0..changes.deletes.num_rows()).map(|row| Ok((row_id(&changes.deletes, &key_positions, row)?, None)));
-        let deletes = deletes.collect::<Result<Vec<_>, ArrowError>>()?;
         let pending = self.pending.entry(view.name.clone()).or_default();
-        // Bson has no Hash; its text form is exact for the key types `row_id` produces.
-        for (id, document) in deletes.into_iter().chain(Self::documents(view, &changes.upserts)?) {
-            pending.insert(id.to_string(), (id, document));
+        for row in 0..changes.deletes.num_rows() {
+            let id = row_id(&changes.deletes, &key_positions, row)?;
+            pending.insert(id_bytes(&id), (id, Change::Delete));
+        }
+        for (id, document) in Self::documents(view, &changes.upserts)? {
+            pending.insert(id_bytes(&id), (id, Change::Upsert(document)));
+        }
+        // Views keyed by the stream's primary key change a new row per record: write
+        // them out before they fill memory (a restart resets or replays what runs ahead).
+        if pending.len() >= MAX_PENDING_ROWS {
+            self.write_pending(&view.name).await?;
         }
         Ok(())
     }
@@ -257,14 +312,15 @@ impl Sink for MongoSink {
         self.pending.remove(&view.name);
         let collection = self.options.collection_of(&view.name);
         let documents = Self::documents(view, rows)?;
-        let keep: HashSet<String> = documents.iter().map(|(id, _)| id.to_string()).collect();
-        let stale = self.ids(&collection).await?.into_iter().filter(|id| !keep.contains(&id.to_string())).map(|id| (id, None));
-        self.write_rows(&collection, stale.chain(documents).collect()).await
+        let keep: HashSet<Vec<u8>> = documents.iter().map(|(id, _)| id_bytes(id)).collect();
+        let stale = self.ids(&collection).await?.into_iter().filter(|id| !keep.contains(&id_bytes(id))).collect();
+        self.write_rows(&collection, stale, documents).await
     }
 
     async fn flush(&mut self, meta: &CheckpointMeta) -> Result<(), EngineError> {
-        for (view, rows) in std::mem::take(&mut self.pending) {
-            self.write_rows(&self.options.collection_of(&view), rows.into_values().collect()).await?;
+        let views: Vec<String> = self.pending.keys().cloned().collect();
+        for view in views {
+            self.write_pending(&view).await?;
         }
         let sources: Document = meta
             .sources
@@ -293,6 +349,9 @@ impl Sink for MongoSink {
         self.write(doc! {"update": META_COLLECTION, "updates": updates, "ordered": false, "writeConcern": self.write_concern()}).await
     }
 }
+
+/// Pending rows of one view after which they are written without waiting for the checkpoint.
+const MAX_PENDING_ROWS: usize = 50_000;
 
 /// A view's collection as a DataFusion table: projection and simple comparisons
 /// (`column op literal`) are pushed into the MongoDB query.
@@ -368,6 +427,8 @@ impl TableProvider for MongoTable {
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let filter: Document = filters.iter().filter_map(mongo_filter).flatten().collect();
         let fields: Document = match projection {
+            // No column at all (COUNT(*)): fetch only the ids.
+            Some(columns) if columns.is_empty() => doc! {"_id": 1},
             Some(columns) => columns.iter().map(|&c| (self.schema.field(c).name().clone(), Bson::Int32(1))).collect(),
             None => Document::new(),
         };

@@ -13,6 +13,9 @@ use arrow::{csv, json};
 use crate::conform::{blank_strings_as_null, conform, nullable_schema};
 use crate::TIMESTAMP_COLUMN;
 
+/// How much of an oversized record its rejection shows.
+const SHOWN_BYTES: usize = 1024;
+
 /// How a stream's records are encoded: `OPTIONS ('format' 'json')` (the default)
 /// or `OPTIONS ('format' 'csv')` (one CSV line per record, declared column order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +93,9 @@ pub fn parse_records(format: RecordFormat, payload: &SchemaRef, records: &[&[u8]
     for (index, record) in records.iter().enumerate() {
         if record.len() > max_record_bytes {
             let reason = format!("record of {} bytes is larger than max_record_bytes ({max_record_bytes})", record.len());
-            unparsed.push((index, reason, String::from_utf8_lossy(record).into_owned()));
+            // The text is for people: its start is enough (the source keeps the record itself).
+            let start = String::from_utf8_lossy(&record[..SHOWN_BYTES.min(record.len())]).into_owned();
+            unparsed.push((index, reason, start + "…"));
             continue;
         }
         match std::str::from_utf8(record) {

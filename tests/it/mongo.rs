@@ -68,11 +68,18 @@ impl MongoServer {
         wait_for_port(&format!("127.0.0.1:{}", self.port), "SecantusDB", 60);
     }
 
+    /// Stops the server the way an operator does (SIGTERM, then SIGKILL after 10 s):
+    /// writes acknowledged with `w: 1` are only durable on a clean shutdown, as in MongoDB
+    /// without journaling.
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     fn options(&self) -> MongoOptions {
@@ -221,6 +228,21 @@ async fn a_mongodb_outage_loses_nothing() {
     assert!(health.load(std::sync::atomic::Ordering::Relaxed), "healthy again once writes succeed");
     let expected = run_batch(&shipped_sql(), &bindings, &tmp.path().join("dl-b")).await;
     assert_same_views(&read_views(&options, &pipeline.view_infos()).await, &expected);
+}
+
+/// MongoDB's side of `a_restart_undoes_what_a_lost_run_left_in_the_sink`: the
+/// document a run wrote before dying without a checkpoint is deleted by the restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_removes_documents_a_lost_run_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = MongoServer::start("reset", &tmp.path().join("db"));
+    let options = server.options();
+    let mut sink = MongoSink::new(connect(&options).await.unwrap(), options.clone());
+    let cats = |documents: Vec<Document>| documents.iter().map(|d| d.get_str("cat").unwrap().to_string()).collect::<Vec<_>>();
+    let data = crate::semantics::lose_a_run(tmp.path(), &mut sink).await;
+    assert_eq!(cats(raw_documents(&options, "top1").await), vec!["y"]);
+    crate::semantics::restart(tmp.path(), &mut sink, data).await;
+    assert_eq!(cats(raw_documents(&options, "top1").await), vec!["x"], "the lost run's `y` was deleted");
 }
 
 #[tokio::test(flavor = "multi_thread")]

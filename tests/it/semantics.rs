@@ -210,35 +210,46 @@ async fn stateless_views_upsert_by_primary_key_and_distinct_aggregates_merge() {
     assert_eq!(got, BTreeMap::from([("a".to_string(), 3), ("b".to_string(), 1)]));
 }
 
-/// A lost run (changes applied to the sink, never checkpointed) can leave rows that
-/// the replay, cut into other micro-batches, never touches again: here `y` took first
-/// place in the sink before the crash, and in the replay `x` leads throughout. The
-/// restart resets the sink to the checkpointed result first.
-#[tokio::test]
-async fn a_restart_undoes_what_a_lost_run_left_in_the_sink() {
-    const TOP: &str = "CREATE VIEW top1 AS SELECT cat, SUM(price) AS total FROM events GROUP BY cat ORDER BY total DESC LIMIT 1;";
-    let tmp = tempfile::tempdir().unwrap();
-    let mut store = EmbeddedStore::new(tmp.path().join("store"));
-    let mut lost = pipeline(tmp.path(), TOP).await;
+/// The view of the lost-run tests: the category with the highest total.
+const TOP: &str = "CREATE VIEW top1 AS SELECT cat, SUM(price) AS total FROM events GROUP BY cat ORDER BY total DESC LIMIT 1;";
+
+/// A run that checkpoints after `x` (10), then puts `y` (20) first in `sink` and dies
+/// before its next checkpoint. Returns all three records, for the replay.
+pub(crate) async fn lose_a_run(tmp: &std::path::Path, sink: &mut dyn Sink) -> RecordBatch {
+    let mut lost = pipeline(tmp, TOP).await;
     let records: Vec<MicroBatch> = [("1", "x", 10.0), ("2", "y", 20.0), ("3", "x", 15.0)]
         .iter()
         .enumerate()
         .map(|(i, row)| MicroBatch { offsets: Offsets::from([(0, i as i64 + 1)]), ..events(&lost, &[*row]).remove(0).1 })
         .collect();
-    store.open(&lost.view_infos()).await.unwrap();
-    lost.step(vec![("events".into(), records[0].clone())], &mut store).await.unwrap();
-    lost.checkpoint(&mut store).await.unwrap();
-    lost.step(vec![("events".into(), records[1].clone())], &mut store).await.unwrap();
-    // The sink made the change durable (as MongoDB does on every write); the checkpoint never came.
-    store.flush(&CheckpointMeta::default()).await.unwrap();
-    assert_eq!(keys(&store.rows("top1").unwrap().unwrap()), vec!["y"]);
-    drop(lost);
+    sink.open(&lost.view_infos()).await.unwrap();
+    lost.step(vec![("events".into(), records[0].clone())], sink).await.unwrap();
+    lost.checkpoint(sink).await.unwrap();
+    lost.step(vec![("events".into(), records[1].clone())], sink).await.unwrap();
+    // The sink made the change durable; the checkpoint never came.
+    sink.flush(&CheckpointMeta::default()).await.unwrap();
+    let batches: Vec<RecordBatch> = records.into_iter().map(|m| m.batch).collect();
+    datafusion::arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
 
-    let batches: Vec<RecordBatch> = records.iter().map(|m| m.batch.clone()).collect();
-    let data = datafusion::arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
-    let mut restarted = pipeline(tmp.path(), TOP).await;
+/// Restarts the job of [`lose_a_run`]: it replays `y` and `x`'s second record in
+/// one micro-batch, so `x` leads throughout and no change ever deletes `y`.
+pub(crate) async fn restart(tmp: &std::path::Path, sink: &mut dyn Sink, data: RecordBatch) {
+    let mut restarted = pipeline(tmp, TOP).await;
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let replay = SplitSource::new("events", data, 1, 1_000);
-    restarted.run(vec![Box::new(replay)], &mut store, &drain_options(), shutdown, &mut |_| {}).await.unwrap();
+    restarted.run(vec![Box::new(replay)], sink, &drain_options(), shutdown, &mut |_| {}).await.unwrap();
+}
+
+/// A lost run (changes applied to the sink, never checkpointed) can leave rows the
+/// replay, cut into other micro-batches, never touches again. The restart resets the
+/// sink to the checkpointed result first.
+#[tokio::test]
+async fn a_restart_undoes_what_a_lost_run_left_in_the_sink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = EmbeddedStore::new(tmp.path().join("store"));
+    let data = lose_a_run(tmp.path(), &mut store).await;
+    assert_eq!(keys(&store.rows("top1").unwrap().unwrap()), vec!["y"]);
+    restart(tmp.path(), &mut store, data).await;
     assert_eq!(keys(&store.rows("top1").unwrap().unwrap()), vec!["x"], "the lost run's `y` was removed");
 }
