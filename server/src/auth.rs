@@ -121,3 +121,30 @@ impl Authenticator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(value: String) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("authorization", value.parse().unwrap());
+        metadata
+    }
+
+    #[tokio::test]
+    async fn tokens_expire_and_guesses_are_slowed() {
+        let config = AuthConfig::Basic { user: "alice".into(), password: "s3cret".into() };
+        let auth = Authenticator::new(config, Duration::from_millis(200));
+        let started = Instant::now();
+        assert!(auth.handshake(&header(format!("Basic {}", BASE64.encode("alice:guess")))).await.is_err());
+        assert!(started.elapsed() >= Duration::from_millis(300), "a wrong password is answered late");
+        let token = auth.handshake(&header(format!("Basic {}", BASE64.encode("alice:s3cret")))).await.unwrap();
+        auth.check(&header(format!("Bearer {token}"))).unwrap();
+        assert!(auth.check(&header("Bearer forged".into())).is_err());
+        assert!(auth.check(&MetadataMap::new()).is_err(), "a call without a token fails");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let expired = auth.check(&header(format!("Bearer {token}"))).unwrap_err();
+        assert!(expired.message().contains("expired"), "{expired}");
+    }
+}
