@@ -14,7 +14,7 @@
 //! down) are retried with backoff until [`MongoOptions::retry_for`] runs out;
 //! anything else stops the job with the server's message.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -207,13 +207,13 @@ impl MongoSink {
         Ok((0..rows.num_rows()).map(|row| Ok((row_id(rows, &view.key, row)?, row_document(rows, row)?))).collect::<Result<_, ArrowError>>()?)
     }
 
-    /// The `_id` of every document in `collection`.
-    async fn ids(&self, collection: &str) -> Result<Vec<Bson>, EngineError> {
-        self.retrying(&format!("reading the ids of `{collection}`"), || async {
+    /// Every document in `collection`, by the bytes of its `_id` (the `_id` taken out).
+    async fn stored(&self, collection: &str) -> Result<HashMap<Vec<u8>, (Bson, Document)>, EngineError> {
+        self.retrying(&format!("reading `{collection}`"), || async {
             let failed = |e: MongoError| (e.to_string(), is_transient(&e));
-            let cursor = self.database.collection::<Document>(collection).find(doc! {}).projection(doc! {"_id": 1}).await.map_err(failed)?;
+            let cursor = self.database.collection::<Document>(collection).find(doc! {}).await.map_err(failed)?;
             let documents: Vec<Document> = cursor.try_collect().await.map_err(failed)?;
-            Ok(documents.into_iter().filter_map(|mut d| d.remove("_id")).collect())
+            Ok(documents.into_iter().filter_map(|mut d| d.remove("_id").map(|id| (id_bytes(&id), (id, d)))).collect())
         })
         .await
     }
@@ -311,10 +311,16 @@ impl Sink for MongoSink {
     async fn reset(&mut self, view: &ViewInfo, rows: &RecordBatch) -> Result<(), EngineError> {
         self.pending.remove(&view.name);
         let collection = self.options.collection_of(&view.name);
-        let documents = Self::documents(view, rows)?;
-        let keep: HashSet<Vec<u8>> = documents.iter().map(|(id, _)| id_bytes(id)).collect();
-        let stale = self.ids(&collection).await?.into_iter().filter(|id| !keep.contains(&id_bytes(id))).collect();
-        self.write_rows(&collection, stale, documents).await
+        let mut stored = self.stored(&collection).await?;
+        // Rows already stored as they are cost no write: a restart reads the collection once.
+        let mut upserts = Vec::new();
+        for (id, document) in Self::documents(view, rows)? {
+            if stored.remove(&id_bytes(&id)).is_none_or(|(_, old)| old != document) {
+                upserts.push((id, document));
+            }
+        }
+        let stale = stored.into_values().map(|(id, _)| id).collect();
+        self.write_rows(&collection, stale, upserts).await
     }
 
     async fn flush(&mut self, meta: &CheckpointMeta) -> Result<(), EngineError> {
