@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, Int32Array, RecordBatch};
+use datafusion::arrow::array::{Array, Int32Array, Int64Array, RecordBatch};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -16,6 +16,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use trendflow_connectors::decode::RecordFormat;
 use trendflow_connectors::kafka::{self, encode_rows, KafkaSource, KafkaSourceOptions, RecordProducer};
 use trendflow_engine::catalog::Catalog;
+use trendflow_engine::checkpoint::Offsets;
 use trendflow_engine::runtime::{Poll, Source};
 
 use crate::support::*;
@@ -58,6 +59,24 @@ impl Broker {
             .expect("tansu starts");
         self.child = Some(child);
         wait_for_port(&self.addr, "tansu", 30);
+    }
+
+    /// Adds a partition to `topic`. tansu 0.6.0 answers the CreatePartitions request
+    /// with UnsupportedFeature, so this goes through its sqlite storage, which the
+    /// running broker reads its metadata from: clients see the new partition as they
+    /// would after `kafka-topics --alter --partitions`.
+    fn add_partition(&self, topic: &str) {
+        let script = r#"
+import sqlite3, sys
+db = sqlite3.connect("tansu.db", timeout=30)
+with db:
+    (id, count) = db.execute("select id, partitions from topic where name = ?", (sys.argv[1],)).fetchone()
+    db.execute("update topic set partitions = ? where id = ?", (count + 1, id))
+    part = db.execute("insert into topition (topic, partition) values (?, ?)", (id, count)).lastrowid
+    db.execute("insert into watermark (topition) values (?)", (part,))
+"#;
+        let status = Command::new("python3").args(["-c", script, topic]).current_dir(self.dir.path()).status().expect("python3 runs");
+        assert!(status.success(), "cannot add a partition to `{topic}` in tansu's storage");
     }
 
     /// Kills the broker (SIGKILL); its data stays for [`Broker::spawn`].
@@ -579,4 +598,55 @@ async fn producer_keys_records_by_primary_key() {
     assert_eq!(seen.len(), 4);
     let k1: Vec<i32> = seen.iter().filter(|(k, _)| k == "K1").map(|(_, p)| *p).collect();
     assert!(k1.len() == 3 && k1.iter().all(|p| *p == k1[0]), "{seen:?}");
+}
+
+/// A partition added while the source runs is found by its periodic metadata look,
+/// read from its beginning, and checkpointed: a restart from that checkpoint reads
+/// neither partition again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_added_mid_run_is_read_from_its_start() {
+    let broker = Broker::start();
+    kafka::ensure_topic(&broker.addr, "products", 1).await.unwrap();
+    let record = |i: usize| format!("{{\"asin\": \"P{i}\", \"price\": {i}.5}}").into_bytes();
+    let old = producer(&broker.addr);
+    for i in 0..5 {
+        send(&old, "products", Some(0), &record(i)).await;
+    }
+    let mut source = products_source(&broker.addr, false, 1 << 20).await;
+    let (mut rows, mut checkpoint) = (Vec::new(), Offsets::new());
+    read_until(&mut source, 5, &mut rows, &mut checkpoint).await;
+    broker.add_partition("products");
+    let new = producer(&broker.addr);
+    for i in 5..8 {
+        send(&new, "products", Some(1), &record(i)).await;
+    }
+    send(&new, "products", Some(0), &record(8)).await;
+    read_until(&mut source, 9, &mut rows, &mut checkpoint).await;
+    rows.sort();
+    let expected: Vec<(i32, i64)> = (0..6).map(|o| (0, o)).chain((0..3).map(|o| (1, o))).collect();
+    assert_eq!(rows, expected, "every record of both partitions once");
+    assert_eq!((checkpoint.get(&0), checkpoint.get(&1)), (Some(&6), Some(&3)), "the checkpoint holds the new partition");
+    // A restart from that checkpoint reads only what came after it.
+    send(&new, "products", Some(1), &record(9)).await;
+    let mut restarted = products_source(&broker.addr, true, 1 << 20).await;
+    restarted.seek(&checkpoint).await.unwrap();
+    assert_eq!(drain(&mut restarted, 100).await, (1, 0), "only the record sent after the checkpoint");
+}
+
+/// Polls `source` until `rows` holds `total` (partition, offset) pairs; `checkpoint`
+/// gets the positions of the last micro-batch.
+async fn read_until(source: &mut KafkaSource, total: usize, rows: &mut Vec<(i32, i64)>, checkpoint: &mut Offsets) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while rows.len() < total {
+        assert!(Instant::now() < deadline, "read {} of {total} records: {rows:?}", rows.len());
+        if let Poll::Batch(micro) = source.poll(100, Duration::from_millis(200)).await.unwrap() {
+            let column = |name: &str| micro.batch.column_by_name(name).unwrap().clone();
+            let parts = column("_partition");
+            let parts = parts.as_any().downcast_ref::<Int32Array>().unwrap();
+            let offsets = column("_offset");
+            let offsets = offsets.as_any().downcast_ref::<Int64Array>().unwrap();
+            rows.extend((0..parts.len()).map(|i| (parts.value(i), offsets.value(i))));
+            *checkpoint = micro.offsets;
+        }
+    }
 }
