@@ -1,6 +1,6 @@
 //! Turning raw records into a stream's micro-batches: the record formats of
 //! [`trendflow_formats`] (re-exported here), the format and size limit a stream
-//! declares, and the metadata columns.
+//! declares, Avro writer schemas from a schema registry, and the metadata columns.
 
 use std::sync::Arc;
 
@@ -9,15 +9,98 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::error::ArrowError;
 use trendflow_engine::stream_table::StreamDecl;
-pub use trendflow_formats::{decode_parsed, parse_records, split_body, Parsed, RecordFormat};
+pub use trendflow_formats::{decode_parsed, decode_parts, parse_records, split_body, AvroDecoder, Decoded, Parsed, RecordFormat};
 
-/// The format a stream declares: `OPTIONS ('format' 'json')` (the default) or `('format' 'csv')`.
+use crate::schema_registry::{SchemaLookup, SchemaRegistry};
+
+/// The text format a stream declares: `OPTIONS ('format' 'json')` (the default) or
+/// `('format' 'csv')`. Avro streams have no text format: the ingest API and the
+/// replay producer refuse them with this error.
 pub fn record_format(stream: &StreamDecl) -> crate::Result<RecordFormat> {
     let Some(name) = stream.options.get("format") else { return Ok(RecordFormat::Json) };
-    RecordFormat::from_name(name).ok_or_else(|| crate::ConnectorError::Binding {
-        binding: stream.name.clone(),
-        message: format!("unsupported record format `{name}` (OPTIONS ('format' 'json') or ('format' 'csv'))"),
+    RecordFormat::from_name(name).ok_or_else(|| {
+        let message = if name.eq_ignore_ascii_case("avro") {
+            "is an Avro stream: the ingest API and `trendflow produce` write JSON or CSV records only; produce Avro with a Confluent serializer".to_string()
+        } else {
+            format!("unsupported record format `{name}` (OPTIONS ('format' 'json'), ('format' 'csv') or ('format' 'avro'))")
+        };
+        crate::ConnectorError::Binding { binding: stream.name.clone(), message }
     })
+}
+
+/// Decodes a stream's raw records in the format it declares.
+///
+/// Avro streams declare where writer schemas come from:
+/// `OPTIONS ('format' 'avro', 'schema_registry_url' 'http://registry:8081')` for
+/// Confluent-framed records, or `('format' 'avro', 'avro_schema' '{"type": "record", …}')`
+/// for bare Avro bodies of one schema.
+///
+/// ```
+/// # async fn demo(stream: trendflow_engine::stream_table::StreamDecl) -> trendflow_connectors::Result<()> {
+/// use trendflow_connectors::decode::RecordDecoder;
+///
+/// let mut decoder = RecordDecoder::for_stream(&stream)?;
+/// let decoded = decoder.decode(&stream, &[br#"{"asin": "B1"}"#.as_slice()], 1 << 20).await?;
+/// println!("{} accepted, {} rejected", decoded.rows.len(), decoded.rejected.len());
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub enum RecordDecoder {
+    /// JSON objects or CSV lines.
+    Text(RecordFormat),
+    /// Avro, with the registry its writer schemas come from (none: one declared schema).
+    Avro { avro: AvroDecoder, registry: Option<SchemaRegistry> },
+}
+
+impl RecordDecoder {
+    /// The decoder for the format `stream` declares.
+    pub fn for_stream(stream: &StreamDecl) -> crate::Result<Self> {
+        let is_avro = stream.options.get("format").is_some_and(|f| f.eq_ignore_ascii_case("avro"));
+        if !is_avro {
+            return record_format(stream).map(Self::Text);
+        }
+        let binding = |message: String| crate::ConnectorError::Binding { binding: stream.name.clone(), message };
+        match (stream.options.get("schema_registry_url"), stream.options.get("avro_schema")) {
+            (Some(url), None) => Ok(Self::Avro { avro: AvroDecoder::confluent(), registry: Some(SchemaRegistry::new(url)?) }),
+            (None, Some(schema)) => {
+                let avro = AvroDecoder::bare(schema).map_err(|e| binding(format!("OPTIONS ('avro_schema' …): {e}")))?;
+                Ok(Self::Avro { avro, registry: None })
+            }
+            (Some(_), Some(_)) => Err(binding("set either 'schema_registry_url' (Confluent-framed records) or 'avro_schema' (bare records), not both".into())),
+            (None, None) => Err(binding(
+                "an Avro stream needs its writer schemas: OPTIONS ('schema_registry_url' 'http://…') for Confluent-framed records, or ('avro_schema' '{…}') for bare ones".into(),
+            )),
+        }
+    }
+
+    /// Decodes `records` (one per slice) into `stream`'s payload schema (larger ones
+    /// than `max_record_bytes` are rejected): accepted rows
+    /// in input order, and a reason for each rejected record. Avro writer schemas not
+    /// seen before are fetched from the registry first; an unreachable registry is an
+    /// error (nothing is rejected for it).
+    pub async fn decode(&mut self, stream: &StreamDecl, records: &[&[u8]], max_record_bytes: usize) -> crate::Result<Decoded> {
+        let max = max_record_bytes;
+        let parts = match self {
+            Self::Text(format) => vec![parse_records(*format, &stream.payload_schema, records, max)],
+            Self::Avro { avro, registry } => {
+                if let Some(registry) = registry {
+                    for id in avro.missing_schema_ids(records) {
+                        match registry.schema(id).await? {
+                            SchemaLookup::Avro(schema) => {
+                                // A schema that cannot be read is refused: its records are rejected with the reason.
+                                if let Err(reason) = avro.add_schema(id, &schema) {
+                                    tracing::warn!(stream = stream.name, "{reason}");
+                                }
+                            }
+                            SchemaLookup::Refused(reason) => avro.refuse_schema(id, reason),
+                        }
+                    }
+                }
+                avro.parse(records, max)
+            }
+        };
+        Ok(decode_parts(parts, &stream.payload_schema)?)
+    }
 }
 
 /// The largest record a stream accepts: `OPTIONS ('max_record_bytes' 'N')`, 1 MiB by default.

@@ -17,6 +17,9 @@ pub enum ConnectorError {
     /// Kafka brokers could not be reached, or refused a request.
     #[error("Kafka at {brokers}: {message}")]
     Kafka { brokers: String, message: String },
+    /// A schema registry could not be reached, or refused a request.
+    #[error("schema registry at {url}: {message}")]
+    SchemaRegistry { url: String, message: String },
     /// Arrow failed while converting records.
     #[error(transparent)]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
@@ -25,6 +28,18 @@ pub enum ConnectorError {
 impl ConnectorError {
     pub(crate) fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
         Self::Io { path: path.to_path_buf(), message: e.to_string() }
+    }
+}
+
+/// The URI without its password, for messages and logs.
+pub fn redact(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &uri[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &uri[..scheme + 3], &uri[at..])
+        }
+        _ => uri.to_string(),
     }
 }
 

@@ -15,7 +15,8 @@ pub mod file_source;
 pub mod ingest;
 pub mod kafka;
 pub mod mongo;
+pub mod schema_registry;
 pub mod serving;
 pub mod store;
 
-pub use error::{ConnectorError, Result};
+pub use error::{redact, ConnectorError, Result};

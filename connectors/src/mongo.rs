@@ -39,6 +39,7 @@ use trendflow_engine::view::{Changeset, ViewInfo};
 use trendflow_engine::EngineError;
 
 use crate::bson_convert::{documents_to_batch, row_document, row_id, to_bson};
+use crate::error::redact;
 
 /// Statements sent in one `update` or `delete` command.
 pub const STATEMENTS_PER_COMMAND: usize = 1_000;
@@ -93,18 +94,6 @@ pub async fn connect(options: &MongoOptions) -> Result<Database, EngineError> {
         .await
         .map_err(|e| EngineError::Sink(format!("MongoDB at `{}` does not answer: {e}", redact(&options.uri))))?;
     Ok(database)
-}
-
-/// The URI without its password, for messages and logs.
-pub fn redact(uri: &str) -> String {
-    match (uri.find("://"), uri.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &uri[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &uri[..scheme + 3], &uri[at..])
-        }
-        _ => uri.to_string(),
-    }
 }
 
 /// Writes view changesets into MongoDB collections.

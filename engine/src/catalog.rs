@@ -467,6 +467,24 @@ mod tests {
         assert!(statements[1].text.trim().starts_with("CREATE VIEW b"));
     }
 
+    /// DataFusion files undotted OPTIONS keys under `format.`; streams see them as written.
+    #[tokio::test]
+    async fn stream_options_keep_their_sql_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = "CREATE EXTERNAL TABLE s (a INT) STORED AS KAFKA LOCATION 't' \
+                   OPTIONS ('format' 'csv', 'recent_rows' '5', 'Dead_Letter_Topic' 'T.bad', 'format.has_header' 'true');";
+        std::fs::write(dir.path().join("s.sql"), sql).unwrap();
+        let streams = Catalog::load_streams(&[dir.path().to_path_buf()]).await.unwrap();
+        let options = &streams[0].options;
+        let mut keys: Vec<&str> = options.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["dead_letter_topic", "format", "has_header", "recent_rows"]);
+        assert_eq!((options["format"].as_str(), options["dead_letter_topic"].as_str()), ("csv", "T.bad"));
+        std::fs::write(dir.path().join("s.sql"), sql.replace("'5'", "'many'")).unwrap();
+        let error = Catalog::load_streams(&[dir.path().to_path_buf()]).await.unwrap_err().to_string();
+        assert!(error.contains("recent_rows `many` is not a number"), "{error}");
+    }
+
     #[test]
     fn file_format_follows_extension() {
         assert_eq!(FileFormat::from_path("x/products.PARQUET"), FileFormat::Parquet);

@@ -97,6 +97,19 @@ impl StreamTableFactory {
     }
 }
 
+/// The OPTIONS of a stream under the names written in SQL. DataFusion files every
+/// key without a dot under `format.` (`'format' 'csv'` arrives as `format.format`),
+/// so that prefix is taken off again; keys are lower case.
+fn stream_options(cmd: &CreateExternalTable) -> HashMap<String, String> {
+    cmd.options
+        .iter()
+        .map(|(key, value)| {
+            let key = key.to_lowercase();
+            (key.strip_prefix("format.").map(str::to_string).unwrap_or(key), value.clone())
+        })
+        .collect()
+}
+
 #[async_trait]
 impl TableProviderFactory for StreamTableFactory {
     async fn create(&self, _state: &dyn Session, cmd: &CreateExternalTable) -> DfResult<Arc<dyn TableProvider>> {
@@ -119,7 +132,8 @@ impl TableProviderFactory for StreamTableFactory {
                 Constraint::Unique(_) => None,
             })
             .unwrap_or_default();
-        let recent_rows = match cmd.options.get("recent_rows") {
+        let options = stream_options(cmd);
+        let recent_rows = match options.get("recent_rows") {
             None => DEFAULT_RECENT_ROWS,
             Some(n) => n.parse().map_err(|_| {
                 datafusion::error::DataFusionError::Plan(format!("stream `{}`: OPTIONS recent_rows `{n}` is not a number of rows", cmd.name))
@@ -129,7 +143,7 @@ impl TableProviderFactory for StreamTableFactory {
             recent: RecentRows::new(schema.clone(), recent_rows),
             name: cmd.name.table().to_string(),
             location: cmd.locations.first().cloned().unwrap_or_default(),
-            options: cmd.options.iter().map(|(k, v)| (k.to_lowercase(), v.clone())).collect(),
+            options,
             payload_schema,
             slot: BatchSlot::new(schema.clone()),
             schema,

@@ -1,4 +1,4 @@
-//! Record formats of trendflow: raw records (JSON objects, CSV lines) parsed in
+//! Record formats of trendflow: raw records (JSON objects, CSV lines, Avro) parsed in
 //! bulk and converted to a declared Arrow schema, with one reason for each record
 //! that does not fit instead of a failed batch; and request bodies split into
 //! records.
@@ -23,13 +23,15 @@
 //! assert_eq!(decoded.rejected[0].0, 1);
 //! ```
 
+mod avro;
 mod body;
 mod conform;
 mod parse;
 
+pub use avro::{avro_schema_of, AvroDecoder, AvroEncoder};
 pub use body::split_body;
 pub use conform::{conform, nullable_schema, Conformed, Rejected};
-pub use parse::{decode_parsed, parse_records, row_as_json, Decoded, Parsed, RecordFormat};
+pub use parse::{decode_parsed, decode_parts, parse_records, row_as_json, Decoded, Parsed, RecordFormat};
 
 /// The field a record may carry its own event time in, and the stream column
 /// that holds each record's arrival time.

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, BooleanArray, RecordBatch, TimestampMillisecondArray};
-use arrow::compute::{cast_with_options, concat_batches, filter_record_batch, CastOptions};
+use arrow::array::{Array, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::{cast_with_options, concat_batches, filter_record_batch, take_record_batch, CastOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -92,10 +92,7 @@ pub fn parse_records(format: RecordFormat, payload: &SchemaRef, records: &[&[u8]
     let mut unparsed = Vec::new();
     for (index, record) in records.iter().enumerate() {
         if record.len() > max_record_bytes {
-            let reason = format!("record of {} bytes is larger than max_record_bytes ({max_record_bytes})", record.len());
-            // The text is for people: its start is enough (the source keeps the record itself).
-            let start = String::from_utf8_lossy(&record[..SHOWN_BYTES.min(record.len())]).into_owned();
-            unparsed.push((index, reason, start + "…"));
+            unparsed.push(oversized(index, record, max_record_bytes));
             continue;
         }
         match std::str::from_utf8(record) {
@@ -115,6 +112,22 @@ pub fn parse_records(format: RecordFormat, payload: &SchemaRef, records: &[&[u8]
     };
     unparsed.sort_by_key(|(i, _, _)| *i);
     Parsed { batch, rows, unparsed }
+}
+
+/// The rejection of a record larger than `max_record_bytes`.
+pub(crate) fn oversized(index: usize, record: &[u8], max_record_bytes: usize) -> (usize, String, String) {
+    let reason = format!("record of {} bytes is larger than max_record_bytes ({max_record_bytes})", record.len());
+    (index, reason, shown(record))
+}
+
+/// A record as text for people: its start is enough (sources keep the record itself).
+pub(crate) fn shown(record: &[u8]) -> String {
+    let start = String::from_utf8_lossy(&record[..SHOWN_BYTES.min(record.len())]).into_owned();
+    if record.len() > SHOWN_BYTES {
+        start + "…"
+    } else {
+        start
+    }
 }
 
 /// What the parser produces: JSON gets the nullable declared types (plus `_timestamp`),
@@ -235,6 +248,32 @@ pub fn decode_parsed(parsed: Parsed, payload: &SchemaRef) -> Result<Decoded, Arr
     }
     rejected.sort_by_key(|(i, _, _)| *i);
     Ok(Decoded { batch, rows, arrivals: times, rejected })
+}
+
+/// [`decode_parsed`] over several parts of one input (e.g. one per Avro writer
+/// schema), merged back into input order.
+pub fn decode_parts(parts: Vec<Parsed>, payload: &SchemaRef) -> Result<Decoded, ArrowError> {
+    let mut decoded = parts.into_iter().map(|part| decode_parsed(part, payload)).collect::<Result<Vec<_>, _>>()?;
+    if decoded.len() == 1 {
+        return Ok(decoded.remove(0));
+    }
+    let batch = concat_batches(payload, decoded.iter().map(|d| &d.batch))?;
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    let mut arrivals = Vec::with_capacity(batch.num_rows());
+    let mut rejected = Vec::new();
+    for part in decoded {
+        rows.extend(part.rows);
+        arrivals.extend(part.arrivals);
+        rejected.extend(part.rejected);
+    }
+    rejected.sort_by_key(|(i, _, _)| *i);
+    let mut order: Vec<u32> = (0..rows.len() as u32).collect();
+    order.sort_by_key(|&i| rows[i as usize]);
+    let order = UInt32Array::from(order);
+    let batch = take_record_batch(&batch, &order)?;
+    let rows = order.values().iter().map(|&i| rows[i as usize]).collect();
+    let arrivals = order.values().iter().map(|&i| arrivals[i as usize]).collect();
+    Ok(Decoded { batch, rows, arrivals, rejected })
 }
 
 /// The arrival time a record carries in a `_timestamp` field of its own.

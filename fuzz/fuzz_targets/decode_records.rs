@@ -1,22 +1,33 @@
-//! Kafka messages and file lines: the first byte picks the format, the rest is split
-//! into records at newlines. Every record must come out accepted or rejected with a
+//! Kafka messages and file lines: the first byte picks the format (JSON, CSV, or
+//! Confluent-framed Avro with writer schema 1 known), the rest is split into records
+//! at newlines. Every record must come out accepted or rejected with a
 //! reason, exactly once, and accepted rows must have the declared schema.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use trendflow_formats::{decode_parsed, parse_records, RecordFormat};
+use trendflow_formats::{avro_schema_of, decode_parts, parse_records, AvroDecoder, RecordFormat};
 
 #[path = "products.rs"]
 mod products;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else { return };
-    let format = if selector % 2 == 0 { RecordFormat::Json } else { RecordFormat::Csv };
     let payload = products::schema();
     let records: Vec<&[u8]> = rest.split(|b| *b == b'\n').collect();
     // A small limit so that the size check is reached too.
-    let parsed = parse_records(format, &payload, &records, 4096);
-    let decoded = decode_parsed(parsed, &payload).expect("decoding reports bad records, it does not fail");
+    let parts = match selector % 3 {
+        0 => vec![parse_records(RecordFormat::Json, &payload, &records, 4096)],
+        1 => vec![parse_records(RecordFormat::Csv, &payload, &records, 4096)],
+        _ => {
+            let mut avro = AvroDecoder::confluent();
+            avro.add_schema(1, &avro_schema_of(&payload).unwrap()).unwrap();
+            for id in avro.missing_schema_ids(&records) {
+                avro.refuse_schema(id, format!("writer schema {id} is unknown"));
+            }
+            avro.parse(&records, 4096)
+        }
+    };
+    let decoded = decode_parts(parts, &payload).expect("decoding reports bad records, it does not fail");
     assert_eq!(decoded.batch.schema(), payload);
     assert_eq!(decoded.rows.len(), decoded.batch.num_rows());
     let mut seen: Vec<usize> = decoded.rows.iter().copied().chain(decoded.rejected.iter().map(|r| r.0)).collect();

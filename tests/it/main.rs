@@ -1,5 +1,6 @@
 //! Integration tests of trendflow, in one test binary (each binary costs a full link).
 
+mod avro;
 mod cli;
 mod errors;
 mod kafka;

@@ -32,14 +32,6 @@ pub struct MongoServer {
     in_memory: bool,
 }
 
-fn python() -> PathBuf {
-    let path = std::env::var_os("TRENDFLOW_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/trendflow/venv/bin/python"));
-    assert!(path.exists(), "no Python with SecantusDB at {}: run scripts/test.sh (or set MONGODB_URI)", path.display());
-    path
-}
-
 impl MongoServer {
     /// A server keeping its data in memory (or real MongoDB when `MONGODB_URI` is set).
     pub fn start(name: &str, storage: &Path) -> Self {

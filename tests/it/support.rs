@@ -22,6 +22,15 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The test venv's Python (SecantusDB, Confluent's serializer), set up by scripts/test.sh.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("TRENDFLOW_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/trendflow/venv/bin/python"));
+    assert!(path.exists(), "no test Python at {}: run scripts/test.sh, which sets it up (or set TRENDFLOW_PYTHON)", path.display());
+    path
+}
+
 /// The shipped pipeline.
 pub fn shipped_sql() -> PathBuf {
     repo().join("sql")

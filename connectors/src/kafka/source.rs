@@ -26,7 +26,7 @@ use trendflow_engine::stream_table::StreamDecl;
 use trendflow_engine::EngineError;
 
 use super::{client_config, ensure_topic, kafka_error, partition_count, OutRecord, RecordProducer};
-use crate::decode::{decode_parsed, max_record_bytes, parse_records, record_format, with_metadata, RecordFormat, RecordOrigin};
+use crate::decode::{max_record_bytes, with_metadata, RecordDecoder, RecordOrigin};
 use crate::error::{ConnectorError, Result};
 
 /// The pseudo-partition under which a Kafka source checkpoints the end of its
@@ -81,7 +81,7 @@ struct Fetched {
 /// A Kafka topic replayed as the records of one stream.
 pub struct KafkaSource {
     stream: StreamDecl,
-    format: RecordFormat,
+    decoder: RecordDecoder,
     options: KafkaSourceOptions,
     consumer: Arc<StreamConsumer>,
     dead_letters: RecordProducer,
@@ -106,7 +106,7 @@ impl KafkaSource {
     /// Connects to the brokers and checks that the topic exists. Fails with one
     /// clear error when the brokers are unreachable or the topic is missing.
     pub async fn open(stream: StreamDecl, options: KafkaSourceOptions) -> Result<Self> {
-        let format = record_format(&stream)?;
+        let decoder = RecordDecoder::for_stream(&stream)?;
         let consumer: StreamConsumer = client_config(&options.brokers)
             .set("group.id", &options.group)
             .set("enable.auto.commit", "false")
@@ -133,7 +133,7 @@ impl KafkaSource {
         let dead_letters = RecordProducer::new(&options.brokers)?;
         Ok(Self {
             stream,
-            format,
+            decoder,
             options,
             consumer,
             dead_letters,
@@ -262,8 +262,7 @@ impl KafkaSource {
     /// Decodes fetched records; rejected ones go to the dead-letter topic first.
     async fn decode(&mut self, fetched: Fetched) -> Result<MicroBatch> {
         let records: Vec<&[u8]> = fetched.payloads.iter().map(Vec::as_slice).collect();
-        let parsed = parse_records(self.format, &self.stream.payload_schema, &records, self.options.max_record_bytes);
-        let decoded = decode_parsed(parsed, &self.stream.payload_schema)?;
+        let decoded = self.decoder.decode(&self.stream, &records, self.options.max_record_bytes).await?;
         let rejected: Vec<(usize, String)> = decoded.rejected.into_iter().map(|(row, reason, _)| (row, reason)).collect();
         self.dead_letter(&fetched, &rejected).await?;
         let accepted = decoded.rows;
