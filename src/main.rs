@@ -564,7 +564,7 @@ async fn ingest(args: PipelineArgs, listen: &str, partitions: i32, options: Inge
     for stream in &streams {
         kafka::ensure_topic(&brokers, &stream.location, partitions).await?;
     }
-    let service = IngestService::new(&streams, RecordProducer::new(&brokers)?, options)?;
+    let service = IngestService::new(&streams, RecordProducer::new(&brokers)?, options).await?;
     let topics: Vec<&str> = service.topics().collect();
     eprintln!("ingest API listening on http://{} (POST /v1/topics/{{topic}}/records; topics: {})", listener.local_addr()?, topics.join(", "));
     let shutdown = async {

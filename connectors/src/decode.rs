@@ -14,18 +14,18 @@ pub use trendflow_formats::{decode_parsed, decode_parts, parse_records, split_bo
 use crate::schema_registry::{SchemaLookup, SchemaRegistry};
 
 /// The text format a stream declares: `OPTIONS ('format' 'json')` (the default) or
-/// `('format' 'csv')`. Avro streams have no text format: the ingest API and the
-/// replay producer refuse them with this error.
+/// `('format' 'csv')`; see [`is_avro`] for the third.
 pub fn record_format(stream: &StreamDecl) -> crate::Result<RecordFormat> {
     let Some(name) = stream.options.get("format") else { return Ok(RecordFormat::Json) };
-    RecordFormat::from_name(name).ok_or_else(|| {
-        let message = if name.eq_ignore_ascii_case("avro") {
-            "is an Avro stream: the ingest API and `trendflow produce` write JSON or CSV records only; produce Avro with a Confluent serializer".to_string()
-        } else {
-            format!("unsupported record format `{name}` (OPTIONS ('format' 'json'), ('format' 'csv') or ('format' 'avro'))")
-        };
-        crate::ConnectorError::Binding { binding: stream.name.clone(), message }
+    RecordFormat::from_name(name).ok_or_else(|| crate::ConnectorError::Binding {
+        binding: stream.name.clone(),
+        message: format!("unsupported record format `{name}` (OPTIONS ('format' 'json'), ('format' 'csv') or ('format' 'avro'))"),
     })
+}
+
+/// Whether `stream` declares `OPTIONS ('format' 'avro')`.
+pub fn is_avro(stream: &StreamDecl) -> bool {
+    stream.options.get("format").is_some_and(|f| f.eq_ignore_ascii_case("avro"))
 }
 
 /// Decodes a stream's raw records in the format it declares.
@@ -55,8 +55,7 @@ pub enum RecordDecoder {
 impl RecordDecoder {
     /// The decoder for the format `stream` declares.
     pub fn for_stream(stream: &StreamDecl) -> crate::Result<Self> {
-        let is_avro = stream.options.get("format").is_some_and(|f| f.eq_ignore_ascii_case("avro"));
-        if !is_avro {
+        if !is_avro(stream) {
             return record_format(stream).map(Self::Text);
         }
         let binding = |message: String| crate::ConnectorError::Binding { binding: stream.name.clone(), message };

@@ -30,8 +30,8 @@ use axum::Router;
 use serde_json::json;
 use trendflow_engine::stream_table::StreamDecl;
 
-use crate::decode::{decode_parsed, max_record_bytes, parse_records, record_format, split_body, RecordFormat};
-use crate::kafka::{send_rows, RecordProducer};
+use crate::decode::{decode_parsed, max_record_bytes, parse_records, split_body};
+use crate::kafka::{send_rows, RecordEncoder, RecordProducer};
 
 /// Settings of the ingest API.
 #[derive(Debug, Clone)]
@@ -90,19 +90,20 @@ fn authorized(header: Option<&str>, tokens: &[String]) -> bool {
 
 /// What the API serves: the declared streams by topic, and the producer.
 pub struct IngestService {
-    streams: BTreeMap<String, (StreamDecl, RecordFormat)>,
+    streams: BTreeMap<String, (StreamDecl, RecordEncoder)>,
     producer: RecordProducer,
     options: IngestOptions,
     limiter: RateLimiter,
 }
 
 impl IngestService {
-    /// Serves every stream of `streams` on its topic (`LOCATION`).
-    pub fn new(streams: &[StreamDecl], producer: RecordProducer, options: IngestOptions) -> crate::Result<Self> {
+    /// Serves every stream of `streams` on its topic (`LOCATION`); Avro streams get
+    /// their writer schema registered.
+    pub async fn new(streams: &[StreamDecl], producer: RecordProducer, options: IngestOptions) -> crate::Result<Self> {
         let mut by_topic = BTreeMap::new();
         for stream in streams {
-            let format = record_format(stream)?;
-            by_topic.insert(stream.location.clone(), (stream.clone(), format));
+            let encoder = RecordEncoder::for_stream(stream, &stream.location).await?;
+            by_topic.insert(stream.location.clone(), (stream.clone(), encoder));
         }
         Ok(Self { streams: by_topic, producer, options, limiter: RateLimiter::default() })
     }
@@ -147,7 +148,7 @@ impl IngestService {
     }
 
     async fn ingest(&self, topic: &str, body: Body) -> Response {
-        let Some((stream, format)) = self.streams.get(topic) else {
+        let Some(&(ref stream, encoder)) = self.streams.get(topic) else {
             let known: Vec<&str> = self.topics().collect();
             return error(StatusCode::NOT_FOUND, format!("no stream is declared on topic `{topic}` (topics: {})", known.join(", ")));
         };
@@ -160,7 +161,7 @@ impl IngestService {
             Err(message) => return error(StatusCode::BAD_REQUEST, message),
         };
         let slices: Vec<&[u8]> = records.iter().map(|r| r.as_ref()).collect();
-        let parsed = parse_records(*format, &stream.payload_schema, &slices, max_record_bytes(stream));
+        let parsed = parse_records(encoder.input_format(), &stream.payload_schema, &slices, max_record_bytes(stream));
         let decoded = match decode_parsed(parsed, &stream.payload_schema) {
             Ok(decoded) => decoded,
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -168,7 +169,7 @@ impl IngestService {
         let errors: Vec<_> = decoded.rejected.iter().map(|(index, reason, _)| json!({"index": index, "reason": reason})).collect();
         let accepted = decoded.batch.num_rows();
         if accepted > 0 {
-            if let Err(e) = send_rows(&self.producer, stream, *format, topic, &decoded.batch).await {
+            if let Err(e) = send_rows(&self.producer, stream, encoder, topic, &decoded.batch).await {
                 return error(StatusCode::SERVICE_UNAVAILABLE, format!("records not stored, send them again: {e}"));
             }
         }

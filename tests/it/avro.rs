@@ -1,7 +1,8 @@
 //! Avro records on Kafka, written by Confluent's own Python serializer
-//! (confluent-kafka with fastavro) against a schema registry: the views equal the
-//! batch computation over the same records as JSON, across two writer schemas;
-//! poison records are dead-lettered with reasons.
+//! (confluent-kafka with fastavro) and by trendflow's ingest API and replay
+//! producer, against a schema registry: the views equal the batch computation over
+//! the same records as JSON, across three writer schemas; poison records are
+//! dead-lettered with reasons; Confluent's deserializer reads trendflow's records.
 //!
 //! The registry is `tests/python/registry_standin.py` (no schema registry can be
 //! installed here); the serializer registers its schemas there over HTTP, and
@@ -11,7 +12,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::kafka::{assert_same_csv, json_records, ok, read_topic, trendflow, views_csv, Broker, Killed};
+use crate::kafka::{assert_same_csv, http_post, json_records, ok, read_topic, trendflow, views_csv, wait_for_line, Broker, Killed};
 use crate::support::*;
 
 /// A SQL directory: the shipped pipeline with `products` declared with `options`.
@@ -25,15 +26,29 @@ fn sql_with_products_options(dir: &Path, options: &str) -> std::path::PathBuf {
     sql
 }
 
+/// Writes `records` as NDJSON to `path`.
+fn write_ndjson(path: &Path, records: &[Vec<u8>]) {
+    std::fs::write(path, records.join(&b'\n')).unwrap();
+}
+
+/// Three producers feed one Avro topic: Confluent's serializer (two writer schemas,
+/// plus poison), trendflow's ingest API and `trendflow produce` (which register their
+/// own writer schema). The streamed views equal the batch computation over the same
+/// records as JSON; poison is dead-lettered with reasons; and Confluent's deserializer
+/// reads back every record trendflow wrote with the values it was given.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confluent_avro_records_feed_the_views_exactly() {
+async fn avro_topics_work_with_confluent_serializers_both_ways() {
     let broker = Broker::start();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    ok(trendflow().args(["gen", "--rows", "2000", "--seed", "11", "--out"]).arg(&data));
+    ok(trendflow().args(["gen", "--rows", "3000", "--seed", "11", "--out"]).arg(&data));
     let records = json_records(&data, tmp.path()).await;
-    let ndjson = tmp.path().join("records.ndjson");
-    std::fs::write(&ndjson, records.join(&b'\n')).unwrap();
+    let (by_confluent, rest) = records.split_at(2000);
+    let (by_ingest, by_produce) = rest.split_at(600);
+    let paths = ["all", "confluent", "produce"].map(|name| tmp.path().join(format!("{name}.ndjson")));
+    for (path, part) in paths.iter().zip([&records[..], by_confluent, by_produce]) {
+        write_ndjson(path, part);
+    }
 
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let _registry = Killed(
@@ -41,11 +56,23 @@ async fn confluent_avro_records_feed_the_views_exactly() {
     );
     let registry_url = format!("http://127.0.0.1:{port}");
     wait_for_port(&format!("127.0.0.1:{port}"), "schema registry stand-in", 30);
+    let confluent = |mode: &str, path: &Path| ok(Command::new(python()).arg(repo().join("tests/python/produce_avro.py")).args([mode, &broker.addr, "products", &registry_url]).arg(path));
     trendflow_connectors::kafka::ensure_topic(&broker.addr, "products", 2).await.unwrap();
-    let produced = ok(Command::new(python()).arg(repo().join("tests/python/produce_avro.py")).args([&broker.addr, "products", &registry_url]).arg(&ndjson));
+    let produced = confluent("produce", &paths[1]);
     assert!(produced.contains("produced 2000 Avro records and 3 poison records"), "{produced}");
 
     let sql = sql_with_products_options(tmp.path(), &format!("'format' 'avro', 'schema_registry_url' '{registry_url}'"));
+    let mut ingest = Killed(
+        trendflow().args(["ingest", "--listen", "127.0.0.1:0", "--kafka-brokers", &broker.addr, "--sql"]).arg(&sql).stderr(Stdio::piped()).spawn().unwrap(),
+    );
+    let api = wait_for_line(&mut ingest.0, "listening on http://");
+    for chunk in by_ingest.chunks(200) {
+        let (status, body) = http_post(&api, "/v1/topics/products/records", &chunk.join(&b'\n'));
+        assert_eq!((status, body["accepted"].as_u64()), (200, Some(chunk.len() as u64)), "{body}");
+    }
+    let replayed = ok(trendflow().args(["produce", "--kafka-brokers", &broker.addr, "--sql"]).arg(&sql).arg("--file").arg(&paths[2]));
+    assert!(replayed.contains("produced 400 records"), "{replayed}");
+
     let categories = format!("categories=file:{}", data.join("categories.csv").display());
     let streamed = tmp.path().join("streamed");
     let summary = ok(trendflow()
@@ -53,12 +80,14 @@ async fn confluent_avro_records_feed_the_views_exactly() {
         .arg(&sql)
         .arg("--state")
         .arg(&streamed));
-    assert!(summary.contains("processed 2000 records") && summary.contains("3 rejected"), "{summary}");
-
-    let from_file = tmp.path().join("from_file");
-    let products = format!("products=file:{}", ndjson.display());
-    ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_file));
-    assert_same_csv(&views_csv(&streamed, false), &views_csv(&from_file, false), "Avro stream against the JSON batch");
+    assert!(summary.contains("processed 3000 records") && summary.contains("3 rejected"), "{summary}");
+    let batch_over = |file: &Path, state: &str| {
+        let state = tmp.path().join(state);
+        let products = format!("products=file:{}", file.display());
+        ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&state));
+        views_csv(&state, false)
+    };
+    assert_same_csv(&views_csv(&streamed, false), &batch_over(&paths[0], "from_json"), "Avro stream against the JSON batch");
 
     let letters = read_topic(&broker.addr, "products.dlq");
     let reasons: Vec<&str> = letters.iter().map(|(headers, _)| headers["trendflow.reason"].as_str()).collect();
@@ -66,4 +95,10 @@ async fn confluent_avro_records_feed_the_views_exactly() {
     for expected in ["first byte is 0x7b", "writer schema 4242 is not in the schema registry", "invalid Avro record"] {
         assert!(reasons.iter().any(|r| r.contains(expected)), "no dead letter says {expected:?}: {reasons:?}");
     }
+
+    // Confluent's deserializer reads what everyone wrote, with the values that were sent.
+    let read_back = tmp.path().join("read_back.ndjson");
+    let consumed = confluent("consume", &read_back);
+    assert!(consumed.contains("deserialized 3000 records, 3 failed"), "{consumed}");
+    assert_same_csv(&batch_over(&read_back, "from_read_back"), &batch_over(&paths[0], "from_json_again"), "records read back by Confluent's deserializer");
 }

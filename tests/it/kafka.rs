@@ -14,7 +14,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use trendflow_connectors::decode::RecordFormat;
-use trendflow_connectors::kafka::{self, encode_rows, KafkaSource, KafkaSourceOptions, RecordProducer};
+use trendflow_connectors::kafka::{self, encode_rows, KafkaSource, KafkaSourceOptions, RecordEncoder, RecordProducer};
 use trendflow_engine::catalog::Catalog;
 use trendflow_engine::checkpoint::Offsets;
 use trendflow_engine::runtime::{Poll, Source};
@@ -587,7 +587,7 @@ async fn producer_keys_records_by_primary_key() {
             .collect(),
     )
     .unwrap();
-    kafka::send_rows(&RecordProducer::new(&broker.addr).unwrap(), &stream, RecordFormat::Json, "products", &payload).await.unwrap();
+    kafka::send_rows(&RecordProducer::new(&broker.addr).unwrap(), &stream, RecordEncoder::Text(RecordFormat::Json), "products", &payload).await.unwrap();
     let mut source = products_source(&broker.addr, true, 1 << 20).await;
     let mut seen = Vec::new();
     while let Poll::Batch(micro) = source.poll(10, Duration::from_secs(2)).await.unwrap() {

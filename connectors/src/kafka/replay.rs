@@ -1,5 +1,5 @@
 //! Replaying a file into a topic (`trendflow produce`), and encoding Arrow rows
-//! as Kafka records in a stream's format.
+//! as Kafka records in a stream's format (JSON, CSV, or Confluent-framed Avro).
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -11,8 +11,11 @@ use datafusion::arrow::datatypes::DataType;
 use trendflow_engine::runtime::{Poll, Source};
 use trendflow_engine::stream_table::StreamDecl;
 
+use trendflow_formats::{avro_schema_of, AvroEncoder};
+
 use super::{OutRecord, RecordProducer};
-use crate::decode::{record_format, RecordFormat};
+use crate::decode::{is_avro, record_format, RecordFormat};
+use crate::schema_registry::SchemaRegistry;
 use crate::error::{ConnectorError, Result};
 use crate::file_source::FileSource;
 
@@ -63,6 +66,57 @@ pub fn encode_rows(format: RecordFormat, payload: &RecordBatch) -> Result<Encode
     Ok(out)
 }
 
+/// How rows are written to a stream's topic: text records in the declared format, or
+/// Confluent-framed Avro whose writer schema (the declared columns) is registered
+/// under the subject `<topic>-value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordEncoder {
+    /// JSON objects or CSV lines.
+    Text(RecordFormat),
+    /// Avro, framed with this registry id.
+    Avro { schema_id: u32 },
+}
+
+impl RecordEncoder {
+    /// The encoder for `stream` on `topic`; for Avro streams, registers the writer
+    /// schema with the stream's `schema_registry_url`.
+    pub async fn for_stream(stream: &StreamDecl, topic: &str) -> Result<Self> {
+        if !is_avro(stream) {
+            return record_format(stream).map(Self::Text);
+        }
+        let Some(url) = stream.options.get("schema_registry_url") else {
+            return Err(ConnectorError::Binding {
+                binding: stream.name.clone(),
+                message: "writing Avro records needs a schema registry: OPTIONS ('schema_registry_url' 'http://…')".into(),
+            });
+        };
+        let schema = avro_schema_of(&stream.payload_schema)?;
+        let schema_id = SchemaRegistry::new(url)?.register(&format!("{topic}-value"), &schema).await?;
+        tracing::info!(stream = stream.name, topic, schema_id, "Avro writer schema registered");
+        Ok(Self::Avro { schema_id })
+    }
+
+    /// The text format rows arrive in before encoding (the ingest API's bodies): the
+    /// declared one, or JSON for Avro streams.
+    pub fn input_format(self) -> RecordFormat {
+        match self {
+            Self::Text(format) => format,
+            Self::Avro { .. } => RecordFormat::Json,
+        }
+    }
+
+    /// Encodes every row of `payload` (declared columns only) as one record.
+    pub fn encode(self, payload: &RecordBatch) -> Result<EncodedRecords> {
+        match self {
+            Self::Text(format) => encode_rows(format, payload),
+            Self::Avro { schema_id } => {
+                let (bytes, offsets) = AvroEncoder::confluent(&payload.schema(), schema_id)?.encode(payload)?;
+                Ok(EncodedRecords { ranges: offsets.windows(2).map(|w| w[0]..w[1]).collect(), bytes })
+            }
+        }
+    }
+}
+
 /// Each row's record key: the stream's primary key as text (when it has one column).
 pub fn record_keys(stream: &StreamDecl, payload: &RecordBatch) -> Result<Option<StringArray>> {
     let [column] = stream.primary_key[..] else { return Ok(None) };
@@ -70,9 +124,9 @@ pub fn record_keys(stream: &StreamDecl, payload: &RecordBatch) -> Result<Option<
     Ok(keys.as_any().downcast_ref::<StringArray>().cloned())
 }
 
-/// Sends already-validated rows of `payload` to `topic` in `format`, keyed by the primary key.
-pub async fn send_rows(producer: &RecordProducer, stream: &StreamDecl, format: RecordFormat, topic: &str, payload: &RecordBatch) -> Result<()> {
-    let encoded = encode_rows(format, payload)?;
+/// Sends already-validated rows of `payload` to `topic` encoded by `encoder`, keyed by the primary key.
+pub async fn send_rows(producer: &RecordProducer, stream: &StreamDecl, encoder: RecordEncoder, topic: &str, payload: &RecordBatch) -> Result<()> {
+    let encoded = encoder.encode(payload)?;
     let keys = record_keys(stream, payload)?;
     let records: Vec<OutRecord<'_>> = (0..payload.num_rows())
         .map(|i| OutRecord {
@@ -109,7 +163,7 @@ pub async fn replay_file(
     on_progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<ReplaySummary> {
     let started = Instant::now();
-    let format = record_format(stream)?;
+    let encoder = RecordEncoder::for_stream(stream, topic).await?;
     let mut source = FileSource::new(stream.clone(), path.clone(), dead_letter_dir)?;
     // Small chunks when throttled, so the pace is smooth.
     let chunk = rate.map_or(20_000, |r| (r / 20.0).clamp(1.0, 20_000.0) as usize);
@@ -123,7 +177,7 @@ pub async fn replay_file(
             Poll::Finished => break,
         };
         let payload = micro.batch.project(&(0..payload_columns).collect::<Vec<_>>())?;
-        send_rows(producer, stream, format, topic, &payload).await?;
+        send_rows(producer, stream, encoder, topic, &payload).await?;
         summary.records += payload.num_rows() as u64;
         summary.rejected += micro.rejected;
         on_progress(summary.records);
