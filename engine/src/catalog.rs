@@ -467,22 +467,30 @@ mod tests {
         assert!(statements[1].text.trim().starts_with("CREATE VIEW b"));
     }
 
-    /// DataFusion files undotted OPTIONS keys under `format.`; streams see them as written.
+    /// DataFusion files undotted OPTIONS keys under `format.`; streams see them as
+    /// written, and wrong names or values are refused with the file and line.
     #[tokio::test]
     async fn stream_options_keep_their_sql_names() {
         let dir = tempfile::tempdir().unwrap();
         let sql = "CREATE EXTERNAL TABLE s (a INT) STORED AS KAFKA LOCATION 't' \
-                   OPTIONS ('format' 'csv', 'recent_rows' '5', 'Dead_Letter_Topic' 'T.bad', 'format.has_header' 'true');";
+                   OPTIONS ('format' 'csv', 'recent_rows' '5', 'Dead_Letter_Topic' 'T.bad', 'format.max_record_bytes' '9');";
         std::fs::write(dir.path().join("s.sql"), sql).unwrap();
         let streams = Catalog::load_streams(&[dir.path().to_path_buf()]).await.unwrap();
         let options = &streams[0].options;
         let mut keys: Vec<&str> = options.keys().map(String::as_str).collect();
         keys.sort();
-        assert_eq!(keys, ["dead_letter_topic", "format", "has_header", "recent_rows"]);
+        assert_eq!(keys, ["dead_letter_topic", "format", "max_record_bytes", "recent_rows"]);
         assert_eq!((options["format"].as_str(), options["dead_letter_topic"].as_str()), ("csv", "T.bad"));
-        std::fs::write(dir.path().join("s.sql"), sql.replace("'5'", "'many'")).unwrap();
-        let error = Catalog::load_streams(&[dir.path().to_path_buf()]).await.unwrap_err().to_string();
-        assert!(error.contains("recent_rows `many` is not a number"), "{error}");
+        for (wrong, message) in [
+            (("'5'", "'many'"), "recent_rows `many` is not a number"),
+            (("'csv'", "'xml'"), "unknown format `xml`"),
+            (("'9'", "'0'"), "max_record_bytes `0` is not a positive number"),
+            (("'Dead_Letter_Topic'", "'dead_letters'"), "stream `s`: unknown option `dead_letters` (options: format,"),
+        ] {
+            std::fs::write(dir.path().join("s.sql"), sql.replace(wrong.0, wrong.1)).unwrap();
+            let error = Catalog::load_streams(&[dir.path().to_path_buf()]).await.unwrap_err().to_string();
+            assert!(error.contains(message) && error.contains("s.sql:1"), "{error}");
+        }
     }
 
     #[test]

@@ -97,6 +97,27 @@ impl StreamTableFactory {
     }
 }
 
+/// The OPTIONS a stream may declare, for the engine and its connectors.
+const STREAM_OPTIONS: [&str; 6] = ["format", "schema_registry_url", "avro_schema", "dead_letter_topic", "max_record_bytes", "recent_rows"];
+
+/// Refuses unknown option names (a typo would otherwise be ignored in silence) and
+/// values that cannot be right, naming the stream.
+fn check_options(stream: &str, options: &HashMap<String, String>) -> DfResult<()> {
+    let refuse = |message: String| datafusion::common::plan_err!("stream `{stream}`: {message}");
+    let mut names: Vec<&String> = options.keys().collect();
+    names.sort();
+    if let Some(unknown) = names.into_iter().find(|name| !STREAM_OPTIONS.contains(&name.as_str())) {
+        return refuse(format!("unknown option `{unknown}` (options: {})", STREAM_OPTIONS.join(", ")));
+    }
+    if let Some(format) = options.get("format").filter(|f| !["json", "csv", "avro"].contains(&f.to_lowercase().as_str())) {
+        return refuse(format!("unknown format `{format}` (json, csv or avro)"));
+    }
+    if let Some(bytes) = options.get("max_record_bytes").filter(|b| b.parse::<usize>().map_or(true, |b| b == 0)) {
+        return refuse(format!("max_record_bytes `{bytes}` is not a positive number of bytes"));
+    }
+    Ok(())
+}
+
 /// The OPTIONS of a stream under the names written in SQL. DataFusion files every
 /// key without a dot under `format.` (`'format' 'csv'` arrives as `format.format`),
 /// so that prefix is taken off again; keys are lower case.
@@ -133,6 +154,7 @@ impl TableProviderFactory for StreamTableFactory {
             })
             .unwrap_or_default();
         let options = stream_options(cmd);
+        check_options(cmd.name.table(), &options)?;
         let recent_rows = match options.get("recent_rows") {
             None => DEFAULT_RECENT_ROWS,
             Some(n) => n.parse().map_err(|_| {
