@@ -577,7 +577,7 @@ async fn ingest(args: PipelineArgs, listen: &str, partitions: i32, options: Inge
 
 async fn produce(args: PipelineArgs, file: PathBuf, topic: Option<String>, stream: Option<&str>, rate: Option<f64>, partitions: i32) -> Result<()> {
     let brokers = args.brokers("produce")?.to_string();
-    if rate.is_some_and(|r| !(r > 0.0)) {
+    if rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
         bail!("--rate must be a positive number of records per second");
     }
     let streams = Catalog::load_streams(&args.sql).await?;

@@ -48,8 +48,36 @@ pub fn is_avro(stream: &StreamDecl) -> bool {
 pub enum RecordDecoder {
     /// JSON objects or CSV lines.
     Text(RecordFormat),
-    /// Avro, with the registry its writer schemas come from (none: one declared schema).
-    Avro { avro: AvroDecoder, registry: Option<SchemaRegistry> },
+    /// Avro (boxed: the registry client is large).
+    Avro(Box<AvroRecords>),
+}
+
+/// An Avro decoder, and the registry its writer schemas come from (none: one declared schema).
+#[derive(Debug)]
+pub struct AvroRecords {
+    avro: AvroDecoder,
+    registry: Option<SchemaRegistry>,
+}
+
+impl AvroRecords {
+    /// Fetches the writer schemas `records` carry that the decoder has not seen,
+    /// then decodes them.
+    async fn parse(&mut self, stream: &StreamDecl, records: &[&[u8]], max_record_bytes: usize) -> crate::Result<Vec<Parsed>> {
+        if let Some(registry) = &self.registry {
+            for id in self.avro.missing_schema_ids(records) {
+                match registry.schema(id).await? {
+                    SchemaLookup::Avro(schema) => {
+                        // A schema that cannot be read is refused: its records are rejected with the reason.
+                        if let Err(reason) = self.avro.add_schema(id, &schema) {
+                            tracing::warn!(stream = stream.name, "{reason}");
+                        }
+                    }
+                    SchemaLookup::Refused(reason) => self.avro.refuse_schema(id, reason),
+                }
+            }
+        }
+        Ok(self.avro.parse(records, max_record_bytes))
+    }
 }
 
 impl RecordDecoder {
@@ -60,10 +88,10 @@ impl RecordDecoder {
         }
         let binding = |message: String| crate::ConnectorError::Binding { binding: stream.name.clone(), message };
         match (stream.options.get("schema_registry_url"), stream.options.get("avro_schema")) {
-            (Some(url), None) => Ok(Self::Avro { avro: AvroDecoder::confluent(), registry: Some(SchemaRegistry::new(url)?) }),
+            (Some(url), None) => Ok(Self::Avro(Box::new(AvroRecords { avro: AvroDecoder::confluent(), registry: Some(SchemaRegistry::new(url)?) }))),
             (None, Some(schema)) => {
                 let avro = AvroDecoder::bare(schema).map_err(|e| binding(format!("OPTIONS ('avro_schema' …): {e}")))?;
-                Ok(Self::Avro { avro, registry: None })
+                Ok(Self::Avro(Box::new(AvroRecords { avro, registry: None })))
             }
             (Some(_), Some(_)) => Err(binding("set either 'schema_registry_url' (Confluent-framed records) or 'avro_schema' (bare records), not both".into())),
             (None, None) => Err(binding(
@@ -72,31 +100,15 @@ impl RecordDecoder {
         }
     }
 
-    /// Decodes `records` (one per slice) into `stream`'s payload schema (larger ones
-    /// than `max_record_bytes` are rejected): accepted rows
-    /// in input order, and a reason for each rejected record. Avro writer schemas not
+    /// Decodes `records` (one per slice) into `stream`'s payload schema, rejecting
+    /// those larger than `max_record_bytes`: accepted rows in input order, and a
+    /// reason for each rejected record. Avro writer schemas not
     /// seen before are fetched from the registry first; an unreachable registry is an
     /// error (nothing is rejected for it).
     pub async fn decode(&mut self, stream: &StreamDecl, records: &[&[u8]], max_record_bytes: usize) -> crate::Result<Decoded> {
-        let max = max_record_bytes;
         let parts = match self {
-            Self::Text(format) => vec![parse_records(*format, &stream.payload_schema, records, max)],
-            Self::Avro { avro, registry } => {
-                if let Some(registry) = registry {
-                    for id in avro.missing_schema_ids(records) {
-                        match registry.schema(id).await? {
-                            SchemaLookup::Avro(schema) => {
-                                // A schema that cannot be read is refused: its records are rejected with the reason.
-                                if let Err(reason) = avro.add_schema(id, &schema) {
-                                    tracing::warn!(stream = stream.name, "{reason}");
-                                }
-                            }
-                            SchemaLookup::Refused(reason) => avro.refuse_schema(id, reason),
-                        }
-                    }
-                }
-                avro.parse(records, max)
-            }
+            Self::Text(format) => vec![parse_records(*format, &stream.payload_schema, records, max_record_bytes)],
+            Self::Avro(avro) => avro.parse(stream, records, max_record_bytes).await?,
         };
         Ok(decode_parts(parts, &stream.payload_schema)?)
     }

@@ -36,6 +36,9 @@ pub const DEAD_LETTER_POSITION: i32 = -2;
 /// How often a running source looks for new partitions.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
+/// What a look at the topic finds: its partition count and their end offsets.
+type PartitionLook = (i32, BTreeMap<i32, i64>);
+
 /// Settings of a [`KafkaSource`].
 #[derive(Debug, Clone)]
 pub struct KafkaSourceOptions {
@@ -96,7 +99,7 @@ pub struct KafkaSource {
     /// End offsets as last looked up (every [`DISCOVERY_INTERVAL`]), for the lag.
     latest_ends: BTreeMap<i32, i64>,
     /// The look at partitions and end offsets running in the background, if any.
-    look: Option<tokio::task::JoinHandle<Result<(i32, BTreeMap<i32, i64>)>>>,
+    look: Option<tokio::task::JoinHandle<Result<PartitionLook>>>,
     assigned: bool,
     last_discovery: Instant,
     last_warning: Option<Instant>,
