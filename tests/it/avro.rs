@@ -102,3 +102,55 @@ async fn avro_topics_work_with_confluent_serializers_both_ways() {
     assert!(consumed.contains("deserialized 3000 records, 3 failed"), "{consumed}");
     assert_same_csv(&batch_over(&read_back, "from_read_back"), &batch_over(&paths[0], "from_json_again"), "records read back by Confluent's deserializer");
 }
+
+/// A registry that cannot be reached stops the job with one clear error, before any
+/// record counts as read; once the registry is back, the same records are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_registry_stops_the_job_without_losing_records() {
+    let broker = Broker::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let stream = trendflow_engine::catalog::Catalog::load_streams(&[shipped_sql()]).await.unwrap().remove(0);
+    let payload = &stream.payload_schema;
+    let columns = payload.fields().iter().map(|f| match f.name().as_str() {
+        "asin" => std::sync::Arc::new(datafusion::arrow::array::StringArray::from(vec!["B1", "B2"])) as _,
+        _ => datafusion::arrow::array::new_null_array(f.data_type(), 2),
+    });
+    let rows = datafusion::arrow::array::RecordBatch::try_new(payload.clone(), columns.collect()).unwrap();
+    // Schema id 1: the first schema the stand-in registers, below.
+    let (bytes, offsets) = trendflow_formats::AvroEncoder::confluent(payload, 1).unwrap().encode(&rows).unwrap();
+    trendflow_connectors::kafka::ensure_topic(&broker.addr, "products", 1).await.unwrap();
+    let producer = crate::kafka::producer(&broker.addr);
+    for w in offsets.windows(2) {
+        crate::kafka::send(&producer, "products", None, &bytes[w[0]..w[1]]).await;
+    }
+
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let registry_url = format!("http://127.0.0.1:{port}");
+    let sql = sql_with_products_options(tmp.path(), &format!("'format' 'avro', 'schema_registry_url' '{registry_url}'"));
+    let categories = format!("categories=file:{}", shared_data("amazon_categories.csv").display());
+    let state = tmp.path().join("state");
+    let run = || {
+        trendflow()
+            .args(["run", "--until-idle", "--flight-addr", "none", "--kafka-brokers", &broker.addr, "--source", &categories, "--sql"])
+            .arg(&sql)
+            .arg("--state")
+            .arg(&state)
+            .output()
+            .unwrap()
+    };
+    let failed = run();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && !stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains(&format!("schema registry at {registry_url}")) && stderr.contains("6 attempts"), "{stderr}");
+
+    let _registry = Killed(
+        Command::new(python()).arg(repo().join("tests/python/registry_standin.py")).arg(port.to_string()).stdout(Stdio::null()).spawn().unwrap(),
+    );
+    wait_for_port(&format!("127.0.0.1:{port}"), "schema registry stand-in", 30);
+    let schema = trendflow_formats::avro_schema_of(payload).unwrap();
+    let id = trendflow_connectors::schema_registry::SchemaRegistry::new(&registry_url).unwrap().register("products-value", &schema).await.unwrap();
+    assert_eq!(id, 1);
+    let resumed = run();
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert!(resumed.status.success() && stdout.contains("processed 2 records"), "{stdout}\n{}", String::from_utf8_lossy(&resumed.stderr));
+}
