@@ -15,7 +15,9 @@ use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::array::UInt32Array;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
@@ -93,6 +95,12 @@ impl IncrementalView {
         };
         let sql_error = |message: String| EngineError::Sql { file: def.origin.file.clone(), line: def.origin.line, message };
         let df = ctx.table(def.name.as_str()).await.map_err(|e| sql_error(e.to_string()))?;
+        if let Some(function) = clock_or_random_function(df.logical_plan()) {
+            return Err(unsupported(format!(
+                "`{function}()` reads the clock or is random, so the result would depend on when each micro-batch ran, not on the records; \
+                 derive times from `_timestamp` instead (e.g. date_bin(INTERVAL '1 minute', _timestamp))"
+            )));
+        }
         let key = view_key(df.logical_plan().schema());
         let physical = df.create_physical_plan().await.map_err(|e| sql_error(e.to_string()))?;
         let schema = physical.schema();
@@ -388,6 +396,33 @@ impl StreamFinder<'_> {
         }
         plan.children().into_iter().try_for_each(|c| self.check_stream_operators(c))
     }
+}
+
+/// The first function in `plan` (and the views it reads) whose value does not follow
+/// from its arguments: `now()`, `current_date()`, `random()`…
+fn clock_or_random_function(plan: &LogicalPlan) -> Option<String> {
+    let mut found = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            if let Some(view) = scan.source.get_logical_plan() {
+                found = clock_or_random_function(&view);
+            }
+        }
+        if found.is_none() {
+            node.apply_expressions(|expr| {
+                expr.apply(|e| {
+                    if let Expr::ScalarFunction(call) = e {
+                        if call.func.signature().volatility != Volatility::Immutable {
+                            found = Some(call.func.name().to_string());
+                        }
+                    }
+                    Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+                })
+            })?;
+        }
+        Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    found
 }
 
 /// The `Partial` aggregate under a `Final` one, through repartitioning and coalescing.

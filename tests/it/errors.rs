@@ -46,6 +46,9 @@ async fn non_incremental_constructs_are_refused_at_start_up() {
         ("CREATE VIEW l AS SELECT id, v FROM a ORDER BY v LIMIT 5;", "over stream rows"),
         ("CREATE VIEW k AS SELECT v FROM a;", "has no key"),
         ("CREATE VIEW m AS SELECT id, w FROM b;", "has no key"),
+        ("CREATE VIEW n AS SELECT id, COUNT(*) AS c FROM a WHERE now() > TIMESTAMP '2020-01-01' GROUP BY id;", "`now()` reads the clock"),
+        ("CREATE VIEW r AS SELECT id, SUM(random()) AS s FROM a GROUP BY id;", "`random()` reads the clock or is random"),
+        ("CREATE VIEW i AS SELECT id, c FROM (SELECT id, current_date() AS c FROM a);", "`current_date()`"),
     ];
     for (view, expected) in cases {
         let message = error_of(&format!("{STREAMS}{view}")).await;

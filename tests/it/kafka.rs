@@ -650,3 +650,39 @@ async fn read_until(source: &mut KafkaSource, total: usize, rows: &mut Vec<(i32,
         }
     }
 }
+
+/// Micro-batches are cut at `--max-delay-ms` as well as `--max-rows`: records that
+/// stop arriving long before `--max-rows` reach the views (the per-minute windows of
+/// `category_trend` included) without waiting for more records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_still_reaches_the_views() {
+    let broker = Broker::start();
+    let tmp = tempfile::tempdir().unwrap();
+    kafka::ensure_topic(&broker.addr, "products", 1).await.unwrap();
+    let categories = format!("categories=file:{}", shared_data("amazon_categories.csv").display());
+    let state = tmp.path().join("state");
+    let _job = Killed(
+        trendflow()
+            .args(["run", "--flight-addr", "none", "--max-rows", "100000", "--max-delay-ms", "200", "--checkpoint-interval-ms", "200"])
+            .args(["--kafka-brokers", &broker.addr, "--source", &categories, "--state"])
+            .arg(&state)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let producer = producer(&broker.addr);
+    for i in 0..7 {
+        send(&producer, "products", None, format!("{{\"asin\": \"I{i}\", \"price\": 5, \"category_id\": {}}}", i % 2 + 1).as_bytes()).await;
+    }
+    let sql = "SELECT CAST(SUM(products) AS BIGINT) AS n, COUNT(DISTINCT window_start) AS windows FROM category_trend";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = trendflow().args(["query", sql, "--format", "csv", "--state"]).arg(&state).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        if text.lines().nth(1).is_some_and(|row| row.starts_with("7,")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the views never showed the 7 records: {text}{}", String::from_utf8_lossy(&output.stderr));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
