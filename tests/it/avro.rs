@@ -15,17 +15,6 @@ use std::process::{Command, Stdio};
 use crate::kafka::{assert_same_csv, http_post, json_records, ok, read_topic, trendflow, views_csv, wait_for_line, Broker, Killed};
 use crate::support::*;
 
-/// A SQL directory: the shipped pipeline with `products` declared with `options`.
-fn sql_with_products_options(dir: &Path, options: &str) -> std::path::PathBuf {
-    let sql = dir.join("sql");
-    std::fs::create_dir_all(&sql).unwrap();
-    let sources = std::fs::read_to_string(shipped_sql().join("01_sources.sql")).unwrap();
-    assert!(sources.contains("OPTIONS ('format' 'json');"), "the shipped products stream changed: update this test");
-    std::fs::write(sql.join("01_sources.sql"), sources.replace("OPTIONS ('format' 'json');", &format!("OPTIONS ({options});"))).unwrap();
-    std::fs::copy(shipped_sql().join("02_trends.sql"), sql.join("02_trends.sql")).unwrap();
-    sql
-}
-
 /// Writes `records` as NDJSON to `path`.
 fn write_ndjson(path: &Path, records: &[Vec<u8>]) {
     std::fs::write(path, records.join(&b'\n')).unwrap();

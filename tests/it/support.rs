@@ -36,6 +36,17 @@ pub fn shipped_sql() -> PathBuf {
     repo().join("sql")
 }
 
+/// A SQL directory: the shipped pipeline with `products` declared with `options`.
+pub fn sql_with_products_options(dir: &Path, options: &str) -> std::path::PathBuf {
+    let sql = dir.join("sql");
+    std::fs::create_dir_all(&sql).unwrap();
+    let sources = std::fs::read_to_string(shipped_sql().join("01_sources.sql")).unwrap();
+    assert!(sources.contains("OPTIONS ('format' 'json');"), "the shipped products stream changed: update this test");
+    std::fs::write(sql.join("01_sources.sql"), sources.replace("OPTIONS ('format' 'json');", &format!("OPTIONS ({options});"))).unwrap();
+    std::fs::copy(shipped_sql().join("02_trends.sql"), sql.join("02_trends.sql")).unwrap();
+    sql
+}
+
 /// A file of `../shared/data`; fails loudly when the shared data is missing.
 pub fn shared_data(name: &str) -> PathBuf {
     let path = repo().join("..").join("shared").join("data").join(name);
