@@ -3,9 +3,9 @@
 //! (to encode them).
 //!
 //! Plain HTTP only, with optional basic authentication from the URL
-//! (`http://user:password@registry:8081`). Connection failures and server errors
-//! are retried with backoff; a schema the registry does not have is an answer,
-//! not an error.
+//! (`http://user:password@registry:8081`, `%XX` escapes allowed). Connection
+//! failures, server errors and 429 are retried with backoff; the registry's own
+//! "schema not found" (error code 40403) is an answer, not an error.
 
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ const ATTEMPTS: u32 = 6;
 /// Wait before the first retry; doubled after each (about 6 s in all).
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest wait for one answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the registry holds under a schema id.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,14 +72,19 @@ impl SchemaRegistry {
                 "the URL must start with http://"
             }));
         };
-        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        let (credentials, host) = authority.rsplit_once('@').map_or((None, authority), |(c, h)| (Some(c), h));
+        // Credentials may hold '/' (API secrets often do): they end at the last '@'.
+        let (credentials, rest) = rest.rsplit_once('@').map_or((None, rest), |(c, r)| (Some(c), r));
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
         if host.is_empty() {
             return Err(invalid("the URL has no host"));
         }
         let base = format!("http://{host}/{}", path.trim_end_matches('/')).trim_end_matches('/').to_string();
         base.parse::<hyper::Uri>().map_err(|e| invalid(&e.to_string()))?;
-        let authorization = credentials.map(|c| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(c)));
+        let authorization = credentials.map(|c| {
+            let (user, password) = c.split_once(':').unwrap_or((c, ""));
+            let pair = format!("{}:{}", percent_decode(user), percent_decode(password));
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+        });
         let client = Client::builder(TokioExecutor::new()).build_http();
         Ok(Self { base, authorization, client })
     }
@@ -92,7 +97,9 @@ impl SchemaRegistry {
     /// The schema registered under `id`.
     pub async fn schema(&self, id: u32) -> Result<SchemaLookup> {
         let (status, body) = self.request(Method::GET, &format!("/schemas/ids/{id}"), None).await?;
-        if status == StatusCode::NOT_FOUND {
+        // Only the registry's own "schema not found" (40403) condemns the records: any
+        // other 404 (a wrong path, a proxy) is a misconfiguration, and an error.
+        if status == StatusCode::NOT_FOUND && body.get("error_code").and_then(Value::as_u64) == Some(40403) {
             return Ok(SchemaLookup::Refused(format!("writer schema {id} is not in the schema registry at {}", self.base)));
         }
         let kind = body.get("schemaType").and_then(Value::as_str).unwrap_or("AVRO");
@@ -111,6 +118,10 @@ impl SchemaRegistry {
         let (status, body) = self.request(Method::POST, &path, Some(json!({ "schema": schema }))).await?;
         match body.get("id").and_then(Value::as_u64) {
             Some(id) if status.is_success() => u32::try_from(id).map_err(|_| self.error(&format!("schema id {id} is out of range"))),
+            _ if status == StatusCode::CONFLICT => Err(self.error(&format!(
+                "the registry refuses the declared columns as a new version of `{subject}` (incompatible with the versions there: {body}); \
+                 align the declared columns with the subject's schema, or write to another topic"
+            ))),
             _ => Err(self.error(&format!("POST {path} answered {status}: {body}"))),
         }
     }
@@ -122,7 +133,9 @@ impl SchemaRegistry {
         loop {
             let outcome = tokio::time::timeout(REQUEST_TIMEOUT, self.send(method.clone(), path, body.as_ref())).await;
             let failure = match outcome {
-                Ok(Ok((status, _))) if status.is_server_error() => format!("{method} {path} answered {status}"),
+                Ok(Ok((status, _))) if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
+                    format!("{method} {path} answered {status}")
+                }
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) => e,
                 Err(_) => format!("{method} {path}: no answer within {REQUEST_TIMEOUT:?}"),
@@ -160,6 +173,27 @@ impl SchemaRegistry {
     }
 }
 
+/// `%XX` escapes of a URL's user or password decoded (anything else kept as it is).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +207,13 @@ mod tests {
         let https = SchemaRegistry::new("https://ann:secret@registry").unwrap_err().to_string();
         assert!(https.contains("https is not supported") && !https.contains("secret"), "{https}");
         assert!(SchemaRegistry::new("registry:8081").unwrap_err().to_string().contains("must start with http://"));
+        // A secret with '/' and an escaped '+'; a user without a password.
+        let slashed = SchemaRegistry::new("http://key:a/b%2Bc@registry:8081").unwrap();
+        assert_eq!(slashed.url(), "http://registry:8081");
+        let sent = slashed.authorization.unwrap().strip_prefix("Basic ").map(|b| base64::engine::general_purpose::STANDARD.decode(b).unwrap()).unwrap();
+        assert_eq!(sent, b"key:a/b+c");
+        let user_only = SchemaRegistry::new("http://key@registry").unwrap().authorization.unwrap();
+        assert_eq!(user_only, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("key:")));
     }
 
     /// Nothing listens on the port: the request is retried, then fails naming the registry.

@@ -486,6 +486,8 @@ mod tests {
             (("'csv'", "'xml'"), "unknown format `xml`"),
             (("'9'", "'0'"), "max_record_bytes `0` is not a positive number"),
             (("'Dead_Letter_Topic'", "'dead_letters'"), "stream `s`: unknown option `dead_letters` (options: format,"),
+            (("'csv'", "'avro'"), "an Avro stream needs its writer schemas"),
+            (("'Dead_Letter_Topic' 'T.bad'", "'avro_schema' '{}'"), "are for ('format' 'avro'), not `csv`"),
         ] {
             std::fs::write(dir.path().join("s.sql"), sql.replace(wrong.0, wrong.1)).unwrap();
             let error = Catalog::load_streams(&[dir.path().to_path_buf()]).await.unwrap_err().to_string();

@@ -109,8 +109,19 @@ fn check_options(stream: &str, options: &HashMap<String, String>) -> DfResult<()
     if let Some(unknown) = names.into_iter().find(|name| !STREAM_OPTIONS.contains(&name.as_str())) {
         return refuse(format!("unknown option `{unknown}` (options: {})", STREAM_OPTIONS.join(", ")));
     }
-    if let Some(format) = options.get("format").filter(|f| !["json", "csv", "avro"].contains(&f.to_lowercase().as_str())) {
+    let format = options.get("format").map_or("json".to_string(), |f| f.to_lowercase());
+    if !["json", "csv", "avro"].contains(&format.as_str()) {
         return refuse(format!("unknown format `{format}` (json, csv or avro)"));
+    }
+    let schema_sources = ["schema_registry_url", "avro_schema"].map(|name| options.contains_key(name));
+    match (format.as_str(), schema_sources) {
+        ("avro", [true, false] | [false, true]) => {}
+        ("avro", [false, false]) => {
+            return refuse("an Avro stream needs its writer schemas: 'schema_registry_url' (Confluent-framed records) or 'avro_schema' (bare ones)".into())
+        }
+        ("avro", _) => return refuse("set 'schema_registry_url' (Confluent-framed records) or 'avro_schema' (bare ones), not both".into()),
+        (_, [false, false]) => {}
+        (_, _) => return refuse(format!("'schema_registry_url' and 'avro_schema' are for ('format' 'avro'), not `{format}`")),
     }
     if let Some(bytes) = options.get("max_record_bytes").filter(|b| b.parse::<usize>().map_or(true, |b| b == 0)) {
         return refuse(format!("max_record_bytes `{bytes}` is not a positive number of bytes"));

@@ -15,7 +15,6 @@
 use std::collections::{BTreeSet, HashMap};
 
 use arrow::array::RecordBatch;
-use arrow::compute::concat_batches;
 use arrow::datatypes::Schema;
 use arrow::error::ArrowError;
 use arrow_avro::reader::{Decoder, ReaderBuilder};
@@ -126,17 +125,7 @@ impl AvroDecoder {
                 Err(reason) => unparsed.push((index, reason, shown(record))),
             }
         }
-        let mut parts = self.decode_run(&framed).unwrap_or_else(|_| {
-            // Some record is bad: decode each on its own to single it out.
-            let mut parts: Vec<Parsed> = Vec::new();
-            for &(index, record) in &framed {
-                match self.decode_run(&[(index, record)]) {
-                    Ok(one) => append(&mut parts, one),
-                    Err(reason) => unparsed.push((index, format!("invalid Avro record: {reason}"), shown(record))),
-                }
-            }
-            parts
-        });
+        let mut parts = self.decode_singling_out(framed, &mut unparsed);
         unparsed.sort_by_key(|(index, _, _)| *index);
         if parts.is_empty() {
             parts.push(Parsed::all(RecordBatch::new_empty(std::sync::Arc::new(Schema::empty()))));
@@ -163,9 +152,32 @@ impl AvroDecoder {
         }
     }
 
-    /// Decodes `records` (input index, bytes) with a fresh decoder; fails at the first
-    /// bad record. Fresh, because a failed record leaves a decoder mid-record.
-    fn decode_run(&self, records: &[(usize, &[u8])]) -> Result<Vec<Parsed>, String> {
+    /// Decodes `records`; a record that does not decode goes to `unparsed` and the
+    /// others are decoded again without it. Each failed run tells which record failed,
+    /// so the records after it are tried next, from their own boundary.
+    fn decode_singling_out(&self, mut records: Vec<(usize, &[u8])>, unparsed: &mut Vec<(usize, String, String)>) -> Vec<Parsed> {
+        loop {
+            let mut good = Vec::with_capacity(records.len());
+            let mut rest = &records[..];
+            while let Err((failed, reason)) = self.decode_run(rest) {
+                let (index, record) = rest[failed];
+                unparsed.push((index, format!("invalid Avro record: {reason}"), shown(record)));
+                good.extend_from_slice(&rest[..failed]);
+                rest = &rest[failed + 1..];
+            }
+            if good.is_empty() {
+                // The last run decoded all of `rest`: in the common case, everything at once.
+                return self.decode_run(rest).unwrap_or_default();
+            }
+            good.extend_from_slice(rest);
+            records = good;
+        }
+    }
+
+    /// Decodes `records` (input index, bytes) with a fresh decoder, or tells the position
+    /// of the first bad record and why. Fresh, because a failed record leaves a decoder
+    /// mid-record.
+    fn decode_run(&self, records: &[(usize, &[u8])]) -> Result<Vec<Parsed>, (usize, String)> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -173,32 +185,36 @@ impl AvroDecoder {
             .with_batch_size(records.len() + 1)
             .with_writer_schema_store(self.store.clone())
             .build_decoder()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| (0, e.to_string()))?;
         let mut parts = Vec::new();
         let mut open_rows = Vec::new();
-        for &(index, record) in records {
+        for (position, &(index, record)) in records.iter().enumerate() {
+            let fail = |reason: String| (position, reason);
             let (header, body) = match &self.framing {
                 Framing::Confluent => record.split_at(CONFLUENT_HEADER),
                 Framing::Bare { header } => (&header[..], record),
             };
-            let used = decoder.decode(header).map_err(|e| e.to_string())?;
-            if used != header.len() || rows_of(&decoder) != open_rows.len() {
-                return Err("the decoder lost the record boundary".into());
-            }
+            // A header is always readable at a record boundary: when it is not, the
+            // previous record ended in bytes that looked like the start of another.
+            let overran = || (position.saturating_sub(1), "bytes follow the end of the record".to_string());
+            let used = decoder.decode(header).map_err(|_| overran())?;
             if decoder.batch_is_full() {
                 // A new writer schema: the rows of the previous one are flushed first.
-                flush(&mut decoder, &mut parts, &mut open_rows)?;
+                flush(&mut decoder, &mut parts, &mut open_rows).map_err(fail)?;
+            }
+            if used != header.len() || rows_of(&decoder) != open_rows.len() {
+                return Err(overran());
             }
             let decoded = decoder.decode(body);
             let complete = rows_of(&decoder) == open_rows.len() + 1;
             match decoded {
                 Ok(used) if complete && used == body.len() => open_rows.push(index),
-                Ok(_) | Err(_) if complete => return Err("bytes follow the end of the record".into()),
-                Ok(_) => return Err("the record ends before its last field".into()),
-                Err(e) => return Err(e.to_string()),
+                Ok(_) | Err(_) if complete => return Err(fail("bytes follow the end of the record".into())),
+                Ok(_) => return Err(fail("the record ends before its last field".into())),
+                Err(e) => return Err(fail(e.to_string())),
             }
         }
-        flush(&mut decoder, &mut parts, &mut open_rows)?;
+        flush(&mut decoder, &mut parts, &mut open_rows).map_err(|e| (records.len() - 1, e))?;
         Ok(parts)
     }
 }
@@ -225,19 +241,6 @@ fn flush(decoder: &mut Decoder, parts: &mut Vec<Parsed>, open_rows: &mut Vec<usi
     Ok(())
 }
 
-/// Appends `more` to `parts`, merging a part into the previous one when their columns agree.
-fn append(parts: &mut Vec<Parsed>, more: Vec<Parsed>) {
-    for part in more {
-        match parts.last_mut() {
-            Some(last) if last.batch.schema() == part.batch.schema() => {
-                last.batch = concat_batches(&last.batch.schema(), [&last.batch, &part.batch]).expect("same schema");
-                last.rows.extend(part.rows);
-            }
-            _ => parts.push(part),
-        }
-    }
-}
-
 /// Checks that arrow-avro can decode records of `schema` into record batches.
 fn check_schema(schema: &AvroSchema) -> Result<(), String> {
     let mut store = SchemaStore::new();
@@ -246,9 +249,29 @@ fn check_schema(schema: &AvroSchema) -> Result<(), String> {
 }
 
 /// The Avro schema (JSON) that [`AvroEncoder`] writes rows of `payload` with:
-/// nullable columns become unions with `null`.
+/// nullable columns become unions with `null`, defaulting to null (so that readers
+/// of other versions can resolve it). Column names must be Avro names, since
+/// readers match fields by name.
 pub fn avro_schema_of(payload: &Schema) -> Result<String, ArrowError> {
-    Ok(AvroSchema::try_from(payload)?.json_string)
+    if let Some(field) = payload.fields().iter().find(|f| !is_avro_name(f.name())) {
+        return Err(ArrowError::SchemaError(format!(
+            "column `{}` is not an Avro name (letters, digits and _, not starting with a digit); rename it to write Avro",
+            field.name()
+        )));
+    }
+    let json = AvroSchema::try_from(payload)?.json_string;
+    let mut schema: serde_json::Value = serde_json::from_str(&json).map_err(|e| ArrowError::SchemaError(e.to_string()))?;
+    for field in schema["fields"].as_array_mut().into_iter().flatten() {
+        if field["type"].get(0).and_then(serde_json::Value::as_str) == Some("null") {
+            field["default"] = serde_json::Value::Null;
+        }
+    }
+    Ok(schema.to_string())
+}
+
+fn is_avro_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Encodes rows as Confluent-framed Avro records, one per row.
@@ -336,7 +359,10 @@ mod tests {
         let v2 = split(&AvroEncoder::confluent(&v2_schema, 2).unwrap().encode(&v2_rows).unwrap());
         let truncated = &v1[0][..v1[0].len() - 3];
         let trailing = [v1[1].as_slice(), &[9, 9]].concat();
-        let records: Vec<&[u8]> = vec![&v1[0], &v2[0], truncated, &v1[1], &trailing, b"{\"asin\": \"J\"}", &v2[1], &[0, 0, 0, 0, 3, 2, 65], &v1[2]];
+        // Bytes after the body that look like the next record's header.
+        let overrun = [v1[0].as_slice(), &[0, 0, 0, 0, 1]].concat();
+        let records: Vec<&[u8]> =
+            vec![&v1[0], &v2[0], truncated, &v1[1], &trailing, b"{\"asin\": \"J\"}", &v2[1], &[0, 0, 0, 0, 3, 2, 65], &v1[2], &overrun, &v2[0]];
 
         let mut avro = AvroDecoder::confluent();
         assert_eq!(avro.missing_schema_ids(&records), BTreeSet::from([1, 2, 3]));
@@ -347,18 +373,40 @@ mod tests {
         assert!(avro.missing_schema_ids(&records).is_empty());
 
         let decoded = decode_parts(avro.parse(&records, 1 << 20), &payload()).unwrap();
-        assert_eq!(decoded.rows, vec![0, 1, 3, 8]);
+        assert_eq!(decoded.rows, vec![0, 1, 3, 8, 10]);
         let asins = decoded.batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-        assert_eq!(asins.iter().flatten().collect::<Vec<_>>(), vec!["A", "D", "B", "C"]);
+        assert_eq!(asins.iter().flatten().collect::<Vec<_>>(), vec!["A", "D", "B", "C", "D"]);
         let prices = decoded.batch.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
-        assert_eq!(prices.iter().collect::<Vec<_>>(), vec![Some(1.5), Some(4.5), None, Some(3.0)]);
-        assert_eq!(decoded.batch.column(2).null_count(), 1, "schema 2 has no reviews");
+        assert_eq!(prices.iter().collect::<Vec<_>>(), vec![Some(1.5), Some(4.5), None, Some(3.0), Some(4.5)]);
+        assert_eq!(decoded.batch.column(2).null_count(), 2, "schema 2 has no reviews");
         let reasons: Vec<(usize, &str)> = decoded.rejected.iter().map(|(i, r, _)| (*i, r.as_str())).collect();
-        let expected = [(2, "ends before"), (4, "bytes follow"), (5, "first byte is 0x7b"), (6, "`cheap` is not a valid"), (7, "not in the registry")];
+        let expected = [
+            (2, "ends before"),
+            (4, "bytes follow"),
+            (5, "first byte is 0x7b"),
+            (6, "`cheap` is not a valid"),
+            (7, "not in the registry"),
+            (9, "bytes follow"),
+        ];
         assert_eq!(reasons.len(), expected.len(), "{reasons:?}");
         for ((index, reason), (want_index, want)) in reasons.iter().zip(expected) {
             assert!(*index == want_index && reason.contains(want), "{index}: {reason} should be {want_index}: {want}");
         }
+    }
+
+    /// Writer schemas alternate without a bad record: one pass, one part per run of a schema.
+    #[test]
+    fn alternating_writer_schemas_decode_in_one_pass() {
+        let v1 = split(&AvroEncoder::confluent(&payload(), 1).unwrap().encode(&rows(&["A", "B"], &[Some(1.0), Some(2.0)])).unwrap());
+        let v2_schema = Arc::new(Schema::new(vec![Field::new("price", DataType::Float64, true), Field::new("asin", DataType::Utf8, false)]));
+        let v2_rows = RecordBatch::try_new(v2_schema.clone(), vec![Arc::new(Float64Array::from(vec![3.0])), Arc::new(StringArray::from(vec!["C"]))]).unwrap();
+        let v2 = split(&AvroEncoder::confluent(&v2_schema, 2).unwrap().encode(&v2_rows).unwrap());
+        let mut avro = AvroDecoder::confluent();
+        avro.add_schema(1, &avro_schema_of(&payload()).unwrap()).unwrap();
+        avro.add_schema(2, &avro_schema_of(&v2_schema).unwrap()).unwrap();
+        let framed: Vec<(usize, &[u8])> = [&v1[0], &v2[0], &v1[1]].into_iter().enumerate().map(|(i, r)| (i, r.as_slice())).collect();
+        let parts = avro.decode_run(&framed).expect("no record is bad");
+        assert_eq!(parts.iter().map(|p| p.rows.clone()).collect::<Vec<_>>(), vec![vec![0], vec![1], vec![2]]);
     }
 
     #[test]
@@ -374,6 +422,17 @@ mod tests {
         assert_eq!(decoded.batch, batch);
         assert_eq!(decoded.rejected.len(), 1);
         assert!(AvroDecoder::bare("{\"type\": \"record\"").unwrap_err().contains("JSON"));
+    }
+
+    #[test]
+    fn written_schemas_default_nullable_fields_and_refuse_non_avro_names() {
+        let schema: serde_json::Value = serde_json::from_str(&avro_schema_of(&payload()).unwrap()).unwrap();
+        let fields = schema["fields"].as_array().unwrap();
+        assert_eq!(fields[0]["name"], "asin");
+        assert!(fields[0].get("default").is_none(), "a required field has no default");
+        assert_eq!((&fields[1]["type"][0], &fields[1]["default"]), (&serde_json::json!("null"), &serde_json::Value::Null));
+        let spaced = Schema::new(vec![Field::new("list price", DataType::Float64, true)]);
+        assert!(avro_schema_of(&spaced).unwrap_err().to_string().contains("column `list price` is not an Avro name"));
     }
 
     #[test]

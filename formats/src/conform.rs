@@ -79,13 +79,27 @@ fn convert_column(source: &ArrayRef, field: &Field, reasons: &mut [Option<String
         return Ok(source.clone());
     }
     let source = blank_strings_as_null(source)?;
-    let converted = cast_with_options(&source, target, &CastOptions { safe: true, ..Default::default() })?;
+    let converted = match cast_with_options(&source, target, &CastOptions { safe: true, ..Default::default() }) {
+        Ok(converted) => converted,
+        // No conversion exists (e.g. an Avro writer's nested record where a number is
+        // declared): every value of the column is rejected, not the whole batch.
+        Err(e) => {
+            let reason = format!("column `{}`: a {} value cannot be read as {target} ({e})", field.name(), source.data_type());
+            for (row, slot) in reasons.iter_mut().enumerate() {
+                if slot.is_none() && source.is_valid(row) {
+                    *slot = Some(reason.clone());
+                }
+            }
+            return Ok(new_null_array(target, source.len()));
+        }
+    };
     if converted.null_count() > source.null_count() {
-        let shown = cast(&source, &DataType::Utf8)?;
-        let shown = shown.as_any().downcast_ref::<StringArray>().expect("cast to Utf8 gives a StringArray");
+        let shown = cast(&source, &DataType::Utf8).ok();
+        let shown = shown.as_ref().and_then(|s| s.as_any().downcast_ref::<StringArray>());
         for (row, reason) in reasons.iter_mut().enumerate() {
             if reason.is_none() && source.is_valid(row) && converted.is_null(row) {
-                *reason = Some(format!("column `{}`: `{}` is not a valid {target}", field.name(), shown.value(row)));
+                let value = shown.map_or_else(|| format!("a {} value", source.data_type()), |s| format!("`{}`", s.value(row)));
+                *reason = Some(format!("column `{}`: {value} is not a valid {target}", field.name()));
             }
         }
     }
@@ -133,6 +147,25 @@ mod tests {
         let fields: Vec<Field> = columns.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, true)).collect();
         let arrays: Vec<ArrayRef> = columns.into_iter().map(|(_, v)| Arc::new(StringArray::from(v)) as ArrayRef).collect();
         RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap()
+    }
+
+    /// A column of a type with no conversion to the declared one (a nested record for a
+    /// number) rejects the rows that have a value there, not the batch.
+    #[test]
+    fn unconvertible_types_reject_rows() {
+        let inner = Arc::new(StringArray::from(vec!["x", "y"])) as ArrayRef;
+        let nested = arrow::array::StructArray::try_new(
+            vec![Field::new("amount", DataType::Utf8, true)].into(),
+            vec![inner],
+            Some(vec![true, false].into()),
+        )
+        .unwrap();
+        let schema = Schema::new(vec![Field::new("price", nested.data_type().clone(), true)]);
+        let input = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(nested)]).unwrap();
+        let declared = Arc::new(Schema::new(vec![Field::new("price", DataType::Float64, true)]));
+        let out = conform(&input, &declared).unwrap();
+        assert_eq!(out.accepted_rows, vec![1]);
+        assert!(out.rejected[0].reason.contains("cannot be read as Float64"), "{:?}", out.rejected);
     }
 
     #[test]

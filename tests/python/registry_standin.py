@@ -6,9 +6,11 @@ Avro test runs this: the part of the registry REST API that serializers and
 trendflow use, in memory. Records are written by Confluent's own Python
 serializer (confluent-kafka), which registers its schemas here over HTTP.
 
-Usage: python registry_standin.py PORT
+Usage: python registry_standin.py PORT [USER:PASSWORD]
+(with credentials, requests without that basic authentication get 401)
 """
 
+import base64
 import json
 import re
 import sys
@@ -16,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 schemas: list[str] = []  # schema id - 1 -> schema JSON text
 versions: dict[str, list[int]] = {}  # subject -> ids, by version
+credentials = sys.argv[2] if len(sys.argv) > 2 else None
 
 
 class Registry(BaseHTTPRequestHandler):
@@ -27,7 +30,17 @@ class Registry(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def authorized(self) -> bool:
+        if credentials is None:
+            return True
+        if self.headers.get("authorization") == "Basic " + base64.b64encode(credentials.encode()).decode():
+            return True
+        self.answer(401, {"error_code": 401, "message": "Unauthorized"})
+        return False
+
     def do_GET(self) -> None:
+        if not self.authorized():
+            return
         found = re.fullmatch(r"/schemas/ids/(\d+)", self.path.split("?")[0])
         if found and 0 < int(found[1]) <= len(schemas):
             self.answer(200, {"schema": schemas[int(found[1]) - 1]})
@@ -35,6 +48,8 @@ class Registry(BaseHTTPRequestHandler):
             self.answer(404, {"error_code": 40403, "message": "Schema not found"})
 
     def do_POST(self) -> None:
+        if not self.authorized():
+            return
         found = re.fullmatch(r"/subjects/([^/]+)/versions", self.path.split("?")[0])
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         if not found or body.get("schemaType", "AVRO") != "AVRO":
