@@ -3,7 +3,8 @@
 //! - `engine`: Kafka-shaped JSON messages (one NDJSON line each, held in memory)
 //!   decoded and pushed through every shipped view with no sink, against
 //!   arrow-json decoding of the same messages alone (the physical limit the engine
-//!   sits on). Prints one JSON object with both timings.
+//!   sits on), and against decoding the same records as Confluent-framed Avro.
+//!   Prints one JSON object with the timings.
 //! - `consume`: a consume-only rdkafka client reading a whole topic with the same
 //!   fetch settings as trendflow's source: the broker-bound baseline.
 
@@ -15,9 +16,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
-use trendflow_connectors::decode::{decode_parsed, max_record_bytes, parse_records, with_metadata, RecordFormat, RecordOrigin};
+use trendflow_connectors::decode::{decode_parsed, max_record_bytes, parse_records, with_metadata, AvroDecoder, RecordFormat, RecordOrigin};
 use trendflow_connectors::fan_out::FanOut;
-use trendflow_connectors::kafka::{client_config, partition_count};
+use trendflow_connectors::kafka::{client_config, partition_count, RecordEncoder};
 use trendflow_engine::catalog::{incremental_session_config, Catalog};
 use trendflow_engine::runtime::{MicroBatch, Pipeline};
 
@@ -94,11 +95,34 @@ async fn engine(messages: &std::path::Path, sql: &std::path::Path, categories: &
         pipeline.step(vec![(stream.name.clone(), micro)], &mut sink).await?;
     }
     let engine_seconds = started.elapsed().as_secs_f64();
+    let (avro_decoded, avro_decode_seconds) = avro_decoding(&records, &stream, batch)?;
     let out = serde_json::json!({
         "messages": records.len(), "decoded": decoded_rows, "decode_seconds": decode_seconds, "engine_seconds": engine_seconds,
+        "avro_decoded": avro_decoded, "avro_decode_seconds": avro_decode_seconds,
     });
     println!("{out}");
     Ok(())
+}
+
+/// The records re-encoded as Confluent-framed Avro (untimed), then decoded into Arrow
+/// the way the Kafka source does: rows decoded, and seconds.
+fn avro_decoding(records: &[&[u8]], stream: &trendflow_engine::stream_table::StreamDecl, batch: usize) -> Result<(usize, f64)> {
+    let payload = &stream.payload_schema;
+    let mut avro_records = Vec::with_capacity(records.len());
+    for chunk in records.chunks(batch) {
+        let decoded = decode_parsed(parse_records(RecordFormat::Json, payload, chunk, max_record_bytes(stream)), payload)?;
+        let encoded = RecordEncoder::Avro { schema_id: 1 }.encode(&decoded.batch)?;
+        avro_records.extend((0..encoded.ranges.len()).map(|i| encoded.get(i).to_vec()));
+    }
+    let mut avro = AvroDecoder::confluent();
+    avro.add_schema(1, &trendflow_formats::avro_schema_of(payload)?).map_err(anyhow::Error::msg)?;
+    let slices: Vec<&[u8]> = avro_records.iter().map(Vec::as_slice).collect();
+    let started = Instant::now();
+    let mut rows = 0;
+    for chunk in slices.chunks(batch) {
+        rows += avro.parse(chunk, max_record_bytes(stream)).iter().map(|part| part.rows.len()).sum::<usize>();
+    }
+    Ok((rows, started.elapsed().as_secs_f64()))
 }
 
 async fn consume(brokers: &str, topic: &str) -> Result<()> {
