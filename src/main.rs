@@ -41,7 +41,7 @@ struct PipelineArgs {
     /// SQL files or directories of `*.sql` defining sources and views.
     #[arg(long = "sql", env = "TRENDFLOW_SQL", default_value = "sql", value_delimiter = ',')]
     sql: Vec<PathBuf>,
-    /// Bind a declared table to an input: NAME=file:PATH (.csv, .json/.ndjson, .parquet). Repeatable.
+    /// Bind a declared table to an input: NAME=file:PATH (.csv, .json/.ndjson, .parquet) or, for streams, NAME=kafka://HOST:PORT/TOPIC. Repeatable.
     #[arg(long = "source", env = "TRENDFLOW_SOURCES", value_delimiter = ',')]
     sources: Vec<String>,
     /// Directory for checkpoints, the embedded result store and dead letters.

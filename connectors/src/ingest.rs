@@ -6,7 +6,7 @@
 //! its index in the body and the reason:
 //!
 //! ```text
-//! 200 {"accepted": 2, "rejected": 1, "errors": [{"index": 1, "reason": "column `price`: `abc` is not a valid Float64"}]}
+//! 200 {"accepted": 2, "rejected": 1, "errors": [{"index": 1, "reason": "invalid JSON record: Json error: whilst decoding field 'price': failed to parse \"abc\" as Float64"}]}
 //! ```
 //!
 //! 400 when no record is valid, 404 for a topic no stream is declared on, 413 for a
@@ -30,7 +30,7 @@ use axum::Router;
 use serde_json::json;
 use trendflow_engine::stream_table::StreamDecl;
 
-use crate::decode::{decode_parsed, max_record_bytes, parse_records, split_body};
+use crate::decode::{decode_parsed, is_avro, max_record_bytes, parse_records, split_body};
 use crate::kafka::{send_rows, RecordEncoder, RecordProducer};
 
 /// Settings of the ingest API.
@@ -98,10 +98,15 @@ pub struct IngestService {
 
 impl IngestService {
     /// Serves every stream of `streams` on its topic (`LOCATION`); Avro streams get
-    /// their writer schema registered.
+    /// their writer schema registered. Streams of bare Avro (no registry to frame
+    /// records with) are left out, with a warning.
     pub async fn new(streams: &[StreamDecl], producer: RecordProducer, options: IngestOptions) -> crate::Result<Self> {
         let mut by_topic = BTreeMap::new();
         for stream in streams {
+            if is_avro(stream) && !stream.options.contains_key("schema_registry_url") {
+                tracing::warn!(stream = stream.name, "not served: bare Avro ('avro_schema') can be read but not written; declare 'schema_registry_url' instead");
+                continue;
+            }
             let encoder = RecordEncoder::for_stream(stream, &stream.location).await?;
             by_topic.insert(stream.location.clone(), (stream.clone(), encoder));
         }
@@ -211,5 +216,21 @@ mod tests {
         assert_eq!(admitted, 3, "a burst of one second's worth");
         assert!(limiter.admit("127.0.0.2".parse().unwrap(), 3.0), "buckets are per client");
         assert!((0..100).all(|_| limiter.admit(client, 0.0)), "0 means unlimited");
+    }
+
+    /// A bare-Avro stream cannot be written (no registry id to frame records with): it
+    /// is left out, and the other streams are served.
+    #[tokio::test]
+    async fn bare_avro_streams_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = "CREATE EXTERNAL TABLE a (id VARCHAR NOT NULL) STORED AS KAFKA LOCATION 'a';\n\
+                   CREATE EXTERNAL TABLE b (id VARCHAR NOT NULL) STORED AS KAFKA LOCATION 'b' OPTIONS ('format' 'avro', \
+                   'avro_schema' '{\"type\": \"record\", \"name\": \"B\", \"fields\": [{\"name\": \"id\", \"type\": \"string\"}]}');";
+        std::fs::write(dir.path().join("s.sql"), sql).unwrap();
+        let streams = trendflow_engine::catalog::Catalog::load_streams(&[dir.path().to_path_buf()]).await.unwrap();
+        // No broker is contacted until a record is sent.
+        let producer = RecordProducer::new("127.0.0.1:1").unwrap();
+        let service = IngestService::new(&streams, producer, IngestOptions::default()).await.unwrap();
+        assert_eq!(service.topics().collect::<Vec<_>>(), vec!["a"]);
     }
 }

@@ -488,6 +488,8 @@ mod tests {
             (("'Dead_Letter_Topic'", "'dead_letters'"), "stream `s`: unknown option `dead_letters` (options: format,"),
             (("'csv'", "'avro'"), "an Avro stream needs its writer schemas"),
             (("'Dead_Letter_Topic' 'T.bad'", "'avro_schema' '{}'"), "are for ('format' 'avro'), not `csv`"),
+            (("'csv', 'recent_rows' '5', 'Dead_Letter_Topic' 'T.bad'", "'avro', 'avro_schema' '{\"type\": \"rec'"), "avro_schema: "),
+            (("'csv', 'recent_rows' '5', 'Dead_Letter_Topic' 'T.bad'", "'avro', 'schema_registry_url' 'https://k:pw@r'"), "https is not supported"),
         ] {
             std::fs::write(dir.path().join("s.sql"), sql.replace(wrong.0, wrong.1)).unwrap();
             let error = Catalog::load_streams(&[dir.path().to_path_buf()]).await.unwrap_err().to_string();

@@ -123,6 +123,14 @@ fn check_options(stream: &str, options: &HashMap<String, String>) -> DfResult<()
         (_, [false, false]) => {}
         (_, _) => return refuse(format!("'schema_registry_url' and 'avro_schema' are for ('format' 'avro'), not `{format}`")),
     }
+    if let Some(url) = options.get("schema_registry_url").filter(|url| !url.starts_with("http://")) {
+        // The URL itself is not shown: it may hold a password.
+        let hint = if url.starts_with("https://") { "https is not supported, only http://" } else { "the URL must start with http://" };
+        return refuse(format!("schema_registry_url: {hint}"));
+    }
+    if let Some(Err(e)) = options.get("avro_schema").map(|schema| trendflow_formats::AvroDecoder::bare(schema)) {
+        return refuse(format!("avro_schema: {e}"));
+    }
     if let Some(bytes) = options.get("max_record_bytes").filter(|b| b.parse::<usize>().map_or(true, |b| b == 0)) {
         return refuse(format!("max_record_bytes `{bytes}` is not a positive number of bytes"));
     }

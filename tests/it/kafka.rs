@@ -715,3 +715,35 @@ async fn csv_records_on_kafka_feed_the_views_exactly() {
     ok(trendflow().args(["batch", "--source", &file, "--source", &categories, "--state"]).arg(&from_file));
     assert_same_csv(&views_csv(&streamed, false), &views_csv(&from_file, false), "CSV stream against the batch over the file");
 }
+
+/// A dead-letter topic of several partitions (one a user declared): letters go to its
+/// partition 0, where a replay after a crash looks for them, so none is written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_to_a_partitioned_dead_letter_topic_are_written_once() {
+    let broker = Broker::start();
+    kafka::ensure_topic(&broker.addr, "products", 1).await.unwrap();
+    kafka::ensure_topic(&broker.addr, "products.bad", 3).await.unwrap();
+    let producer = producer(&broker.addr);
+    for i in 0..12 {
+        send(&producer, "products", None, format!("{{\"asin\": \"D{i}\", \"price\": \"p{i}\"}}").as_bytes()).await;
+    }
+    let open = || async {
+        let stream = Catalog::load_streams(&[shipped_sql()]).await.unwrap().remove(0);
+        let mut options = KafkaSourceOptions::new(&stream, &broker.addr, "products", "partitioned-letters");
+        options.bounded = true;
+        options.dead_letter_topic = "products.bad".into();
+        KafkaSource::open(stream, options).await.unwrap()
+    };
+    let mut first = open().await;
+    let Poll::Batch(micro) = first.poll(4, Duration::from_secs(5)).await.unwrap() else { panic!("no records") };
+    let checkpoint = micro.offsets.clone();
+    drain(&mut first, 4).await;
+    // The job dies before its next checkpoint and resumes from `checkpoint`.
+    let mut second = open().await;
+    second.seek(&checkpoint).await.unwrap();
+    drain(&mut second, 4).await;
+    let letters = read_topic(&broker.addr, "products.bad");
+    let mut offsets: Vec<i64> = letters.iter().map(|(h, _)| h["trendflow.offset"].parse().unwrap()).collect();
+    offsets.sort();
+    assert_eq!(offsets, (0..12).collect::<Vec<_>>(), "every record once, all in partition 0");
+}

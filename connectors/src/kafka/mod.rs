@@ -115,6 +115,8 @@ pub struct OutRecord<'a> {
     pub payload: &'a [u8],
     /// Create time, ms since the epoch (None: now).
     pub timestamp: Option<i64>,
+    /// Partition to write to (None: chosen by key).
+    pub partition: Option<i32>,
 }
 
 /// A long-lived, idempotent producer that sends records in batches and waits for
@@ -124,7 +126,7 @@ pub struct OutRecord<'a> {
 /// # async fn demo() -> trendflow_connectors::Result<()> {
 /// use trendflow_connectors::kafka::{OutRecord, RecordProducer};
 /// let producer = RecordProducer::new("127.0.0.1:9092")?;
-/// let record = OutRecord { key: Some(b"B01"), payload: br#"{"asin":"B01"}"#, timestamp: None };
+/// let record = OutRecord { key: Some(b"B01"), payload: br#"{"asin":"B01"}"#, timestamp: None, partition: None };
 /// producer.send_all("products", &[record], None).await?;
 /// # Ok(()) }
 /// ```
@@ -168,6 +170,9 @@ impl RecordProducer {
             }
             if let Some(timestamp) = record.timestamp {
                 out = out.timestamp(timestamp);
+            }
+            if let Some(partition) = record.partition {
+                out = out.partition(partition);
             }
             if let Some(headers) = headers {
                 out = out.headers(headers(i));

@@ -133,6 +133,7 @@ pub async fn send_rows(producer: &RecordProducer, stream: &StreamDecl, encoder: 
             key: keys.as_ref().filter(|k| k.is_valid(i)).map(|k| k.value(i).as_bytes()),
             payload: encoded.get(i),
             timestamp: None,
+            partition: None,
         })
         .collect();
     producer.send_all(topic, &records, None).await?;

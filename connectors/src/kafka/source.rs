@@ -299,6 +299,8 @@ impl KafkaSource {
             key: fetched.keys[*i].as_deref().map(str::as_bytes),
             payload: &fetched.payloads[*i],
             timestamp: Some(fetched.timestamps[*i]),
+            // Letters are read back from partition 0 after a crash, whatever the topic's partitions.
+            partition: Some(0),
         }).collect::<Vec<_>>();
         let headers = |n: usize| {
             let (i, reason) = letters[n];
