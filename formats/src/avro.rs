@@ -159,16 +159,22 @@ impl AvroDecoder {
         loop {
             let mut good = Vec::with_capacity(records.len());
             let mut rest = &records[..];
-            while let Err((failed, reason)) = self.decode_run(rest) {
-                let (index, record) = rest[failed];
-                unparsed.push((index, format!("invalid Avro record: {reason}"), shown(record)));
-                good.extend_from_slice(&rest[..failed]);
-                rest = &rest[failed + 1..];
-            }
+            let parts = loop {
+                match self.decode_run(rest) {
+                    Ok(parts) => break parts,
+                    Err((failed, reason)) => {
+                        let (index, record) = rest[failed];
+                        unparsed.push((index, format!("invalid Avro record: {reason}"), shown(record)));
+                        good.extend_from_slice(&rest[..failed]);
+                        rest = &rest[failed + 1..];
+                    }
+                }
+            };
             if good.is_empty() {
-                // The last run decoded all of `rest`: in the common case, everything at once.
-                return self.decode_run(rest).unwrap_or_default();
+                // Every record left decoded in this run: in the common case, all at once.
+                return parts;
             }
+            // Decode the good records of the earlier runs together with the rest.
             good.extend_from_slice(rest);
             records = good;
         }
