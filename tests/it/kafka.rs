@@ -717,7 +717,8 @@ async fn csv_records_on_kafka_feed_the_views_exactly() {
 }
 
 /// A dead-letter topic of several partitions (one a user declared): letters go to its
-/// partition 0, where a replay after a crash looks for them, so none is written twice.
+/// partition 0, where a replay after a crash looks for them, so none is written twice,
+/// not even by a job that died before its first checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn letters_to_a_partitioned_dead_letter_topic_are_written_once() {
     let broker = Broker::start();
@@ -742,8 +743,15 @@ async fn letters_to_a_partitioned_dead_letter_topic_are_written_once() {
     let mut second = open().await;
     second.seek(&checkpoint).await.unwrap();
     drain(&mut second, 4).await;
+    // A job that dies before its first checkpoint starts over without one.
+    let mut third = open().await;
+    drain(&mut third, 5).await;
     let letters = read_topic(&broker.addr, "products.bad");
     let mut offsets: Vec<i64> = letters.iter().map(|(h, _)| h["trendflow.offset"].parse().unwrap()).collect();
     offsets.sort();
-    assert_eq!(offsets, (0..12).collect::<Vec<_>>(), "every record once, all in partition 0");
+    assert_eq!(offsets, (0..12).collect::<Vec<_>>(), "every record once in partition 0");
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &broker.addr).create().unwrap();
+    for partition in [1, 2] {
+        assert_eq!(consumer.fetch_watermarks("products.bad", partition, Duration::from_secs(10)).unwrap().1, 0, "partition {partition} holds letters");
+    }
 }

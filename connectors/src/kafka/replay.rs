@@ -87,7 +87,7 @@ impl RecordEncoder {
         let Some(url) = stream.options.get("schema_registry_url") else {
             return Err(ConnectorError::Binding {
                 binding: stream.name.clone(),
-                message: "writing Avro records needs a schema registry: OPTIONS ('schema_registry_url' 'http://…')".into(),
+                message: "bare Avro ('avro_schema') can be read but not written; to produce Avro, declare 'schema_registry_url' in place of 'avro_schema'".into(),
             });
         };
         let schema = avro_schema_of(&stream.payload_schema)?;

@@ -318,7 +318,7 @@ impl KafkaSource {
     async fn read_back_letters(&mut self, from: i64) -> Result<()> {
         let brokers = self.options.brokers.clone();
         let topic = self.options.dead_letter_topic.clone();
-        let stream = self.stream.name.clone();
+        let (stream, source_topic) = (self.stream.name.clone(), self.options.topic.clone());
         let consumer: BaseConsumer = client_config(&brokers)
             .set("group.id", format!("{}-dead-letter-check", self.options.group))
             .set("enable.auto.commit", "false")
@@ -344,7 +344,7 @@ impl KafkaSource {
                 let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
                 let message = message.map_err(|e| kafka_error(&brokers, &format!("reading back `{topic}`"), e))?;
                 next = message.offset() + 1;
-                if let Some(origin) = letter_origin(&message, &stream) {
+                if let Some(origin) = letter_origin(&message, &stream, &source_topic) {
                     seen.insert(origin);
                 }
             }
@@ -381,13 +381,13 @@ fn letter_headers(stream: &str, topic: &str, partition: i32, offset: i64, reason
         .insert(Header { key: "trendflow.offset", value: Some(&offset) })
 }
 
-/// The (partition, offset) a dead letter of `stream` came from.
-fn letter_origin(message: &impl Message, stream: &str) -> Option<(i32, i64)> {
+/// The (partition, offset) a dead letter of `stream` came from, when it came from `topic`.
+fn letter_origin(message: &impl Message, stream: &str, topic: &str) -> Option<(i32, i64)> {
     let headers = message.headers()?;
     let value = |key: &str| {
         headers.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok().map(str::to_string))
     };
-    if value("trendflow.stream")? != stream {
+    if value("trendflow.stream")? != stream || value("trendflow.topic")? != topic {
         return None;
     }
     Some((value("trendflow.partition")?.parse().ok()?, value("trendflow.offset")?.parse().ok()?))
@@ -404,6 +404,11 @@ impl Source for KafkaSource {
     }
 
     async fn poll(&mut self, max_rows: usize, max_delay: Duration) -> trendflow_engine::Result<Poll> {
+        if self.dead_letter_end.is_none() {
+            // No checkpoint was restored (no `seek`): a run that crashed before its first
+            // checkpoint may have written letters for the records about to be read.
+            self.read_back_letters(0).await.map_err(|e| self.source_error(e))?;
+        }
         if !self.assigned {
             self.assign().await.map_err(|e| self.source_error(e))?;
             // The first look for new partitions and the lag comes one interval later.
