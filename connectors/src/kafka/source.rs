@@ -335,14 +335,16 @@ impl KafkaSource {
             let mut assignment = TopicPartitionList::new();
             assignment.add_partition_offset(&topic, 0, Offset::Offset(from)).map_err(|e| kafka_error(&brokers, "assign", e))?;
             consumer.assign(&assignment).map_err(|e| kafka_error(&brokers, "assign", e))?;
-            let started = Instant::now();
+            // A large topic may take a while: only a reader that stops moving times out.
+            let mut progress = Instant::now();
             let mut next = from;
             while next < high {
-                if started.elapsed() > super::STARTUP_TIMEOUT {
-                    return Err(kafka_error(&brokers, &format!("reading back `{topic}`"), "timed out"));
+                if progress.elapsed() > super::STARTUP_TIMEOUT {
+                    return Err(kafka_error(&brokers, &format!("reading back `{topic}`"), format!("no letter for {:?} at offset {next} of {high}", super::STARTUP_TIMEOUT)));
                 }
                 let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
                 let message = message.map_err(|e| kafka_error(&brokers, &format!("reading back `{topic}`"), e))?;
+                progress = Instant::now();
                 next = message.offset() + 1;
                 if let Some(origin) = letter_origin(&message, &stream, &source_topic) {
                     seen.insert(origin);
