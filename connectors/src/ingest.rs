@@ -30,8 +30,8 @@ use axum::Router;
 use serde_json::json;
 use trendflow_engine::stream_table::StreamDecl;
 
-use crate::decode::{decode_parsed, is_avro, max_record_bytes, parse_records, split_body};
-use crate::kafka::{send_rows, RecordEncoder, RecordProducer};
+use crate::decode::{decode_parsed, max_record_bytes, parse_records, split_body};
+use crate::kafka::{send_rows, RecordEncoder, RecordProducer, BARE_AVRO_READ_ONLY};
 
 /// Settings of the ingest API.
 #[derive(Debug, Clone)]
@@ -103,11 +103,10 @@ impl IngestService {
     pub async fn new(streams: &[StreamDecl], producer: RecordProducer, options: IngestOptions) -> crate::Result<Self> {
         let mut by_topic = BTreeMap::new();
         for stream in streams {
-            if is_avro(stream) && !stream.options.contains_key("schema_registry_url") {
-                tracing::warn!(stream = stream.name, "not served: bare Avro ('avro_schema') can be read but not written; declare 'schema_registry_url' instead");
+            let Some(encoder) = RecordEncoder::for_stream(stream, &stream.location).await? else {
+                tracing::warn!(stream = stream.name, "not served: {BARE_AVRO_READ_ONLY}");
                 continue;
-            }
-            let encoder = RecordEncoder::for_stream(stream, &stream.location).await?;
+            };
             by_topic.insert(stream.location.clone(), (stream.clone(), encoder));
         }
         Ok(Self { streams: by_topic, producer, options, limiter: RateLimiter::default() })

@@ -82,7 +82,8 @@ impl SchemaRegistry {
         base.parse::<hyper::Uri>().map_err(|e| invalid(&e.to_string()))?;
         let authorization = credentials.map(|c| {
             let (user, password) = c.split_once(':').unwrap_or((c, ""));
-            let pair = format!("{}:{}", percent_decode(user), percent_decode(password));
+            let decode = |text| percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+            let pair = format!("{}:{}", decode(user), decode(password));
             format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
         });
         let client = Client::builder(TokioExecutor::new()).build_http();
@@ -171,27 +172,6 @@ impl SchemaRegistry {
     fn error(&self, message: &str) -> ConnectorError {
         ConnectorError::SchemaRegistry { url: self.base.clone(), message: message.to_string() }
     }
-}
-
-/// `%XX` escapes of a URL's user or password decoded (anything else kept as it is).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -199,7 +199,7 @@ impl AvroDecoder {
         for (position, &(index, record)) in records.iter().enumerate() {
             let fail = |reason: String| (position, reason);
             let (header, body) = self.split(record);
-            self.at_boundary(&mut decoder, header, open_rows.len()).map_err(|reason| (position.saturating_sub(1), reason))?;
+            at_boundary(&mut decoder, header, open_rows.len()).map_err(|reason| (position.saturating_sub(1), reason))?;
             if decoder.batch_is_full() {
                 // A new writer schema: the rows of the previous one are flushed first.
                 flush(&mut decoder, &mut parts, &mut open_rows).map_err(|e| self.blame(&records[open_start..position], open_start, e))?;
@@ -217,7 +217,7 @@ impl AvroDecoder {
         // The last record must have left the decoder at a boundary too.
         let last = records.len() - 1;
         let (header, _) = self.split(records[last].1);
-        self.at_boundary(&mut decoder, header, open_rows.len()).map_err(|reason| (last, reason))?;
+        at_boundary(&mut decoder, header, open_rows.len()).map_err(|reason| (last, reason))?;
         flush(&mut decoder, &mut parts, &mut open_rows).map_err(|e| self.blame(&records[open_start..], open_start, e))?;
         Ok(parts)
     }
@@ -228,18 +228,6 @@ impl AvroDecoder {
             Framing::Confluent => record.split_at(CONFLUENT_HEADER),
             Framing::Bare { header } => (&header[..], record),
         }
-    }
-
-    /// Feeds a header, which is always readable at a record boundary. When it is not
-    /// (consumed in part, or decoded as a row), the previous record ended in bytes that
-    /// looked like the start of another.
-    fn at_boundary(&self, decoder: &mut Decoder, header: &[u8], open_rows: usize) -> Result<(), String> {
-        let read = decoder.decode(header).ok().filter(|&used| used == header.len());
-        // A full batch here means a schema switch, flushed by the caller.
-        if read.is_none() || (!decoder.batch_is_full() && rows_of(decoder) != open_rows) {
-            return Err("bytes follow the end of the record".into());
-        }
-        Ok(())
     }
 
     /// The first of `run` (starting at position `offset`) that does not decode on its
@@ -263,6 +251,18 @@ fn confluent_id(record: &[u8]) -> Option<u32> {
         [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
         _ => None,
     }
+}
+
+/// Feeds a header, which is always readable at a record boundary. When it is not
+/// (consumed in part, or decoded as a row), the previous record ended in bytes that
+/// looked like the start of another.
+fn at_boundary(decoder: &mut Decoder, header: &[u8], open_rows: usize) -> Result<(), String> {
+    let read = decoder.decode(header).ok().filter(|&used| used == header.len());
+    // A full batch here means a schema switch, flushed by the caller.
+    if read.is_none() || (!decoder.batch_is_full() && rows_of(decoder) != open_rows) {
+        return Err("bytes follow the end of the record".into());
+    }
+    Ok(())
 }
 
 /// Rows decoded into the decoder's open batch.

@@ -18,7 +18,7 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-pub use replay::{encode_rows, record_keys, replay_file, send_rows, EncodedRecords, RecordEncoder, ReplaySummary};
+pub use replay::{encode_rows, record_keys, replay_file, send_rows, EncodedRecords, RecordEncoder, ReplaySummary, BARE_AVRO_READ_ONLY};
 pub use source::{KafkaSource, KafkaSourceOptions, DEAD_LETTER_POSITION};
 
 use crate::error::{ConnectorError, Result};

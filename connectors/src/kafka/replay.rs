@@ -66,6 +66,9 @@ pub fn encode_rows(format: RecordFormat, payload: &RecordBatch) -> Result<Encode
     Ok(out)
 }
 
+/// Why a stream of bare Avro has no [`RecordEncoder`].
+pub const BARE_AVRO_READ_ONLY: &str = "bare Avro ('avro_schema') can be read but not written; to produce Avro, declare 'schema_registry_url' in place of 'avro_schema'";
+
 /// How rows are written to a stream's topic: text records in the declared format, or
 /// Confluent-framed Avro whose writer schema (the declared columns) is registered
 /// under the subject `<topic>-value`.
@@ -80,20 +83,16 @@ pub enum RecordEncoder {
 impl RecordEncoder {
     /// The encoder for `stream` on `topic`; for Avro streams, registers the writer
     /// schema with the stream's `schema_registry_url`.
-    pub async fn for_stream(stream: &StreamDecl, topic: &str) -> Result<Self> {
+    /// None for a stream of bare Avro, which can be read but not written (see [`BARE_AVRO_READ_ONLY`]).
+    pub async fn for_stream(stream: &StreamDecl, topic: &str) -> Result<Option<Self>> {
         if !is_avro(stream) {
-            return record_format(stream).map(Self::Text);
+            return record_format(stream).map(|format| Some(Self::Text(format)));
         }
-        let Some(url) = stream.options.get("schema_registry_url") else {
-            return Err(ConnectorError::Binding {
-                binding: stream.name.clone(),
-                message: "bare Avro ('avro_schema') can be read but not written; to produce Avro, declare 'schema_registry_url' in place of 'avro_schema'".into(),
-            });
-        };
+        let Some(url) = stream.options.get("schema_registry_url") else { return Ok(None) };
         let schema = avro_schema_of(&stream.payload_schema)?;
         let schema_id = SchemaRegistry::new(url)?.register(&format!("{topic}-value"), &schema).await?;
         tracing::info!(stream = stream.name, topic, schema_id, "Avro writer schema registered");
-        Ok(Self::Avro { schema_id })
+        Ok(Some(Self::Avro { schema_id }))
     }
 
     /// The text format rows arrive in before encoding (the ingest API's bodies): the
@@ -164,7 +163,9 @@ pub async fn replay_file(
     on_progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<ReplaySummary> {
     let started = Instant::now();
-    let encoder = RecordEncoder::for_stream(stream, topic).await?;
+    let encoder = RecordEncoder::for_stream(stream, topic)
+        .await?
+        .ok_or_else(|| ConnectorError::Binding { binding: stream.name.clone(), message: BARE_AVRO_READ_ONLY.into() })?;
     let mut source = FileSource::new(stream.clone(), path.clone(), dead_letter_dir)?;
     // Small chunks when throttled, so the pace is smooth.
     let chunk = rate.map_or(20_000, |r| (r / 20.0).clamp(1.0, 20_000.0) as usize);

@@ -431,11 +431,9 @@ impl Source for KafkaSource {
     async fn seek(&mut self, offsets: &Offsets) -> trendflow_engine::Result<()> {
         self.positions = offsets.iter().filter(|(p, _)| **p >= 0).map(|(p, o)| (*p, *o)).collect();
         self.assigned = false;
-        match offsets.get(&DEAD_LETTER_POSITION) {
-            Some(&from) => self.read_back_letters(from).await.map_err(|e| self.source_error(e)),
-            // No letter was checkpointed: any letter of ours past the start is a replay.
-            None => self.read_back_letters(0).await.map_err(|e| self.source_error(e)),
-        }
+        // No letter checkpointed: any letter of ours from the start is a replay.
+        let from = offsets.get(&DEAD_LETTER_POSITION).copied().unwrap_or(0);
+        self.read_back_letters(from).await.map_err(|e| self.source_error(e))
     }
 
     fn lag(&self) -> Option<u64> {
