@@ -53,3 +53,25 @@ ensure_cargo_fuzz() {
         env -u CARGO_TARGET_DIR cargo install cargo-fuzz --version "$version" --locked --quiet
     fi
 }
+
+# The Apache Arrow Flight SQL JDBC driver (the one DBeaver uses), pinned in tests/jdbc/pom.xml,
+# copied from Maven Central into a cache outside the clone, for tests/python/test_jdbc.py.
+# Exports TRENDFLOW_JDBC_CLASSPATH (the jars, as a Java class path); the test compiles its
+# client with javac, so it needs a JDK 17+ too.
+ensure_jdbc_driver() {
+    local dir="${TRENDFLOW_JDBC_DIR:-$HOME/.cache/trendflow/jdbc}"
+    local stamp="$dir/.pom.sha256" want
+    want="$(sha256sum tests/jdbc/pom.xml | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        if ! command -v mvn >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1; then
+            echo "error: the JDBC driver test needs Maven and a JDK 17+ (apt-get install maven openjdk-17-jdk-headless)" >&2
+            exit 1
+        fi
+        echo "installing the Flight SQL JDBC driver from Maven Central into $dir (first run only)"
+        rm -rf "$dir"
+        mvn -q -B -Dstyle.color=never -f tests/jdbc/pom.xml dependency:copy-dependencies -DoutputDirectory="$dir"
+        echo "$want" > "$stamp"
+    fi
+    TRENDFLOW_JDBC_CLASSPATH="$(find "$dir" -name '*.jar' | sort | paste -sd:)"
+    export TRENDFLOW_JDBC_CLASSPATH
+}

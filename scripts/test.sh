@@ -19,6 +19,8 @@ echo "== Python packages for the client, dashboard and browser tests"
 ensure_venv tests/python/requirements.txt bench/requirements.txt
 echo "== Chromium for the browser test (Debian package)"
 ensure_chromium
+echo "== Flight SQL JDBC driver for the JDBC client test (Maven Central)"
+ensure_jdbc_driver
 echo "== Kafka-protocol broker for the Kafka tests (tansu)"
 ensure_tansu
 
