@@ -12,18 +12,27 @@ use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
-    CommandGetCatalogs, CommandGetDbSchemas, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes,
-    CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
-    CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, Nullable, ProstMessageExt, Searchable,
-    SqlInfo, SqlSupportedTransaction, TicketStatementQuery, XdbcDataType,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetCrossReference,
+    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery,
+    CommandStatementUpdate, DoPutPreparedStatementResult, Nullable, ProstMessageExt, Searchable,
+    SqlInfo, SqlNullOrdering, SqlOuterJoinsSupportLevel, SqlSupportedCaseSensitivity,
+    SqlSupportedGroupBy, SqlSupportedResultSetType, SqlSupportedSubqueries,
+    SqlSupportedTransaction, SqlSupportedUnions, SqlSupportsConvert, SqlTransactionIsolationLevel,
+    SupportedSqlGrammar, TicketStatementQuery, XdbcDataType,
 };
 use arrow_flight::utils::batches_to_flight_data;
 use arrow_flight::{
     FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int32Array, MapArray, RecordBatch, StringArray, StructArray,
+    UnionArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, UnionFields};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::common::{Constraint, ScalarValue};
 use datafusion::error::DataFusionError;
@@ -83,11 +92,11 @@ impl TrendflowFlightSql {
     pub fn new(ctx: SessionContext, auth: Authenticator, limits: QueryLimits) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+            sql_info: sql_info(&ctx),
             ctx,
             auth,
             limits,
             prepared: Mutex::default(),
-            sql_info: sql_info(),
             xdbc_info: xdbc_info(),
         }
     }
@@ -177,6 +186,15 @@ impl TrendflowFlightSql {
         Ok(tables)
     }
 
+    /// The properties a GetSqlInfo asks for (all when it names none).
+    fn sql_info_batch(&self, query: CommandGetSqlInfo) -> Result<RecordBatch, Status> {
+        let batch = query
+            .into_builder(&self.sql_info)
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        with_spec_map_names(batch).map_err(|e| Status::internal(e.to_string()))
+    }
+
     fn prepared_sql(&self, handle: &[u8]) -> Result<(String, Option<Vec<ScalarValue>>), Status> {
         let handle = String::from_utf8_lossy(handle).into_owned();
         let prepared = self.prepared.lock().expect("prepared statements lock poisoned");
@@ -246,8 +264,24 @@ fn parameter_schema(df: &DataFrame) -> Result<Schema, Status> {
     Ok(Schema::new(fields.into_iter().map(|(_, f)| f).collect::<Vec<_>>()))
 }
 
-fn sql_info() -> SqlInfoData {
+/// What the server is and supports, as GetSqlInfo reports it.
+///
+/// JDBC's `DatabaseMetaData` answers from these values (the Arrow Flight SQL JDBC
+/// driver throws on a property the server leaves out), so every property it
+/// reads is here. Enumerated capabilities are bitmasks of `1 << variant`, as the
+/// Java Flight SQL server and driver encode them.
+fn sql_info(ctx: &SessionContext) -> SqlInfoData {
     let mut builder = SqlInfoDataBuilder::new();
+    server_info(&mut builder);
+    dialect_info(&mut builder);
+    capability_info(&mut builder);
+    limit_info(&mut builder);
+    transaction_info(&mut builder);
+    function_info(&mut builder, ctx);
+    builder.build().expect("static SQL info builds")
+}
+
+fn server_info(builder: &mut SqlInfoDataBuilder) {
     builder.append(SqlInfo::FlightSqlServerName, "trendflow");
     builder.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
     builder.append(SqlInfo::FlightSqlServerArrowVersion, "59");
@@ -255,17 +289,308 @@ fn sql_info() -> SqlInfoData {
     builder.append(SqlInfo::FlightSqlServerSql, true);
     builder.append(SqlInfo::FlightSqlServerSubstrait, false);
     builder.append(SqlInfo::FlightSqlServerTransaction, SqlSupportedTransaction::None as i32);
+    // No CancelQuery action: a client cancels by dropping its DoGet stream, which stops the query.
     builder.append(SqlInfo::FlightSqlServerCancel, false);
     builder.append(SqlInfo::FlightSqlServerStatementTimeout, 0i32);
     builder.append(SqlInfo::SqlDdlCatalog, false);
     builder.append(SqlInfo::SqlDdlSchema, false);
     builder.append(SqlInfo::SqlDdlTable, false);
-    builder.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
-    builder.append(SqlInfo::SqlIdentifierCase, 1i32); // case insensitive (folded to lower case unless quoted)
-    builder.append(SqlInfo::SqlQuotedIdentifierCase, 2i32); // case sensitive
     builder.append(SqlInfo::SqlAllTablesAreSelectable, true);
+}
+
+/// Names and quoting, as DataFusion's SQL parser treats them.
+fn dialect_info(builder: &mut SqlInfoDataBuilder) {
+    builder.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    // Unquoted identifiers fold to lower case; quoted ones keep their case (no value says "sensitive").
+    builder.append(
+        SqlInfo::SqlIdentifierCase,
+        SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i32,
+    );
+    builder.append(
+        SqlInfo::SqlQuotedIdentifierCase,
+        SqlSupportedCaseSensitivity::SqlCaseSensitivityUnknown as i32,
+    );
+    builder.append(
+        SqlInfo::SqlNullOrdering,
+        SqlNullOrdering::SqlNullsSortedHigh as i32,
+    );
     builder.append(SqlInfo::SqlSearchStringEscape, "\\");
-    builder.build().expect("static SQL info builds")
+    builder.append(SqlInfo::SqlExtraNameCharacters, "");
+    builder.append(SqlInfo::SqlSchemaTerm, "schema");
+    builder.append(SqlInfo::SqlCatalogTerm, "catalog");
+    builder.append(SqlInfo::SqlProcedureTerm, "procedure");
+    builder.append(SqlInfo::SqlCatalogAtStart, true);
+}
+
+/// The SQL a query may use; the statements DataFusion plans, without DDL or DML.
+fn capability_info(builder: &mut SqlInfoDataBuilder) {
+    use SqlSupportedSubqueries::*;
+    for info in [
+        SqlInfo::SqlSupportsColumnAliasing,
+        SqlInfo::SqlNullPlusNullIsNull,
+        SqlInfo::SqlSupportsTableCorrelationNames,
+        SqlInfo::SqlSupportsDifferentTableCorrelationNames,
+        SqlInfo::SqlSupportsExpressionsInOrderBy,
+        SqlInfo::SqlSupportsOrderByUnrelated,
+        SqlInfo::SqlSupportsLikeEscapeClause,
+        SqlInfo::SqlSupportsNonNullableColumns,
+        SqlInfo::SqlCorrelatedSubqueriesSupported,
+    ] {
+        builder.append(info, true);
+    }
+    for info in [
+        SqlInfo::SqlSupportsIntegrityEnhancementFacility,
+        SqlInfo::SqlSelectForUpdateSupported,
+        SqlInfo::SqlStoredProceduresSupported,
+        SqlInfo::SqlBatchUpdatesSupported,
+        SqlInfo::SqlSavepointsSupported,
+        SqlInfo::SqlNamedParametersSupported,
+        SqlInfo::SqlLocatorsUpdateCopy,
+        SqlInfo::SqlStoredFunctionsUsingCallSyntaxSupported,
+    ] {
+        builder.append(info, false);
+    }
+    let group_by = [
+        SqlSupportedGroupBy::SqlGroupByUnrelated,
+        SqlSupportedGroupBy::SqlGroupByBeyondSelect,
+    ];
+    builder.append(
+        SqlInfo::SqlSupportedGroupBy,
+        bitmask(group_by.map(|v| v as i32)),
+    );
+    let grammar = [
+        SupportedSqlGrammar::SqlMinimumGrammar,
+        SupportedSqlGrammar::SqlCoreGrammar,
+    ];
+    builder.append(
+        SqlInfo::SqlSupportedGrammar,
+        bitmask(grammar.map(|v| v as i32)),
+    );
+    // ANSI92 entry (0) and intermediate (1) levels; arrow-flight does not export that enum.
+    builder.append(SqlInfo::SqlAnsi92SupportedLevel, bitmask([0, 1]));
+    let joins = [
+        SqlOuterJoinsSupportLevel::SqlLimitedOuterJoins,
+        SqlOuterJoinsSupportLevel::SqlFullOuterJoins,
+    ];
+    builder.append(
+        SqlInfo::SqlOuterJoinsSupportLevel,
+        bitmask(joins.map(|v| v as i32)),
+    );
+    let subqueries = [
+        SqlSubqueriesInComparisons,
+        SqlSubqueriesInExists,
+        SqlSubqueriesInIns,
+    ];
+    builder.append(
+        SqlInfo::SqlSupportedSubqueries,
+        bitmask(subqueries.map(|v| v as i32)),
+    );
+    let unions = [
+        SqlSupportedUnions::SqlUnion,
+        SqlSupportedUnions::SqlUnionAll,
+    ];
+    builder.append(
+        SqlInfo::SqlSupportedUnions,
+        bitmask(unions.map(|v| v as i32)),
+    );
+    // Schemas and catalogs appear in no procedure call, index or privilege definition; no positioned commands.
+    builder.append(SqlInfo::SqlSchemasSupportedActions, 0i32);
+    builder.append(SqlInfo::SqlCatalogsSupportedActions, 0i32);
+    builder.append(SqlInfo::SqlSupportedPositionedCommands, 0i32);
+    let forward_only = SqlSupportedResultSetType::SqlResultSetTypeForwardOnly as i32;
+    builder.append(SqlInfo::SqlSupportedResultSetTypes, bitmask([forward_only]));
+    builder.append(SqlInfo::SqlSupportsConvert, supported_casts());
+}
+
+/// Size limits: none that the server enforces (0 means "no limit or unknown" in JDBC).
+fn limit_info(builder: &mut SqlInfoDataBuilder) {
+    for info in [
+        SqlInfo::SqlMaxBinaryLiteralLength,
+        SqlInfo::SqlMaxCharLiteralLength,
+        SqlInfo::SqlMaxColumnNameLength,
+        SqlInfo::SqlMaxColumnsInGroupBy,
+        SqlInfo::SqlMaxColumnsInIndex,
+        SqlInfo::SqlMaxColumnsInOrderBy,
+        SqlInfo::SqlMaxColumnsInSelect,
+        SqlInfo::SqlMaxColumnsInTable,
+        SqlInfo::SqlMaxConnections,
+        SqlInfo::SqlMaxCursorNameLength,
+        SqlInfo::SqlMaxIndexLength,
+        SqlInfo::SqlDbSchemaNameLength,
+        SqlInfo::SqlMaxProcedureNameLength,
+        SqlInfo::SqlMaxCatalogNameLength,
+        SqlInfo::SqlMaxRowSize,
+        SqlInfo::SqlMaxStatementLength,
+        SqlInfo::SqlMaxStatements,
+        SqlInfo::SqlMaxTableNameLength,
+        SqlInfo::SqlMaxTablesInSelect,
+        SqlInfo::SqlMaxUsernameLength,
+    ] {
+        builder.append(info, 0i64);
+    }
+    builder.append(SqlInfo::SqlMaxRowSizeIncludesBlobs, false);
+}
+
+/// No transactions: every query reads the views as they are when it runs.
+fn transaction_info(builder: &mut SqlInfoDataBuilder) {
+    let none = SqlTransactionIsolationLevel::SqlTransactionNone as i32;
+    builder.append(SqlInfo::SqlTransactionsSupported, false);
+    builder.append(SqlInfo::SqlDefaultTransactionIsolation, i64::from(none));
+    builder.append(
+        SqlInfo::SqlSupportedTransactionsIsolationLevels,
+        bitmask([none]),
+    );
+    builder.append(SqlInfo::SqlDataDefinitionCausesTransactionCommit, false);
+    builder.append(SqlInfo::SqlDataDefinitionsInTransactionsIgnored, false);
+}
+
+/// The session's scalar functions by documented section, for SQL editors' completion lists.
+fn function_info(builder: &mut SqlInfoDataBuilder, ctx: &SessionContext) {
+    let sections = [
+        (SqlInfo::SqlNumericFunctions, &["Math Functions"][..]),
+        (
+            SqlInfo::SqlStringFunctions,
+            &[
+                "String Functions",
+                "Binary String Functions",
+                "Regular Expression Functions",
+            ][..],
+        ),
+        (
+            SqlInfo::SqlDatetimeFunctions,
+            &["Time and Date Functions"][..],
+        ),
+        (
+            SqlInfo::SqlSystemFunctions,
+            &["Conditional Functions", "Other Functions"][..],
+        ),
+    ];
+    let state = ctx.state();
+    for (info, labels) in sections {
+        let mut names: Vec<String> = state
+            .scalar_functions()
+            .iter()
+            .filter(|(_, udf)| {
+                udf.documentation()
+                    .is_some_and(|doc| labels.contains(&doc.doc_section.label))
+            })
+            .map(|(name, _)| name.to_uppercase())
+            .collect();
+        names.sort();
+        names.dedup();
+        builder.append(info, names);
+    }
+}
+
+/// GetSqlInfo's answer with the map member's entries named `key` and `value`.
+///
+/// The spec, and the Java driver, which finds them by name, call them that;
+/// arrow-flight's builder calls them `keys` and `values`, and the driver then
+/// reads `SQL_SUPPORTS_CONVERT` as a map from null to null.
+fn with_spec_map_names(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let (fields, type_ids, offsets, children) = batch.column(1).as_union().clone().into_parts();
+    let children = children
+        .into_iter()
+        .map(|child| match child.as_map_opt() {
+            Some(map) => renamed_entries(map.clone()).map(|map| Arc::new(map) as ArrayRef),
+            None => Ok(child),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let fields = fields
+        .iter()
+        .zip(&children)
+        .map(|((id, field), child)| {
+            (
+                id,
+                Arc::new(
+                    field
+                        .as_ref()
+                        .clone()
+                        .with_data_type(child.data_type().clone()),
+                ),
+            )
+        })
+        .collect::<UnionFields>();
+    let value = UnionArray::try_new(fields, type_ids, offsets, children)?;
+    let schema = batch.schema();
+    let value_field = schema
+        .field(1)
+        .clone()
+        .with_data_type(value.data_type().clone());
+    let schema = Schema::new(vec![schema.field(0).clone(), value_field]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![batch.column(0).clone(), Arc::new(value)],
+    )
+}
+
+fn renamed_entries(map: MapArray) -> Result<MapArray, ArrowError> {
+    let (field, offsets, entries, nulls, ordered) = map.into_parts();
+    let (names, columns, entry_nulls) = entries.into_parts();
+    let names: Fields = names
+        .iter()
+        .zip(["key", "value"])
+        .map(|(f, name)| f.as_ref().clone().with_name(name))
+        .collect();
+    let field = field
+        .as_ref()
+        .clone()
+        .with_data_type(DataType::Struct(names.clone()));
+    MapArray::try_new(
+        Arc::new(field),
+        offsets,
+        StructArray::try_new(names, columns, entry_nulls)?,
+        nulls,
+        ordered,
+    )
+}
+
+fn bitmask(variants: impl IntoIterator<Item = i32>) -> i32 {
+    variants
+        .into_iter()
+        .fold(0, |mask, variant| mask | (1 << variant))
+}
+
+/// The conversions `CAST` performs between the JDBC types of trendflow's columns.
+fn supported_casts() -> HashMap<i32, Vec<i32>> {
+    use SqlSupportsConvert::*;
+    let numbers = [
+        SqlConvertBigint,
+        SqlConvertInteger,
+        SqlConvertSmallint,
+        SqlConvertTinyint,
+        SqlConvertDecimal,
+        SqlConvertNumeric,
+        SqlConvertFloat,
+        SqlConvertReal,
+    ];
+    let text = [SqlConvertVarchar, SqlConvertChar, SqlConvertLongvarchar];
+    let times = [SqlConvertDate, SqlConvertTimestamp];
+    let to = |targets: &[&[SqlSupportsConvert]]| {
+        targets
+            .concat()
+            .into_iter()
+            .map(|t| t as i32)
+            .collect::<Vec<_>>()
+    };
+    let mut casts = HashMap::new();
+    for from in numbers {
+        casts.insert(from as i32, to(&[&numbers, &text, &[SqlConvertBit]]));
+    }
+    for from in text {
+        casts.insert(
+            from as i32,
+            to(&[&numbers, &text, &times, &[SqlConvertBit]]),
+        );
+    }
+    for from in times {
+        casts.insert(from as i32, to(&[&text, &times]));
+    }
+    casts.insert(
+        SqlConvertBit as i32,
+        to(&[&numbers, &text, &[SqlConvertBit]]),
+    );
+    casts
 }
 
 fn xdbc_info() -> XdbcTypeInfoData {
@@ -548,7 +873,7 @@ impl FlightSqlService for TrendflowFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.auth.check(request.metadata())?;
-        let schema = query.clone().into_builder(&self.sql_info).schema();
+        let schema = self.sql_info_batch(query.clone())?.schema();
         self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
     }
 
@@ -558,7 +883,7 @@ impl FlightSqlService for TrendflowFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.auth.check(request.metadata())?;
-        Self::single_batch(query.into_builder(&self.sql_info).build().map_err(|e| Status::internal(e.to_string()))?)
+        Self::single_batch(self.sql_info_batch(query)?)
     }
 
     async fn get_flight_info_xdbc_type_info(
@@ -610,17 +935,90 @@ impl FlightSqlService for TrendflowFlightSql {
                 for (position, &column) in columns.iter().enumerate() {
                     let name = table_schema.field(column).name().clone();
                     rows.push([catalog.clone(), schema.clone(), table.clone(), name, format!("{table}_pkey")]);
-                    sequence.push(position as u32 + 1);
+                    sequence.push(position as i32 + 1);
                 }
             }
         }
         let column = |i: usize| Arc::new(StringArray::from(rows.iter().map(|r| r[i].clone()).collect::<Vec<_>>())) as ArrayRef;
         let batch = RecordBatch::try_new(
             Arc::new(primary_keys_schema()),
-            vec![column(0), column(1), column(2), column(3), column(4), Arc::new(UInt32Array::from(sequence)) as ArrayRef],
+            vec![
+                column(0),
+                column(1),
+                column(2),
+                column(3),
+                column(4),
+                Arc::new(Int32Array::from(sequence)) as ArrayRef,
+            ],
         )
         .map_err(|e| Status::internal(e.to_string()))?;
         Self::single_batch(batch)
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.auth.check(request.metadata())?;
+        self.info(
+            &foreign_keys_schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.auth.check(request.metadata())?;
+        Self::single_batch(RecordBatch::new_empty(Arc::new(foreign_keys_schema())))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.auth.check(request.metadata())?;
+        self.info(
+            &foreign_keys_schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.auth.check(request.metadata())?;
+        Self::single_batch(RecordBatch::new_empty(Arc::new(foreign_keys_schema())))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.auth.check(request.metadata())?;
+        self.info(
+            &foreign_keys_schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.auth.check(request.metadata())?;
+        Self::single_batch(RecordBatch::new_empty(Arc::new(foreign_keys_schema())))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
@@ -647,7 +1045,360 @@ fn primary_keys_schema() -> Schema {
         Field::new("table_name", DataType::Utf8, false),
         Field::new("column_name", DataType::Utf8, false),
         Field::new("key_name", DataType::Utf8, true),
-        Field::new("key_sequence", DataType::UInt32, false),
+        Field::new("key_sequence", DataType::Int32, false),
     ])
 }
 
+/// The columns of GetImportedKeys, GetExportedKeys and GetCrossReference (one layout in the spec).
+///
+/// Always empty: views are derived, and DataFusion tables declare no foreign
+/// keys. Answering (rather than `UNIMPLEMENTED`) lets JDBC tools such as
+/// DBeaver open a table's properties, where they ask for its keys.
+fn foreign_keys_schema() -> Schema {
+    let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+    Schema::new(vec![
+        text("pk_catalog_name", true),
+        text("pk_db_schema_name", true),
+        text("pk_table_name", false),
+        text("pk_column_name", false),
+        text("fk_catalog_name", true),
+        text("fk_db_schema_name", true),
+        text("fk_table_name", false),
+        text("fk_column_name", false),
+        Field::new("key_sequence", DataType::Int32, false),
+        text("fk_key_name", true),
+        text("pk_key_name", true),
+        Field::new("update_rule", DataType::UInt8, false),
+        Field::new("delete_rule", DataType::UInt8, false),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthConfig;
+    use arrow_flight::decode::FlightRecordBatchStream;
+    use datafusion::common::Constraints;
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::SessionConfig;
+
+    /// A server over one table with a primary key, like a view of trendflow's.
+    fn service() -> TrendflowFlightSql {
+        let config = SessionConfig::new().with_default_catalog_and_schema("trendflow", "views");
+        let ctx = SessionContext::new_with_config(config);
+        let fields = vec![
+            Field::new("price_level", DataType::Utf8, false),
+            Field::new("products", DataType::Int64, false),
+        ];
+        let key = Constraints::new_unverified(vec![Constraint::PrimaryKey(vec![0])]);
+        let table = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]])
+            .unwrap()
+            .with_constraints(key);
+        ctx.register_table("price_levels", Arc::new(table)).unwrap();
+        let auth = Authenticator::new(AuthConfig::None, Duration::from_secs(60));
+        TrendflowFlightSql::new(ctx, auth, QueryLimits::default())
+    }
+
+    async fn batches(response: Response<FlightStream>) -> Vec<RecordBatch> {
+        let data = response.into_inner().map_err(FlightError::from);
+        FlightRecordBatchStream::new_from_flight_data(data)
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
+    fn ticket() -> Request<Ticket> {
+        Request::new(Ticket::new(Vec::new()))
+    }
+
+    #[tokio::test]
+    async fn foreign_key_calls_answer_no_rows_in_the_spec_layout() {
+        let server = service();
+        let imported = CommandGetImportedKeys {
+            catalog: None,
+            db_schema: None,
+            table: "price_levels".into(),
+        };
+        let exported = CommandGetExportedKeys {
+            catalog: None,
+            db_schema: None,
+            table: "price_levels".into(),
+        };
+        let cross = CommandGetCrossReference {
+            pk_table: "price_levels".into(),
+            fk_table: "price_levels".into(),
+            ..Default::default()
+        };
+        let answers = [
+            batches(
+                server
+                    .do_get_imported_keys(imported, ticket())
+                    .await
+                    .unwrap(),
+            )
+            .await,
+            batches(
+                server
+                    .do_get_exported_keys(exported, ticket())
+                    .await
+                    .unwrap(),
+            )
+            .await,
+            batches(
+                server
+                    .do_get_cross_reference(cross, ticket())
+                    .await
+                    .unwrap(),
+            )
+            .await,
+        ];
+        for answer in answers {
+            assert_eq!(answer.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+            let schema = answer[0].schema();
+            assert_eq!(schema.fields().len(), 13);
+            assert_eq!(
+                schema.field_with_name("key_sequence").unwrap().data_type(),
+                &DataType::Int32
+            );
+            assert_eq!(
+                schema.field_with_name("delete_rule").unwrap().data_type(),
+                &DataType::UInt8
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn primary_keys_number_their_columns_as_int32() {
+        let query = CommandGetPrimaryKeys {
+            catalog: None,
+            db_schema: Some("views".into()),
+            table: "price_levels".into(),
+        };
+        let answer = batches(
+            service()
+                .do_get_primary_keys(query, ticket())
+                .await
+                .unwrap(),
+        )
+        .await;
+        let batch = &answer[0];
+        // The JDBC driver reads key_sequence as a 32-bit signed integer, as the spec lays it out.
+        let sequence = batch
+            .column_by_name("key_sequence")
+            .unwrap()
+            .as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+        assert_eq!(sequence.values().to_vec(), vec![1]);
+        assert_eq!(
+            batch
+                .column_by_name("column_name")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "price_level"
+        );
+    }
+
+    /// The dense-union member of each property (0 string, 1 bool, 2 int64, 3 int32 bitmask,
+    /// 4 string list, 5 map), which the JDBC driver casts to a fixed Java type.
+    fn sql_info_kinds(server: &TrendflowFlightSql) -> HashMap<u32, i8> {
+        let batch = server.sql_info_batch(CommandGetSqlInfo::default()).unwrap();
+        let names = batch
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
+        let values = batch.column(1).as_union();
+        (0..batch.num_rows())
+            .map(|i| (names.value(i), values.type_id(i)))
+            .collect()
+    }
+
+    #[test]
+    fn sql_info_has_every_property_the_jdbc_driver_reads_with_its_type() {
+        use SqlInfo::*;
+        let kinds = sql_info_kinds(&service());
+        let expected: [(i8, &[SqlInfo]); 6] = [
+            (
+                0,
+                &[
+                    FlightSqlServerName,
+                    FlightSqlServerVersion,
+                    SqlIdentifierQuoteChar,
+                    SqlSearchStringEscape,
+                    SqlExtraNameCharacters,
+                    SqlSchemaTerm,
+                    SqlProcedureTerm,
+                    SqlCatalogTerm,
+                ],
+            ),
+            (
+                1,
+                &[
+                    FlightSqlServerReadOnly,
+                    SqlSupportsColumnAliasing,
+                    SqlNullPlusNullIsNull,
+                    SqlSupportsTableCorrelationNames,
+                    SqlSupportsDifferentTableCorrelationNames,
+                    SqlSupportsExpressionsInOrderBy,
+                    SqlSupportsOrderByUnrelated,
+                    SqlSupportsLikeEscapeClause,
+                    SqlSupportsNonNullableColumns,
+                    SqlSupportsIntegrityEnhancementFacility,
+                    SqlCatalogAtStart,
+                    SqlSelectForUpdateSupported,
+                    SqlStoredProceduresSupported,
+                    SqlCorrelatedSubqueriesSupported,
+                    SqlMaxRowSizeIncludesBlobs,
+                    SqlTransactionsSupported,
+                    SqlDataDefinitionCausesTransactionCommit,
+                    SqlDataDefinitionsInTransactionsIgnored,
+                    SqlBatchUpdatesSupported,
+                    SqlSavepointsSupported,
+                    SqlNamedParametersSupported,
+                    SqlLocatorsUpdateCopy,
+                    SqlStoredFunctionsUsingCallSyntaxSupported,
+                ],
+            ),
+            (
+                2,
+                &[
+                    SqlMaxBinaryLiteralLength,
+                    SqlMaxCharLiteralLength,
+                    SqlMaxColumnNameLength,
+                    SqlMaxColumnsInGroupBy,
+                    SqlMaxColumnsInIndex,
+                    SqlMaxColumnsInOrderBy,
+                    SqlMaxColumnsInSelect,
+                    SqlMaxColumnsInTable,
+                    SqlMaxConnections,
+                    SqlMaxCursorNameLength,
+                    SqlMaxIndexLength,
+                    SqlDbSchemaNameLength,
+                    SqlMaxProcedureNameLength,
+                    SqlMaxCatalogNameLength,
+                    SqlMaxRowSize,
+                    SqlMaxStatementLength,
+                    SqlMaxStatements,
+                    SqlMaxTableNameLength,
+                    SqlMaxTablesInSelect,
+                    SqlMaxUsernameLength,
+                    SqlDefaultTransactionIsolation,
+                ],
+            ),
+            (
+                3,
+                &[
+                    SqlSupportedGroupBy,
+                    SqlSupportedGrammar,
+                    SqlAnsi92SupportedLevel,
+                    SqlOuterJoinsSupportLevel,
+                    SqlSchemasSupportedActions,
+                    SqlCatalogsSupportedActions,
+                    SqlSupportedPositionedCommands,
+                    SqlSupportedResultSetTypes,
+                    SqlSupportedSubqueries,
+                    SqlSupportedUnions,
+                    SqlSupportedTransactionsIsolationLevels,
+                ],
+            ),
+            (
+                4,
+                &[
+                    SqlNumericFunctions,
+                    SqlStringFunctions,
+                    SqlSystemFunctions,
+                    SqlDatetimeFunctions,
+                ],
+            ),
+            (5, &[SqlSupportsConvert]),
+        ];
+        for (kind, infos) in expected {
+            for info in infos {
+                assert_eq!(kinds.get(&(*info as u32)), Some(&kind), "{info:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn function_lists_come_from_the_session() {
+        let info = vec![
+            SqlInfo::SqlNumericFunctions as u32,
+            SqlInfo::SqlDatetimeFunctions as u32,
+        ];
+        let batch = service()
+            .sql_info_batch(CommandGetSqlInfo { info })
+            .unwrap();
+        let values = batch.column(1).as_union();
+        let lists: Vec<Vec<String>> = (0..batch.num_rows())
+            .map(|i| {
+                let list = values.value(i);
+                let strings = list.as_list::<i32>().value(0);
+                strings
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .collect();
+        let all: Vec<&String> = lists.iter().flatten().collect();
+        for name in ["ABS", "ROUND", "DATE_BIN", "NOW"] {
+            assert!(
+                all.iter().any(|n| *n == name),
+                "{name} missing from {all:?}"
+            );
+        }
+        assert!(
+            !all.iter().any(|n| *n == "UPPER"),
+            "string functions are listed apart"
+        );
+    }
+
+    #[test]
+    fn the_cast_map_names_its_entries_key_and_value() {
+        let info = vec![SqlInfo::SqlSupportsConvert as u32];
+        let batch = service()
+            .sql_info_batch(CommandGetSqlInfo { info })
+            .unwrap();
+        let map = batch.column(1).as_union().value(0);
+        let entries = map.as_map().entries();
+        assert_eq!(
+            entries
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>(),
+            ["key", "value"]
+        );
+        let from_integer = map.as_map().value(0);
+        let keys = from_integer
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+        let integer = keys
+            .values()
+            .iter()
+            .position(|k| *k == SqlSupportsConvert::SqlConvertInteger as i32)
+            .unwrap();
+        let targets = from_integer.column(1).as_list::<i32>().value(integer);
+        let targets = targets.as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+        assert!(targets
+            .values()
+            .contains(&(SqlSupportsConvert::SqlConvertBigint as i32)));
+        assert_eq!(
+            batch.schema().field(1).data_type(),
+            batch.column(1).data_type(),
+            "FlightInfo and data agree"
+        );
+    }
+
+    #[test]
+    fn bitmasks_set_one_bit_per_variant() {
+        assert_eq!(bitmask([0, 1]), 3);
+        assert_eq!(
+            bitmask([
+                SqlOuterJoinsSupportLevel::SqlLimitedOuterJoins as i32,
+                SqlOuterJoinsSupportLevel::SqlFullOuterJoins as i32
+            ]),
+            6
+        );
+        assert_eq!(bitmask([]), 0);
+    }
+}
