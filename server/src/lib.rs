@@ -21,6 +21,7 @@
 pub mod auth;
 pub mod error;
 pub mod service;
+pub mod session;
 pub mod status;
 
 use std::net::SocketAddr;

@@ -46,6 +46,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Authenticator;
+use crate::session;
 
 /// Bounds on each query, so one client cannot take the server down.
 #[derive(Debug, Clone)]
@@ -193,6 +194,13 @@ impl TrendflowFlightSql {
             .build()
             .map_err(|e| Status::internal(e.to_string()))?;
         with_spec_map_names(batch).map_err(|e| Status::internal(e.to_string()))
+    }
+
+    /// The session options every query runs with: the context's default catalog and schema.
+    fn session_options(&self) -> HashMap<String, session::SessionOptionValue> {
+        let state = self.ctx.state();
+        let defaults = &state.config_options().catalog;
+        session::current_options(&defaults.default_catalog, &defaults.default_schema)
     }
 
     fn prepared_sql(&self, handle: &[u8]) -> Result<(String, Option<Vec<ScalarValue>>), Status> {
@@ -1021,6 +1029,30 @@ impl FlightSqlService for TrendflowFlightSql {
         Self::single_batch(RecordBatch::new_empty(Arc::new(foreign_keys_schema())))
     }
 
+    /// Flight's session actions, which the JDBC driver sends for `?catalog=`; see [`crate::session`].
+    async fn do_action_fallback(
+        &self,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        self.auth.check(request.metadata())?;
+        let action = request.into_inner();
+        let body = match action.r#type.as_str() {
+            session::SET_SESSION_OPTIONS => {
+                session::set_options(&action.body, &self.session_options())
+                    .map_err(|e| Status::invalid_argument(format!("SetSessionOptions: {e}")))?
+            }
+            session::GET_SESSION_OPTIONS => session::get_options(self.session_options()),
+            session::CLOSE_SESSION => session::close(),
+            other => {
+                return Err(Status::unimplemented(format!(
+                    "no action `{other}` in trendflow's Flight SQL service"
+                )))
+            }
+        };
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))
+    }
+
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }
 
@@ -1387,6 +1419,39 @@ mod tests {
             batch.column(1).data_type(),
             "FlightInfo and data agree"
         );
+    }
+
+    #[tokio::test]
+    async fn session_options_accept_the_default_catalog_only() {
+        use session::{
+            OptionValue, SessionOptionValue, SetSessionOptionsRequest, SetSessionOptionsResult,
+        };
+        let server = service();
+        let set = |catalog: &str| {
+            let value = SessionOptionValue {
+                option_value: Some(OptionValue::String(catalog.into())),
+            };
+            let request = SetSessionOptionsRequest {
+                session_options: HashMap::from([("catalog".into(), value)]),
+            };
+            Request::new(arrow_flight::Action::new(
+                session::SET_SESSION_OPTIONS,
+                request.encode_to_vec(),
+            ))
+        };
+        for (catalog, refused) in [("trendflow", false), ("elsewhere", true)] {
+            let answer = server
+                .do_action_fallback(set(catalog))
+                .await
+                .unwrap()
+                .into_inner();
+            let results: Vec<arrow_flight::Result> = answer.try_collect().await.unwrap();
+            let result = SetSessionOptionsResult::decode(results[0].body.clone()).unwrap();
+            assert_eq!(result.errors.contains_key("catalog"), refused, "{catalog}");
+        }
+        let unknown = Request::new(arrow_flight::Action::new("Explode", Vec::new()));
+        let error = server.do_action_fallback(unknown).await.err().unwrap();
+        assert_eq!(error.code(), tonic::Code::Unimplemented);
     }
 
     #[test]

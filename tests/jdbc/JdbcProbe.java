@@ -43,7 +43,7 @@ import java.util.TreeMap;
  * </ul>
  *
  * <p>A failure to connect, or of a call that should succeed, prints {@code {"error": ...}} and exits
- * with status 2.
+ * with status 2; a failure to close the connection prints {@code {"close_error": ...}}, status 3.
  */
 public final class JdbcProbe {
     private static final Calendar UTC = Calendar.getInstance(TimeZone.getTimeZone("UTC"));
@@ -54,8 +54,10 @@ public final class JdbcProbe {
             System.exit(64);
         }
         List<String> rest = Arrays.asList(args).subList(2, args.length);
-        // The driver connects lazily: a wrong password fails here, an untrusted certificate at the first call.
-        try (Connection c = DriverManager.getConnection(args[0], credentials())) {
+        Connection c = null;
+        try {
+            // The driver connects lazily: a wrong password fails here, an untrusted certificate at the first call.
+            c = DriverManager.getConnection(args[0], credentials());
             switch (args[1]) {
                 case "browse" -> browse(c);
                 case "query" -> query(c, rest);
@@ -67,6 +69,12 @@ public final class JdbcProbe {
         } catch (SQLException e) {
             System.out.println(object("error", message(e)));
             System.exit(2);
+        }
+        try {
+            c.close();
+        } catch (SQLException | RuntimeException e) {
+            System.out.println(object("close_error", message(e)));
+            System.exit(3);
         }
         System.out.flush();
     }
