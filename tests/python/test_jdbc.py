@@ -107,8 +107,14 @@ def adbc(job, sql: str):
         return cur.fetch_arrow_table()
 
 
-def test_browsing_like_dbeaver(job, probe):
-    calls = by_call(probe.run(jdbc_url(job), "browse"))
+@pytest.fixture(scope="module")
+def browsed(job, probe) -> dict[str, dict]:
+    """The metadata calls DBeaver makes when it connects and opens the tree, by call."""
+    return by_call(probe.run(jdbc_url(job), "browse"))
+
+
+def test_browsing_like_dbeaver(job, browsed):
+    calls = browsed
     assert records(calls["getCatalogs"]) == [{"TABLE_CAT": "trendflow"}]
     schemas = {(r["TABLE_CATALOG"], r["TABLE_SCHEM"]) for r in records(calls["getSchemas"])}
     assert {("trendflow", "views"), ("trendflow", "reference"), ("trendflow", "streams")} <= schemas
@@ -144,9 +150,9 @@ def test_browsing_like_dbeaver(job, probe):
     assert {"TYPE_NAME", "DATA_TYPE", "PRECISION"} <= set(calls["getTypeInfo"]["columns"])
 
 
-def test_every_database_metadata_property_answers(job, probe):
+def test_every_database_metadata_property_answers(browsed):
     """DBeaver reads these on connect and to build its dialect; the driver throws on any the server leaves out."""
-    calls = by_call(probe.run(jdbc_url(job), "browse"))
+    calls = browsed
     sweep = calls["sweep"]
     assert sweep["errors"] == {}
     values = sweep["values"]
