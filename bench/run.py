@@ -190,14 +190,24 @@ class Harness:
         self.figures["memory"] = {"peak_rss_mb_by_records": points}
 
     def start_broker(self):
-        port = free_port()
-        directory = self.work / f"tansu-{port}"
+        """A fresh one-node Apache Kafka (KRaft) on free ports, with scripts/kafka/server.properties;
+        JIT and heap as a production broker would run (unlike the tests' quick-start JVMs)."""
+        port, controller = free_port(), free_port()
+        directory = self.work / f"kafka-{port}"
         directory.mkdir()
-        url = f"tcp://127.0.0.1:{port}"
-        process = subprocess.Popen([self.args.tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                                    "--storage-engine", "sqlite://tansu.db"], cwd=directory,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(port, "tansu")
+        config = directory / "server.properties"
+        config.write_text((REPO / "scripts" / "kafka" / "server.properties").read_text() + "\n".join([
+            "", "node.id=1", f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}", f"controller.quorum.voters=1@127.0.0.1:{controller}",
+            f"log.dirs={directory / 'data'}", "offsets.topic.replication.factor=1", "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1", "default.replication.factor=1", "min.insync.replicas=1", ""]))
+        java = [str(Path(os.environ["JAVA_HOME"]) / "bin" / "java") if "JAVA_HOME" in os.environ else "java",
+                f"-Dlog4j2.configurationFile={REPO / 'scripts' / 'kafka' / 'log4j2.properties'}", "-cp", f"{self.args.kafka_libs}/*"]
+        subprocess.run(java + ["kafka.tools.StorageTool", "format", "--cluster-id", "dHJlbmRmbG93LWJlbmNoLQ", "--config", config],
+                       check=True, capture_output=True)
+        log = open(directory / "broker.log", "w")
+        process = subprocess.Popen(java[:1] + ["-Xms1g", "-Xmx1g"] + java[1:] + ["kafka.Kafka", config], stdout=log, stderr=log)
+        wait_port(port, "Apache Kafka")
         return process, f"127.0.0.1:{port}"
 
     def start_mongo(self):
@@ -213,7 +223,7 @@ class Harness:
         count = min(self.args.stream_rows, self.args.rows)
         sample = self.head(count)
         peers = () if self.args.smoke else STREAM_PEERS
-        self.log(f"figure 2{' and 3' if peers else ''}: {count} records through Kafka (tansu): trendflow into MongoDB "
+        self.log(f"figure 2{' and 3' if peers else ''}: {count} records through Apache Kafka: trendflow into MongoDB "
                  f"(SecantusDB), a consume-only client{''.join(f', {p}' for p in peers)}")
         broker, brokers = self.start_broker()
         mongo, mongo_uri = self.start_mongo()
@@ -321,7 +331,7 @@ class Harness:
         lines.append(f"| 1b | the same records as Confluent-framed Avro, decoded alone (arrow-avro, record by record) | "
                      f"{e['avro_decode_only_records_per_s']:,.0f} rec/s | arrow-json decode only | {e['ratio_avro_to_json_decode']:.2f} | – |")
         t = f["end_to_end"]
-        lines.append(f"| 2 | end to end through Kafka (tansu) into MongoDB (SecantusDB), {t['records']} records | {t['trendflow_records_per_s']:,.0f} rec/s, "
+        lines.append(f"| 2 | end to end through Apache Kafka into MongoDB (SecantusDB), {t['records']} records | {t['trendflow_records_per_s']:,.0f} rec/s, "
                      f"{t['trendflow_cpu_s_per_million']:.1f} CPU s per million | consume-only rdkafka {t['consume_only_records_per_s']:,.0f} rec/s | "
                      f"{t['ratio_to_consume_only']:.2f} | ≥ 0.95 |")
         p = f["peers"]
@@ -364,7 +374,8 @@ def main():
     parser.add_argument("--stream-rows", type=int, default=200_000, help="records for the Kafka figures (as in BASELINES.md)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--bin-dir", default=str(REPO / "target" / "release"))
-    parser.add_argument("--tansu", default=os.environ.get("TANSU_BIN", str(Path.home() / ".cargo" / "bin" / "tansu")))
+    parser.add_argument("--kafka-libs", default=os.environ.get("TRENDFLOW_KAFKA_LIBS"), required="TRENDFLOW_KAFKA_LIBS" not in os.environ,
+                        help="Apache Kafka's jars (scripts/setup.sh's ensure_kafka installs them)")
     parser.add_argument("--results", default=str(RESULTS), help="where latest.md and latest.json go")
     parser.add_argument("--latency-rate", type=int, default=20_000)
     parser.add_argument("--latency-seconds", type=int, default=10)

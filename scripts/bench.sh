@@ -21,7 +21,7 @@ else
     args=(--peers-python "$venv/bin/python")
 fi
 ensure_venv tests/python/requirements.txt bench/requirements.txt
-ensure_tansu
+ensure_kafka
 
 echo "== building trendflow and trendflow-bench ($profile)"
 if [ "$profile" = release ]; then
@@ -30,4 +30,4 @@ else
     cargo build --locked -p trendflow -p trendflow-bench
 fi
 target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
-"$venv/bin/python" bench/run.py --bin-dir "$target_dir/$profile" --tansu "$TANSU_BIN" "${args[@]}" "$@"
+"$venv/bin/python" bench/run.py --bin-dir "$target_dir/$profile" "${args[@]}" "$@"

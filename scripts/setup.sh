@@ -33,16 +33,26 @@ ensure_chromium() {
     fi
 }
 
-# The tansu Kafka-protocol broker, pinned, installed with cargo into ~/.cargo/bin.
-ensure_tansu() {
-    local version=0.6.0
-    TANSU_BIN="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
-    if [ "$("$TANSU_BIN" --version 2>/dev/null)" != "tansu $version" ]; then
-        echo "installing tansu $version with cargo (first run only; ~15 min on 2 cores)"
-        # Its own build dir: the broker's dependencies stay out of trendflow's target dir.
-        env -u CARGO_TARGET_DIR cargo install tansu --version "$version" --locked --features libsql --quiet
+# Apache Kafka (broker + KRaft controller), pinned in scripts/kafka/pom.xml, copied from
+# Maven Central with its runtime dependencies into a cache outside the clone. The test
+# harness and the benchmarks run `kafka.Kafka` from TRENDFLOW_KAFKA_LIBS with Java 17+.
+ensure_kafka() {
+    local version=4.1.1
+    TRENDFLOW_KAFKA_LIBS="${TRENDFLOW_KAFKA_LIBS:-$HOME/.cache/trendflow/kafka-$version}"
+    local stamp="$TRENDFLOW_KAFKA_LIBS/.pom.sha256" want
+    want="$(sha256sum scripts/kafka/pom.xml | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        if ! command -v mvn >/dev/null 2>&1 || ! command -v java >/dev/null 2>&1; then
+            echo "error: Apache Kafka for the tests needs Maven and Java 17+ (apt-get install maven openjdk-17-jre-headless)" >&2
+            exit 1
+        fi
+        echo "installing Apache Kafka $version from Maven Central into $TRENDFLOW_KAFKA_LIBS (first run only)"
+        rm -rf "$TRENDFLOW_KAFKA_LIBS"
+        mvn -q -B -Dstyle.color=never -f scripts/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+            -DoutputDirectory="$TRENDFLOW_KAFKA_LIBS"
+        echo "$want" > "$stamp"
     fi
-    export TANSU_BIN
+    export TRENDFLOW_KAFKA_LIBS
 }
 
 # cargo-fuzz (libFuzzer driver) for scripts/fuzz.sh, installed by cargo when missing.
@@ -52,6 +62,35 @@ ensure_cargo_fuzz() {
         echo "installing cargo-fuzz $version with cargo (first run only; ~2 min)"
         env -u CARGO_TARGET_DIR cargo install cargo-fuzz --version "$version" --locked --quiet
     fi
+}
+
+# FerretDB (the second MongoDB-protocol server of the MongoDB tests; SQLite storage, pure
+# Go), pinned, built with Go from the module proxy into a cache outside the clone.
+ensure_ferretdb() {
+    local version=v1.24.2 cache="$HOME/.cache/trendflow"
+    FERRETDB_BIN="$cache/bin/ferretdb"
+    if ! "$FERRETDB_BIN" --version 2>/dev/null | grep -qx "version: $version"; then
+        echo "installing FerretDB $version with go (first run only; ~3 min on 2 cores)"
+        local go
+        go="$(command -v go || echo /usr/local/go/bin/go)"
+        if [ ! -x "$go" ]; then
+            echo "error: FerretDB for the MongoDB tests is built with Go 1.24+, which is not installed" >&2
+            exit 1
+        fi
+        # Module, build and binary caches under ours, so later runs and CI reuse them.
+        local -x GOPATH="$cache/go" GOMODCACHE="$cache/go/pkg/mod" GOCACHE="$cache/go/cache" GOTOOLCHAIN=local
+        local module src
+        module="$(cd / && "$go" mod download -json "github.com/FerretDB/FerretDB@$version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+        # Not `go install …@version`: the module lacks build/version/version.txt (written from
+        # `git describe` in FerretDB's own builds), and a binary built without it panics at
+        # start (FerretDB issue 2982). So: build a copy of the module with that file added.
+        src="$(mktemp -d)"
+        cp -r "$module/." "$src" && chmod -R u+w "$src"
+        echo "$version" > "$src/build/version/version.txt"
+        (cd "$src" && "$go" build -trimpath -o "$FERRETDB_BIN" ./cmd/ferretdb)
+        rm -rf "$src"
+    fi
+    export FERRETDB_BIN
 }
 
 # The Apache Arrow Flight SQL JDBC driver (the one DBeaver uses), pinned in tests/jdbc/pom.xml,

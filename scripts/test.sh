@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test of trendflow: Rust unit, integration (real Kafka-protocol broker, real
+# Runs every test of trendflow: Rust unit, integration (Apache Kafka brokers, real
 # MongoDB-protocol server) and doc tests; the fault, hostile-input and load tests; a short
 # fuzzing run; then the Python client tests (ADBC, pyarrow.flight, SQLAlchemy, 50 concurrent
 # clients), the status endpoint, the Streamlit dashboard (AppTest and headless Chromium via
@@ -17,12 +17,14 @@ fi
 
 echo "== Python packages for the client, dashboard and browser tests"
 ensure_venv tests/python/requirements.txt bench/requirements.txt
+echo "== FerretDB, the second MongoDB-protocol server of the MongoDB tests (Go module proxy)"
+ensure_ferretdb
 echo "== Chromium for the browser test (Debian package)"
 ensure_chromium
 echo "== Flight SQL JDBC driver for the JDBC client test (Maven Central)"
 ensure_jdbc_driver
-echo "== Kafka-protocol broker for the Kafka tests (tansu)"
-ensure_tansu
+echo "== Apache Kafka for the Kafka tests (Maven Central)"
+ensure_kafka
 
 # Screenshots and the reliability figures land here (CI artifacts).
 export TRENDFLOW_ARTIFACTS="${TRENDFLOW_ARTIFACTS:-$PWD/target/artifacts}"

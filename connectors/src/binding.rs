@@ -54,11 +54,34 @@ const SAVED: &str = "sources.json";
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Bindings(BTreeMap<String, String>);
 
+/// Joins the pieces of comma-split `NAME=URI` arguments back into whole bindings.
+fn rejoin_split_bindings(args: &[String]) -> Vec<String> {
+    let starts_binding = |piece: &str| {
+        piece.split_once('=').is_some_and(|(name, _)| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        })
+    };
+    let mut whole: Vec<String> = Vec::new();
+    for piece in args {
+        match whole.last_mut() {
+            Some(last) if !starts_binding(piece) => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => whole.push(piece.clone()),
+        }
+    }
+    whole
+}
+
 impl Bindings {
     /// Parses `NAME=URI` arguments; URIs are `file:PATH` or `kafka://BROKERS/TOPIC`.
+    /// The command line splits `--source` values at commas (`TRENDFLOW_SOURCES` lists
+    /// several), so a piece that does not start with `NAME=` continues the one before:
+    /// `products=kafka://h1:9092,h2:9092/products` is one binding with two brokers.
     pub fn parse(args: &[String]) -> Result<Self> {
         let mut bindings = BTreeMap::new();
-        for arg in args {
+        for arg in &rejoin_split_bindings(args) {
             let error = |message: &str| ConnectorError::Binding { binding: arg.clone(), message: message.to_string() };
             let (name, uri) = arg.split_once('=').ok_or_else(|| error("expected NAME=URI, e.g. products=file:data/products.csv"))?;
             if name.is_empty() {
@@ -194,5 +217,34 @@ impl Bindings {
             tables.push((stream.name.clone(), Arc::new(table) as Arc<dyn TableProvider>));
         }
         Ok((tables, rejected))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Vec<(String, String)> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Bindings::parse(&args).unwrap().0.into_iter().collect()
+    }
+
+    #[test]
+    fn a_kafka_binding_keeps_its_broker_list_through_comma_splitting() {
+        // As clap hands over `--source products=kafka://h1:1,h2:2/products,categories=file:c.csv`.
+        let got = parsed(&["products=kafka://h1:1", "h2:2/products", "categories=file:c.csv"]);
+        assert_eq!(
+            got,
+            vec![
+                ("categories".to_string(), "file:c.csv".to_string()),
+                ("products".to_string(), "kafka://h1:1,h2:2/products".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_piece_without_a_name_before_any_binding_is_an_error() {
+        let args = vec!["h2:2/products".to_string()];
+        assert!(Bindings::parse(&args).unwrap_err().to_string().contains("expected NAME=URI"));
     }
 }

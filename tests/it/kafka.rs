@@ -1,5 +1,5 @@
-//! Kafka end to end against a real broker (`tansu`, started per test on a free
-//! port with sqlite storage): ingest API → topic → job → views, exactly once
+//! Kafka end to end against Apache Kafka (a KRaft broker started per test on free
+//! loopback ports, see `broker.rs`): ingest API → topic → job → views, exactly once
 //! through SIGKILLs, the dead-letter topic, and keyed producing.
 
 use std::io::{Read, Write};
@@ -19,80 +19,8 @@ use trendflow_engine::catalog::Catalog;
 use trendflow_engine::checkpoint::Offsets;
 use trendflow_engine::runtime::{Poll, Source};
 
+pub(crate) use crate::broker::Broker;
 use crate::support::*;
-
-/// A tansu broker process on a free loopback port, storing into a temp dir.
-pub struct Broker {
-    child: Option<Child>,
-    /// `127.0.0.1:PORT`.
-    pub addr: String,
-    dir: tempfile::TempDir,
-}
-
-fn tansu() -> PathBuf {
-    if let Some(path) = std::env::var_os("TANSU_BIN") {
-        return path.into();
-    }
-    let cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
-    let path = cargo_home.join("bin").join("tansu");
-    assert!(path.exists(), "no tansu broker at {}: run scripts/test.sh, which installs it (or set TANSU_BIN)", path.display());
-    path
-}
-
-impl Broker {
-    pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut broker = Self { child: None, addr: format!("127.0.0.1:{port}"), dir: tempfile::tempdir().unwrap() };
-        broker.spawn();
-        broker
-    }
-
-    fn spawn(&mut self) {
-        let url = format!("tcp://{}", self.addr);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("broker.log")).unwrap();
-        let child = Command::new(tansu())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
-            .current_dir(self.dir.path())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("tansu starts");
-        self.child = Some(child);
-        wait_for_port(&self.addr, "tansu", 30);
-    }
-
-    /// Adds a partition to `topic`. tansu 0.6.0 answers the CreatePartitions request
-    /// with UnsupportedFeature, so this goes through its sqlite storage, which the
-    /// running broker reads its metadata from: clients see the new partition as they
-    /// would after `kafka-topics --alter --partitions`.
-    fn add_partition(&self, topic: &str) {
-        let script = r#"
-import sqlite3, sys
-db = sqlite3.connect("tansu.db", timeout=30)
-with db:
-    (id, count) = db.execute("select id, partitions from topic where name = ?", (sys.argv[1],)).fetchone()
-    db.execute("update topic set partitions = ? where id = ?", (count + 1, id))
-    part = db.execute("insert into topition (topic, partition) values (?, ?)", (id, count)).lastrowid
-    db.execute("insert into watermark (topition) values (?)", (part,))
-"#;
-        let status = Command::new("python3").args(["-c", script, topic]).current_dir(self.dir.path()).status().expect("python3 runs");
-        assert!(status.success(), "cannot add a partition to `{topic}` in tansu's storage");
-    }
-
-    /// Kills the broker (SIGKILL); its data stays for [`Broker::spawn`].
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 pub(crate) fn trendflow() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_trendflow"));
@@ -379,7 +307,7 @@ async fn a_broker_restart_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     ok(trendflow().args(["gen", "--rows", &ROWS.to_string(), "--seed", "5", "--out"]).arg(&data));
-    let (first, second) = split_csv(&data.join("products.csv"), tmp.path());
+    let [first, second] = <[PathBuf; 2]>::try_from(split_csv(&data.join("products.csv"), tmp.path(), 2)).unwrap();
     let produce = |file: &Path, brokers: &str| {
         ok(trendflow().args(["produce", "--partitions", "2", "--kafka-brokers", brokers, "--file"]).arg(file).arg("--state").arg(tmp.path().join("p")));
     };
@@ -425,19 +353,20 @@ async fn a_broker_restart_loses_nothing() {
     assert_same_csv(&views_csv(&state, true), &views_csv(&from_topic, true), "views");
 }
 
-/// Splits a CSV file into two halves with the header each.
-fn split_csv(path: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+/// Splits a CSV file into `parts` files of about equal size, each with the header.
+pub(crate) fn split_csv(path: &Path, dir: &Path, parts: usize) -> Vec<PathBuf> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
     let header = lines.next().unwrap();
     let rows: Vec<&str> = lines.collect();
-    let (a, b) = rows.split_at(rows.len() / 2);
-    let write = |name: &str, rows: &[&str]| {
-        let out = dir.join(name);
-        std::fs::write(&out, format!("{header}\n{}\n", rows.join("\n"))).unwrap();
-        out
-    };
-    (write("first.csv", a), write("second.csv", b))
+    rows.chunks(rows.len().div_ceil(parts))
+        .enumerate()
+        .map(|(i, rows)| {
+            let out = dir.join(format!("part-{i}.csv"));
+            std::fs::write(&out, format!("{header}\n{}\n", rows.join("\n"))).unwrap();
+            out
+        })
+        .collect()
 }
 
 /// Unreachable brokers and a missing topic at start-up: one clear error line, a failing
@@ -458,7 +387,7 @@ fn unreachable_brokers_and_missing_topics_fail_clearly() {
 }
 
 /// The offsets a consumer group committed, summed over `partitions` partitions.
-fn committed_total(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+pub(crate) fn committed_total(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
     let mut list = TopicPartitionList::new();
     for p in 0..partitions {
@@ -615,7 +544,7 @@ async fn a_partition_added_mid_run_is_read_from_its_start() {
     let mut source = products_source(&broker.addr, false, 1 << 20).await;
     let (mut rows, mut checkpoint) = (Vec::new(), Offsets::new());
     read_until(&mut source, 5, &mut rows, &mut checkpoint).await;
-    broker.add_partition("products");
+    broker.add_partition("products").await;
     let new = producer(&broker.addr);
     for i in 5..8 {
         send(&new, "products", Some(1), &record(i)).await;

@@ -1,6 +1,7 @@
 //! Integration tests of trendflow, in one test binary (each binary costs a full link).
 
 mod avro;
+mod broker;
 mod cli;
 mod errors;
 mod kafka;

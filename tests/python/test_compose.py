@@ -38,6 +38,8 @@ def test_every_trendflow_service_uses_real_commands_flags_and_variables():
 def test_the_stack_is_complete_and_healthy_by_construction():
     services = COMPOSE["services"]
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller", "Kafka runs in KRaft mode"
+    tested = re.search(r"<kafka.version>(.+)</kafka.version>", (REPO / "scripts/kafka/pom.xml").read_text()).group(1)
+    assert services["kafka"]["image"] == f"apache/kafka:{tested}", "the compose broker is the version the tests run"
     assert {"kafka", "mongodb", "ingest", "loader", "trendflow", "dashboard"} <= services.keys()
     assert services["dashboard"]["environment"]["TRENDFLOW_FLIGHT_URI"] == "grpc://trendflow:50051"
     job = services["trendflow"]

@@ -86,10 +86,13 @@ pub fn partition_count<C: ConsumerContext>(consumer: &impl Consumer<C>, brokers:
     }
 }
 
-/// Creates `topic` with `partitions` partitions unless it exists.
+/// Creates `topic` with `partitions` partitions unless it exists, replicated as the
+/// cluster's `default.replication.factor` says (so a topic trendflow creates on a
+/// three-broker cluster survives the loss of a broker like the user's other topics).
 pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
     let admin = admin_client(brokers)?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    // -1: the broker's default (KIP-464, Kafka 2.4+).
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
     let options = AdminOptions::new().operation_timeout(Some(STARTUP_TIMEOUT));
     let results = admin.create_topics([&new], &options).await.map_err(|e| kafka_error(brokers, "cannot create topics", e))?;
     for result in results {
