@@ -77,15 +77,12 @@ impl RateLimiter {
     }
 }
 
-/// Whether `header` (an `Authorization` value) carries one of `tokens`; compares
-/// every byte of every token so the time taken does not tell how close a guess was.
+/// Whether `header` (an `Authorization` value) carries one of `tokens`; every token
+/// is compared in constant time, so the time taken does not tell how close a guess was.
 fn authorized(header: Option<&str>, tokens: &[String]) -> bool {
+    use subtle::ConstantTimeEq;
     let given = header.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("").as_bytes();
-    tokens.iter().fold(false, |found, token| {
-        let token = token.as_bytes();
-        let differs = token.len() != given.len() || token.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0;
-        found | !differs
-    })
+    tokens.iter().fold(subtle::Choice::from(0), |found, token| found | token.as_bytes().ct_eq(given)).into()
 }
 
 /// What the API serves: the declared streams by topic, and the producer.

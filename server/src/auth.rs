@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use rand::Rng;
+use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
@@ -87,7 +88,8 @@ impl Authenticator {
             .and_then(|b| BASE64.decode(b).ok())
             .and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_default();
-        if given != format!("{user}:{password}") {
+        // Constant time: how long the check takes does not tell how close a guess was.
+        if !bool::from(given.as_bytes().ct_eq(format!("{user}:{password}").as_bytes())) {
             // Slows down guessing without holding any lock.
             tokio::time::sleep(Duration::from_millis(300)).await;
             return Err(Status::unauthenticated("invalid credentials"));
@@ -111,7 +113,8 @@ impl Authenticator {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("missing bearer token: authenticate with the handshake first"))?;
         if let AuthConfig::Tokens(accepted) = &self.config {
-            return accepted.iter().any(|t| t == token).then_some(()).ok_or_else(|| Status::unauthenticated("invalid token"));
+            let found = accepted.iter().fold(subtle::Choice::from(0), |found, t| found | t.as_bytes().ct_eq(token.as_bytes()));
+            return bool::from(found).then_some(()).ok_or_else(|| Status::unauthenticated("invalid token"));
         }
         let tokens = self.tokens.lock().expect("token lock poisoned");
         match tokens.get(token) {
