@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Constraint, Constraints, ScalarValue};
@@ -43,6 +43,10 @@ use crate::error::redact;
 
 /// Statements sent in one `update` or `delete` command.
 pub const STATEMENTS_PER_COMMAND: usize = 1_000;
+/// Statements sent in one `update` command to FerretDB 1.x: its SQLite backend keeps a
+/// database connection per statement that changes a stored document until the command
+/// ends, and hangs for good once all 100 of them are taken.
+pub const FERRETDB_1_UPDATES_PER_COMMAND: usize = 50;
 /// Collection holding one freshness document per view.
 pub const META_COLLECTION: &str = "_trendflow_meta";
 
@@ -105,12 +109,17 @@ pub struct MongoSink {
     pending: HashMap<String, HashMap<Vec<u8>, (Bson, Change)>>,
     /// False while writes are being retried (the job reports itself not ready).
     healthy: Arc<AtomicBool>,
+    /// The server is FerretDB 1.x (found at `open`), which stores neither BSON Decimal128
+    /// nor NaN and closes the connection on a command holding either: retried as an
+    /// outage, such a write would never succeed, so the sink refuses it up front. Its
+    /// `update` commands are also kept short ([`FERRETDB_1_UPDATES_PER_COMMAND`]).
+    ferretdb_v1: bool,
 }
 
 impl MongoSink {
     /// A sink writing into `database`.
     pub fn new(database: Database, options: MongoOptions) -> Self {
-        Self { database, options, views: HashMap::new(), pending: HashMap::new(), healthy: Arc::new(AtomicBool::new(true)) }
+        Self { database, options, views: HashMap::new(), pending: HashMap::new(), healthy: Arc::new(AtomicBool::new(true)), ferretdb_v1: false }
     }
 
     /// A flag that is false while the sink retries failing writes.
@@ -170,10 +179,15 @@ impl MongoSink {
             let deletes: Vec<Bson> = chunk.iter().map(|id| Bson::Document(doc! {"q": {"_id": id}, "limit": 1})).collect();
             self.write(doc! {"delete": collection, "deletes": deletes, "ordered": false, "writeConcern": self.write_concern()}).await?;
         }
-        for chunk in upserts.chunks(STATEMENTS_PER_COMMAND) {
-            let updates: Vec<Bson> =
-                chunk.iter().map(|(id, document)| Bson::Document(doc! {"q": {"_id": id}, "u": {"$set": document}, "upsert": true})).collect();
-            self.write(doc! {"update": collection, "updates": updates, "ordered": false, "writeConcern": self.write_concern()}).await?;
+        let updates = upserts.into_iter().map(|(id, document)| Bson::Document(doc! {"q": {"_id": id}, "u": {"$set": document}, "upsert": true}));
+        self.update(collection, updates.collect()).await
+    }
+
+    /// Sends `update` statements, as many per command as the server takes.
+    async fn update(&self, collection: &str, updates: Vec<Bson>) -> Result<(), EngineError> {
+        let per_command = if self.ferretdb_v1 { FERRETDB_1_UPDATES_PER_COMMAND } else { STATEMENTS_PER_COMMAND };
+        for chunk in updates.chunks(per_command) {
+            self.write(doc! {"update": collection, "updates": chunk.to_vec(), "ordered": false, "writeConcern": self.write_concern()}).await?;
         }
         Ok(())
     }
@@ -192,8 +206,30 @@ impl MongoSink {
     }
 
     /// `rows` of `view` as (`_id`, document) pairs.
-    fn documents(view: &ViewInfo, rows: &RecordBatch) -> Result<Vec<(Bson, Document)>, EngineError> {
-        Ok((0..rows.num_rows()).map(|row| Ok((row_id(rows, &view.key, row)?, row_document(rows, row)?))).collect::<Result<_, ArrowError>>()?)
+    fn documents(&self, view: &ViewInfo, rows: &RecordBatch) -> Result<Vec<(Bson, Document)>, EngineError> {
+        let documents: Vec<(Bson, Document)> =
+            (0..rows.num_rows()).map(|row| Ok((row_id(rows, &view.key, row)?, row_document(rows, row)?))).collect::<Result<_, ArrowError>>()?;
+        if self.ferretdb_v1 {
+            if let Some((id, field)) = documents.iter().find_map(|(id, d)| d.iter().find(|(_, v)| holds_nan(v)).map(|(f, _)| (id, f))) {
+                return Err(EngineError::Sink(format!("view `{}`, row `{id}`: `{field}` holds NaN, which FerretDB 1.x cannot store", view.name)));
+            }
+        }
+        Ok(documents)
+    }
+
+    /// Whether the server is FerretDB 1.x (its `buildInfo` names a `ferretdbVersion`).
+    async fn is_ferretdb_v1(&self) -> Result<bool, EngineError> {
+        let reply = self
+            .retrying("asking for the server's version", || async {
+                match self.database.run_command(doc! {"buildInfo": 1}).await {
+                    Ok(reply) => Ok(Some(reply)),
+                    Err(e) if is_transient(&e) => Err((e.to_string(), true)),
+                    // A server without `buildInfo` is not FerretDB.
+                    Err(_) => Ok(None),
+                }
+            })
+            .await?;
+        Ok(reply.is_some_and(|r| r.get_str("ferretdbVersion").is_ok_and(|v| v.starts_with("v1."))))
     }
 
     /// Every document in `collection`, by the bytes of its `_id` (the `_id` taken out).
@@ -205,6 +241,26 @@ impl MongoSink {
             Ok(documents.into_iter().filter_map(|mut d| d.remove("_id").map(|id| (id_bytes(&id), (id, d)))).collect())
         })
         .await
+    }
+}
+
+/// Whether `value` is, or holds, a NaN double.
+fn holds_nan(value: &Bson) -> bool {
+    match value {
+        Bson::Double(d) => d.is_nan(),
+        Bson::Array(values) => values.iter().any(holds_nan),
+        Bson::Document(document) => document.values().any(holds_nan),
+        _ => false,
+    }
+}
+
+/// Whether values of `data_type` map to BSON Decimal128, or hold some.
+fn holds_decimal(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Decimal128(..) => true,
+        DataType::List(field) | DataType::LargeList(field) => holds_decimal(field.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| holds_decimal(f.data_type())),
+        _ => false,
     }
 }
 
@@ -263,6 +319,17 @@ impl Sink for MongoSink {
                 )));
             }
         }
+        self.ferretdb_v1 = self.is_ferretdb_v1().await?;
+        if self.ferretdb_v1 {
+            if let Some((view, column)) =
+                views.iter().find_map(|v| v.schema.fields().iter().find(|f| holds_decimal(f.data_type())).map(|f| (&v.name, f.name())))
+            {
+                return Err(EngineError::Sink(format!(
+                    "view `{view}`: column `{column}` is a DECIMAL, which FerretDB 1.x cannot store \
+                     (it has no BSON Decimal128): cast it to DOUBLE in the view, or write to MongoDB"
+                )));
+            }
+        }
         for (view, indexes) in &self.options.indexes {
             let info = self.views.get(view).ok_or_else(|| EngineError::Sink(format!("--mongodb-index names `{view}`, which is not a view")))?;
             let mut specs = Vec::new();
@@ -281,12 +348,13 @@ impl Sink for MongoSink {
 
     async fn apply(&mut self, view: &ViewInfo, changes: &Changeset) -> Result<(), EngineError> {
         let key_positions: Vec<usize> = (0..view.key.len()).collect();
+        let upserts = self.documents(view, &changes.upserts)?;
         let pending = self.pending.entry(view.name.clone()).or_default();
         for row in 0..changes.deletes.num_rows() {
             let id = row_id(&changes.deletes, &key_positions, row)?;
             pending.insert(id_bytes(&id), (id, Change::Delete));
         }
-        for (id, document) in Self::documents(view, &changes.upserts)? {
+        for (id, document) in upserts {
             pending.insert(id_bytes(&id), (id, Change::Upsert(document)));
         }
         // Views keyed by the stream's primary key change a new row per record: write
@@ -303,7 +371,7 @@ impl Sink for MongoSink {
         let mut stored = self.stored(&collection).await?;
         // Rows already stored as they are cost no write: a restart reads the collection once.
         let mut upserts = Vec::new();
-        for (id, document) in Self::documents(view, rows)? {
+        for (id, document) in self.documents(view, rows)? {
             if stored.remove(&id_bytes(&id)).is_none_or(|(_, old)| old != document) {
                 upserts.push((id, document));
             }
@@ -338,10 +406,7 @@ impl Sink for MongoSink {
                 Bson::Document(doc! {"q": {"_id": view}, "u": {"$set": document}, "upsert": true})
             })
             .collect();
-        if updates.is_empty() {
-            return Ok(());
-        }
-        self.write(doc! {"update": META_COLLECTION, "updates": updates, "ordered": false, "writeConcern": self.write_concern()}).await
+        self.update(META_COLLECTION, updates).await
     }
 }
 
