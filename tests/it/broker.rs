@@ -149,12 +149,6 @@ impl Broker {
         }
     }
 
-    /// The bootstrap address of node `id` alone.
-    pub fn node_addr(&self, id: i32) -> String {
-        let node = self.nodes.iter().find(|n| n.id == id).unwrap_or_else(|| panic!("no Kafka node {id}"));
-        format!("127.0.0.1:{}", node.port)
-    }
-
     /// The node leading `topic`'s `partition` (-1 for none) and its in-sync replicas, as
     /// the cluster reports them now.
     pub fn leader_of(&self, topic: &str, partition: i32) -> (i32, Vec<i32>) {
