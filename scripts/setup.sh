@@ -33,25 +33,30 @@ ensure_chromium() {
     fi
 }
 
-# Apache Kafka (broker + KRaft controller), pinned in scripts/kafka/pom.xml, copied from
-# Maven Central with its runtime dependencies into a cache outside the clone. The test
-# harness and the benchmarks run `kafka.Kafka` from TRENDFLOW_KAFKA_LIBS with Java 17+.
-ensure_kafka() {
-    local version=4.1.1
-    TRENDFLOW_KAFKA_LIBS="${TRENDFLOW_KAFKA_LIBS:-$HOME/.cache/trendflow/kafka-$version}"
-    local stamp="$TRENDFLOW_KAFKA_LIBS/.pom.sha256" want
-    want="$(sha256sum scripts/kafka/pom.xml | cut -d' ' -f1)"
-    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        if ! command -v mvn >/dev/null 2>&1 || ! command -v java >/dev/null 2>&1; then
-            echo "error: Apache Kafka for the tests needs Maven and Java 17+ (apt-get install maven openjdk-17-jre-headless)" >&2
-            exit 1
-        fi
-        echo "installing Apache Kafka $version from Maven Central into $TRENDFLOW_KAFKA_LIBS (first run only)"
-        rm -rf "$TRENDFLOW_KAFKA_LIBS"
-        mvn -q -B -Dstyle.color=never -f scripts/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
-            -DoutputDirectory="$TRENDFLOW_KAFKA_LIBS"
-        echo "$want" > "$stamp"
+# Copies the artifacts of Maven project POM and their runtime dependencies from Maven
+# Central into DIR, unless DIR already holds them for this POM (its hash is the stamp).
+# NEEDS is a command besides mvn that must exist (java or javac); WHAT names it all.
+maven_copy() {
+    local pom="$1" dir="$2" needs="$3" what="$4"
+    local stamp="$dir/.pom.sha256" want
+    want="$(sha256sum "$pom" | cut -d' ' -f1)"
+    [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return
+    if ! command -v mvn >/dev/null 2>&1 || ! command -v "$needs" >/dev/null 2>&1; then
+        echo "error: $what needs Maven and $needs 17+ (apt-get install maven openjdk-17-jdk-headless)" >&2
+        exit 1
     fi
+    echo "installing $what from Maven Central into $dir (first run only)"
+    rm -rf "$dir"
+    mvn -q -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$dir"
+    echo "$want" > "$stamp"
+}
+
+# Apache Kafka (broker + KRaft controller), pinned in scripts/kafka/pom.xml, in a cache
+# outside the clone. The test harness and the benchmarks run `kafka.Kafka` from
+# TRENDFLOW_KAFKA_LIBS with Java 17+.
+ensure_kafka() {
+    TRENDFLOW_KAFKA_LIBS="${TRENDFLOW_KAFKA_LIBS:-$HOME/.cache/trendflow/kafka-4.1.1}"
+    maven_copy scripts/kafka/pom.xml "$TRENDFLOW_KAFKA_LIBS" java "Apache Kafka 4.1.1"
     export TRENDFLOW_KAFKA_LIBS
 }
 
@@ -99,18 +104,7 @@ ensure_ferretdb() {
 # client with javac, so it needs a JDK 17+ too.
 ensure_jdbc_driver() {
     local dir="${TRENDFLOW_JDBC_DIR:-$HOME/.cache/trendflow/jdbc}"
-    local stamp="$dir/.pom.sha256" want
-    want="$(sha256sum tests/jdbc/pom.xml | cut -d' ' -f1)"
-    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        if ! command -v mvn >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1; then
-            echo "error: the JDBC driver test needs Maven and a JDK 17+ (apt-get install maven openjdk-17-jdk-headless)" >&2
-            exit 1
-        fi
-        echo "installing the Flight SQL JDBC driver from Maven Central into $dir (first run only)"
-        rm -rf "$dir"
-        mvn -q -B -Dstyle.color=never -f tests/jdbc/pom.xml dependency:copy-dependencies -DoutputDirectory="$dir"
-        echo "$want" > "$stamp"
-    fi
+    maven_copy tests/jdbc/pom.xml "$dir" javac "the Flight SQL JDBC driver"
     TRENDFLOW_JDBC_CLASSPATH="$(find "$dir" -name '*.jar' | sort | paste -sd:)"
     export TRENDFLOW_JDBC_CLASSPATH
 }
