@@ -315,23 +315,8 @@ async fn a_broker_restart_loses_nothing() {
     let categories = format!("categories=file:{}", data.join("categories.csv").display());
     let state = tmp.path().join("state");
     let log = tmp.path().join("job.log");
-    let mut job = Killed(
-        trendflow()
-            .args(["run", "--flight-addr", "none", "--checkpoint-interval-ms", "0", "--max-rows", "200"])
-            .args(["--kafka-brokers", &broker.addr, "--source", &categories, "--state"])
-            .arg(&state)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let wait_for = |records: i64| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while checkpointed_records(&state) < records {
-            assert!(Instant::now() < deadline, "stuck at {} of {records} records", checkpointed_records(&state));
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
+    let mut job = spawn_logged_run(&broker.addr, &categories, &state, &log, &["--max-rows", "200"]);
+    let wait_for = |records: i64| wait_for_checkpointed(&state, &log, records);
     wait_for(ROWS / 2);
     broker.kill();
     std::thread::sleep(Duration::from_secs(3));
@@ -351,6 +336,33 @@ async fn a_broker_restart_loses_nothing() {
     let products = format!("products=kafka://{}/products", broker.addr);
     ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_topic));
     assert_same_csv(&views_csv(&state, true), &views_csv(&from_topic, true), "views");
+}
+
+/// `trendflow run` reading `brokers` with a checkpoint after every micro-batch; its log
+/// goes to `log`.
+pub(crate) fn spawn_logged_run(brokers: &str, categories: &str, state: &Path, log: &Path, extra: &[&str]) -> Killed {
+    Killed(
+        trendflow()
+            .args(["run", "--flight-addr", "none", "--checkpoint-interval-ms", "0", "--kafka-brokers", brokers, "--source", categories])
+            .args(extra)
+            .arg("--state")
+            .arg(state)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits until the checkpoint in `state` covers `records` products; fails with the job's
+/// `log` after 180 s.
+pub(crate) fn wait_for_checkpointed(state: &Path, log: &Path, records: i64) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while checkpointed_records(state) < records {
+        let stuck = || format!("stuck at {} of {records} records:\n{}", checkpointed_records(state), std::fs::read_to_string(log).unwrap_or_default());
+        assert!(Instant::now() < deadline, "{}", stuck());
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Splits a CSV file into `parts` files of about equal size, each with the header.

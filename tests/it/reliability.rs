@@ -434,23 +434,8 @@ async fn a_lost_partition_leader_loses_nothing() {
     let categories = format!("categories=file:{}", data.join("categories.csv").display());
     let state = tmp.path().join("state");
     let log = tmp.path().join("job.log");
-    let mut job = Killed(
-        trendflow()
-            .args(["run", "--flight-addr", "none", "--checkpoint-interval-ms", "0", "--max-rows", "300"])
-            .args(["--kafka-brokers", &cluster.addr, "--kafka-group", "leader-kill", "--source", &categories, "--state"])
-            .arg(&state)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let wait_for = |records: i64| {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while checkpointed_records(&state) < records {
-            assert!(Instant::now() < deadline, "stuck at {} of {records} records:\n{}", checkpointed_records(&state), std::fs::read_to_string(&log).unwrap());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
+    let mut job = spawn_logged_run(&cluster.addr, &categories, &state, &log, &["--max-rows", "300", "--kafka-group", "leader-kill"]);
+    let wait_for = |records: i64| wait_for_checkpointed(&state, &log, records);
     wait_for(ROWS / 6);
     let (leader, in_sync) = cluster.leader_of("products", 0);
     assert_eq!(in_sync.len(), 3, "partition 0 is in sync on every broker before the kill");
