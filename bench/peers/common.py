@@ -5,8 +5,8 @@ import argparse
 import json
 import sys
 
-# The fetch settings trendflow's source and `trendflow-bench consume` use: without
-# them every client is bound by tansu's small default fetches (../../shared/BASELINES.md).
+# The fetch settings trendflow's source and `trendflow-bench consume` use, given to every
+# peer's consumer too, so all contenders fetch from the broker alike.
 TUNED_FETCH = {"fetch.max.bytes": "67108864", "max.partition.fetch.bytes": "16777216", "fetch.wait.max.ms": "10"}
 
 # The CASE of sql/02_trends.sql's price_levels: (exclusive upper bound, label); the rest is '500+'.
@@ -21,12 +21,15 @@ def price_level(price):
     return next((label for bound, label in BANDS if price < bound), TOP_BAND)
 
 
-def arguments(description):
+def arguments(description, *flags):
+    """The shared arguments, plus the job's own on/off `flags`: (name, help) pairs."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--brokers", required=True)
     parser.add_argument("--topic", default="products")
     parser.add_argument("--group", required=True, help="a fresh consumer group, so the whole topic is read")
     parser.add_argument("--expected", type=int, required=True, help="messages on the topic; the job stops after them")
+    for name, text in flags:
+        parser.add_argument(name, action="store_true", help=text)
     return parser.parse_args()
 
 
@@ -40,24 +43,6 @@ def add_to_level(totals, price):
     """(products, price sum) of a price level plus one priced record."""
     n, total = totals
     return n + 1, total + price
-
-
-class Totals:
-    """Totals kept in the job's own memory (the quixstreams job says why): per category
-    for category_distribution and avg_price_by_category, per level for price_levels
-    (which leaves unpriced records out)."""
-
-    def __init__(self):
-        self.categories = {}
-        self.levels = {}
-
-    def add(self, record):
-        price = record["price"] or 0.0
-        category = record["category_id"]
-        self.categories[category] = add_to_category(self.categories.get(category, NO_CATEGORY), price)
-        if price > 0:
-            level = price_level(price)
-            self.levels[level] = add_to_level(self.levels.get(level, NO_LEVEL), price)
 
 
 def report(peer, expected, categories, levels):
