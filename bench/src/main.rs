@@ -6,7 +6,8 @@
 //!   sits on), and against decoding the same records as Confluent-framed Avro.
 //!   Prints one JSON object with the timings.
 //! - `consume`: a consume-only rdkafka client reading a whole topic with the same
-//!   fetch settings as trendflow's source: the broker-bound baseline.
+//!   fetch settings as trendflow's source, and no fetch back-off (see `consume`):
+//!   the broker-bound baseline.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -133,6 +134,12 @@ async fn consume(brokers: &str, topic: &str) -> Result<()> {
         .set("max.partition.fetch.bytes", "16777216")
         .set("receive.message.max.bytes", "100000000")
         .set("fetch.wait.max.ms", "10")
+        // librdkafka postpones a partition's next fetch by fetch.queue.backoff.ms (1 s by
+        // default) whenever its local queue is over queued.min.messages (100,000) or
+        // queued.max.messages.kbytes (64 MB), which one 64 MB fetch of 200,000 records
+        // is: whether this client drained the queue before that check made its runs
+        // take 0.3 s or 1.3 s at random. 10 ms keeps the baseline at the broker's limit.
+        .set("fetch.queue.backoff.ms", "10")
         .create()?;
     let started = Instant::now();
     let partitions = partition_count(&consumer, brokers, topic)?.context("no such topic")?;
