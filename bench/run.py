@@ -44,7 +44,10 @@ VIEW_QUERIES = {  # the shipped views as plain SQL over the CSV, for DuckDB and 
 TARGETS = {"engine_records_per_s": 1_000_000, "engine_ratio_to_decode": 0.5,
            "end_to_end_ratio_to_consume_only": 0.9,  # figure 2: trendflow into MongoDB / consume-only rdkafka
            "peers_throughput_to_fastest": 3.0, "peers_cpu_to_quixstreams": 0.1,  # figure 3
-           "batch_ratio_to_duckdb_one_view": 1.0, "batch_pyspark_slowdown": 10.0, "latency_p99_ms": 300, "memory_peak_rss_mb": 300}
+           "batch_ratio_to_duckdb_one_view": 1.0, "batch_pyspark_slowdown": 10.0, "latency_p99_ms": 300, "memory_peak_rss_mb": 300,
+           "groups_ratio_to_shipped": 0.5,  # figure 7: records/s with a per-ASIN view / shipped views alone
+           "groups_superlinearity": 1.25,  # figure 7: (time for all records / time for a quarter) / 4
+           "checkpoint_delta_to_full": 0.02}  # figure 8: a delta checkpoint's bytes and seconds / a full one's
 
 PRICE_STATS = 'pl.len().alias("n"), pl.col("price").mean().alias("avg"), pl.col("price").min().alias("min"), pl.col("price").max().alias("max")'
 LEVEL = ('pl.when(pl.col("price") < 10).then(pl.lit("0-10")).when(pl.col("price") < 25).then(pl.lit("10-25"))'
@@ -146,6 +149,30 @@ class Harness:
         self.figures["engine"] = {"messages": n, "engine_records_per_s": engine, "decode_only_records_per_s": decode,
                                   "ratio_engine_to_decode": engine / decode, "avro_decode_only_records_per_s": avro,
                                   "ratio_avro_to_json_decode": avro / decode}
+
+    def groups(self):
+        self.log("figure 7 and 8: group scaling (the shipped views, then with a per-ASIN view) and checkpoint cost")
+        runs = []
+        for _ in range(self.args.repeat):
+            _, _, _, out = run([self.bench, "groups", "--messages", self.messages, "--categories", self.categories,
+                                "--sql", REPO / "sql"])
+            runs.append(json.loads(out))
+        n = runs[0]["shipped"]["records"]
+        rate = lambda name: statistics.median(n / r[name]["seconds_by_records"][str(n)] for r in runs)
+        seconds = {int(k): statistics.median(r["with_per_asin"]["seconds_by_records"][k] for r in runs)
+                   for k in runs[0]["with_per_asin"]["seconds_by_records"]}
+        quarter = min(seconds)
+        checkpoint = {kind: {m: statistics.median(r["checkpoint"][kind][m] for r in runs) for m in ("rows", "bytes", "seconds")}
+                      for kind in ("full", "delta")}
+        full, delta = checkpoint["full"], checkpoint["delta"]
+        self.figures["groups"] = {"records": n, "batch": 5000, "shipped_records_per_s": rate("shipped"),
+                                  "with_per_asin_records_per_s": rate("with_per_asin"),
+                                  "ratio_with_per_asin_to_shipped": rate("with_per_asin") / rate("shipped"),
+                                  "with_per_asin_seconds_by_records": seconds,
+                                  "superlinearity": (seconds[n] / seconds[quarter]) / (n / quarter)}
+        self.figures["checkpoint"] = {"groups": runs[0]["checkpoint"]["groups"], "records_in_delta": runs[0]["checkpoint"]["delta"]["records"],
+                                      "full": full, "delta": delta, "ratio_bytes": delta["bytes"] / full["bytes"],
+                                      "ratio_seconds": delta["seconds"] / full["seconds"]}
 
     def one_view_commands(self):
         """{tool: {view: command}}: figure 4's baselines, each running one view's query in its own process."""
@@ -331,7 +358,10 @@ class Harness:
                "end_to_end_ratio_to_consume_only": f["end_to_end"]["ratio_to_consume_only"] >= t["end_to_end_ratio_to_consume_only"],
                "batch_ratio_to_duckdb_one_view": b["ratio_trendflow_all_to_duckdb_one"] < t["batch_ratio_to_duckdb_one_view"],
                "latency_p99_ms": l["p99_ms"] < t["latency_p99_ms"],
-               "memory_peak_rss_mb": max(m.values()) < t["memory_peak_rss_mb"]}
+               "memory_peak_rss_mb": max(m.values()) < t["memory_peak_rss_mb"],
+               "groups_ratio_to_shipped": f["groups"]["ratio_with_per_asin_to_shipped"] >= t["groups_ratio_to_shipped"],
+               "groups_superlinearity": f["groups"]["superlinearity"] <= t["groups_superlinearity"],
+               "checkpoint_delta_to_full": max(f["checkpoint"]["ratio_bytes"], f["checkpoint"]["ratio_seconds"]) <= t["checkpoint_delta_to_full"]}
         if b["pyspark"] != SKIPPED:
             met["batch_pyspark_slowdown"] = b["pyspark"]["speedup_trendflow_all_to_pyspark_one"] >= t["batch_pyspark_slowdown"]
         p = f["peers"]
@@ -403,6 +433,18 @@ class Harness:
         lines.append(f"| 6 | peak RSS of `trendflow run`, all views | " + ", ".join(f"{k:,} rec: {v:.0f} MB" for k, v in m.items())
                      + f" | – | all records / a quarter: {max(m.items())[1] / min(m.items())[1]:.2f} | "
                      f"< {t['memory_peak_rss_mb']} MB: {said('memory_peak_rss_mb')}; flat in records (the ratio) |")
+        g, c = f["groups"], f["checkpoint"]
+        lines.append(f"| 7 | group scaling, {g['records']:,} records in micro-batches of {g['batch']:,}, a checkpoint every 20: "
+                     f"the shipped views plus a per-ASIN view | {g['with_per_asin_records_per_s']:,.0f} rec/s; "
+                     + ", ".join(f"{k:,} rec: {v:.2f} s" for k, v in g["with_per_asin_seconds_by_records"].items())
+                     + f" | the shipped views alone {g['shipped_records_per_s']:,.0f} rec/s | {g['ratio_with_per_asin_to_shipped']:.2f}; "
+                     f"time superlinearity {g['superlinearity']:.2f} | ≥ {t['groups_ratio_to_shipped']}: {said('groups_ratio_to_shipped')}; "
+                     f"superlinearity ≤ {t['groups_superlinearity']}: {said('groups_superlinearity')} |")
+        lines.append(f"| 8 | checkpoint cost with {c['groups']:,} groups, after a micro-batch of {c['records_in_delta']:,} records | "
+                     f"delta: {c['delta']['rows']:,.0f} rows, {c['delta']['bytes'] / 1e6:.2f} MB, {c['delta']['seconds'] * 1000:.1f} ms | "
+                     f"full: {c['full']['rows']:,.0f} rows, {c['full']['bytes'] / 1e6:.1f} MB, {c['full']['seconds'] * 1000:.0f} ms | "
+                     f"bytes {c['ratio_bytes']:.4f}, time {c['ratio_seconds']:.3f} | ≤ {t['checkpoint_delta_to_full']} in both: "
+                     f"{said('checkpoint_delta_to_full')} |")
         lines += ["", "Batch detail (median seconds per command, one process each):", ""]
         lines += [f"- {k}: {v:.3f} s" for k, v in b["seconds"].items()]
         lines += [f"- peak RSS MB: {json.dumps(b['peak_rss_mb'])}"]
@@ -440,6 +482,7 @@ def main():
     harness.engine_throughput()
     harness.batch()
     harness.memory()
+    harness.groups()
     harness.end_to_end()
     harness.latency()
     harness.report()

@@ -5,12 +5,16 @@
 //!   arrow-json decoding of the same messages alone (the physical limit the engine
 //!   sits on), and against decoding the same records as Confluent-framed Avro.
 //!   Prints one JSON object with the timings.
+//! - `groups`: group scaling and checkpoint cost. The shipped views alone, then with a
+//!   per-ASIN view (one group per product), over the same messages in micro-batches of
+//!   5,000 with a checkpoint every 20; then the bytes and time of a full checkpoint of
+//!   every group against a delta checkpoint after one more micro-batch.
 //! - `consume`: a consume-only rdkafka client reading a whole topic with the same
 //!   fetch settings as trendflow's source, and no fetch back-off (see `consume`):
 //!   the broker-bound baseline.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -22,6 +26,7 @@ use trendflow_connectors::fan_out::FanOut;
 use trendflow_connectors::kafka::{client_config, partition_count, RecordEncoder};
 use trendflow_engine::catalog::{incremental_session_config, Catalog};
 use trendflow_engine::runtime::{MicroBatch, Pipeline};
+use trendflow_engine::stream_table::StreamDecl;
 
 #[derive(Parser)]
 struct Cli {
@@ -46,6 +51,24 @@ enum Command {
         #[arg(long, default_value_t = 50_000)]
         batch: usize,
     },
+    /// Group scaling and checkpoint cost, over NDJSON messages.
+    Groups {
+        /// One JSON message per line.
+        #[arg(long)]
+        messages: PathBuf,
+        /// The shipped pipeline's SQL.
+        #[arg(long, default_value = "sql")]
+        sql: PathBuf,
+        /// File for the `categories` reference table.
+        #[arg(long)]
+        categories: PathBuf,
+        /// Messages per micro-batch.
+        #[arg(long, default_value_t = 5_000)]
+        batch: usize,
+        /// Micro-batches between checkpoints.
+        #[arg(long, default_value_t = 20)]
+        checkpoint_every: usize,
+    },
     /// Reads a whole topic and discards it.
     Consume {
         #[arg(long)]
@@ -59,13 +82,16 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match Cli::parse().command {
         Command::Engine { messages, sql, categories, batch } => runtime.block_on(engine(&messages, &sql, &categories, batch)),
+        Command::Groups { messages, sql, categories, batch, checkpoint_every } => {
+            runtime.block_on(groups(&messages, &sql, &categories, batch, checkpoint_every))
+        }
         Command::Consume { brokers, topic } => runtime.block_on(consume(&brokers, &topic)),
     }
 }
 
-async fn engine(messages: &std::path::Path, sql: &std::path::Path, categories: &std::path::Path, batch: usize) -> Result<()> {
+async fn engine(messages: &Path, sql: &Path, categories: &Path, batch: usize) -> Result<()> {
     let text = std::fs::read(messages).with_context(|| format!("reading {}", messages.display()))?;
-    let records: Vec<&[u8]> = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let records = lines(&text);
     let bindings = HashMap::from([("categories".to_string(), categories.display().to_string())]);
     let catalog = Catalog::load(&[sql.to_path_buf()], incremental_session_config(), &bindings).await?;
     let stream = catalog.streams()[0].clone();
@@ -83,16 +109,7 @@ async fn engine(messages: &std::path::Path, sql: &std::path::Path, categories: &
     let started = Instant::now();
     let mut offset = 0i64;
     for chunk in records.chunks(batch) {
-        let decoded = decode_parsed(parse_records(RecordFormat::Json, &stream.payload_schema, chunk, max_record_bytes(&stream)), &stream.payload_schema)?;
-        let rows = decoded.batch.num_rows();
-        let origin = RecordOrigin {
-            partitions: vec![0; rows],
-            offsets: (offset..offset + rows as i64).collect(),
-            timestamps: decoded.arrivals.iter().enumerate().map(|(i, t)| t.unwrap_or(offset + i as i64)).collect(),
-            keys: None,
-        };
-        offset += rows as i64;
-        let micro = MicroBatch { batch: with_metadata(&stream, &decoded.batch, origin)?, offsets: Default::default(), rejected: 0 };
+        let micro = micro_batch(&stream, chunk, &mut offset)?;
         pipeline.step(vec![(stream.name.clone(), micro)], &mut sink).await?;
     }
     let engine_seconds = started.elapsed().as_secs_f64();
@@ -105,9 +122,108 @@ async fn engine(messages: &std::path::Path, sql: &std::path::Path, categories: &
     Ok(())
 }
 
+/// The messages of an NDJSON file: its non-empty lines.
+fn lines(text: &[u8]) -> Vec<&[u8]> {
+    text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect()
+}
+
+/// Decodes `chunk` into a micro-batch the way the Kafka source does, with offsets from `offset` on.
+fn micro_batch(stream: &StreamDecl, chunk: &[&[u8]], offset: &mut i64) -> Result<MicroBatch> {
+    let decoded = decode_parsed(parse_records(RecordFormat::Json, &stream.payload_schema, chunk, max_record_bytes(stream)), &stream.payload_schema)?;
+    let rows = decoded.batch.num_rows();
+    let origin = RecordOrigin {
+        partitions: vec![0; rows],
+        offsets: (*offset..*offset + rows as i64).collect(),
+        timestamps: decoded.arrivals.iter().enumerate().map(|(i, t)| t.unwrap_or(*offset + i as i64)).collect(),
+        keys: None,
+    };
+    *offset += rows as i64;
+    Ok(MicroBatch { batch: with_metadata(stream, &decoded.batch, origin)?, offsets: Default::default(), rejected: 0 })
+}
+
+/// The view whose groups grow with the data: one per product.
+const PER_ASIN_VIEW: &str = "CREATE VIEW per_asin AS SELECT asin, COUNT(*) AS n, AVG(price) AS avg_price, MAX(price) AS max_price FROM products GROUP BY asin;\n";
+
+async fn groups(messages: &Path, sql: &Path, categories: &Path, batch: usize, checkpoint_every: usize) -> Result<()> {
+    let text = std::fs::read(messages).with_context(|| format!("reading {}", messages.display()))?;
+    let records = lines(&text);
+    let bindings = HashMap::from([("categories".to_string(), categories.display().to_string())]);
+    let with_per_asin = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(sql)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "sql") {
+            std::fs::copy(&path, with_per_asin.path().join(path.file_name().expect("a file name")))?;
+        }
+    }
+    std::fs::write(with_per_asin.path().join("99_per_asin.sql"), PER_ASIN_VIEW)?;
+    let pipeline = |sql: PathBuf| {
+        let bindings = &bindings;
+        async move {
+            let catalog = Catalog::load(&[sql], incremental_session_config(), bindings).await?;
+            let state = tempfile::tempdir()?;
+            let pipeline = Pipeline::compile(catalog, state.path().to_path_buf()).await?;
+            anyhow::Ok((pipeline, state))
+        }
+    };
+    let mut runs = serde_json::Map::new();
+    for (name, sql) in [("shipped", sql.to_path_buf()), ("with_per_asin", with_per_asin.path().to_path_buf())] {
+        let (mut pipeline, _state) = pipeline(sql).await?;
+        runs.insert(name.into(), timed_run(&mut pipeline, &records, batch, checkpoint_every).await?);
+    }
+    // Checkpoint cost: every group in a full checkpoint (the first has nothing to build
+    // on), then a delta after one more micro-batch.
+    let (mut pipeline, _state) = pipeline(with_per_asin.path().to_path_buf()).await?;
+    let stream = pipeline.catalog().streams()[0].clone();
+    let (head, last) = records.split_at(records.len().saturating_sub(batch));
+    let mut sink = FanOut::new(vec![]);
+    let mut offset = 0;
+    for chunk in head.chunks(batch) {
+        pipeline.step(vec![(stream.name.clone(), micro_batch(&stream, chunk, &mut offset)?)], &mut sink).await?;
+    }
+    let groups: usize = pipeline.views().iter().map(|v| v.group_counts().1).sum();
+    let started = Instant::now();
+    let (_, full) = pipeline.checkpoint(&mut sink).await?;
+    let full_seconds = started.elapsed().as_secs_f64();
+    pipeline.step(vec![(stream.name.clone(), micro_batch(&stream, last, &mut offset)?)], &mut sink).await?;
+    let started = Instant::now();
+    let (_, delta) = pipeline.checkpoint(&mut sink).await?;
+    let delta_seconds = started.elapsed().as_secs_f64();
+    let checkpoint = serde_json::json!({
+        "groups": groups, "full": {"rows": full.rows, "bytes": full.bytes, "seconds": full_seconds, "was_full": full.full},
+        "delta": {"records": last.len(), "rows": delta.rows, "bytes": delta.bytes, "seconds": delta_seconds, "was_full": delta.full},
+    });
+    runs.insert("checkpoint".into(), checkpoint);
+    println!("{}", serde_json::Value::Object(runs));
+    Ok(())
+}
+
+/// Streams `records` through `pipeline` in micro-batches of `batch`, checkpointing every
+/// `checkpoint_every`; seconds to a quarter, half and all of the records.
+async fn timed_run(pipeline: &mut Pipeline, records: &[&[u8]], batch: usize, checkpoint_every: usize) -> Result<serde_json::Value> {
+    let stream = pipeline.catalog().streams()[0].clone();
+    let mut sink = FanOut::new(vec![]);
+    let marks = [records.len() / 4, records.len() / 2, records.len()];
+    let mut seconds = serde_json::Map::new();
+    let (mut offset, mut done) = (0i64, 0usize);
+    let started = Instant::now();
+    for (i, chunk) in records.chunks(batch).enumerate() {
+        let micro = micro_batch(&stream, chunk, &mut offset)?;
+        pipeline.step(vec![(stream.name.clone(), micro)], &mut sink).await?;
+        if (i + 1) % checkpoint_every == 0 {
+            pipeline.checkpoint(&mut sink).await?;
+        }
+        let before = done;
+        done += chunk.len();
+        for mark in marks.iter().filter(|&&m| before < m && m <= done) {
+            seconds.insert(mark.to_string(), started.elapsed().as_secs_f64().into());
+        }
+    }
+    Ok(serde_json::json!({"records": records.len(), "seconds_by_records": seconds}))
+}
+
 /// The records re-encoded as Confluent-framed Avro (untimed), then decoded into Arrow
 /// the way the Kafka source does: rows decoded, and seconds.
-fn avro_decoding(records: &[&[u8]], stream: &trendflow_engine::stream_table::StreamDecl, batch: usize) -> Result<(usize, f64)> {
+fn avro_decoding(records: &[&[u8]], stream: &StreamDecl, batch: usize) -> Result<(usize, f64)> {
     let payload = &stream.payload_schema;
     let mut avro_records = Vec::with_capacity(records.len());
     for chunk in records.chunks(batch) {

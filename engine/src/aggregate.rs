@@ -35,6 +35,8 @@ pub struct IncrementalAggregate {
     finalize_input: BatchSlot,
     /// Group key → partial aggregate state (schema of `Partial`'s output).
     state: KeyedTable,
+    /// Group key → partial state, for the groups changed since the last checkpoint.
+    changed: KeyedTable,
     /// Group key → final aggregate values (schema of the original aggregate).
     finals: KeyedTable,
     /// What the rest of the view's plan reads in place of the original aggregate.
@@ -79,7 +81,8 @@ impl IncrementalAggregate {
             reduce_input,
             finalize,
             finalize_input,
-            state: KeyedTable::new(state_schema, keys.clone())?,
+            state: KeyedTable::new(state_schema.clone(), keys.clone())?,
+            changed: KeyedTable::new(state_schema, keys.clone())?,
             finals: KeyedTable::new(output_schema.clone(), keys)?,
             finals_slot: BatchSlot::new(output_schema),
         })
@@ -91,31 +94,57 @@ impl IncrementalAggregate {
     }
 
     /// Folds the current micro-batch (already in the stream slots) into the state.
-    /// Returns whether any group changed.
-    pub async fn apply(&mut self, ctx: &Arc<TaskContext>) -> Result<bool> {
+    /// Returns the groups it touched, or `None` when it touched none.
+    pub async fn apply(&mut self, ctx: &Arc<TaskContext>) -> Result<Option<TouchedGroups>> {
         let partial = run_plan(&self.partial, ctx).await?;
         if partial.num_rows() == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         let keys = partial.project(&(0..self.group_columns).collect::<Vec<_>>())?;
         let stored = self.state.lookup(&keys)?;
+        let before = self.finals.lookup(&keys)?;
         let merged = self.reduce(vec![stored, partial], ctx).await?;
         self.state.upsert(&merged)?;
-        self.finalize_groups(merged, ctx).await?;
-        Ok(true)
+        self.changed.upsert(&merged)?;
+        let after = self.finalize_groups(merged, ctx).await?;
+        Ok(Some(TouchedGroups { before, after }))
     }
 
-    /// Replaces the state by `state` (from a checkpoint) and finalizes every group.
+    /// Replaces the state by `state` (from a checkpoint; where a key appears twice the
+    /// later row wins) and finalizes every group.
     pub async fn restore(&mut self, state: RecordBatch, ctx: &Arc<TaskContext>) -> Result<()> {
-        self.state = KeyedTable::new(self.state.schema().clone(), self.state.key_columns().to_vec())?;
-        self.finals = KeyedTable::new(self.finals.schema().clone(), self.finals.key_columns().to_vec())?;
+        self.state.clear();
+        self.finals.clear();
+        self.changed.clear();
         self.state.upsert(&state)?;
-        self.finalize_groups(state, ctx).await
+        let state = self.state.to_batch()?;
+        self.finalize_groups(state, ctx).await?;
+        Ok(())
     }
 
-    /// The whole state, one row per group, for a checkpoint.
+    /// The whole state, one row per group, for a full checkpoint.
     pub fn state_batch(&self) -> Result<RecordBatch> {
         Ok(self.state.to_batch()?)
+    }
+
+    /// The state of the groups changed since the last checkpoint, for a delta checkpoint.
+    pub fn changed_state(&self) -> Result<RecordBatch> {
+        Ok(self.changed.to_batch()?)
+    }
+
+    /// Number of groups changed since the last checkpoint.
+    pub fn changed_groups(&self) -> usize {
+        self.changed.len()
+    }
+
+    /// Number of groups.
+    pub fn groups(&self) -> usize {
+        self.state.len()
+    }
+
+    /// Forgets which groups changed: a checkpoint now holds them.
+    pub fn mark_checkpointed(&mut self) {
+        self.changed.clear();
     }
 
     /// Schema of the state rows.
@@ -123,10 +152,15 @@ impl IncrementalAggregate {
         self.state.schema()
     }
 
-    /// Makes the finalized groups visible to the view's remaining plan.
-    pub fn publish(&self) -> Result<()> {
+    /// Makes every finalized group visible to the view's remaining plan.
+    pub fn publish_all(&self) -> Result<()> {
         self.finals_slot.set(vec![self.finals.to_batch()?]);
         Ok(())
+    }
+
+    /// Makes just `groups` (finalized rows) visible to the view's remaining plan.
+    pub fn publish(&self, groups: RecordBatch) {
+        self.finals_slot.set(vec![groups]);
     }
 
     /// Merges partial states until every group has one row. `PartialReduce` promises
@@ -154,7 +188,8 @@ impl IncrementalAggregate {
         Ok((0..keys.len()).map(|i| keys.get(i)).collect::<HashSet<_>>().len())
     }
 
-    async fn finalize_groups(&mut self, state: RecordBatch, ctx: &Arc<TaskContext>) -> Result<()> {
+    /// Finalizes the groups of `state` into `finals` and returns their final rows.
+    async fn finalize_groups(&mut self, state: RecordBatch, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
         self.finalize_input.set(vec![state]);
         let finals = run_plan(&self.finalize, ctx).await;
         self.finalize_input.clear();
@@ -162,6 +197,16 @@ impl IncrementalAggregate {
         // The view's plan was typed against the original aggregate's schema.
         let finals = RecordBatch::try_new(self.finals.schema().clone(), finals.columns().to_vec())?;
         self.finals.upsert(&finals)?;
-        Ok(())
+        Ok(finals)
     }
+}
+
+/// The finalized rows of the groups one micro-batch touched, before it (groups that
+/// existed) and after it.
+#[derive(Debug)]
+pub struct TouchedGroups {
+    /// Final rows before the micro-batch.
+    pub before: RecordBatch,
+    /// Final rows after it.
+    pub after: RecordBatch,
 }

@@ -146,6 +146,13 @@ impl KeyedTable {
         self.index.is_empty()
     }
 
+    /// Removes every row.
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.index.clear();
+        self.dead_rows = 0;
+    }
+
     /// Inserts or replaces the rows of `batch`; within `batch`, the last row of a key wins.
     pub fn upsert(&mut self, batch: &RecordBatch) -> Result<(), ArrowError> {
         if batch.num_rows() == 0 {
@@ -209,9 +216,7 @@ impl KeyedTable {
             return Ok(());
         }
         let live = self.to_batch()?;
-        self.chunks.clear();
-        self.index.clear();
-        self.dead_rows = 0;
+        self.clear();
         self.upsert(&live)
     }
 }

@@ -26,7 +26,9 @@
 pub mod aggregate;
 pub mod catalog;
 pub mod checkpoint;
+mod diff;
 pub mod error;
+mod evaluation;
 pub mod keyed;
 pub mod recent;
 pub mod runtime;

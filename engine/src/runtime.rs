@@ -12,7 +12,7 @@ use datafusion::execution::TaskContext;
 use tokio::sync::watch;
 
 use crate::catalog::Catalog;
-use crate::checkpoint::{CheckpointMeta, Checkpointer, Offsets};
+use crate::checkpoint::{CheckpointMeta, Checkpointer, Offsets, StateFiles, Written};
 use crate::error::{EngineError, Result};
 use crate::stream_table::StreamDecl;
 use crate::view::{Changeset, IncrementalView, ViewInfo};
@@ -268,21 +268,28 @@ impl Pipeline {
         Ok(report)
     }
 
-    /// Flushes the sink, then writes a checkpoint of state and positions.
-    pub async fn checkpoint(&mut self, sink: &mut dyn Sink) -> Result<CheckpointMeta> {
+    /// Flushes the sink, then writes a checkpoint of state and positions: of the groups
+    /// changed since the previous checkpoint, or of all of them when the checkpointer
+    /// compacts (see [`Checkpointer::wants_full`]).
+    pub async fn checkpoint(&mut self, sink: &mut dyn Sink) -> Result<(CheckpointMeta, Written)> {
         let meta = CheckpointMeta {
             batch_id: self.batch_id,
             sources: self.offsets.clone(),
             views: BTreeMap::new(),
             inputs: self.inputs.clone(),
+            base: Vec::new(),
         };
         sink.flush(&meta).await?;
+        let changed = self.views.iter().map(|v| v.group_counts().0).sum();
+        let full = self.checkpointer.wants_full(changed);
         let mut states = BTreeMap::new();
         for view in &self.views {
-            states.insert(view.info().name.clone(), view.state()?);
+            states.insert(view.info().name.clone(), if full { view.state()? } else { view.changed_state()? });
         }
-        self.checkpointer.write(&meta, &states)?;
-        Ok(meta)
+        let written = self.checkpointer.write(&meta, &if full { StateFiles::Full(states) } else { StateFiles::Changes(states) })?;
+        self.views.iter_mut().for_each(IncrementalView::mark_checkpointed);
+        tracing::debug!(checkpoint = %written.name, full = written.full, rows = written.rows, bytes = written.bytes, "checkpoint written");
+        Ok((meta, written))
     }
 
     /// Runs the micro-batch loop until the sources finish (with `until_idle`) or
@@ -303,8 +310,8 @@ impl Pipeline {
         sink.open(&self.view_infos()).await?;
         self.restore().await?;
         for view in &self.views {
-            if let Some(rows) = view.result() {
-                sink.reset(view.info(), rows).await?;
+            if let Some(rows) = view.current_result(&self.task).await? {
+                sink.reset(view.info(), &rows).await?;
             }
         }
         for source in &mut sources {
@@ -355,7 +362,7 @@ impl Pipeline {
     }
 
     async fn checkpoint_and_commit(&mut self, sources: &mut [Box<dyn Source>], sink: &mut dyn Sink) -> Result<()> {
-        let meta = self.checkpoint(sink).await?;
+        let (meta, _) = self.checkpoint(sink).await?;
         for source in sources.iter_mut() {
             if let Some(offsets) = meta.sources.get(source.stream()) {
                 source.commit(offsets).await?;

@@ -2,10 +2,11 @@
 //! changeset for every micro-batch.
 //!
 //! The physical plan is split at the lowest aggregates that read a stream.
-//! Each such aggregate becomes an [`IncrementalAggregate`]; the rest of the plan
-//! (HAVING, ORDER BY … LIMIT, windows over aggregates, joins to reference
-//! tables) is re-executed over the finalized groups, and its result is diffed
-//! against the previous one by the view's key. A view without aggregates is
+//! Each such aggregate becomes an [`IncrementalAggregate`]. The rest of the plan
+//! (HAVING, joins to reference tables, ORDER BY … LIMIT, windows over aggregates)
+//! runs over the groups a micro-batch touched, before and after it, when each of its
+//! rows follows from one group; otherwise over every group (see [`Evaluation`]). Either
+//! way its output is diffed by the view's key. A view without aggregates is
 //! stateless: its plan runs on each micro-batch and every output row is an upsert.
 
 use std::collections::{HashMap, HashSet};
@@ -27,10 +28,13 @@ use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
-use crate::aggregate::{run_plan, IncrementalAggregate};
+use crate::aggregate::{run_plan, IncrementalAggregate, TouchedGroups};
 use crate::catalog::ViewDef;
+use crate::diff::{Differ, IndexedRows};
 use crate::error::{EngineError, Result};
-use crate::keyed::{EncodedRows, RowEncoder};
+pub use crate::evaluation::Evaluation;
+use crate::evaluation::evaluation;
+use crate::keyed::RowEncoder;
 use crate::slot::{BatchSlot, BatchSlotExec};
 
 /// Rows a view gained or changed (`upserts`, full rows) and lost (`deletes`, key columns only).
@@ -71,6 +75,7 @@ impl ViewInfo {
 #[derive(Debug)]
 pub struct IncrementalView {
     info: ViewInfo,
+    differ: Differ,
     kind: ViewKind,
 }
 
@@ -79,8 +84,20 @@ pub struct IncrementalView {
 enum ViewKind {
     /// Runs on each micro-batch; every row is an upsert.
     Stateless { plan: Arc<dyn ExecutionPlan> },
-    /// Aggregates keep state; the rest of the plan is re-run over their finalized groups.
-    Aggregating { aggregates: Vec<IncrementalAggregate>, output: Arc<dyn ExecutionPlan>, current: ResultSnapshot },
+    /// Aggregates keep state; the rest of the plan runs over the groups a micro-batch
+    /// touched, before and after it, and the two are diffed.
+    TouchedGroups { stages: AggregateStages },
+    /// Aggregates keep state; the rest of the plan re-runs over every group (because of
+    /// `because`) and its result is diffed against the previous one.
+    WholeResult { stages: AggregateStages, because: String, current: IndexedRows },
+}
+
+/// The incremental aggregates of a view and the plan above them, which reads their
+/// finalized groups.
+#[derive(Debug)]
+struct AggregateStages {
+    aggregates: Vec<IncrementalAggregate>,
+    output: Arc<dyn ExecutionPlan>,
 }
 
 impl IncrementalView {
@@ -118,6 +135,7 @@ impl IncrementalView {
             })
         })?;
         let info = ViewInfo { name: def.name.clone(), schema: schema.clone(), key };
+        let differ = Differ::new(&info)?;
         let kind = if aggregates.is_empty() {
             finder.check_stream_operators(&output).map_err(unsupported)?;
             ViewKind::Stateless { plan: output }
@@ -125,15 +143,32 @@ impl IncrementalView {
             if finder.reads_stream(&output) {
                 return Err(unsupported("it reads a stream both inside and outside an aggregate".into()));
             }
-            let current = ResultSnapshot::new(&info)?;
-            ViewKind::Aggregating { aggregates, output, current }
+            let finals: Vec<BatchSlot> = aggregates.iter().map(|a| a.finals_slot().clone()).collect();
+            let stages = AggregateStages { aggregates, output };
+            match evaluation(&stages.output, &finals) {
+                Evaluation::TouchedGroups => ViewKind::TouchedGroups { stages },
+                Evaluation::WholeResult { because } => {
+                    let current = differ.index(RecordBatch::new_empty(schema))?;
+                    ViewKind::WholeResult { stages, because, current }
+                }
+            }
         };
-        Ok(Self { info, kind })
+        Ok(Self { info, differ, kind })
     }
 
     /// Name, schema and key.
     pub fn info(&self) -> &ViewInfo {
         &self.info
+    }
+
+    /// How a micro-batch re-evaluates the view (`None` for views without aggregates,
+    /// which evaluate each micro-batch on its own).
+    pub fn evaluation(&self) -> Option<Evaluation> {
+        match &self.kind {
+            ViewKind::Stateless { .. } => None,
+            ViewKind::TouchedGroups { .. } => Some(Evaluation::TouchedGroups),
+            ViewKind::WholeResult { because, .. } => Some(Evaluation::WholeResult { because: because.clone() }),
+        }
     }
 
     /// Processes the micro-batch now in the stream slots.
@@ -144,75 +179,137 @@ impl IncrementalView {
                 let upserts = last_row_per_key(&rows, &self.info.key)?;
                 Ok(Changeset { upserts, deletes: RecordBatch::new_empty(self.info.key_schema()) })
             }
-            ViewKind::Aggregating { aggregates, output, current } => {
-                let mut touched = false;
-                for aggregate in aggregates.iter_mut() {
-                    touched |= aggregate.apply(ctx).await?;
+            ViewKind::TouchedGroups { stages } => {
+                let Some(touched) = stages.apply(ctx).await? else { return Ok(self.info.no_change()) };
+                let (before, after): (Vec<_>, Vec<_>) = touched.into_iter().map(|t| t.map(|t| (t.before, t.after)).unzip()).unzip();
+                let before = self.differ.index(stages.evaluate(before, ctx).await?)?;
+                let after = self.differ.index(stages.evaluate(after, ctx).await?)?;
+                self.differ.diff(&before, &after)
+            }
+            ViewKind::WholeResult { stages, current, .. } => {
+                if stages.apply(ctx).await?.is_none() {
+                    return Ok(self.info.no_change());
                 }
-                if !touched {
-                    return Ok(Changeset {
-                        upserts: RecordBatch::new_empty(self.info.schema.clone()),
-                        deletes: RecordBatch::new_empty(self.info.key_schema()),
-                    });
-                }
-                let result = evaluate(aggregates, output, ctx).await?;
-                current.replace(result, &self.info.name)
+                let result = self.differ.index(stages.evaluate_all(ctx).await?)?;
+                let changes = self.differ.diff(current, &result)?;
+                *current = result;
+                Ok(changes)
             }
         }
     }
 
-    /// The state to checkpoint: one batch per aggregate.
-    pub fn state(&self) -> Result<Vec<RecordBatch>> {
+    fn stages(&self) -> Option<&AggregateStages> {
         match &self.kind {
-            ViewKind::Stateless { .. } => Ok(Vec::new()),
-            ViewKind::Aggregating { aggregates, .. } => aggregates.iter().map(|a| a.state_batch()).collect(),
+            ViewKind::Stateless { .. } => None,
+            ViewKind::TouchedGroups { stages } | ViewKind::WholeResult { stages, .. } => Some(stages),
+        }
+    }
+
+    fn stages_mut(&mut self) -> Option<&mut AggregateStages> {
+        match &mut self.kind {
+            ViewKind::Stateless { .. } => None,
+            ViewKind::TouchedGroups { stages } | ViewKind::WholeResult { stages, .. } => Some(stages),
+        }
+    }
+
+    fn aggregates(&self) -> &[IncrementalAggregate] {
+        self.stages().map_or(&[], |s| &s.aggregates)
+    }
+
+    /// The whole state, for a full checkpoint: one batch per aggregate.
+    pub fn state(&self) -> Result<Vec<RecordBatch>> {
+        self.aggregates().iter().map(|a| a.state_batch()).collect()
+    }
+
+    /// The state of the groups changed since the last checkpoint, for a delta checkpoint:
+    /// one batch per aggregate.
+    pub fn changed_state(&self) -> Result<Vec<RecordBatch>> {
+        self.aggregates().iter().map(|a| a.changed_state()).collect()
+    }
+
+    /// Groups changed since the last checkpoint, and groups in all, over every aggregate.
+    pub fn group_counts(&self) -> (usize, usize) {
+        self.aggregates().iter().fold((0, 0), |(changed, all), a| (changed + a.changed_groups(), all + a.groups()))
+    }
+
+    /// Forgets which groups changed: a checkpoint now holds them.
+    pub fn mark_checkpointed(&mut self) {
+        if let Some(stages) = self.stages_mut() {
+            stages.aggregates.iter_mut().for_each(IncrementalAggregate::mark_checkpointed);
         }
     }
 
     /// Schemas of [`Self::state`]'s batches.
     pub fn state_schemas(&self) -> Vec<SchemaRef> {
+        self.aggregates().iter().map(|a| a.state_schema().clone()).collect()
+    }
+
+    /// The view's whole current result, for views that keep state (those with
+    /// aggregates); computed over every group, so meant for start-up, not for each
+    /// micro-batch.
+    pub async fn current_result(&self, ctx: &Arc<TaskContext>) -> Result<Option<RecordBatch>> {
         match &self.kind {
-            ViewKind::Stateless { .. } => Vec::new(),
-            ViewKind::Aggregating { aggregates, .. } => aggregates.iter().map(|a| a.state_schema().clone()).collect(),
+            ViewKind::Stateless { .. } => Ok(None),
+            ViewKind::TouchedGroups { stages } => Ok(Some(stages.evaluate_all(ctx).await?)),
+            ViewKind::WholeResult { current, .. } => Ok(Some(current.batch.clone())),
         }
     }
 
-    /// The view's whole current result, for views that keep one (those with aggregates).
-    pub fn result(&self) -> Option<&RecordBatch> {
-        match &self.kind {
-            ViewKind::Stateless { .. } => None,
-            ViewKind::Aggregating { current, .. } => Some(&current.batch),
-        }
-    }
-
-    /// Restores checkpointed state and recomputes the current result (emitting nothing:
-    /// the pipeline resets the sink to it, see [`crate::runtime::Sink::reset`]).
+    /// Restores checkpointed state (one batch per aggregate; where a group appears twice
+    /// the later row wins) without emitting anything: the pipeline resets the sink to
+    /// [`Self::current_result`], see [`crate::runtime::Sink::reset`].
     pub async fn restore(&mut self, state: Vec<RecordBatch>, ctx: &Arc<TaskContext>) -> Result<()> {
-        let ViewKind::Aggregating { aggregates, output, current } = &mut self.kind else {
-            return Ok(());
-        };
-        for (aggregate, batch) in aggregates.iter_mut().zip(state) {
+        let Some(stages) = self.stages_mut() else { return Ok(()) };
+        for (aggregate, batch) in stages.aggregates.iter_mut().zip(state) {
             aggregate.restore(batch, ctx).await?;
         }
-        let result = evaluate(aggregates, output, ctx).await?;
-        current.replace(result, &self.info.name)?;
+        if let ViewKind::WholeResult { stages, current, .. } = &mut self.kind {
+            *current = self.differ.index(stages.evaluate_all(ctx).await?)?;
+        }
         Ok(())
     }
 }
 
-async fn evaluate(
-    aggregates: &[IncrementalAggregate],
-    output: &Arc<dyn ExecutionPlan>,
-    ctx: &Arc<TaskContext>,
-) -> Result<RecordBatch> {
-    for aggregate in aggregates {
-        aggregate.publish()?;
+impl ViewInfo {
+    fn no_change(&self) -> Changeset {
+        Changeset { upserts: RecordBatch::new_empty(self.schema.clone()), deletes: RecordBatch::new_empty(self.key_schema()) }
     }
-    let result = run_plan(output, ctx).await;
-    for aggregate in aggregates {
-        aggregate.finals_slot().clear();
+}
+
+impl AggregateStages {
+    /// Folds the micro-batch into every aggregate; per aggregate, the groups it touched.
+    /// `None` when it touched no group at all.
+    async fn apply(&mut self, ctx: &Arc<TaskContext>) -> Result<Option<Vec<Option<TouchedGroups>>>> {
+        let mut touched = Vec::with_capacity(self.aggregates.len());
+        for aggregate in &mut self.aggregates {
+            touched.push(aggregate.apply(ctx).await?);
+        }
+        Ok(touched.iter().any(Option::is_some).then_some(touched))
     }
-    result
+
+    /// Runs the plan above the aggregates over every finalized group.
+    async fn evaluate_all(&self, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
+        for aggregate in &self.aggregates {
+            aggregate.publish_all()?;
+        }
+        self.run(ctx).await
+    }
+
+    /// Runs the plan above the aggregates over just `groups`, one batch (or none) per aggregate.
+    async fn evaluate(&self, groups: Vec<Option<RecordBatch>>, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
+        for (aggregate, rows) in self.aggregates.iter().zip(groups) {
+            aggregate.publish(rows.unwrap_or_else(|| RecordBatch::new_empty(aggregate.finals_slot().schema().clone())));
+        }
+        self.run(ctx).await
+    }
+
+    async fn run(&self, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
+        let result = run_plan(&self.output, ctx).await;
+        for aggregate in &self.aggregates {
+            aggregate.finals_slot().clear();
+        }
+        result
+    }
 }
 
 /// The key of a view: the smallest set of columns that functionally determines all of them
@@ -248,64 +345,6 @@ fn last_row_per_key(rows: &RecordBatch, key: &[usize]) -> Result<RecordBatch> {
     let mut keep: Vec<u32> = last.into_values().collect();
     keep.sort_unstable();
     Ok(take_record_batch(rows, &UInt32Array::from(keep))?)
-}
-
-/// The current rows of an aggregating view, indexed by key, to diff the next result against.
-#[derive(Debug)]
-struct ResultSnapshot {
-    key: Vec<usize>,
-    key_encoder: RowEncoder,
-    row_encoder: RowEncoder,
-    batch: RecordBatch,
-    index: HashMap<Box<[u8]>, usize>,
-    /// Encoded full rows of `batch`, to compare values without re-encoding them.
-    rows: EncodedRows,
-}
-
-impl ResultSnapshot {
-    fn new(info: &ViewInfo) -> Result<Self> {
-        let width = info.schema.fields().len();
-        let row_encoder = RowEncoder::new(&info.schema, (0..width).collect())?;
-        let batch = RecordBatch::new_empty(info.schema.clone());
-        Ok(Self {
-            key: info.key.clone(),
-            key_encoder: RowEncoder::new(&info.schema, info.key.clone())?,
-            rows: row_encoder.encode(&batch)?,
-            row_encoder,
-            batch,
-            index: HashMap::new(),
-        })
-    }
-
-    /// Makes `result` current and returns how it differs from the previous result.
-    fn replace(&mut self, result: RecordBatch, view: &str) -> Result<Changeset> {
-        let keys = self.key_encoder.encode(&result)?;
-        let rows = self.row_encoder.encode(&result)?;
-        let mut index = HashMap::with_capacity(keys.len());
-        let mut upserts = Vec::new();
-        for i in 0..keys.len() {
-            let key = keys.get(i);
-            let unchanged = self.index.get(key).is_some_and(|&j| self.rows.get(j) == rows.get(i));
-            if !unchanged {
-                upserts.push(i as u32);
-            }
-            if index.insert(Box::<[u8]>::from(key), i).is_some() {
-                return Err(EngineError::DataFusion(datafusion::error::DataFusionError::Execution(format!(
-                    "view `{view}` produced two rows for its key columns {:?}",
-                    self.key.iter().map(|&k| result.schema().field(k).name().clone()).collect::<Vec<_>>()
-                ))));
-            }
-        }
-        let mut gone: Vec<u32> =
-            self.index.iter().filter(|(key, _)| !index.contains_key(*key)).map(|(_, &j)| j as u32).collect();
-        gone.sort_unstable();
-        let deletes = take_record_batch(&self.batch.project(&self.key)?, &UInt32Array::from(gone))?;
-        let upserts = take_record_batch(&result, &UInt32Array::from(upserts))?;
-        self.batch = result;
-        self.index = index;
-        self.rows = rows;
-        Ok(Changeset { upserts, deletes })
-    }
 }
 
 /// Finds stream scans in a plan and splits it at the aggregates over them.

@@ -4,6 +4,7 @@ mod avro;
 mod broker;
 mod cli;
 mod errors;
+mod incremental;
 mod kafka;
 mod mongo;
 mod reliability;

@@ -1,0 +1,130 @@
+//! How much of an aggregating view a micro-batch makes the engine re-evaluate.
+//!
+//! When every row the plan above the aggregates outputs follows from one finalized
+//! group (projections, filters and HAVING, CASE, casts, joins that keep only the
+//! group's side, UNION ALL of aggregates), a micro-batch changes exactly the rows of
+//! the groups it touched: the engine evaluates the plan over those groups before and
+//! after the micro-batch and diffs the two, at a cost proportional to the change.
+//! Anything that relates groups to each other (ORDER BY … LIMIT, window functions,
+//! aggregates of aggregates, joins that keep reference rows without a group) needs
+//! the whole result and is re-run over every group.
+
+use std::sync::Arc;
+
+use datafusion::common::JoinType;
+use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec, NestedLoopJoinExec, SortMergeJoinExec};
+use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::slot::{BatchSlot, BatchSlotExec};
+
+/// How an aggregating view's plan above its aggregates is evaluated after a micro-batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evaluation {
+    /// Over the groups the micro-batch touched only: each output row follows from one group.
+    TouchedGroups,
+    /// Over every group, because of the named construct, which relates groups to each other.
+    WholeResult {
+        /// The construct, e.g. `ORDER BY … LIMIT`.
+        because: String,
+    },
+}
+
+/// Classifies `plan`, whose leaves read the finalized groups from `finals`.
+pub(crate) fn evaluation(plan: &Arc<dyn ExecutionPlan>, finals: &[BatchSlot]) -> Evaluation {
+    match (Classifier { finals }).whole_because(plan) {
+        None => Evaluation::TouchedGroups,
+        Some(because) => Evaluation::WholeResult { because },
+    }
+}
+
+struct Classifier<'a> {
+    finals: &'a [BatchSlot],
+}
+
+impl Classifier<'_> {
+    fn reads_finals(&self, plan: &Arc<dyn ExecutionPlan>) -> bool {
+        plan.downcast_ref::<BatchSlotExec>().is_some_and(|scan| self.finals.iter().any(|s| scan.reads(s)))
+            || plan.children().into_iter().any(|c| self.reads_finals(c))
+    }
+
+    /// The first construct under which an output row depends on more than one group.
+    fn whole_because(&self, plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
+        let children = plan.children();
+        let reading: Vec<usize> = (0..children.len()).filter(|&i| self.reads_finals(children[i])).collect();
+        if reading.is_empty() {
+            return None;
+        }
+        let recurse = || reading.iter().find_map(|&i| self.whole_because(children[i]));
+        if plan.is::<UnionExec>() || passes_rows_through(plan) {
+            return recurse();
+        }
+        if let Some(join_type) = join_type(plan) {
+            return match reading.as_slice() {
+                [side] if keeps_only_side(join_type, *side) => recurse(),
+                [_] => Some(format!("a {join_type} join that keeps rows without a group")),
+                _ => Some("a join between aggregates".into()),
+            };
+        }
+        Some(describe(plan))
+    }
+}
+
+/// Operators that map each input row to at most one output row on its own.
+fn passes_rows_through(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    // An ordering without a limit does not change which rows a view holds.
+    let row_wise = plan.is::<ProjectionExec>()
+        || plan.is::<FilterExec>()
+        || plan.is::<RepartitionExec>()
+        || plan.is::<CoalescePartitionsExec>()
+        || plan.is::<CooperativeExec>()
+        || plan.is::<SortExec>()
+        || plan.is::<SortPreservingMergeExec>();
+    row_wise && plan.fetch().is_none()
+}
+
+fn join_type(plan: &Arc<dyn ExecutionPlan>) -> Option<JoinType> {
+    if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+        Some(*join.join_type())
+    } else if let Some(join) = plan.downcast_ref::<NestedLoopJoinExec>() {
+        Some(*join.join_type())
+    } else if let Some(join) = plan.downcast_ref::<SortMergeJoinExec>() {
+        Some(join.join_type())
+    } else {
+        plan.is::<CrossJoinExec>().then_some(JoinType::Inner)
+    }
+}
+
+/// True when every row a `join_type` join outputs comes from one row of input `side`
+/// (0: left, 1: right), so the join is row-local in that input.
+fn keeps_only_side(join_type: JoinType, side: usize) -> bool {
+    use JoinType::*;
+    match join_type {
+        Inner => true,
+        Left | LeftSemi | LeftAnti | LeftMark => side == 0,
+        Right | RightSemi | RightAnti | RightMark => side == 1,
+        Full => false,
+    }
+}
+
+fn describe(plan: &Arc<dyn ExecutionPlan>) -> String {
+    if plan.fetch().is_some() || plan.is::<GlobalLimitExec>() || plan.is::<LocalLimitExec>() {
+        "ORDER BY … LIMIT (a top-n ranks all groups)".into()
+    } else if plan.is::<WindowAggExec>() || plan.is::<BoundedWindowAggExec>() {
+        "a window function over the groups".into()
+    } else if plan.is::<AggregateExec>() {
+        "an aggregate over the groups".into()
+    } else {
+        format!("{} over the groups", plan.name())
+    }
+}
