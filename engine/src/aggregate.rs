@@ -14,7 +14,7 @@ use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{collect, ExecutionPlan};
 
 use crate::error::{EngineError, Result};
-use crate::keyed::{KeyedTable, RowEncoder};
+use crate::keyed::{project_columns, KeyedTable, RowEncoder};
 use crate::slot::BatchSlot;
 
 /// Executes a (re-usable) plan once and concatenates its output.
@@ -100,7 +100,7 @@ impl IncrementalAggregate {
         if partial.num_rows() == 0 {
             return Ok(None);
         }
-        let keys = partial.project(&(0..self.group_columns).collect::<Vec<_>>())?;
+        let keys = project_columns(&partial, &(0..self.group_columns).collect::<Vec<_>>())?;
         let stored = self.state.lookup(&keys)?;
         let before = self.finals.lookup(&keys)?;
         let merged = self.reduce(vec![stored, partial], ctx).await?;

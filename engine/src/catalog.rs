@@ -166,7 +166,7 @@ impl Catalog {
         let mut infos = Vec::new();
         for view in &self.views {
             let df = self.ctx.table(view.name.as_str()).await?;
-            let key = crate::view::view_key(df.schema()).ok_or_else(|| EngineError::Unsupported {
+            let key = crate::key::view_key(df.logical_plan(), &self.streams).ok_or_else(|| EngineError::Unsupported {
                 file: view.origin.file.clone(),
                 line: view.origin.line,
                 view: view.name.clone(),

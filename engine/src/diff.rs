@@ -7,7 +7,7 @@ use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{EngineError, Result};
-use crate::keyed::{EncodedRows, RowEncoder};
+use crate::keyed::{project_columns, take_rows, EncodedRows, RowEncoder};
 use crate::view::{Changeset, ViewInfo};
 
 /// Rows of a view indexed by key, with their encoded values, ready to be diffed.
@@ -71,7 +71,7 @@ impl Differ {
         gone.sort_unstable();
         Ok(Changeset {
             upserts: take_record_batch(&after.batch, &UInt32Array::from(upserts))?,
-            deletes: take_record_batch(&before.batch.project(&self.key)?, &UInt32Array::from(gone))?,
+            deletes: take_rows(&project_columns(&before.batch, &self.key)?, &UInt32Array::from(gone))?,
         })
     }
 }

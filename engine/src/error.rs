@@ -24,6 +24,15 @@ pub enum EngineError {
         view: String,
         construct: String,
     },
+    /// A view failed while processing a micro-batch or restoring its state.
+    #[error("{}:{line}: view `{view}`: {source}", file.display())]
+    View {
+        file: PathBuf,
+        line: usize,
+        view: String,
+        #[source]
+        source: Box<EngineError>,
+    },
     /// A run-time binding (`--source name=...`) names an unknown table or is malformed.
     #[error("source binding `{binding}`: {message}")]
     Binding { binding: String, message: String },

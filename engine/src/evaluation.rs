@@ -72,7 +72,7 @@ impl Classifier<'_> {
         if let Some(join_type) = join_type(plan) {
             return match reading.as_slice() {
                 [side] if keeps_only_side(join_type, *side) => recurse(),
-                [_] => Some(format!("a {join_type} join that keeps rows without a group")),
+                [_] => Some(format!("{} that keeps rows without a group", join_name(join_type))),
                 _ => Some("a join between aggregates".into()),
             };
         }
@@ -93,7 +93,8 @@ fn passes_rows_through(plan: &Arc<dyn ExecutionPlan>) -> bool {
     row_wise && plan.fetch().is_none()
 }
 
-fn join_type(plan: &Arc<dyn ExecutionPlan>) -> Option<JoinType> {
+/// The join type of a join operator; `None` for other operators.
+pub(crate) fn join_type(plan: &Arc<dyn ExecutionPlan>) -> Option<JoinType> {
     if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
         Some(*join.join_type())
     } else if let Some(join) = plan.downcast_ref::<NestedLoopJoinExec>() {
@@ -107,13 +108,25 @@ fn join_type(plan: &Arc<dyn ExecutionPlan>) -> Option<JoinType> {
 
 /// True when every row a `join_type` join outputs comes from one row of input `side`
 /// (0: left, 1: right), so the join is row-local in that input.
-fn keeps_only_side(join_type: JoinType, side: usize) -> bool {
+pub(crate) fn keeps_only_side(join_type: JoinType, side: usize) -> bool {
     use JoinType::*;
     match join_type {
         Inner => true,
         Left | LeftSemi | LeftAnti | LeftMark => side == 0,
         Right | RightSemi | RightAnti | RightMark => side == 1,
         Full => false,
+    }
+}
+
+/// A join type as users write it; the planner may have swapped the join's sides, so
+/// LEFT and RIGHT are not told apart.
+pub(crate) fn join_name(join_type: JoinType) -> &'static str {
+    use JoinType::*;
+    match join_type {
+        Inner => "an inner join",
+        Left | Right | Full => "an outer join",
+        LeftSemi | RightSemi | LeftMark | RightMark => "a semi-join (IN / EXISTS)",
+        LeftAnti | RightAnti => "an anti-join (NOT IN / NOT EXISTS)",
     }
 }
 

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch};
-use datafusion::arrow::compute::interleave_record_batch;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::compute::{interleave_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
@@ -83,6 +83,23 @@ impl RowEncoder {
             }
         }
     }
+}
+
+/// The chosen columns of `batch`, keeping its row count when none are chosen (the
+/// empty key of a global aggregate still has one per row).
+pub fn project_columns(batch: &RecordBatch, columns: &[usize]) -> Result<RecordBatch, ArrowError> {
+    let schema = Arc::new(batch.schema().project(columns)?);
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(schema, columns.iter().map(|&c| batch.column(c).clone()).collect(), &options)
+}
+
+/// The rows of `batch` at `indices`, also when it has no columns (arrow's
+/// `take_record_batch` cannot tell how many rows a column-less batch has then).
+pub fn take_rows(batch: &RecordBatch, indices: &UInt32Array) -> Result<RecordBatch, ArrowError> {
+    if batch.num_columns() > 0 {
+        return take_record_batch(batch, indices);
+    }
+    RecordBatch::try_new_with_options(batch.schema(), vec![], &RecordBatchOptions::new().with_row_count(Some(indices.len())))
 }
 
 /// A table of rows, at most one per key, where later upserts win.

@@ -29,6 +29,7 @@ pub mod checkpoint;
 mod diff;
 pub mod error;
 mod evaluation;
+pub mod key;
 pub mod keyed;
 pub mod recent;
 pub mod runtime;

@@ -156,11 +156,10 @@ pub struct Pipeline {
 impl Pipeline {
     /// Compiles every view of `catalog`; checkpoints go to `state_dir/checkpoints`.
     pub async fn compile(catalog: Catalog, state_dir: PathBuf) -> Result<Self> {
-        let slots: Vec<_> = catalog.streams().iter().map(|s| s.slot.clone()).collect();
         let mut views = Vec::new();
         let mut inputs = BTreeMap::new();
         for def in catalog.views() {
-            views.push(IncrementalView::compile(catalog.session(), def, &slots).await?);
+            views.push(IncrementalView::compile(catalog.session(), def, catalog.streams()).await?);
             inputs.insert(format!("view:{}", def.name), format!("{:016x}", fnv1a(def.origin.text.as_bytes())));
         }
         let task = catalog.session().task_ctx();

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
-use datafusion::common::{Constraint, Constraints};
+use datafusion::common::Constraint;
 use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{CreateExternalTable, Expr};
@@ -191,25 +191,22 @@ impl TableProviderFactory for StreamTableFactory {
             primary_key,
         };
         self.registry.add(decl.clone());
-        Ok(Arc::new(StreamTable { constraints: cmd.constraints.clone(), decl }))
+        Ok(Arc::new(StreamTable { decl }))
     }
 }
 
-/// A stream as a DataFusion table: its content is the current micro-batch.
+/// A stream as a DataFusion table: its content is the current micro-batch. It gives
+/// DataFusion no constraints: an append stream repeats its declared PRIMARY KEY (see
+/// [`crate::key`]).
 #[derive(Debug)]
 pub struct StreamTable {
     decl: StreamDecl,
-    constraints: Constraints,
 }
 
 #[async_trait]
 impl TableProvider for StreamTable {
     fn schema(&self) -> SchemaRef {
         self.decl.schema.clone()
-    }
-
-    fn constraints(&self) -> Option<&Constraints> {
-        Some(&self.constraints)
     }
 
     fn table_type(&self) -> TableType {

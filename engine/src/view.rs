@@ -9,7 +9,8 @@
 //! way its output is diffed by the view's key. A view without aggregates is
 //! stateless: its plan runs on each micro-batch and every output row is an upsert.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::arrow::compute::take_record_batch;
@@ -33,8 +34,10 @@ use crate::catalog::ViewDef;
 use crate::diff::{Differ, IndexedRows};
 use crate::error::{EngineError, Result};
 pub use crate::evaluation::Evaluation;
-use crate::evaluation::evaluation;
+use crate::evaluation::{evaluation, join_name, join_type, keeps_only_side};
+use crate::key::view_key;
 use crate::keyed::RowEncoder;
+use crate::stream_table::StreamDecl;
 use crate::slot::{BatchSlot, BatchSlotExec};
 
 /// Rows a view gained or changed (`upserts`, full rows) and lost (`deletes`, key columns only).
@@ -75,6 +78,8 @@ impl ViewInfo {
 #[derive(Debug)]
 pub struct IncrementalView {
     info: ViewInfo,
+    /// Where the view was declared, for errors while it runs.
+    origin: (PathBuf, usize),
     differ: Differ,
     kind: ViewKind,
 }
@@ -101,9 +106,9 @@ struct AggregateStages {
 }
 
 impl IncrementalView {
-    /// Plans `def` in `ctx` and splits the plan into incremental stages. `streams` are the
-    /// slots of every declared stream.
-    pub async fn compile(ctx: &SessionContext, def: &ViewDef, streams: &[BatchSlot]) -> Result<Self> {
+    /// Plans `def` in `ctx` and splits the plan into incremental stages. `streams` are
+    /// every declared stream.
+    pub async fn compile(ctx: &SessionContext, def: &ViewDef, streams: &[StreamDecl]) -> Result<Self> {
         let unsupported = |construct: String| EngineError::Unsupported {
             file: def.origin.file.clone(),
             line: def.origin.line,
@@ -112,16 +117,14 @@ impl IncrementalView {
         };
         let sql_error = |message: String| EngineError::Sql { file: def.origin.file.clone(), line: def.origin.line, message };
         let df = ctx.table(def.name.as_str()).await.map_err(|e| sql_error(e.to_string()))?;
-        if let Some(function) = clock_or_random_function(df.logical_plan()) {
-            return Err(unsupported(format!(
-                "`{function}()` reads the clock or is random, so the result would depend on when each micro-batch ran, not on the records; \
-                 derive times from `_timestamp` instead (e.g. date_bin(INTERVAL '1 minute', _timestamp))"
-            )));
+        if let Some(construct) = unmaintainable_expression(df.logical_plan()) {
+            return Err(unsupported(construct));
         }
-        let key = view_key(df.logical_plan().schema());
+        let key = view_key(df.logical_plan(), streams);
         let physical = df.create_physical_plan().await.map_err(|e| sql_error(e.to_string()))?;
         let schema = physical.schema();
-        let finder = StreamFinder { streams };
+        let slots: Vec<BatchSlot> = streams.iter().map(|s| s.slot.clone()).collect();
+        let finder = StreamFinder { streams: &slots };
         if !finder.reads_stream(&physical) {
             return Err(unsupported("it reads no stream; declare reference-only queries as plain SQL instead".into()));
         }
@@ -153,7 +156,7 @@ impl IncrementalView {
                 }
             }
         };
-        Ok(Self { info, differ, kind })
+        Ok(Self { info, origin: (def.origin.file.clone(), def.origin.line), differ, kind })
     }
 
     /// Name, schema and key.
@@ -173,6 +176,17 @@ impl IncrementalView {
 
     /// Processes the micro-batch now in the stream slots.
     pub async fn apply(&mut self, ctx: &Arc<TaskContext>) -> Result<Changeset> {
+        let changes = self.apply_batch(ctx).await;
+        changes.map_err(|e| self.error(e))
+    }
+
+    /// `error`, saying which view (and where it is declared) it happened in.
+    fn error(&self, error: EngineError) -> EngineError {
+        let (file, line) = self.origin.clone();
+        EngineError::View { file, line, view: self.info.name.clone(), source: Box::new(error) }
+    }
+
+    async fn apply_batch(&mut self, ctx: &Arc<TaskContext>) -> Result<Changeset> {
         match &mut self.kind {
             ViewKind::Stateless { plan } => {
                 let rows = run_plan(plan, ctx).await?;
@@ -259,6 +273,11 @@ impl IncrementalView {
     /// the later row wins) without emitting anything: the pipeline resets the sink to
     /// [`Self::current_result`], see [`crate::runtime::Sink::reset`].
     pub async fn restore(&mut self, state: Vec<RecordBatch>, ctx: &Arc<TaskContext>) -> Result<()> {
+        let restored = self.restore_state(state, ctx).await;
+        restored.map_err(|e| self.error(e))
+    }
+
+    async fn restore_state(&mut self, state: Vec<RecordBatch>, ctx: &Arc<TaskContext>) -> Result<()> {
         let Some(stages) = self.stages_mut() else { return Ok(()) };
         for (aggregate, batch) in stages.aggregates.iter_mut().zip(state) {
             aggregate.restore(batch, ctx).await?;
@@ -310,25 +329,6 @@ impl AggregateStages {
         }
         result
     }
-}
-
-/// The key of a view: the smallest set of columns that functionally determines all of them
-/// (GROUP BY columns after an aggregate, a stream's PRIMARY KEY through projections).
-pub fn view_key(schema: &datafusion::common::DFSchema) -> Option<Vec<usize>> {
-    let width = schema.fields().len();
-    schema
-        .functional_dependencies()
-        .iter()
-        .filter(|dep| {
-            let targets: HashSet<usize> = dep.target_indices.iter().copied().collect();
-            (0..width).all(|i| targets.contains(&i) || dep.source_indices.contains(&i))
-        })
-        .map(|dep| {
-            let mut key = dep.source_indices.clone();
-            key.sort_unstable();
-            key
-        })
-        .min_by_key(|key| key.len())
 }
 
 /// Keeps, for every key, the last row of `rows` (a micro-batch may update a key twice).
@@ -419,6 +419,9 @@ impl StreamFinder<'_> {
         if streaming_children == 0 {
             return Ok(());
         }
+        if let Some(construct) = self.reference_rows_without_stream_rows(plan) {
+            return Err(construct);
+        }
         let refused = if streaming_children > 1 && !plan.is::<UnionExec>() {
             Some("a join between two streams")
         } else if plan.is::<WindowAggExec>() || plan.is::<BoundedWindowAggExec>() {
@@ -435,26 +438,60 @@ impl StreamFinder<'_> {
         }
         plan.children().into_iter().try_for_each(|c| self.check_stream_operators(c))
     }
+
+    /// Why `plan` would output rows that come from reference tables alone, which every
+    /// micro-batch would produce (and an aggregate count) again: a join that keeps
+    /// reference rows without a matching stream record, or a UNION of a stream and a
+    /// reference table.
+    fn reference_rows_without_stream_rows(&self, plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
+        let children = plan.children();
+        let streaming: Vec<usize> = (0..children.len()).filter(|&i| self.reads_stream(children[i])).collect();
+        if plan.is::<UnionExec>() && streaming.len() < children.len() {
+            return Some(
+                "a UNION of a stream and a reference table: every micro-batch would produce the reference rows again; \
+                 aggregate the stream, or keep the reference rows in a view of their own"
+                    .into(),
+            );
+        }
+        match (join_type(plan), streaming.as_slice()) {
+            (Some(join_type), [side]) if !keeps_only_side(join_type, *side) => Some(format!(
+                "{} that outputs reference-table rows on their own (without a stream record, or once per \
+                 matching micro-batch): every micro-batch would produce them again, and an aggregate count them again; keep the stream on the preserved side \
+                 (`products p LEFT JOIN categories c`), or filter the stream with a semi-join (`WHERE p.category_id IN (SELECT id FROM categories)`)",
+                join_name(join_type)
+            )),
+            _ => None,
+        }
+    }
 }
 
-/// The first function in `plan` (and the views it reads) whose value does not follow
-/// from its arguments: `now()`, `current_date()`, `random()`…
-fn clock_or_random_function(plan: &LogicalPlan) -> Option<String> {
+/// Why an expression in `plan` (or in the views it reads) cannot be maintained: a
+/// function whose value does not follow from its arguments (`now()`, `random()`…), or
+/// a scalar subquery, whose value the engine would have to maintain beside the view.
+fn unmaintainable_expression(plan: &LogicalPlan) -> Option<String> {
     let mut found = None;
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
             if let Some(view) = scan.source.get_logical_plan() {
-                found = clock_or_random_function(&view);
+                found = unmaintainable_expression(&view);
             }
         }
         if found.is_none() {
             node.apply_expressions(|expr| {
                 expr.apply(|e| {
-                    if let Expr::ScalarFunction(call) = e {
-                        if call.func.signature().volatility != Volatility::Immutable {
-                            found = Some(call.func.name().to_string());
-                        }
-                    }
+                    found = match e {
+                        Expr::ScalarFunction(call) if call.func.signature().volatility != Volatility::Immutable => Some(format!(
+                            "`{}()` reads the clock or is random, so the result would depend on when each micro-batch ran, \
+                             not on the records; derive times from `_timestamp` instead (e.g. date_bin(INTERVAL '1 minute', _timestamp))",
+                            call.func.name()
+                        )),
+                        Expr::ScalarSubquery(_) => Some(
+                            "a scalar subquery (a `(SELECT …)` used as a value) is not maintained as records arrive; \
+                             join to the table it reads instead"
+                                .into(),
+                        ),
+                        _ => None,
+                    };
                     Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
                 })
             })?;

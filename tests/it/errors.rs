@@ -57,6 +57,37 @@ async fn non_incremental_constructs_are_refused_at_start_up() {
     }
 }
 
+/// Rows that come from a reference table alone would be produced (and counted) again by
+/// every micro-batch, and a scalar subquery's value is not maintained: both are refused
+/// at start-up, naming file and line, instead of giving wrong counts or crashing later.
+#[tokio::test]
+async fn reference_rows_without_stream_rows_and_scalar_subqueries_are_refused() {
+    let cases = [
+        ("SELECT c.id, c.category_name, COUNT(*) AS n FROM products p RIGHT JOIN categories c ON p.category_id = c.id GROUP BY c.id, c.category_name", "outer join that outputs reference-table rows"),
+        ("SELECT c.id, COUNT(p.asin) AS n FROM categories c LEFT JOIN products p ON p.category_id = c.id GROUP BY c.id", "outer join that outputs reference-table rows"),
+        ("SELECT c.id, COUNT(*) AS n FROM products p FULL JOIN categories c ON p.category_id = c.id GROUP BY c.id", "outer join that outputs reference-table rows"),
+        ("SELECT c.id, COUNT(*) AS n FROM categories c WHERE c.id IN (SELECT category_id FROM products) GROUP BY c.id", "semi-join (IN / EXISTS) that outputs reference-table rows"),
+        ("SELECT c.id, COUNT(*) AS n FROM categories c WHERE NOT EXISTS (SELECT 1 FROM products p WHERE p.category_id = c.id) GROUP BY c.id", "anti-join (NOT IN / NOT EXISTS) that outputs reference-table rows"),
+        ("SELECT id, COUNT(*) AS n FROM (SELECT category_id AS id FROM products UNION ALL SELECT id FROM categories) GROUP BY id", "UNION of a stream and a reference table"),
+        ("SELECT category_id, COUNT(*) AS n FROM products WHERE price > (SELECT AVG(price) FROM products) GROUP BY category_id", "scalar subquery"),
+        ("SELECT category_id, COUNT(*) AS n FROM products WHERE category_id < (SELECT MAX(id) FROM categories) GROUP BY category_id", "scalar subquery"),
+    ];
+    let categories = shared_data("amazon_categories.csv");
+    for (query, expected) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let sources = std::fs::read_to_string(shipped_sql().join("01_sources.sql")).unwrap();
+        let lines = sources.lines().count();
+        let dir = pipeline_dir(tmp.path(), &format!("{sources}\nCREATE VIEW v AS {query};\n"));
+        let catalog = Catalog::load(&[dir], incremental_session_config(), &files(&[("categories", &categories)])).await.unwrap();
+        let message = match Pipeline::compile(catalog, tmp.path().join("state")).await {
+            Ok(_) => panic!("expected a refusal for {query}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(message.contains(expected), "{query}: {message}");
+        assert!(message.contains(&format!("pipeline.sql:{}:", lines + 2)), "{query}: {message}");
+    }
+}
+
 #[tokio::test]
 async fn bad_bindings_are_refused() {
     assert!(Bindings::parse(&["products=http://x/y".into()]).unwrap_err().to_string().contains("expected file:PATH or kafka://"));

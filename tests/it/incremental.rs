@@ -14,6 +14,18 @@ use crate::support::*;
 
 /// Views of every shape the evaluation split distinguishes, over the shipped sources.
 const VIEWS: &str = "
+CREATE VIEW totals AS
+SELECT COUNT(*) AS n, AVG(price) AS avg_price, MAX(stars) AS best FROM products;
+
+CREATE VIEW categories_seen AS
+SELECT DISTINCT category_id FROM products;
+
+CREATE VIEW per_asin_and_category AS
+SELECT asin, category_id, COUNT(*) AS n FROM products GROUP BY asin, category_id;
+
+CREATE VIEW per_asin_with_title AS
+SELECT asin, title, COUNT(*) AS n FROM products GROUP BY asin, title;
+
 CREATE VIEW per_asin AS
 SELECT asin, COUNT(*) AS n, AVG(price) AS avg_price, MAX(price) AS max_price FROM products GROUP BY asin;
 
@@ -46,6 +58,10 @@ GROUP BY level;
 
 /// The views' expected evaluation: `None` for touched groups, else part of the reason.
 const EXPECTED: &[(&str, Option<&str>)] = &[
+    ("totals", None),
+    ("categories_seen", None),
+    ("per_asin_and_category", None),
+    ("per_asin_with_title", None),
     ("per_asin", None),
     ("pricey_categories", None),
     ("bands", None),
@@ -68,7 +84,7 @@ impl Fixture {
         std::fs::create_dir_all(&sql).unwrap();
         std::fs::copy(shipped_sql().join("01_sources.sql"), sql.join("01_sources.sql")).unwrap();
         std::fs::write(sql.join("02_views.sql"), VIEWS).unwrap();
-        let timed = with_timestamps(&shared_data("amazon_products_sample.csv"), tmp.path(), 20);
+        let timed = with_timestamps(&with_repeated_asins(tmp.path()), tmp.path(), 20);
         let bindings = bindings(&timed, &shared_data("amazon_categories.csv"));
         Self { tmp, sql, bindings }
     }
@@ -84,6 +100,29 @@ impl Fixture {
     async fn data(&self) -> datafusion::arrow::array::RecordBatch {
         decode_all(&self.catalog().await, &self.bindings, &self.tmp.path().join("dl")).await
     }
+}
+
+/// The real sample, then its first 300 products again, in the next category and with
+/// another title: an append stream repeats ASINs although `products` declares
+/// `PRIMARY KEY (asin)`, so no view may be keyed by `asin` alone unless it groups by it.
+fn with_repeated_asins(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(shared_data("amazon_products_sample.csv")).unwrap();
+    let mut csv = text.clone();
+    for line in text.lines().skip(1).take(300) {
+        let (asin, rest) = line.split_once(',').unwrap();
+        let retitled = match rest.strip_prefix('"') {
+            Some(quoted) => format!("\"again {quoted}"),
+            None => format!("again {rest}"),
+        };
+        let mut fields: Vec<&str> = retitled.rsplitn(4, ',').collect();
+        let category = (fields[2].parse::<i32>().unwrap() % 248 + 1).to_string();
+        fields[2] = &category;
+        fields.reverse();
+        csv.push_str(&format!("{asin},{}\n", fields.join(",")));
+    }
+    let path = dir.join("products_repeated.csv");
+    std::fs::write(&path, csv).unwrap();
+    path
 }
 
 #[tokio::test]

@@ -1,0 +1,103 @@
+//! The key of a view: the output columns that identify its rows, by which sinks
+//! upsert and delete them.
+//!
+//! After an aggregate the key is its GROUP BY columns (after `SELECT DISTINCT`, every
+//! column), which are unique by construction. Without an aggregate it is the stream's
+//! declared PRIMARY KEY, by which each micro-batch's rows are upserted. A declared key
+//! is never taken as a uniqueness guarantee: an append stream repeats it, so streams
+//! do not give it to DataFusion as a constraint, whose functional dependencies would
+//! otherwise "key" `GROUP BY asin, category_id` by `asin` and merge its groups.
+
+use std::collections::HashSet;
+
+use datafusion::common::{Column, DFSchema};
+use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
+
+use crate::stream_table::StreamDecl;
+
+/// The key of the view planned as `plan`, as indices into its output; `None` when its
+/// rows have none (a GROUP BY column left out of the SELECT, no PRIMARY KEY selected).
+pub fn view_key(plan: &LogicalPlan, streams: &[StreamDecl]) -> Option<Vec<usize>> {
+    trace(plan, &grouping_columns)
+        .or_else(|| trace(plan, &|node| primary_key_columns(node, streams)))
+        .or_else(|| dependency_key(plan.schema()))
+}
+
+/// Where the key columns that `source` finds at some node under `plan` appear in
+/// `plan`'s output, if all of them do, through operators that keep rows whole.
+fn trace(plan: &LogicalPlan, source: &dyn Fn(&LogicalPlan) -> Option<Vec<usize>>) -> Option<Vec<usize>> {
+    if let Some(key) = source(plan) {
+        return Some(key);
+    }
+    match plan {
+        LogicalPlan::Projection(projection) => {
+            let input = projection.input.schema();
+            let inner = trace(&projection.input, source)?;
+            let key = inner.into_iter().map(|j| {
+                let column = Column::from(input.qualified_field(j));
+                projection.expr.iter().position(|e| {
+                    let e = if let Expr::Alias(alias) = e { alias.expr.as_ref() } else { e };
+                    e.try_as_col() == Some(&column)
+                })
+            });
+            sorted(key.collect::<Option<_>>()?)
+        }
+        LogicalPlan::TableScan(scan) => {
+            let inner = trace(scan.source.get_logical_plan()?.as_ref(), source)?;
+            through_scan_projection(inner, scan.projection.as_deref())
+        }
+        // Each keeps its input's columns in place (a window appends its own after them).
+        LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::Window(_)
+        | LogicalPlan::SubqueryAlias(_) => trace(plan.inputs()[0], source),
+        _ => None,
+    }
+}
+
+/// The GROUP BY columns of an aggregate; every column of a `SELECT DISTINCT`.
+fn grouping_columns(plan: &LogicalPlan) -> Option<Vec<usize>> {
+    match plan {
+        LogicalPlan::Aggregate(aggregate) => Some((0..aggregate.group_expr.len()).collect()),
+        LogicalPlan::Distinct(Distinct::All(input)) => Some((0..input.schema().fields().len()).collect()),
+        _ => None,
+    }
+}
+
+/// The declared PRIMARY KEY columns of a scanned stream.
+fn primary_key_columns(plan: &LogicalPlan, streams: &[StreamDecl]) -> Option<Vec<usize>> {
+    let LogicalPlan::TableScan(scan) = plan else { return None };
+    let stream = streams.iter().find(|s| s.name == scan.table_name.table())?;
+    if stream.primary_key.is_empty() {
+        return None;
+    }
+    through_scan_projection(stream.primary_key.clone(), scan.projection.as_deref())
+}
+
+fn through_scan_projection(key: Vec<usize>, projection: Option<&[usize]>) -> Option<Vec<usize>> {
+    match projection {
+        None => sorted(key),
+        Some(projection) => sorted(key.iter().map(|k| projection.iter().position(|p| p == k)).collect::<Option<_>>()?),
+    }
+}
+
+fn sorted(mut key: Vec<usize>) -> Option<Vec<usize>> {
+    key.sort_unstable();
+    Some(key)
+}
+
+/// The smallest set of columns DataFusion's functional dependencies say determines all
+/// of them (e.g. through a reference table's declared key).
+fn dependency_key(schema: &DFSchema) -> Option<Vec<usize>> {
+    let width = schema.fields().len();
+    schema
+        .functional_dependencies()
+        .iter()
+        .filter(|dep| {
+            let targets: HashSet<usize> = dep.target_indices.iter().copied().collect();
+            (0..width).all(|i| targets.contains(&i) || dep.source_indices.contains(&i))
+        })
+        .filter_map(|dep| sorted(dep.source_indices.clone()))
+        .min_by_key(|key| key.len())
+}
