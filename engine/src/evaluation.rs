@@ -5,9 +5,11 @@
 //! group's side, UNION ALL of aggregates), a micro-batch changes exactly the rows of
 //! the groups it touched: the engine evaluates the plan over those groups before and
 //! after the micro-batch and diffs the two, at a cost proportional to the change.
-//! Anything that relates groups to each other (ORDER BY … LIMIT, window functions,
-//! aggregates of aggregates, joins that keep reference rows without a group) needs
-//! the whole result and is re-run over every group.
+//! A top-n (`ORDER BY … LIMIT n` over such rows) keeps every group's row ranked and
+//! evaluates the rest over the first n (see [`crate::top_n`]). Anything else that
+//! relates groups to each other (window functions, aggregates of aggregates, joins
+//! that keep reference rows without a group) needs the whole result and is re-run
+//! over every group.
 
 use std::sync::Arc;
 
@@ -33,6 +35,12 @@ use crate::slot::{BatchSlot, BatchSlotExec};
 pub enum Evaluation {
     /// Over the groups the micro-batch touched only: each output row follows from one group.
     TouchedGroups,
+    /// A top-n: the touched groups are re-ranked among all groups' rows, and the view's
+    /// rows re-evaluated over the first `n`.
+    TopN {
+        /// The LIMIT.
+        n: usize,
+    },
     /// Over every group, because of the named construct, which relates groups to each other.
     WholeResult {
         /// The construct, e.g. `ORDER BY … LIMIT`.
@@ -42,10 +50,20 @@ pub enum Evaluation {
 
 /// Classifies `plan`, whose leaves read the finalized groups from `finals`.
 pub(crate) fn evaluation(plan: &Arc<dyn ExecutionPlan>, finals: &[BatchSlot]) -> Evaluation {
-    match (Classifier { finals }).whole_because(plan) {
+    let classifier = Classifier { finals };
+    match classifier.whole_because(plan) {
         None => Evaluation::TouchedGroups,
-        Some(because) => Evaluation::WholeResult { because },
+        Some(because) => match classifier.top_n_sort(plan).and_then(|sort| sort.fetch()) {
+            Some(n) => Evaluation::TopN { n },
+            None => Evaluation::WholeResult { because },
+        },
     }
+}
+
+/// The sort of a top-n view: a `SortExec` with a limit under only row-wise operators,
+/// over rows that are row-local in the groups of `finals`.
+pub(crate) fn top_n_sort(plan: &Arc<dyn ExecutionPlan>, finals: &[BatchSlot]) -> Option<Arc<dyn ExecutionPlan>> {
+    Classifier { finals }.top_n_sort(plan)
 }
 
 struct Classifier<'a> {
@@ -56,6 +74,18 @@ impl Classifier<'_> {
     fn reads_finals(&self, plan: &Arc<dyn ExecutionPlan>) -> bool {
         plan.downcast_ref::<BatchSlotExec>().is_some_and(|scan| self.finals.iter().any(|s| scan.reads(s)))
             || plan.children().into_iter().any(|c| self.reads_finals(c))
+    }
+
+    fn top_n_sort(&self, plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+        let children = plan.children();
+        let [child] = children.as_slice() else { return None };
+        if plan.is::<SortExec>() && plan.fetch().is_some() {
+            return (self.reads_finals(child) && self.whole_because(child).is_none()).then(|| plan.clone());
+        }
+        if passes_rows_through(plan) {
+            return self.top_n_sort(child);
+        }
+        None
     }
 
     /// The first construct under which an output row depends on more than one group.

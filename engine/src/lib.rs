@@ -36,6 +36,7 @@ pub mod runtime;
 pub mod slot;
 pub mod snapshot;
 pub mod stream_table;
+mod top_n;
 pub mod view;
 
 pub use error::{EngineError, Result};

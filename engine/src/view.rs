@@ -34,10 +34,11 @@ use crate::catalog::ViewDef;
 use crate::diff::{Differ, IndexedRows};
 use crate::error::{EngineError, Result};
 pub use crate::evaluation::Evaluation;
-use crate::evaluation::{evaluation, join_name, join_type, keeps_only_side};
+use crate::evaluation::{evaluation, join_name, join_type, keeps_only_side, top_n_sort};
 use crate::key::view_key;
 use crate::keyed::RowEncoder;
 use crate::stream_table::StreamDecl;
+use crate::top_n::TopN;
 use crate::slot::{BatchSlot, BatchSlotExec};
 
 /// Rows a view gained or changed (`upserts`, full rows) and lost (`deletes`, key columns only).
@@ -92,6 +93,10 @@ enum ViewKind {
     /// Aggregates keep state; the rest of the plan runs over the groups a micro-batch
     /// touched, before and after it, and the two are diffed.
     TouchedGroups { stages: AggregateStages },
+    /// Aggregates keep state; the plan between them and the top-n sort runs over the
+    /// touched groups, whose rows `top` re-ranks; the rest of the view runs over the
+    /// first n rows and is diffed against the previous result.
+    TopN { stages: AggregateStages, top: TopN, current: IndexedRows },
     /// Aggregates keep state; the rest of the plan re-runs over every group (because of
     /// `because`) and its result is diffed against the previous one.
     WholeResult { stages: AggregateStages, because: String, current: IndexedRows },
@@ -148,12 +153,15 @@ impl IncrementalView {
             }
             let finals: Vec<BatchSlot> = aggregates.iter().map(|a| a.finals_slot().clone()).collect();
             let stages = AggregateStages { aggregates, output };
+            let empty = || differ.index(RecordBatch::new_empty(schema.clone()));
             match evaluation(&stages.output, &finals) {
                 Evaluation::TouchedGroups => ViewKind::TouchedGroups { stages },
-                Evaluation::WholeResult { because } => {
-                    let current = differ.index(RecordBatch::new_empty(schema))?;
-                    ViewKind::WholeResult { stages, because, current }
+                Evaluation::TopN { .. } => {
+                    let sort = top_n_sort(&stages.output, &finals).expect("a top-n view has its sort");
+                    let (top, below) = TopN::split(&stages.output, &sort)?;
+                    ViewKind::TopN { stages: AggregateStages { output: below, ..stages }, top, current: empty()? }
                 }
+                Evaluation::WholeResult { because } => ViewKind::WholeResult { stages, because, current: empty()? },
             }
         };
         Ok(Self { info, origin: (def.origin.file.clone(), def.origin.line), differ, kind })
@@ -170,6 +178,7 @@ impl IncrementalView {
         match &self.kind {
             ViewKind::Stateless { .. } => None,
             ViewKind::TouchedGroups { .. } => Some(Evaluation::TouchedGroups),
+            ViewKind::TopN { top, .. } => Some(Evaluation::TopN { n: top.n() }),
             ViewKind::WholeResult { because, .. } => Some(Evaluation::WholeResult { because: because.clone() }),
         }
     }
@@ -200,6 +209,16 @@ impl IncrementalView {
                 let after = self.differ.index(stages.evaluate(after, ctx).await?)?;
                 self.differ.diff(&before, &after)
             }
+            ViewKind::TopN { stages, top, current } => {
+                let Some(touched) = stages.apply(ctx).await? else { return Ok(self.info.no_change()) };
+                let (before, after): (Vec<_>, Vec<_>) = touched.into_iter().map(|t| t.map(|t| (t.before, t.after)).unzip()).unzip();
+                top.remove(&stages.evaluate(before, ctx).await?)?;
+                top.insert(&stages.evaluate(after, ctx).await?)?;
+                let result = self.differ.index(top.evaluate(ctx).await?)?;
+                let changes = self.differ.diff(current, &result)?;
+                *current = result;
+                Ok(changes)
+            }
             ViewKind::WholeResult { stages, current, .. } => {
                 if stages.apply(ctx).await?.is_none() {
                     return Ok(self.info.no_change());
@@ -215,14 +234,18 @@ impl IncrementalView {
     fn stages(&self) -> Option<&AggregateStages> {
         match &self.kind {
             ViewKind::Stateless { .. } => None,
-            ViewKind::TouchedGroups { stages } | ViewKind::WholeResult { stages, .. } => Some(stages),
+            ViewKind::TouchedGroups { stages } | ViewKind::TopN { stages, .. } | ViewKind::WholeResult { stages, .. } => {
+                Some(stages)
+            }
         }
     }
 
     fn stages_mut(&mut self) -> Option<&mut AggregateStages> {
         match &mut self.kind {
             ViewKind::Stateless { .. } => None,
-            ViewKind::TouchedGroups { stages } | ViewKind::WholeResult { stages, .. } => Some(stages),
+            ViewKind::TouchedGroups { stages } | ViewKind::TopN { stages, .. } | ViewKind::WholeResult { stages, .. } => {
+                Some(stages)
+            }
         }
     }
 
@@ -265,7 +288,7 @@ impl IncrementalView {
         match &self.kind {
             ViewKind::Stateless { .. } => Ok(None),
             ViewKind::TouchedGroups { stages } => Ok(Some(stages.evaluate_all(ctx).await?)),
-            ViewKind::WholeResult { current, .. } => Ok(Some(current.batch.clone())),
+            ViewKind::TopN { current, .. } | ViewKind::WholeResult { current, .. } => Ok(Some(current.batch.clone())),
         }
     }
 
@@ -282,8 +305,14 @@ impl IncrementalView {
         for (aggregate, batch) in stages.aggregates.iter_mut().zip(state) {
             aggregate.restore(batch, ctx).await?;
         }
-        if let ViewKind::WholeResult { stages, current, .. } = &mut self.kind {
-            *current = self.differ.index(stages.evaluate_all(ctx).await?)?;
+        match &mut self.kind {
+            ViewKind::WholeResult { stages, current, .. } => *current = self.differ.index(stages.evaluate_all(ctx).await?)?,
+            ViewKind::TopN { stages, top, current } => {
+                top.clear();
+                top.insert(&stages.evaluate_all(ctx).await?)?;
+                *current = self.differ.index(top.evaluate(ctx).await?)?;
+            }
+            ViewKind::Stateless { .. } | ViewKind::TouchedGroups { .. } => {}
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! A micro-batch costs what it changes: views whose plan above the aggregates is
-//! row-local evaluate only the groups a micro-batch touched, checkpoints hold only
-//! the groups changed since the previous one, and both still equal batch under
-//! random splits and restarts from a full checkpoint plus deltas.
+//! row-local evaluate only the groups a micro-batch touched, a top-n re-ranks only
+//! them, checkpoints hold only the groups changed since the previous one, and all of
+//! it still equals batch under random splits and restarts from a full checkpoint
+//! plus deltas.
 
 use std::path::{Path, PathBuf};
 
@@ -56,19 +57,26 @@ SELECT level, COUNT(*) AS categories FROM
 GROUP BY level;
 ";
 
-/// The views' expected evaluation: `None` for touched groups, else part of the reason.
-const EXPECTED: &[(&str, Option<&str>)] = &[
-    ("totals", None),
-    ("categories_seen", None),
-    ("per_asin_and_category", None),
-    ("per_asin_with_title", None),
-    ("per_asin", None),
-    ("pricey_categories", None),
-    ("bands", None),
-    ("counts_in_named_categories", None),
-    ("top_five", Some("LIMIT")),
-    ("shares", Some("window function")),
-    ("stars_per_level", Some("aggregate over the groups")),
+/// How each view is expected to be evaluated after a micro-batch.
+enum Expect {
+    Touched,
+    TopN(usize),
+    /// Over every group, for a reason containing this.
+    Whole(&'static str),
+}
+
+const EXPECTED: &[(&str, Expect)] = &[
+    ("totals", Expect::Touched),
+    ("categories_seen", Expect::Touched),
+    ("per_asin_and_category", Expect::Touched),
+    ("per_asin_with_title", Expect::Touched),
+    ("per_asin", Expect::Touched),
+    ("pricey_categories", Expect::Touched),
+    ("bands", Expect::Touched),
+    ("counts_in_named_categories", Expect::Touched),
+    ("top_five", Expect::TopN(5)),
+    ("shares", Expect::Whole("window function")),
+    ("stars_per_level", Expect::Whole("aggregate over the groups")),
 ];
 
 struct Fixture {
@@ -131,11 +139,14 @@ async fn row_local_views_evaluate_touched_groups_and_the_rest_say_why_not() {
     let pipeline = fx.pipeline(&fx.tmp.path().join("state")).await;
     for (name, expected) in EXPECTED {
         let view = pipeline.views().iter().find(|v| v.info().name == *name).unwrap();
-        match (view.evaluation().unwrap(), expected) {
-            (Evaluation::TouchedGroups, None) => {}
-            (Evaluation::WholeResult { because }, Some(reason)) if because.contains(reason) => {}
-            (actual, expected) => panic!("view {name}: evaluated {actual:?}, expected {expected:?}"),
-        }
+        let evaluation = view.evaluation().unwrap();
+        let expected_so = match (&evaluation, expected) {
+            (Evaluation::TouchedGroups, Expect::Touched) => true,
+            (Evaluation::TopN { n }, Expect::TopN(m)) => n == m,
+            (Evaluation::WholeResult { because }, Expect::Whole(reason)) => because.contains(reason),
+            _ => false,
+        };
+        assert!(expected_so, "view {name}: evaluated {evaluation:?}");
     }
     let shipped = Pipeline::compile(
         Catalog::load(&[shipped_sql()], incremental_session_config(), &fx.bindings.files()).await.unwrap(),
@@ -143,13 +154,18 @@ async fn row_local_views_evaluate_touched_groups_and_the_rest_say_why_not() {
     )
     .await
     .unwrap();
-    let touched: Vec<&str> = shipped
-        .views()
-        .iter()
-        .filter(|v| v.evaluation() == Some(Evaluation::TouchedGroups))
-        .map(|v| v.info().name.as_str())
-        .collect();
-    assert_eq!(touched, ["price_levels", "avg_price_by_category", "category_trend"]);
+    let evaluations: Vec<(&str, Evaluation)> = shipped.views().iter().map(|v| (v.info().name.as_str(), v.evaluation().unwrap())).collect();
+    let whole = Evaluation::WholeResult { because: "a window function over the groups".into() };
+    assert_eq!(
+        evaluations,
+        [
+            ("price_levels", Evaluation::TouchedGroups),
+            ("category_distribution", whole),
+            ("avg_price_by_category", Evaluation::TouchedGroups),
+            ("top_categories_by_demand", Evaluation::TopN { n: 10 }),
+            ("category_trend", Evaluation::TouchedGroups),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -205,3 +221,4 @@ async fn a_delta_checkpoint_writes_the_groups_a_micro_batch_touched() {
     // Touched-group views change by the touched groups only.
     assert!(report.changes["per_asin"].0 <= 50, "{:?}", report.changes["per_asin"]);
 }
+
