@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -486,6 +487,8 @@ def main():
     harness.end_to_end()
     harness.latency()
     harness.report()
+    # The generated data, messages and state directories take a few GB.
+    shutil.rmtree(harness.work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -188,17 +188,18 @@ pub async fn run_streaming(
     Ok(pipeline.view_infos().into_iter().map(|v| (v.name.clone(), store.rows(&v.name).unwrap().unwrap())).collect())
 }
 
-/// Computes every view with plain DataFusion over the whole files (the batch path).
+/// Computes every view with plain DataFusion over the whole files, and keeps one row per
+/// view key (the last, as a stream's upserts do), like `trendflow batch`.
 pub async fn run_batch(sql: &Path, bindings: &Bindings, dead_letters: &Path) -> BTreeMap<String, RecordBatch> {
     let catalog = Catalog::load(&[sql.to_path_buf()], batch_session_config(), &bindings.files()).await.unwrap();
     let (tables, _) = bindings.read_streams(&catalog, &file_settings(dead_letters)).await.unwrap();
     catalog.replace_streams(tables).await.unwrap();
     let mut views = BTreeMap::new();
-    for view in catalog.views() {
-        let df = catalog.session().table(view.name.as_str()).await.unwrap();
-        let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.unwrap();
-        views.insert(view.name.clone(), concat_batches(&schema, &batches).unwrap());
+    for view in catalog.view_infos().await.unwrap() {
+        let batches = catalog.session().table(view.name.as_str()).await.unwrap().collect().await.unwrap();
+        let mut rows = trendflow_engine::keyed::KeyedTable::new(view.schema.clone(), view.key.clone()).unwrap();
+        rows.upsert(&concat_batches(&view.schema, &batches).unwrap()).unwrap();
+        views.insert(view.name.clone(), rows.to_batch().unwrap());
     }
     views
 }
