@@ -159,6 +159,10 @@ enum Command {
         /// Least time between checkpoints, in milliseconds (0: after every micro-batch).
         #[arg(long, env = "TRENDFLOW_CHECKPOINT_INTERVAL_MS", default_value_t = 5_000)]
         checkpoint_interval_ms: u64,
+        /// Most checkpoints holding only the groups changed since the previous one between
+        /// two full checkpoints (also full once those changes outgrow the full state).
+        #[arg(long, env = "TRENDFLOW_CHECKPOINT_MAX_DELTAS", default_value_t = trendflow_engine::checkpoint::MAX_DELTAS)]
+        checkpoint_max_deltas: usize,
         /// Exit once every source is drained instead of waiting for more records (files at
         /// their end, topics at the end offsets they had when reading started).
         #[arg(long)]
@@ -304,7 +308,18 @@ fn error_chain(error: &anyhow::Error) -> String {
 
 async fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { pipeline, max_rows, max_delay_ms, checkpoint_interval_ms, until_idle, http_addr, gen_rows, serve, mongo } => {
+        Command::Run {
+            pipeline,
+            max_rows,
+            max_delay_ms,
+            checkpoint_interval_ms,
+            checkpoint_max_deltas,
+            until_idle,
+            http_addr,
+            gen_rows,
+            serve,
+            mongo,
+        } => {
             if max_rows == 0 {
                 bail!("--max-rows must be at least 1");
             }
@@ -312,6 +327,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 max_rows,
                 max_delay: Duration::from_millis(max_delay_ms),
                 checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
+                checkpoint_max_deltas,
                 until_idle,
             };
             run(pipeline, options, gen_rows, serve, mongo, &http_addr).await

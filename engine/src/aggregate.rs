@@ -15,7 +15,7 @@ use datafusion::physical_plan::{collect, ExecutionPlan};
 
 use crate::error::{EngineError, Result};
 use crate::keyed::{project_columns, KeyedTable, RowEncoder};
-use crate::slot::BatchSlot;
+use crate::slot::{run_with, BatchSlot};
 
 /// Executes a (re-usable) plan once and concatenates its output.
 pub(crate) async fn run_plan(plan: &Arc<dyn ExecutionPlan>, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
@@ -168,18 +168,13 @@ impl IncrementalAggregate {
     async fn reduce(&self, inputs: Vec<RecordBatch>, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
         let mut inputs = inputs;
         for _ in 0..3 {
-            self.reduce_input.set(inputs);
-            let merged = run_plan(&self.reduce, ctx).await;
-            self.reduce_input.clear();
-            let merged = merged?;
+            let merged = run_with(&self.reduce_input, inputs, &self.reduce, ctx).await?;
             if self.distinct_groups(&merged)? == merged.num_rows() {
                 return Ok(merged);
             }
             inputs = vec![merged];
         }
-        Err(EngineError::DataFusion(datafusion::error::DataFusionError::Internal(
-            "PartialReduce kept emitting several rows for one group".into(),
-        )))
+        Err(EngineError::internal("PartialReduce kept emitting several rows for one group"))
     }
 
     fn distinct_groups(&self, batch: &RecordBatch) -> Result<usize> {
@@ -190,10 +185,7 @@ impl IncrementalAggregate {
 
     /// Finalizes the groups of `state` into `finals` and returns their final rows.
     async fn finalize_groups(&mut self, state: RecordBatch, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
-        self.finalize_input.set(vec![state]);
-        let finals = run_plan(&self.finalize, ctx).await;
-        self.finalize_input.clear();
-        let finals = finals?;
+        let finals = run_with(&self.finalize_input, vec![state], &self.finalize, ctx).await?;
         // The view's plan was typed against the original aggregate's schema.
         let finals = RecordBatch::try_new(self.finals.schema().clone(), finals.columns().to_vec())?;
         self.finals.upsert(&finals)?;

@@ -10,9 +10,10 @@
 //! since the previous checkpoint, and `meta.json` names the chain they build on
 //! (a full checkpoint, then deltas, oldest first). Loading applies the chain in
 //! order, later rows of a group replacing earlier ones. Once the deltas outgrow
-//! the full checkpoint (or number [`MAX_DELTAS`]), the next checkpoint is full
-//! again, and the chain it replaces is removed only after `CURRENT` points at it:
-//! a crash during that compaction leaves the old chain current.
+//! the full checkpoint, or after [`MAX_DELTAS`] of them (see
+//! [`Checkpointer::set_max_deltas`]), the next checkpoint is full again, and the
+//! chain it replaces is removed only after `CURRENT` points at it: a crash during
+//! that compaction leaves the old chain current.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -34,7 +35,7 @@ pub type Offsets = BTreeMap<i32, i64>;
 const CURRENT: &str = "CURRENT";
 const META: &str = "meta.json";
 
-/// Most delta checkpoints one full checkpoint carries before the next is full.
+/// Most delta checkpoints one full checkpoint carries before the next is full, by default.
 pub const MAX_DELTAS: usize = 32;
 /// Delta rows always allowed before a compaction, however small the full state.
 const MIN_COMPACTION_ROWS: usize = 65_536;
@@ -56,7 +57,8 @@ pub enum StateFiles {
 pub struct Written {
     /// Directory name of the checkpoint (`ckpt-<batch>`).
     pub name: String,
-    /// Whether it holds the full state (else only the changed groups).
+    /// Whether it holds the full state (else only the changed groups; false when
+    /// nothing was written, the micro-batch being checkpointed already).
     pub full: bool,
     /// State rows written.
     pub rows: usize,
@@ -97,9 +99,7 @@ pub struct Checkpoint {
 ///
 /// ```
 /// use std::collections::BTreeMap;
-/// use trendflow_engine::checkpoint::{CheckpointMeta, Checkpointer};
-///
-/// use trendflow_engine::checkpoint::StateFiles;
+/// use trendflow_engine::checkpoint::{CheckpointMeta, Checkpointer, StateFiles};
 ///
 /// let dir = tempfile::tempdir().unwrap();
 /// let mut store = Checkpointer::new(dir.path().join("ckpt")).unwrap();
@@ -114,6 +114,7 @@ pub struct Checkpointer {
     dir: PathBuf,
     /// The current checkpoint and those it builds on, oldest first.
     chain: Vec<String>,
+    max_deltas: usize,
     /// State rows of the chain's full checkpoint, and of its deltas.
     full_rows: usize,
     delta_rows: usize,
@@ -123,7 +124,12 @@ impl Checkpointer {
     /// Checkpoints kept in `dir` (created when missing).
     pub fn new(dir: PathBuf) -> Result<Self> {
         fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
-        Ok(Self { dir, chain: Vec::new(), full_rows: 0, delta_rows: 0 })
+        Ok(Self { dir, chain: Vec::new(), max_deltas: MAX_DELTAS, full_rows: 0, delta_rows: 0 })
+    }
+
+    /// Makes every checkpoint after `max_deltas` deltas a full one (0: every checkpoint).
+    pub fn set_max_deltas(&mut self, max_deltas: usize) {
+        self.max_deltas = max_deltas;
     }
 
     /// Whether the next checkpoint, in which `changed` groups changed, should hold the
@@ -131,7 +137,7 @@ impl Checkpointer {
     /// cost more than the full state does.
     pub fn wants_full(&self, changed: usize) -> bool {
         self.chain.is_empty()
-            || self.chain.len() > MAX_DELTAS
+            || self.chain.len() > self.max_deltas
             || self.delta_rows + changed > self.full_rows.max(MIN_COMPACTION_ROWS)
     }
 
@@ -149,9 +155,20 @@ impl Checkpointer {
             StateFiles::Full(states) => (states, true),
             StateFiles::Changes(states) => (states, false),
         };
-        if self.chain.last() == Some(&name) {
-            return Ok(Written { name, full, rows: 0, bytes: 0 });
+        if self.chain.is_empty() {
+            // Not loaded: never overwrite what the checkpoint on disk builds on.
+            self.chain = self.chain_on_disk()?;
+            if !full {
+                return Err(EngineError::Checkpoint {
+                    path: self.dir.clone(),
+                    message: "a checkpoint of changed groups needs a checkpoint to build on; load one or write the full state".into(),
+                });
+            }
         }
+        if self.chain.last() == Some(&name) {
+            return Ok(Written { name, full: false, rows: 0, bytes: 0 });
+        }
+        let compaction = full && !self.chain.is_empty();
         let tmp = self.dir.join(format!("{name}.tmp"));
         let final_dir = self.dir.join(&name);
         if tmp.exists() {
@@ -168,7 +185,7 @@ impl Checkpointer {
                 rows += batch.num_rows();
                 files += 1;
                 if files == 1 {
-                    abort_if_asked(full);
+                    abort_if_asked(compaction);
                 }
             }
             meta.views.insert(view.clone(), batches.len());
@@ -178,7 +195,13 @@ impl Checkpointer {
         bytes += json.len() as u64;
         sync_dir(&tmp)?;
         // A directory of this name is a leftover of a run that crashed before pointing
-        // `CURRENT` at it (the current chain never holds it: its batch ids are lower).
+        // `CURRENT` at it, unless the chain holds it (batch ids restarted below it).
+        if self.chain.contains(&name) {
+            return Err(EngineError::Checkpoint {
+                path: final_dir,
+                message: "the current checkpoint builds on a checkpoint of this micro-batch; resume from it (or use a fresh --state directory)".into(),
+            });
+        }
         if final_dir.exists() {
             fs::remove_dir_all(&final_dir).map_err(|e| io_error(&final_dir, e))?;
         }
@@ -200,17 +223,7 @@ impl Checkpointer {
 
     /// The current checkpoint, if any, with the state of its whole chain.
     pub fn load(&mut self) -> Result<Option<Checkpoint>> {
-        let pointer = self.dir.join(CURRENT);
-        let name = match fs::read_to_string(&pointer) {
-            Ok(name) => name.trim().to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error(&pointer, e)),
-        };
-        let meta_path = self.dir.join(&name).join(META);
-        let bytes = fs::read(&meta_path).map_err(|e| io_error(&meta_path, e))?;
-        let meta: CheckpointMeta = serde_json::from_slice(&bytes)
-            .map_err(|e| EngineError::Checkpoint { path: meta_path.clone(), message: e.to_string() })?;
-        let chain: Vec<String> = meta.base.iter().cloned().chain([name]).collect();
+        let Some((meta, chain)) = self.current()? else { return Ok(None) };
         let (mut full_rows, mut delta_rows) = (0, 0);
         let mut states = BTreeMap::new();
         for (view, count) in &meta.views {
@@ -230,6 +243,26 @@ impl Checkpointer {
         Ok(Some(Checkpoint { meta, states }))
     }
 
+    /// The metadata of the checkpoint `CURRENT` points at, and its chain (oldest first).
+    fn current(&self) -> Result<Option<(CheckpointMeta, Vec<String>)>> {
+        let pointer = self.dir.join(CURRENT);
+        let name = match fs::read_to_string(&pointer) {
+            Ok(name) => name.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(&pointer, e)),
+        };
+        let meta_path = self.dir.join(&name).join(META);
+        let bytes = fs::read(&meta_path).map_err(|e| io_error(&meta_path, e))?;
+        let meta: CheckpointMeta = serde_json::from_slice(&bytes)
+            .map_err(|e| EngineError::Checkpoint { path: meta_path.clone(), message: e.to_string() })?;
+        let chain = meta.base.iter().cloned().chain([name]).collect();
+        Ok(Some((meta, chain)))
+    }
+
+    fn chain_on_disk(&self) -> Result<Vec<String>> {
+        Ok(self.current()?.map(|(_, chain)| chain).unwrap_or_default())
+    }
+
     /// Removes checkpoints outside the current chain, and leftovers of interrupted writes.
     fn remove_stale(&self) {
         let Ok(entries) = fs::read_dir(&self.dir) else { return };
@@ -247,25 +280,25 @@ impl Checkpointer {
 /// Crash-test hook: with `TRENDFLOW_ABORT_AT=checkpoint-write:N` the process aborts
 /// during its N-th checkpoint write, right after the first state file, the way a
 /// power cut or SIGKILL would stop it; with `checkpoint-compaction:N`, during its N-th
-/// full checkpoint after the first (a compaction of a chain of deltas). The crash tests
-/// use it to cut a write short at the worst moment, which random kills rarely hit.
-fn abort_if_asked(full: bool) {
+/// compaction (a full checkpoint replacing a chain). The crash tests use it to cut a
+/// write short at the worst moment, which random kills rarely hit.
+fn abort_if_asked(compaction: bool) {
     static WRITES: AtomicU64 = AtomicU64::new(0);
-    static FULL_WRITES: AtomicU64 = AtomicU64::new(0);
+    static COMPACTIONS: AtomicU64 = AtomicU64::new(0);
     static AT: OnceLock<Option<(String, u64)>> = OnceLock::new();
     let at = AT.get_or_init(|| {
         let (kind, n) = std::env::var("TRENDFLOW_ABORT_AT").ok()?.split_once(':').map(|(k, n)| (k.to_string(), n.to_string()))?;
         Some((kind, n.parse().ok()?))
     });
     let writes = WRITES.fetch_add(1, Ordering::Relaxed) + 1;
-    let full_writes = if full { FULL_WRITES.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 };
+    let compactions = if compaction { COMPACTIONS.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 };
     let hit = match at {
         Some((kind, n)) if kind == "checkpoint-write" => writes == *n,
-        Some((kind, n)) if kind == "checkpoint-compaction" => full && full_writes == *n + 1,
+        Some((kind, n)) if kind == "checkpoint-compaction" => compaction && compactions == *n,
         _ => false,
     };
     if hit {
-        eprintln!("TRENDFLOW_ABORT_AT: aborting in the middle of checkpoint write {writes} (full: {full})");
+        eprintln!("TRENDFLOW_ABORT_AT: aborting in the middle of checkpoint write {writes} (compaction: {compaction})");
         std::process::abort();
     }
 }

@@ -53,5 +53,12 @@ pub enum EngineError {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
 }
 
+impl EngineError {
+    /// A broken invariant of the engine (a bug, not bad input), as DataFusion reports its own.
+    pub(crate) fn internal(message: &str) -> Self {
+        Self::DataFusion(DataFusionError::Internal(message.into()))
+    }
+}
+
 /// Result alias used across the engine.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

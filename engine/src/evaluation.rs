@@ -2,7 +2,7 @@
 //!
 //! When every row the plan above the aggregates outputs follows from one finalized
 //! group (projections, filters and HAVING, CASE, casts, joins that keep only the
-//! group's side, UNION ALL of aggregates), a micro-batch changes exactly the rows of
+//! group's side), a micro-batch changes exactly the rows of
 //! the groups it touched: the engine evaluates the plan over those groups before and
 //! after the micro-batch and diffs the two, at a cost proportional to the change.
 //! A top-n (`ORDER BY … LIMIT n` over such rows) keeps every group's row ranked and
@@ -28,7 +28,7 @@ use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::slot::{BatchSlot, BatchSlotExec};
+use crate::slot::{reads_any, BatchSlot};
 
 /// How an aggregating view's plan above its aggregates is evaluated after a micro-batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +72,7 @@ struct Classifier<'a> {
 
 impl Classifier<'_> {
     fn reads_finals(&self, plan: &Arc<dyn ExecutionPlan>) -> bool {
-        plan.downcast_ref::<BatchSlotExec>().is_some_and(|scan| self.finals.iter().any(|s| scan.reads(s)))
-            || plan.children().into_iter().any(|c| self.reads_finals(c))
+        reads_any(plan, self.finals)
     }
 
     fn top_n_sort(&self, plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
@@ -96,7 +95,13 @@ impl Classifier<'_> {
             return None;
         }
         let recurse = || reading.iter().find_map(|&i| self.whole_because(children[i]));
-        if plan.is::<UnionExec>() || passes_rows_through(plan) {
+        // A limit anywhere (DataFusion pushes LIMIT into joins and scans) ranks rows.
+        if plan.fetch().is_some() {
+            return Some(describe(plan));
+        }
+        // A branch that does not read the groups would give the same rows before and
+        // after every micro-batch, which the diff would cancel.
+        if plan.is::<UnionExec>() && reading.len() == children.len() || passes_rows_through(plan) {
             return recurse();
         }
         if let Some(join_type) = join_type(plan) {

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use datafusion::common::{Column, DFSchema};
+use datafusion::common::{Column, DFSchema, Dependency};
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 
 use crate::stream_table::StreamDecl;
@@ -88,12 +88,13 @@ fn sorted(mut key: Vec<usize>) -> Option<Vec<usize>> {
 }
 
 /// The smallest set of columns DataFusion's functional dependencies say determines all
-/// of them (e.g. through a reference table's declared key).
+/// of them and is unique (`Multi` dependencies, e.g. across a join, may repeat).
 fn dependency_key(schema: &DFSchema) -> Option<Vec<usize>> {
     let width = schema.fields().len();
     schema
         .functional_dependencies()
         .iter()
+        .filter(|dep| dep.mode == Dependency::Single)
         .filter(|dep| {
             let targets: HashSet<usize> = dep.target_indices.iter().copied().collect();
             (0..width).all(|i| targets.contains(&i) || dep.source_indices.contains(&i))

@@ -91,6 +91,8 @@ pub struct RunOptions {
     pub max_delay: Duration,
     /// Least time between checkpoints (zero: after every micro-batch).
     pub checkpoint_interval: Duration,
+    /// Most delta checkpoints (changed groups only) between two full ones.
+    pub checkpoint_max_deltas: usize,
     /// Stop when every source is finished, instead of waiting for a shutdown signal.
     pub until_idle: bool,
 }
@@ -101,6 +103,7 @@ impl Default for RunOptions {
             max_rows: 50_000,
             max_delay: Duration::from_millis(200),
             checkpoint_interval: Duration::from_secs(5),
+            checkpoint_max_deltas: crate::checkpoint::MAX_DELTAS,
             until_idle: false,
         }
     }
@@ -303,6 +306,7 @@ impl Pipeline {
     ) -> Result<RunSummary> {
         let started = Instant::now();
         self.check_bindings(&sources)?;
+        self.checkpointer.set_max_deltas(options.checkpoint_max_deltas);
         for source in &sources {
             self.inputs.insert(format!("source:{}", source.stream()), source.identity());
         }

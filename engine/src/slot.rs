@@ -104,6 +104,25 @@ impl BatchSlotExec {
     }
 }
 
+/// True when `plan` reads one of `slots` anywhere in its subtree.
+pub fn reads_any(plan: &Arc<dyn ExecutionPlan>, slots: &[BatchSlot]) -> bool {
+    plan.downcast_ref::<BatchSlotExec>().is_some_and(|scan| slots.iter().any(|s| scan.reads(s)))
+        || plan.children().into_iter().any(|c| reads_any(c, slots))
+}
+
+/// Runs `plan` once with `slot` holding `batches`, then empties the slot again.
+pub(crate) async fn run_with(
+    slot: &BatchSlot,
+    batches: Vec<RecordBatch>,
+    plan: &Arc<dyn ExecutionPlan>,
+    ctx: &Arc<datafusion::execution::TaskContext>,
+) -> crate::Result<RecordBatch> {
+    slot.set(batches);
+    let result = crate::aggregate::run_plan(plan, ctx).await;
+    slot.clear();
+    result
+}
+
 impl BatchSlotExec {
     /// True when this node reads `slot`.
     pub fn reads(&self, slot: &BatchSlot) -> bool {

@@ -16,9 +16,8 @@ use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::aggregate::run_plan;
 use crate::error::{EngineError, Result};
-use crate::slot::BatchSlot;
+use crate::slot::{run_with, BatchSlot};
 
 /// A ranked row: its encoded sort key, then the encoded row (which breaks ties).
 type Ranked = (Box<[u8]>, Box<[u8]>);
@@ -43,8 +42,8 @@ impl TopN {
     /// Splits `plan` at `sort` (a `SortExec` with a fetch, somewhere in `plan`). Returns
     /// the ranking and the plan below the sort, whose rows it ranks.
     pub(crate) fn split(plan: &Arc<dyn ExecutionPlan>, sort: &Arc<dyn ExecutionPlan>) -> Result<(Self, Arc<dyn ExecutionPlan>)> {
-        let exec = sort.downcast_ref::<SortExec>().ok_or_else(|| internal("a top-n split at something other than a sort"))?;
-        let n = exec.fetch().ok_or_else(|| internal("a top-n split at a sort without a limit"))?;
+        let exec = sort.downcast_ref::<SortExec>().ok_or_else(|| EngineError::internal("a top-n split at something other than a sort"))?;
+        let n = exec.fetch().ok_or_else(|| EngineError::internal("a top-n split at a sort without a limit"))?;
         let below = exec.input().clone();
         let schema = below.schema();
         let order: Vec<PhysicalSortExpr> = exec.expr().iter().cloned().collect();
@@ -84,7 +83,7 @@ impl TopN {
     /// Unranks `rows` (earlier rows of groups that changed).
     pub(crate) fn remove(&mut self, rows: &RecordBatch) -> Result<()> {
         for entry in self.entries(rows)? {
-            let count = self.ranked.get_mut(&entry).ok_or_else(|| internal("a top-n row left that was never ranked"))?;
+            let count = self.ranked.get_mut(&entry).ok_or_else(|| EngineError::internal("a top-n row left that was never ranked"))?;
             *count -= 1;
             if *count == 0 {
                 self.ranked.remove(&entry);
@@ -103,10 +102,7 @@ impl TopN {
         let parser = self.row_encoder.parser();
         let first = self.ranked.iter().flat_map(|((_, row), &count)| std::iter::repeat_n(row, count)).take(self.n);
         let columns = self.row_encoder.convert_rows(first.map(|row| parser.parse(row)))?;
-        self.top.set(vec![RecordBatch::try_new(self.schema.clone(), columns)?]);
-        let result = run_plan(&self.above, ctx).await;
-        self.top.clear();
-        result
+        run_with(&self.top, vec![RecordBatch::try_new(self.schema.clone(), columns)?], &self.above, ctx).await
     }
 
     fn entries(&self, rows: &RecordBatch) -> Result<Vec<Ranked>> {
@@ -132,8 +128,4 @@ fn replace(
     }
     let children = plan.children().into_iter().map(|c| replace(c, target, with)).collect::<Result<Vec<_>>>()?;
     Ok(replace_children_if_necessary(plan.clone(), children)?)
-}
-
-fn internal(message: &str) -> EngineError {
-    EngineError::DataFusion(datafusion::error::DataFusionError::Internal(message.into()))
 }

@@ -39,7 +39,7 @@ use crate::key::view_key;
 use crate::keyed::RowEncoder;
 use crate::stream_table::StreamDecl;
 use crate::top_n::TopN;
-use crate::slot::{BatchSlot, BatchSlotExec};
+use crate::slot::{reads_any, BatchSlot};
 
 /// Rows a view gained or changed (`upserts`, full rows) and lost (`deletes`, key columns only).
 #[derive(Debug, Clone)]
@@ -137,7 +137,9 @@ impl IncrementalView {
         let output = finder.split(physical, &mut aggregates).map_err(unsupported)?;
         let key = key.ok_or_else(|| {
             unsupported(if aggregates.is_empty() {
-                "it has no key: select the stream's PRIMARY KEY columns, or aggregate with GROUP BY".into()
+                "it has no key: select the stream's PRIMARY KEY columns (declared with the stream, and selected \
+                 straight from it, not through a join), or aggregate with GROUP BY"
+                    .into()
             } else {
                 "it has no key: select every GROUP BY column".into()
             })
@@ -203,30 +205,20 @@ impl IncrementalView {
                 Ok(Changeset { upserts, deletes: RecordBatch::new_empty(self.info.key_schema()) })
             }
             ViewKind::TouchedGroups { stages } => {
-                let Some(touched) = stages.apply(ctx).await? else { return Ok(self.info.no_change()) };
-                let (before, after): (Vec<_>, Vec<_>) = touched.into_iter().map(|t| t.map(|t| (t.before, t.after)).unzip()).unzip();
-                let before = self.differ.index(stages.evaluate(before, ctx).await?)?;
-                let after = self.differ.index(stages.evaluate(after, ctx).await?)?;
-                self.differ.diff(&before, &after)
+                let Some((before, after)) = stages.apply_touched(ctx).await? else { return Ok(self.info.no_change()) };
+                self.differ.diff(&self.differ.index(before)?, &self.differ.index(after)?)
             }
             ViewKind::TopN { stages, top, current } => {
-                let Some(touched) = stages.apply(ctx).await? else { return Ok(self.info.no_change()) };
-                let (before, after): (Vec<_>, Vec<_>) = touched.into_iter().map(|t| t.map(|t| (t.before, t.after)).unzip()).unzip();
-                top.remove(&stages.evaluate(before, ctx).await?)?;
-                top.insert(&stages.evaluate(after, ctx).await?)?;
-                let result = self.differ.index(top.evaluate(ctx).await?)?;
-                let changes = self.differ.diff(current, &result)?;
-                *current = result;
-                Ok(changes)
+                let Some((before, after)) = stages.apply_touched(ctx).await? else { return Ok(self.info.no_change()) };
+                top.remove(&before)?;
+                top.insert(&after)?;
+                replace_current(&self.differ, current, top.evaluate(ctx).await?)
             }
             ViewKind::WholeResult { stages, current, .. } => {
                 if stages.apply(ctx).await?.is_none() {
                     return Ok(self.info.no_change());
                 }
-                let result = self.differ.index(stages.evaluate_all(ctx).await?)?;
-                let changes = self.differ.diff(current, &result)?;
-                *current = result;
-                Ok(changes)
+                replace_current(&self.differ, current, stages.evaluate_all(ctx).await?)
             }
         }
     }
@@ -318,6 +310,14 @@ impl IncrementalView {
     }
 }
 
+/// Makes `result` the view's current rows and returns how it differs from the previous ones.
+fn replace_current(differ: &Differ, current: &mut IndexedRows, result: RecordBatch) -> Result<Changeset> {
+    let result = differ.index(result)?;
+    let changes = differ.diff(current, &result)?;
+    *current = result;
+    Ok(changes)
+}
+
 impl ViewInfo {
     fn no_change(&self) -> Changeset {
         Changeset { upserts: RecordBatch::new_empty(self.schema.clone()), deletes: RecordBatch::new_empty(self.key_schema()) }
@@ -333,6 +333,14 @@ impl AggregateStages {
             touched.push(aggregate.apply(ctx).await?);
         }
         Ok(touched.iter().any(Option::is_some).then_some(touched))
+    }
+
+    /// Folds the micro-batch into every aggregate and runs the plan above them over the
+    /// groups it touched, before and after it. `None` when it touched no group.
+    async fn apply_touched(&mut self, ctx: &Arc<TaskContext>) -> Result<Option<(RecordBatch, RecordBatch)>> {
+        let Some(touched) = self.apply(ctx).await? else { return Ok(None) };
+        let (before, after): (Vec<_>, Vec<_>) = touched.into_iter().map(|t| t.map(|t| (t.before, t.after)).unzip()).unzip();
+        Ok(Some((self.evaluate(before, ctx).await?, self.evaluate(after, ctx).await?)))
     }
 
     /// Runs the plan above the aggregates over every finalized group.
@@ -382,12 +390,8 @@ struct StreamFinder<'a> {
 }
 
 impl StreamFinder<'_> {
-    fn is_stream_scan(&self, plan: &Arc<dyn ExecutionPlan>) -> bool {
-        plan.downcast_ref::<BatchSlotExec>().is_some_and(|scan| self.streams.iter().any(|s| scan.reads(s)))
-    }
-
     fn reads_stream(&self, plan: &Arc<dyn ExecutionPlan>) -> bool {
-        self.is_stream_scan(plan) || plan.children().into_iter().any(|c| self.reads_stream(c))
+        reads_any(plan, self.streams)
     }
 
     /// True when `plan`'s subtree holds an aggregate over a stream.
@@ -457,7 +461,7 @@ impl StreamFinder<'_> {
             Some("a window function (OVER) over a stream; aggregate with GROUP BY first")
         } else if plan.is::<SortExec>() {
             Some("ORDER BY over stream rows (or an ordered aggregate); order an aggregated view instead")
-        } else if plan.is::<GlobalLimitExec>() || plan.is::<LocalLimitExec>() {
+        } else if plan.is::<GlobalLimitExec>() || plan.is::<LocalLimitExec>() || plan.fetch().is_some() {
             Some("LIMIT over stream rows; limit an aggregated view instead")
         } else {
             None

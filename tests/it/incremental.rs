@@ -220,7 +220,7 @@ async fn a_delta_checkpoint_writes_the_groups_a_micro_batch_touched() {
         .unwrap();
     let (_, delta) = pipeline.checkpoint(&mut store).await.unwrap();
     assert!(!delta.full);
-    // Each aggregate holds at most the 50 records' groups: 9 aggregates in 7 views.
+    // Each incremental aggregate holds at most the 50 records' groups.
     let aggregates = pipeline.views().iter().map(|v| v.state_schemas().len()).sum::<usize>();
     assert!(delta.rows <= 50 * aggregates, "{} delta rows for 50 records", delta.rows);
     assert!(delta.rows >= 50, "the 50 new products are in the per-ASIN groups: {}", delta.rows);
@@ -229,3 +229,23 @@ async fn a_delta_checkpoint_writes_the_groups_a_micro_batch_touched() {
     assert!(report.changes["per_asin"].0 <= 50, "{:?}", report.changes["per_asin"]);
 }
 
+
+/// A LIMIT without ORDER BY picks rows among all groups, wherever DataFusion puts it
+/// (it pushes limits into joins): never evaluated over the touched groups alone.
+#[tokio::test]
+async fn a_limit_over_groups_is_evaluated_over_all_of_them() {
+    let fx = Fixture::new();
+    std::fs::write(
+        fx.sql.join("03_limit.sql"),
+        "CREATE VIEW first_three AS
+         SELECT category_id, n FROM (SELECT category_id, COUNT(*) AS n FROM products GROUP BY category_id) a
+         WHERE category_id IN (SELECT id FROM categories) LIMIT 3;",
+    )
+    .unwrap();
+    let pipeline = fx.pipeline(&fx.tmp.path().join("state")).await;
+    let view = pipeline.views().iter().find(|v| v.info().name == "first_three").unwrap();
+    match view.evaluation() {
+        Some(Evaluation::WholeResult { because }) if because.contains("LIMIT") => {}
+        other => panic!("a LIMIT over groups evaluated as {other:?}"),
+    }
+}

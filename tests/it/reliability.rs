@@ -119,11 +119,13 @@ async fn crashes_while_ingesting_lose_nothing() {
     for kill in 0..KILLS {
         let log = tmp.path().join(format!("run-{kill}.log"));
         let max_rows = ["5000", "20000", "10000", "8000"][kill % 4];
-        let mut command = run(&["--max-rows", max_rows]);
-        // Two of the crashes cut a checkpoint write short, after its first state file.
+        // Two of the crashes cut a checkpoint write short, after its first state file: the
+        // first a delta (or full) checkpoint, the second a compaction of a chain of deltas.
         let cut = kill % 4 == 3;
+        let mut command = run(&["--max-rows", max_rows, "--checkpoint-max-deltas", if cut { "2" } else { "32" }]);
         if cut {
-            command.env("TRENDFLOW_ABORT_AT", format!("checkpoint-write:{}", 2 + rng.below(3)));
+            let at = if cut_writes == 0 { format!("checkpoint-write:{}", 2 + rng.below(3)) } else { "checkpoint-compaction:1".into() };
+            command.env("TRENDFLOW_ABORT_AT", at);
         }
         let stderr = std::fs::File::create(&log).unwrap();
         let mut child = Killed(command.stdout(Stdio::null()).stderr(stderr).spawn().unwrap());
