@@ -136,13 +136,14 @@ class Harness:
             part.write_text("".join(self._lines[: count + 1]))
         return part
 
+    def bench_runs(self, subcommand):
+        """--repeat runs of a trendflow-bench subcommand over the messages, each one's JSON."""
+        return [json.loads(run([self.bench, subcommand, "--messages", self.messages, "--categories", self.categories,
+                                "--sql", REPO / "sql"])[3]) for _ in range(self.args.repeat)]
+
     def engine_throughput(self):
         self.log("figure 1: engine throughput vs arrow-json decoding alone")
-        runs = []
-        for _ in range(self.args.repeat):
-            _, _, _, out = run([self.bench, "engine", "--messages", self.messages, "--categories", self.categories,
-                                "--sql", REPO / "sql"])
-            runs.append(json.loads(out))
+        runs = self.bench_runs("engine")
         n = runs[0]["messages"]
         engine = statistics.median(n / r["engine_seconds"] for r in runs)
         decode = statistics.median(n / r["decode_seconds"] for r in runs)
@@ -153,11 +154,7 @@ class Harness:
 
     def groups(self):
         self.log("figure 7 and 8: group scaling (the shipped views, then with a per-ASIN view) and checkpoint cost")
-        runs = []
-        for _ in range(self.args.repeat):
-            _, _, _, out = run([self.bench, "groups", "--messages", self.messages, "--categories", self.categories,
-                                "--sql", REPO / "sql"])
-            runs.append(json.loads(out))
+        runs = self.bench_runs("groups")
         n = runs[0]["shipped"]["records"]
         rate = lambda name: statistics.median(n / r[name]["seconds_by_records"][str(n)] for r in runs)
         seconds = {int(k): statistics.median(r["with_per_asin"]["seconds_by_records"][k] for r in runs)

@@ -14,7 +14,7 @@
 //!   the broker-bound baseline.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -38,30 +38,16 @@ struct Cli {
 enum Command {
     /// Engine throughput against decoding alone, over NDJSON messages.
     Engine {
-        /// One JSON message per line.
-        #[arg(long)]
-        messages: PathBuf,
-        /// The pipeline's SQL.
-        #[arg(long, default_value = "sql")]
-        sql: PathBuf,
-        /// File for the `categories` reference table.
-        #[arg(long)]
-        categories: PathBuf,
+        #[command(flatten)]
+        input: Input,
         /// Messages per micro-batch.
         #[arg(long, default_value_t = 50_000)]
         batch: usize,
     },
     /// Group scaling and checkpoint cost, over NDJSON messages.
     Groups {
-        /// One JSON message per line.
-        #[arg(long)]
-        messages: PathBuf,
-        /// The shipped pipeline's SQL.
-        #[arg(long, default_value = "sql")]
-        sql: PathBuf,
-        /// File for the `categories` reference table.
-        #[arg(long)]
-        categories: PathBuf,
+        #[command(flatten)]
+        input: Input,
         /// Messages per micro-batch.
         #[arg(long, default_value_t = 5_000)]
         batch: usize,
@@ -78,22 +64,43 @@ enum Command {
     },
 }
 
+/// The messages and the shipped pipeline they go through.
+#[derive(clap::Args)]
+struct Input {
+    /// One JSON message per line.
+    #[arg(long)]
+    messages: PathBuf,
+    /// The shipped pipeline's SQL.
+    #[arg(long, default_value = "sql")]
+    sql: PathBuf,
+    /// File for the `categories` reference table.
+    #[arg(long)]
+    categories: PathBuf,
+}
+
+impl Input {
+    fn read(&self) -> Result<Vec<u8>> {
+        std::fs::read(&self.messages).with_context(|| format!("reading {}", self.messages.display()))
+    }
+
+    fn bindings(&self) -> HashMap<String, String> {
+        HashMap::from([("categories".to_string(), self.categories.display().to_string())])
+    }
+}
+
 fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match Cli::parse().command {
-        Command::Engine { messages, sql, categories, batch } => runtime.block_on(engine(&messages, &sql, &categories, batch)),
-        Command::Groups { messages, sql, categories, batch, checkpoint_every } => {
-            runtime.block_on(groups(&messages, &sql, &categories, batch, checkpoint_every))
-        }
+        Command::Engine { input, batch } => runtime.block_on(engine(&input, batch)),
+        Command::Groups { input, batch, checkpoint_every } => runtime.block_on(groups(&input, batch, checkpoint_every)),
         Command::Consume { brokers, topic } => runtime.block_on(consume(&brokers, &topic)),
     }
 }
 
-async fn engine(messages: &Path, sql: &Path, categories: &Path, batch: usize) -> Result<()> {
-    let text = std::fs::read(messages).with_context(|| format!("reading {}", messages.display()))?;
+async fn engine(input: &Input, batch: usize) -> Result<()> {
+    let text = input.read()?;
     let records = lines(&text);
-    let bindings = HashMap::from([("categories".to_string(), categories.display().to_string())]);
-    let catalog = Catalog::load(&[sql.to_path_buf()], incremental_session_config(), &bindings).await?;
+    let catalog = Catalog::load(std::slice::from_ref(&input.sql), incremental_session_config(), &input.bindings()).await?;
     let stream = catalog.streams()[0].clone();
 
     let started = Instant::now();
@@ -144,12 +151,12 @@ fn micro_batch(stream: &StreamDecl, chunk: &[&[u8]], offset: &mut i64) -> Result
 /// The view whose groups grow with the data: one per product.
 const PER_ASIN_VIEW: &str = "CREATE VIEW per_asin AS SELECT asin, COUNT(*) AS n, AVG(price) AS avg_price, MAX(price) AS max_price FROM products GROUP BY asin;\n";
 
-async fn groups(messages: &Path, sql: &Path, categories: &Path, batch: usize, checkpoint_every: usize) -> Result<()> {
-    let text = std::fs::read(messages).with_context(|| format!("reading {}", messages.display()))?;
+async fn groups(input: &Input, batch: usize, checkpoint_every: usize) -> Result<()> {
+    let text = input.read()?;
     let records = lines(&text);
-    let bindings = HashMap::from([("categories".to_string(), categories.display().to_string())]);
+    let bindings = input.bindings();
     let with_per_asin = tempfile::tempdir()?;
-    for entry in std::fs::read_dir(sql)? {
+    for entry in std::fs::read_dir(&input.sql)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "sql") {
             std::fs::copy(&path, with_per_asin.path().join(path.file_name().expect("a file name")))?;
@@ -166,7 +173,7 @@ async fn groups(messages: &Path, sql: &Path, categories: &Path, batch: usize, ch
         }
     };
     let mut runs = serde_json::Map::new();
-    for (name, sql) in [("shipped", sql.to_path_buf()), ("with_per_asin", with_per_asin.path().to_path_buf())] {
+    for (name, sql) in [("shipped", input.sql.clone()), ("with_per_asin", with_per_asin.path().to_path_buf())] {
         let (mut pipeline, _state) = pipeline(sql).await?;
         runs.insert(name.into(), timed_run(&mut pipeline, &records, batch, checkpoint_every).await?);
     }
