@@ -180,7 +180,7 @@ impl IncrementalAggregate {
     fn distinct_groups(&self, batch: &RecordBatch) -> Result<usize> {
         let encoder = RowEncoder::new(&batch.schema(), (0..self.group_columns).collect())?;
         let keys = encoder.encode(batch)?;
-        Ok((0..keys.len()).map(|i| keys.get(i)).collect::<HashSet<_>>().len())
+        Ok((0..keys.len()).map(|i| keys.get(i)).collect::<HashSet<_, ahash::RandomState>>().len())
     }
 
     /// Finalizes the groups of `state` into `finals` and returns their final rows.

@@ -1,20 +1,18 @@
 //! Changesets as the difference between two sets of a view's rows, matched by the view key.
 
-use std::collections::HashMap;
-
 use datafusion::arrow::array::UInt32Array;
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{EngineError, Result};
-use crate::keyed::{project_columns, take_rows, EncodedRows, RowEncoder};
+use crate::keyed::{project_columns, take_rows, EncodedRows, RowEncoder, RowMap};
 use crate::view::{Changeset, ViewInfo};
 
 /// Rows of a view indexed by key, with their encoded values, ready to be diffed.
 #[derive(Debug)]
 pub(crate) struct IndexedRows {
     pub(crate) batch: RecordBatch,
-    index: HashMap<Box<[u8]>, usize>,
+    index: RowMap<Box<[u8]>, usize>,
     /// Encoded full rows of `batch`, to compare values without re-encoding them.
     rows: EncodedRows,
 }
@@ -42,7 +40,7 @@ impl Differ {
     /// Indexes `batch` by key; two rows with one key are an error naming the view.
     pub(crate) fn index(&self, batch: RecordBatch) -> Result<IndexedRows> {
         let keys = self.key_encoder.encode(&batch)?;
-        let mut index = HashMap::with_capacity(keys.len());
+        let mut index = RowMap::with_capacity_and_hasher(keys.len(), Default::default());
         for i in 0..keys.len() {
             if index.insert(Box::<[u8]>::from(keys.get(i)), i).is_some() {
                 return Err(EngineError::DataFusion(datafusion::error::DataFusionError::Execution(format!(

@@ -14,6 +14,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
+/// A map keyed by encoded rows, with a fast seeded hasher (keys come from the data).
+pub(crate) type RowMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
 /// Encodes chosen columns of a batch as comparable byte strings.
 ///
 /// With no columns every row gets the same (empty) key, which is what a
@@ -130,7 +133,7 @@ pub struct KeyedTable {
     /// Encodes batches holding only the key columns, in key order.
     key_encoder: RowEncoder,
     chunks: Vec<RecordBatch>,
-    index: HashMap<Box<[u8]>, (usize, usize)>,
+    index: RowMap<Box<[u8]>, (usize, usize)>,
     dead_rows: usize,
 }
 
@@ -140,7 +143,7 @@ impl KeyedTable {
         let key_schema = Arc::new(schema.project(&key_columns)?);
         let key_encoder = RowEncoder::new(&key_schema, (0..key_columns.len()).collect())?;
         let encoder = RowEncoder::new(&schema, key_columns)?;
-        Ok(Self { schema, encoder, key_encoder, chunks: Vec::new(), index: HashMap::new(), dead_rows: 0 })
+        Ok(Self { schema, encoder, key_encoder, chunks: Vec::new(), index: RowMap::default(), dead_rows: 0 })
     }
 
     /// Schema of the rows.
@@ -179,8 +182,15 @@ impl KeyedTable {
         let chunk = self.chunks.len();
         self.chunks.push(batch.clone());
         for row in 0..keys.len() {
-            if self.index.insert(keys.get(row).into(), (chunk, row)).is_some() {
-                self.dead_rows += 1;
+            // Re-pointing an existing key allocates nothing.
+            match self.index.get_mut(keys.get(row)) {
+                Some(place) => {
+                    *place = (chunk, row);
+                    self.dead_rows += 1;
+                }
+                None => {
+                    self.index.insert(keys.get(row).into(), (chunk, row));
+                }
             }
         }
         self.compact_if_sparse()

@@ -9,7 +9,6 @@
 //! way its output is diffed by the view's key. A view without aggregates is
 //! stateless: its plan runs on each micro-batch and every output row is an upsert.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -36,7 +35,7 @@ use crate::error::{EngineError, Result};
 pub use crate::evaluation::Evaluation;
 use crate::evaluation::{evaluation, join_name, join_type, keeps_only_side, top_n_sort};
 use crate::key::view_key;
-use crate::keyed::RowEncoder;
+use crate::keyed::{RowEncoder, RowMap};
 use crate::stream_table::StreamDecl;
 use crate::top_n::TopN;
 use crate::slot::{reads_any, BatchSlot};
@@ -372,7 +371,7 @@ impl AggregateStages {
 fn last_row_per_key(rows: &RecordBatch, key: &[usize]) -> Result<RecordBatch> {
     let encoder = RowEncoder::new(&rows.schema(), key.to_vec())?;
     let keys = encoder.encode(rows)?;
-    let mut last: HashMap<&[u8], u32> = HashMap::with_capacity(keys.len());
+    let mut last: RowMap<&[u8], u32> = RowMap::with_capacity_and_hasher(keys.len(), Default::default());
     for i in 0..keys.len() {
         last.insert(keys.get(i), i as u32);
     }
