@@ -5,24 +5,15 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::execution_plan::reset_plan_states;
-use datafusion::physical_plan::{collect, ExecutionPlan};
+use datafusion::physical_plan::ExecutionPlan;
 
 use crate::error::{EngineError, Result};
 use crate::keyed::{project_columns, KeyedTable, RowEncoder};
-use crate::slot::{run_with, BatchSlot};
-
-/// Executes a (re-usable) plan once and concatenates its output.
-pub(crate) async fn run_plan(plan: &Arc<dyn ExecutionPlan>, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
-    let schema = plan.schema();
-    let batches = collect(reset_plan_states(plan.clone())?, ctx.clone()).await?;
-    Ok(concat_batches(&schema, &batches)?)
-}
+use crate::slot::{run_plan, run_with, BatchSlot};
 
 /// State and plans of one incrementally maintained `AggregateExec`.
 #[derive(Debug)]

@@ -48,22 +48,25 @@ pub enum Evaluation {
     },
 }
 
-/// Classifies `plan`, whose leaves read the finalized groups from `finals`.
-pub(crate) fn evaluation(plan: &Arc<dyn ExecutionPlan>, finals: &[BatchSlot]) -> Evaluation {
-    let classifier = Classifier { finals };
-    match classifier.whole_because(plan) {
-        None => Evaluation::TouchedGroups,
-        Some(because) => match classifier.top_n_sort(plan).and_then(|sort| sort.fetch()) {
-            Some(n) => Evaluation::TopN { n },
-            None => Evaluation::WholeResult { because },
-        },
-    }
+/// What [`classify`] found, with what compiling the view needs of it.
+pub(crate) enum Classified {
+    TouchedGroups,
+    /// The top-n sort: a `SortExec` with a limit under only row-wise operators, over
+    /// rows that are row-local in the groups.
+    TopN { sort: Arc<dyn ExecutionPlan> },
+    WholeResult { because: String },
 }
 
-/// The sort of a top-n view: a `SortExec` with a limit under only row-wise operators,
-/// over rows that are row-local in the groups of `finals`.
-pub(crate) fn top_n_sort(plan: &Arc<dyn ExecutionPlan>, finals: &[BatchSlot]) -> Option<Arc<dyn ExecutionPlan>> {
-    Classifier { finals }.top_n_sort(plan)
+/// Classifies `plan`, whose leaves read the finalized groups from `finals`.
+pub(crate) fn classify(plan: &Arc<dyn ExecutionPlan>, finals: &[BatchSlot]) -> Classified {
+    let classifier = Classifier { finals };
+    match classifier.whole_because(plan) {
+        None => Classified::TouchedGroups,
+        Some(because) => match classifier.top_n_sort(plan) {
+            Some(sort) => Classified::TopN { sort },
+            None => Classified::WholeResult { because },
+        },
+    }
 }
 
 struct Classifier<'a> {

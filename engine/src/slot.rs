@@ -11,11 +11,12 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DfResult;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::execution_plan::{reset_plan_states, Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_plan::{collect, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 
 /// Batches shared between the runtime (writer) and plan leaves (readers).
 ///
@@ -110,15 +111,22 @@ pub fn reads_any(plan: &Arc<dyn ExecutionPlan>, slots: &[BatchSlot]) -> bool {
         || plan.children().into_iter().any(|c| reads_any(c, slots))
 }
 
+/// Executes a plan built once (whose leaves read slots) and concatenates its output.
+pub(crate) async fn run_plan(plan: &Arc<dyn ExecutionPlan>, ctx: &Arc<TaskContext>) -> crate::Result<RecordBatch> {
+    let schema = plan.schema();
+    let batches = collect(reset_plan_states(plan.clone())?, ctx.clone()).await?;
+    Ok(concat_batches(&schema, &batches)?)
+}
+
 /// Runs `plan` once with `slot` holding `batches`, then empties the slot again.
 pub(crate) async fn run_with(
     slot: &BatchSlot,
     batches: Vec<RecordBatch>,
     plan: &Arc<dyn ExecutionPlan>,
-    ctx: &Arc<datafusion::execution::TaskContext>,
+    ctx: &Arc<TaskContext>,
 ) -> crate::Result<RecordBatch> {
     slot.set(batches);
-    let result = crate::aggregate::run_plan(plan, ctx).await;
+    let result = run_plan(plan, ctx).await;
     slot.clear();
     result
 }

@@ -28,17 +28,17 @@ use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
-use crate::aggregate::{run_plan, IncrementalAggregate, TouchedGroups};
+use crate::aggregate::{IncrementalAggregate, TouchedGroups};
 use crate::catalog::ViewDef;
 use crate::diff::{Differ, IndexedRows};
 use crate::error::{EngineError, Result};
 pub use crate::evaluation::Evaluation;
-use crate::evaluation::{evaluation, join_name, join_type, keeps_only_side, top_n_sort};
+use crate::evaluation::{classify, join_name, join_type, keeps_only_side, Classified};
 use crate::key::view_key;
 use crate::keyed::{RowEncoder, RowMap};
 use crate::stream_table::StreamDecl;
 use crate::top_n::TopN;
-use crate::slot::{reads_any, BatchSlot};
+use crate::slot::{reads_any, run_plan, BatchSlot};
 
 /// Rows a view gained or changed (`upserts`, full rows) and lost (`deletes`, key columns only).
 #[derive(Debug, Clone)]
@@ -89,16 +89,23 @@ pub struct IncrementalView {
 enum ViewKind {
     /// Runs on each micro-batch; every row is an upsert.
     Stateless { plan: Arc<dyn ExecutionPlan> },
-    /// Aggregates keep state; the rest of the plan runs over the groups a micro-batch
-    /// touched, before and after it, and the two are diffed.
-    TouchedGroups { stages: AggregateStages },
-    /// Aggregates keep state; the plan between them and the top-n sort runs over the
-    /// touched groups, whose rows `top` re-ranks; the rest of the view runs over the
-    /// first n rows and is diffed against the previous result.
-    TopN { stages: AggregateStages, top: TopN, current: IndexedRows },
-    /// Aggregates keep state; the rest of the plan re-runs over every group (because of
-    /// `because`) and its result is diffed against the previous one.
-    WholeResult { stages: AggregateStages, because: String, current: IndexedRows },
+    /// Aggregates keep state; `upkeep` says how the rest of the plan follows them.
+    Aggregating { stages: AggregateStages, upkeep: Upkeep },
+}
+
+/// How an aggregating view's result follows its groups (see [`Evaluation`]).
+#[derive(Debug)]
+enum Upkeep {
+    /// The rest of the plan runs over the groups a micro-batch touched, before and
+    /// after it, and the two are diffed.
+    TouchedGroups,
+    /// The plan between the aggregates and the top-n sort runs over the touched groups,
+    /// whose rows `top` re-ranks; the rest of the view runs over the first n rows and is
+    /// diffed against the previous result.
+    TopN { top: TopN, current: IndexedRows },
+    /// The rest of the plan re-runs over every group (because of `because`) and its
+    /// result is diffed against the previous one.
+    WholeResult { because: String, current: IndexedRows },
 }
 
 /// The incremental aggregates of a view and the plan above them, which reads their
@@ -153,17 +160,16 @@ impl IncrementalView {
                 return Err(unsupported("it reads a stream both inside and outside an aggregate".into()));
             }
             let finals: Vec<BatchSlot> = aggregates.iter().map(|a| a.finals_slot().clone()).collect();
-            let stages = AggregateStages { aggregates, output };
             let empty = || differ.index(RecordBatch::new_empty(schema.clone()));
-            match evaluation(&stages.output, &finals) {
-                Evaluation::TouchedGroups => ViewKind::TouchedGroups { stages },
-                Evaluation::TopN { .. } => {
-                    let sort = top_n_sort(&stages.output, &finals).expect("a top-n view has its sort");
-                    let (top, below) = TopN::split(&stages.output, &sort)?;
-                    ViewKind::TopN { stages: AggregateStages { output: below, ..stages }, top, current: empty()? }
+            let (output, upkeep) = match classify(&output, &finals) {
+                Classified::TouchedGroups => (output, Upkeep::TouchedGroups),
+                Classified::TopN { sort } => {
+                    let (top, below) = TopN::split(&output, &sort)?;
+                    (below, Upkeep::TopN { top, current: empty()? })
                 }
-                Evaluation::WholeResult { because } => ViewKind::WholeResult { stages, because, current: empty()? },
-            }
+                Classified::WholeResult { because } => (output, Upkeep::WholeResult { because, current: empty()? }),
+            };
+            ViewKind::Aggregating { stages: AggregateStages { aggregates, output }, upkeep }
         };
         Ok(Self { info, origin: (def.origin.file.clone(), def.origin.line), differ, kind })
     }
@@ -176,12 +182,12 @@ impl IncrementalView {
     /// How a micro-batch re-evaluates the view (`None` for views without aggregates,
     /// which evaluate each micro-batch on its own).
     pub fn evaluation(&self) -> Option<Evaluation> {
-        match &self.kind {
-            ViewKind::Stateless { .. } => None,
-            ViewKind::TouchedGroups { .. } => Some(Evaluation::TouchedGroups),
-            ViewKind::TopN { top, .. } => Some(Evaluation::TopN { n: top.n() }),
-            ViewKind::WholeResult { because, .. } => Some(Evaluation::WholeResult { because: because.clone() }),
-        }
+        let ViewKind::Aggregating { upkeep, .. } = &self.kind else { return None };
+        Some(match upkeep {
+            Upkeep::TouchedGroups => Evaluation::TouchedGroups,
+            Upkeep::TopN { top, .. } => Evaluation::TopN { n: top.n() },
+            Upkeep::WholeResult { because, .. } => Evaluation::WholeResult { because: because.clone() },
+        })
     }
 
     /// Processes the micro-batch now in the stream slots.
@@ -197,23 +203,26 @@ impl IncrementalView {
     }
 
     async fn apply_batch(&mut self, ctx: &Arc<TaskContext>) -> Result<Changeset> {
-        match &mut self.kind {
+        let (stages, upkeep) = match &mut self.kind {
             ViewKind::Stateless { plan } => {
                 let rows = run_plan(plan, ctx).await?;
                 let upserts = last_row_per_key(&rows, &self.info.key)?;
-                Ok(Changeset { upserts, deletes: RecordBatch::new_empty(self.info.key_schema()) })
+                return Ok(Changeset { upserts, deletes: RecordBatch::new_empty(self.info.key_schema()) });
             }
-            ViewKind::TouchedGroups { stages } => {
+            ViewKind::Aggregating { stages, upkeep } => (stages, upkeep),
+        };
+        match upkeep {
+            Upkeep::TouchedGroups => {
                 let Some((before, after)) = stages.apply_touched(ctx).await? else { return Ok(self.info.no_change()) };
                 self.differ.diff(&self.differ.index(before)?, &self.differ.index(after)?)
             }
-            ViewKind::TopN { stages, top, current } => {
+            Upkeep::TopN { top, current } => {
                 let Some((before, after)) = stages.apply_touched(ctx).await? else { return Ok(self.info.no_change()) };
                 top.remove(&before)?;
                 top.insert(&after)?;
                 replace_current(&self.differ, current, top.evaluate(ctx).await?)
             }
-            ViewKind::WholeResult { stages, current, .. } => {
+            Upkeep::WholeResult { current, .. } => {
                 if stages.apply(ctx).await?.is_none() {
                     return Ok(self.info.no_change());
                 }
@@ -222,26 +231,11 @@ impl IncrementalView {
         }
     }
 
-    fn stages(&self) -> Option<&AggregateStages> {
-        match &self.kind {
-            ViewKind::Stateless { .. } => None,
-            ViewKind::TouchedGroups { stages } | ViewKind::TopN { stages, .. } | ViewKind::WholeResult { stages, .. } => {
-                Some(stages)
-            }
-        }
-    }
-
-    fn stages_mut(&mut self) -> Option<&mut AggregateStages> {
-        match &mut self.kind {
-            ViewKind::Stateless { .. } => None,
-            ViewKind::TouchedGroups { stages } | ViewKind::TopN { stages, .. } | ViewKind::WholeResult { stages, .. } => {
-                Some(stages)
-            }
-        }
-    }
-
     fn aggregates(&self) -> &[IncrementalAggregate] {
-        self.stages().map_or(&[], |s| &s.aggregates)
+        match &self.kind {
+            ViewKind::Stateless { .. } => &[],
+            ViewKind::Aggregating { stages, .. } => &stages.aggregates,
+        }
     }
 
     /// The whole state, for a full checkpoint: one batch per aggregate.
@@ -262,7 +256,7 @@ impl IncrementalView {
 
     /// Forgets which groups changed: a checkpoint now holds them.
     pub fn mark_checkpointed(&mut self) {
-        if let Some(stages) = self.stages_mut() {
+        if let ViewKind::Aggregating { stages, .. } = &mut self.kind {
             stages.aggregates.iter_mut().for_each(IncrementalAggregate::mark_checkpointed);
         }
     }
@@ -276,10 +270,10 @@ impl IncrementalView {
     /// aggregates); computed over every group, so meant for start-up, not for each
     /// micro-batch.
     pub async fn current_result(&self, ctx: &Arc<TaskContext>) -> Result<Option<RecordBatch>> {
-        match &self.kind {
-            ViewKind::Stateless { .. } => Ok(None),
-            ViewKind::TouchedGroups { stages } => Ok(Some(stages.evaluate_all(ctx).await?)),
-            ViewKind::TopN { current, .. } | ViewKind::WholeResult { current, .. } => Ok(Some(current.batch.clone())),
+        let ViewKind::Aggregating { stages, upkeep } = &self.kind else { return Ok(None) };
+        match upkeep {
+            Upkeep::TouchedGroups => Ok(Some(stages.evaluate_all(ctx).await?)),
+            Upkeep::TopN { current, .. } | Upkeep::WholeResult { current, .. } => Ok(Some(current.batch.clone())),
         }
     }
 
@@ -292,18 +286,18 @@ impl IncrementalView {
     }
 
     async fn restore_state(&mut self, state: Vec<RecordBatch>, ctx: &Arc<TaskContext>) -> Result<()> {
-        let Some(stages) = self.stages_mut() else { return Ok(()) };
+        let ViewKind::Aggregating { stages, upkeep } = &mut self.kind else { return Ok(()) };
         for (aggregate, batch) in stages.aggregates.iter_mut().zip(state) {
             aggregate.restore(batch, ctx).await?;
         }
-        match &mut self.kind {
-            ViewKind::WholeResult { stages, current, .. } => *current = self.differ.index(stages.evaluate_all(ctx).await?)?,
-            ViewKind::TopN { stages, top, current } => {
+        match upkeep {
+            Upkeep::TouchedGroups => {}
+            Upkeep::TopN { top, current } => {
                 top.clear();
                 top.insert(&stages.evaluate_all(ctx).await?)?;
                 *current = self.differ.index(top.evaluate(ctx).await?)?;
             }
-            ViewKind::Stateless { .. } | ViewKind::TouchedGroups { .. } => {}
+            Upkeep::WholeResult { current, .. } => *current = self.differ.index(stages.evaluate_all(ctx).await?)?,
         }
         Ok(())
     }
