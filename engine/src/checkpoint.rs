@@ -155,8 +155,9 @@ impl Checkpointer {
             StateFiles::Full(states) => (states, true),
             StateFiles::Changes(states) => (states, false),
         };
-        if self.chain.is_empty() {
-            // Not loaded: never overwrite what the checkpoint on disk builds on.
+        let known = !self.chain.is_empty();
+        if !known {
+            // Neither loaded nor written by us: never overwrite what the checkpoint on disk builds on.
             self.chain = self.chain_on_disk()?;
             if !full {
                 return Err(EngineError::Checkpoint {
@@ -165,8 +166,14 @@ impl Checkpointer {
                 });
             }
         }
-        if self.chain.last() == Some(&name) {
+        if known && self.chain.last() == Some(&name) {
             return Ok(Written { name, full: false, rows: 0, bytes: 0 });
+        }
+        if self.chain.contains(&name) {
+            return Err(EngineError::Checkpoint {
+                path: self.dir.join(&name),
+                message: "the current checkpoint builds on a checkpoint of this micro-batch; resume from it (or use a fresh --state directory)".into(),
+            });
         }
         let compaction = full && !self.chain.is_empty();
         let tmp = self.dir.join(format!("{name}.tmp"));
@@ -194,14 +201,8 @@ impl Checkpointer {
         write_synced(&tmp.join(META), &json)?;
         bytes += json.len() as u64;
         sync_dir(&tmp)?;
-        // A directory of this name is a leftover of a run that crashed before pointing
-        // `CURRENT` at it, unless the chain holds it (batch ids restarted below it).
-        if self.chain.contains(&name) {
-            return Err(EngineError::Checkpoint {
-                path: final_dir,
-                message: "the current checkpoint builds on a checkpoint of this micro-batch; resume from it (or use a fresh --state directory)".into(),
-            });
-        }
+        // A leftover of a run that crashed before pointing `CURRENT` at it (the chain
+        // does not hold it: checked above).
         if final_dir.exists() {
             fs::remove_dir_all(&final_dir).map_err(|e| io_error(&final_dir, e))?;
         }
