@@ -31,6 +31,10 @@ export TRENDFLOW_ARTIFACTS="${TRENDFLOW_ARTIFACTS:-$PWD/target/artifacts}"
 mkdir -p "$TRENDFLOW_ARTIFACTS"
 rm -f "$TRENDFLOW_ARTIFACTS/reliability.ndjson"
 
+echo "== style: cargo fmt --check, clippy -D warnings"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 echo "== cargo test (workspace; the heavy fault and load tests come next, alone)"
 cargo test --workspace --locked "$@" -- --skip reliability::
 

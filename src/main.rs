@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -12,15 +12,15 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use indicatif::{ProgressBar, ProgressStyle};
 use trendflow_connectors::binding::{Bindings, SourceSettings};
+use trendflow_connectors::fan_out::FanOut;
 use trendflow_connectors::ingest::{IngestOptions, IngestService};
 use trendflow_connectors::kafka::{self, RecordProducer};
+use trendflow_connectors::mongo::{self, MongoOptions, MongoSink, MongoTable};
+use trendflow_connectors::serving::{serving_context, Streams};
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::catalog::{batch_session_config, incremental_session_config, Catalog};
 use trendflow_engine::checkpoint::CheckpointMeta;
 use trendflow_engine::runtime::{Pipeline, RunOptions, Sink, StepReport};
-use trendflow_connectors::fan_out::FanOut;
-use trendflow_connectors::mongo::{self, MongoOptions, MongoSink, MongoTable};
-use trendflow_connectors::serving::{serving_context, Streams};
 use trendflow_engine::stream_table::StreamDecl;
 use trendflow_engine::view::{Changeset, ViewInfo};
 use trendflow_server::auth::AuthConfig;
@@ -98,7 +98,8 @@ impl MongoArgs {
         let Some(uri) = &self.mongodb_uri else { return Ok(None) };
         let mut collections = HashMap::new();
         for mapping in &self.mongodb_collections {
-            let (view, collection) = mapping.split_once('=').with_context(|| format!("--mongodb-collection `{mapping}`: expected VIEW=COLLECTION"))?;
+            let (view, collection) =
+                mapping.split_once('=').with_context(|| format!("--mongodb-collection `{mapping}`: expected VIEW=COLLECTION"))?;
             collections.insert(view.to_string(), collection.to_string());
         }
         let mut indexes: HashMap<String, Vec<Vec<String>>> = HashMap::new();
@@ -280,9 +281,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // `trendflow query … | head`: the reader left, which is no failure of ours.
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
-            std::process::ExitCode::SUCCESS
-        }
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
             std::process::ExitCode::FAILURE
@@ -471,11 +470,7 @@ async fn start_server(args: &ServeArgs, ctx: datafusion::prelude::SessionContext
 /// else as persisted in the state directory.
 async fn stored_views_context(args: &PipelineArgs, mongo: &MongoArgs) -> Result<datafusion::prelude::SessionContext> {
     if args.sources.is_empty() && !args.state.exists() {
-        bail!(
-            "no job state in {}: run `trendflow run --state {}` first, or pass --source bindings",
-            args.state.display(),
-            args.state.display()
-        );
+        bail!("no job state in {}: run `trendflow run --state {}` first, or pass --source bindings", args.state.display(), args.state.display());
     }
     let bindings = resolve_bindings(args)?;
     let catalog = load_catalog(args, &bindings, batch_session_config()).await?;

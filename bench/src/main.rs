@@ -149,7 +149,8 @@ fn micro_batch(stream: &StreamDecl, chunk: &[&[u8]], offset: &mut i64) -> Result
 }
 
 /// The view whose groups grow with the data: one per product.
-const PER_ASIN_VIEW: &str = "CREATE VIEW per_asin AS SELECT asin, COUNT(*) AS n, AVG(price) AS avg_price, MAX(price) AS max_price FROM products GROUP BY asin;\n";
+const PER_ASIN_VIEW: &str =
+    "CREATE VIEW per_asin AS SELECT asin, COUNT(*) AS n, AVG(price) AS avg_price, MAX(price) AS max_price FROM products GROUP BY asin;\n";
 
 async fn groups(input: &Input, batch: usize, checkpoint_every: usize) -> Result<()> {
     let text = input.read()?;

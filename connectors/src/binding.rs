@@ -57,9 +57,7 @@ pub struct Bindings(BTreeMap<String, String>);
 /// Joins the pieces of comma-split `NAME=URI` arguments back into whole bindings.
 fn rejoin_split_bindings(args: &[String]) -> Vec<String> {
     let starts_binding = |piece: &str| {
-        piece.split_once('=').is_some_and(|(name, _)| {
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-        })
+        piece.split_once('=').is_some_and(|(name, _)| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'))
     };
     let mut whole: Vec<String> = Vec::new();
     for piece in args {
@@ -188,21 +186,17 @@ impl Bindings {
     /// Reads every stream's input completely into a table, for a batch run (a topic is
     /// read up to its end when reading starts).
     /// Returns the tables and the number of records rejected while decoding.
-    pub async fn read_streams(
-        &self,
-        catalog: &Catalog,
-        settings: &SourceSettings,
-    ) -> Result<(Vec<(String, Arc<dyn TableProvider>)>, u64)> {
+    pub async fn read_streams(&self, catalog: &Catalog, settings: &SourceSettings) -> Result<(Vec<(String, Arc<dyn TableProvider>)>, u64)> {
         let mut tables = Vec::new();
         let mut rejected = 0;
         let bounded = SourceSettings { bounded: true, ..settings.clone() };
         for (stream, mut source) in catalog.streams().iter().zip(self.open_sources(catalog, &bounded).await?) {
             let mut batches = Vec::new();
             loop {
-                let poll = source.poll(65_536, std::time::Duration::from_millis(200)).await.map_err(|e| ConnectorError::Binding {
-                    binding: stream.name.clone(),
-                    message: e.to_string(),
-                })?;
+                let poll = source
+                    .poll(65_536, std::time::Duration::from_millis(200))
+                    .await
+                    .map_err(|e| ConnectorError::Binding { binding: stream.name.clone(), message: e.to_string() })?;
                 match poll {
                     Poll::Batch(micro) => {
                         rejected += micro.rejected;
@@ -235,10 +229,7 @@ mod tests {
         let got = parsed(&["products=kafka://h1:1", "h2:2/products", "categories=file:c.csv"]);
         assert_eq!(
             got,
-            vec![
-                ("categories".to_string(), "file:c.csv".to_string()),
-                ("products".to_string(), "kafka://h1:1,h2:2/products".to_string()),
-            ]
+            vec![("categories".to_string(), "file:c.csv".to_string()), ("products".to_string(), "kafka://h1:1,h2:2/products".to_string()),]
         );
     }
 

@@ -17,13 +17,12 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    new_null_array, Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, RecordBatchOptions,
-    StringBuilder, TimestampMillisecondBuilder,
+    new_null_array, Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, RecordBatchOptions, StringBuilder,
+    TimestampMillisecondBuilder,
 };
 use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Date64Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
-    Int8Type, SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
-    TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+    DataType, Date32Type, Date64Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, SchemaRef, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use datafusion::arrow::error::ArrowError;
 use mongodb::bson::{spec::BinarySubtype, Binary, Bson, DateTime, Decimal128, Document};
@@ -137,11 +136,7 @@ pub fn row_id(batch: &RecordBatch, key: &[usize], row: usize) -> Result<Bson, Ar
 /// Builds a batch with `schema` from documents (missing fields are null). Supports the
 /// scalar types of the mapping table; other columns are an error naming the column.
 pub fn documents_to_batch(schema: &SchemaRef, documents: &[Document]) -> Result<RecordBatch, ArrowError> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|field| column(field.name(), field.data_type(), documents))
-        .collect::<Result<Vec<_>, _>>()?;
+    let columns = schema.fields().iter().map(|field| column(field.name(), field.data_type(), documents)).collect::<Result<Vec<_>, _>>()?;
     // A schema without fields (e.g. for COUNT(*)) still has one row per document.
     let options = RecordBatchOptions::new().with_row_count(Some(documents.len()));
     RecordBatch::try_new_with_options(schema.clone(), columns, &options)
@@ -162,7 +157,14 @@ fn column(name: &str, data_type: &DataType, documents: &[Document]) -> Result<Ar
         _ => None,
     };
     let array: ArrayRef = match data_type {
-        DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+        DataType::Int64
+        | DataType::Int32
+        | DataType::Int16
+        | DataType::Int8
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => {
             let mut builder = Int64Builder::new();
             for v in values {
                 builder.append_option(v.map(|v| integer(v).ok_or_else(|| mismatch(v))).transpose()?);
@@ -178,7 +180,13 @@ fn column(name: &str, data_type: &DataType, documents: &[Document]) -> Result<Ar
         }
         DataType::Decimal128(precision, scale) => {
             let decoded = values
-                .map(|v| v.map(|v| match v { Bson::Decimal128(d) => decimal_value(d, *scale).ok_or_else(|| mismatch(v)), _ => Err(mismatch(v)) }).transpose())
+                .map(|v| {
+                    v.map(|v| match v {
+                        Bson::Decimal128(d) => decimal_value(d, *scale).ok_or_else(|| mismatch(v)),
+                        _ => Err(mismatch(v)),
+                    })
+                    .transpose()
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Arc::new(datafusion::arrow::array::Decimal128Array::from(decoded).with_precision_and_scale(*precision, *scale)?)
         }

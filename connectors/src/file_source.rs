@@ -114,8 +114,8 @@ impl FileSource {
                 None => None,
                 Some(batch) => {
                     let batch = batch.map_err(|e| {
-                    format_error(&format!("in records {}..{} (CSV lines after the header): {e}", start + 1, start + max_rows as i64))
-                })?;
+                        format_error(&format!("in records {}..{} (CSV lines after the header): {e}", start + 1, start + max_rows as i64))
+                    })?;
                     Some(RawChunk { first: start, records: batch.num_rows(), parsed: Parsed::all(batch) })
                 }
             },
@@ -126,9 +126,7 @@ impl FileSource {
                     Some(RawChunk { first: start, records: batch.num_rows(), parsed: Parsed::all(batch) })
                 }
             },
-            Reader::Json(lines) => {
-                read_json_lines(lines, &self.stream, max_rows, start).map_err(|e| format_error(&e))?
-            }
+            Reader::Json(lines) => read_json_lines(lines, &self.stream, max_rows, start).map_err(|e| format_error(&e))?,
         };
         if let Some(chunk) = &chunk {
             self.position += chunk.records as i64;
@@ -139,14 +137,10 @@ impl FileSource {
     /// Converts a raw chunk to the stream schema; writes rejected records as dead letters.
     fn decode(&mut self, chunk: RawChunk) -> Result<MicroBatch> {
         let decoded = decode_parsed(chunk.parsed, &self.stream.payload_schema)?;
-        let start = *self.replay_start.get_or_insert_with(|| {
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
-        });
-        let letters: Vec<DeadLetter> = decoded
-            .rejected
-            .into_iter()
-            .map(|(row, reason, record)| self.letter(chunk.first + row as i64, reason, record))
-            .collect();
+        let start =
+            *self.replay_start.get_or_insert_with(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default());
+        let letters: Vec<DeadLetter> =
+            decoded.rejected.into_iter().map(|(row, reason, record)| self.letter(chunk.first + row as i64, reason, record)).collect();
         self.dead_letters.write(&letters)?;
         let offsets: Vec<i64> = decoded.rows.iter().map(|&r| chunk.first + r as i64).collect();
         let timestamps = decoded.arrivals.iter().zip(&offsets).map(|(given, offset)| given.unwrap_or(start + offset)).collect();
@@ -210,10 +204,9 @@ impl Source for FileSource {
         self.skip = offsets.get(&0).copied().unwrap_or(0);
         self.replay_start = offsets.get(&REPLAY_CLOCK_PARTITION).copied();
         let Some(&dead_letter_bytes) = offsets.get(&DEAD_LETTER_BYTES_PARTITION) else { return Ok(()) };
-        self.dead_letters.truncate(dead_letter_bytes as u64).map_err(|e| EngineError::Source {
-            source_name: self.stream.name.clone(),
-            message: e.to_string(),
-        })
+        self.dead_letters
+            .truncate(dead_letter_bytes as u64)
+            .map_err(|e| EngineError::Source { source_name: self.stream.name.clone(), message: e.to_string() })
     }
 }
 

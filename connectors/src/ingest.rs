@@ -124,10 +124,7 @@ impl IngestService {
     /// # }
     /// ```
     pub fn router(self: Arc<Self>) -> Router {
-        Router::new()
-            .route("/v1/topics/{topic}/records", post(post_records))
-            .route("/healthz", get(|| async { "ok\n" }))
-            .with_state(self)
+        Router::new().route("/v1/topics/{topic}/records", post(post_records)).route("/healthz", get(|| async { "ok\n" })).with_state(self)
     }
 
     /// Checks the client's token and rate; the response to send instead when refused.
@@ -141,7 +138,8 @@ impl IngestService {
             }
         }
         if !self.limiter.admit(client, self.options.requests_per_second) {
-            let mut response = error(StatusCode::TOO_MANY_REQUESTS, format!("more than {} requests/s from {client}; retry later", self.options.requests_per_second));
+            let mut response =
+                error(StatusCode::TOO_MANY_REQUESTS, format!("more than {} requests/s from {client}; retry later", self.options.requests_per_second));
             response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
             return Some(response);
         }
@@ -154,7 +152,10 @@ impl IngestService {
             return error(StatusCode::NOT_FOUND, format!("no stream is declared on topic `{topic}` (topics: {})", known.join(", ")));
         };
         let Ok(bytes) = axum::body::to_bytes(body, self.options.max_body_bytes).await else {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {} bytes; send fewer records per request", self.options.max_body_bytes));
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {} bytes; send fewer records per request", self.options.max_body_bytes),
+            );
         };
         let records = match split_body(&bytes) {
             Ok(records) if records.is_empty() => return error(StatusCode::BAD_REQUEST, "the body holds no records".into()),

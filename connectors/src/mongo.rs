@@ -89,9 +89,7 @@ impl MongoOptions {
 
 /// Connects to MongoDB; fails fast with the URI's host when nothing answers.
 pub async fn connect(options: &MongoOptions) -> Result<Database, EngineError> {
-    let client = Client::with_uri_str(&options.uri)
-        .await
-        .map_err(|e| EngineError::Sink(format!("MongoDB URI `{}`: {e}", redact(&options.uri))))?;
+    let client = Client::with_uri_str(&options.uri).await.map_err(|e| EngineError::Sink(format!("MongoDB URI `{}`: {e}", redact(&options.uri))))?;
     let database = client.database(&options.database);
     database
         .run_command(doc! {"ping": 1})

@@ -152,7 +152,10 @@ impl SchemaRegistry {
     }
 
     async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(StatusCode, Value), String> {
-        let mut request = Request::builder().method(method).uri(format!("{}{path}", self.base)).header("accept", "application/vnd.schemaregistry.v1+json, application/json");
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("accept", "application/vnd.schemaregistry.v1+json, application/json");
         if let Some(authorization) = &self.authorization {
             request = request.header("authorization", authorization);
         }
@@ -190,7 +193,8 @@ mod tests {
         // A secret with '/' and an escaped '+'; a user without a password.
         let slashed = SchemaRegistry::new("http://key:a/b%2Bc@registry:8081").unwrap();
         assert_eq!(slashed.url(), "http://registry:8081");
-        let sent = slashed.authorization.unwrap().strip_prefix("Basic ").map(|b| base64::engine::general_purpose::STANDARD.decode(b).unwrap()).unwrap();
+        let sent =
+            slashed.authorization.unwrap().strip_prefix("Basic ").map(|b| base64::engine::general_purpose::STANDARD.decode(b).unwrap()).unwrap();
         assert_eq!(sent, b"key:a/b+c");
         let user_only = SchemaRegistry::new("http://key@registry").unwrap().authorization.unwrap();
         assert_eq!(user_only, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("key:")));

@@ -11,17 +11,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::catalog::TableProvider;
 use datafusion::common::{Constraint, Constraints};
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
-use trendflow_engine::snapshot::SnapshotTable;
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::ipc::reader::FileReader;
-use datafusion::arrow::ipc::writer::FileWriter;
 use trendflow_engine::checkpoint::CheckpointMeta;
 use trendflow_engine::keyed::KeyedTable;
 use trendflow_engine::runtime::Sink;
+use trendflow_engine::snapshot::SnapshotTable;
 use trendflow_engine::view::{Changeset, ViewInfo};
 use trendflow_engine::EngineError;
 

@@ -52,8 +52,7 @@ pub struct GenSummary {
 }
 
 /// Category ids absent from the real dataset (ids run from 1 to 270).
-const MISSING_CATEGORY_IDS: [u32; 22] =
-    [37, 59, 61, 62, 67, 85, 86, 92, 93, 111, 115, 117, 119, 202, 246, 247, 257, 258, 266, 267, 268, 269];
+const MISSING_CATEGORY_IDS: [u32; 22] = [37, 59, 61, 62, 67, 85, 86, 92, 93, 111, 115, 117, 119, 202, 246, 247, 257, 258, 266, 267, 268, 269];
 
 /// The 248 category ids of the dataset.
 pub fn category_ids() -> Vec<u32> {
@@ -61,24 +60,62 @@ pub fn category_ids() -> Vec<u32> {
 }
 
 const DEPARTMENTS: [&str; 16] = [
-    "Home", "Kitchen", "Sports", "Outdoor", "Toys", "Baby", "Beauty", "Health", "Office", "Garden", "Automotive",
-    "Electronics", "Pet", "Tools", "Travel", "Fashion",
+    "Home",
+    "Kitchen",
+    "Sports",
+    "Outdoor",
+    "Toys",
+    "Baby",
+    "Beauty",
+    "Health",
+    "Office",
+    "Garden",
+    "Automotive",
+    "Electronics",
+    "Pet",
+    "Tools",
+    "Travel",
+    "Fashion",
 ];
 const KINDS: [&str; 16] = [
-    "Accessories", "Supplies", "Storage", "Lighting", "Decor", "Equipment", "Essentials", "Gear", "Care", "Furniture",
-    "Parts", "Clothing", "Games", "Audio", "Bags", "Tech",
+    "Accessories",
+    "Supplies",
+    "Storage",
+    "Lighting",
+    "Decor",
+    "Equipment",
+    "Essentials",
+    "Gear",
+    "Care",
+    "Furniture",
+    "Parts",
+    "Clothing",
+    "Games",
+    "Audio",
+    "Bags",
+    "Tech",
 ];
 const BRANDS: [&str; 12] =
     ["Acme", "Northwind", "Contoso", "Fabrikam", "Globex", "Initech", "Umbrella", "Stark", "Wayne", "Tyrell", "Cyberdyne", "Soylent"];
-const ADJECTIVES: [&str; 12] =
-    ["Portable", "Durable", "Premium", "Compact", "Wireless", "Adjustable", "Waterproof", "Foldable", "Lightweight", "Heavy Duty", "Smart", "Classic"];
+const ADJECTIVES: [&str; 12] = [
+    "Portable",
+    "Durable",
+    "Premium",
+    "Compact",
+    "Wireless",
+    "Adjustable",
+    "Waterproof",
+    "Foldable",
+    "Lightweight",
+    "Heavy Duty",
+    "Smart",
+    "Classic",
+];
 const NOUNS: [&str; 12] =
     ["Organizer", "Speaker", "Backpack", "Lamp", "Bottle", "Charger", "Blender", "Jacket", "Sneaker", "Tent", "Headphones", "Suitcase"];
 const COLORS: [&str; 8] = ["Black", "White", "Navy Blue", "Red", "Grey", "Green", "Pink", "Beige"];
-const BOUGHT_LEVELS: [(u32, u32); 12] = [
-    (50, 300), (100, 250), (200, 140), (300, 80), (400, 50), (500, 40), (600, 20), (700, 15), (800, 12), (900, 10),
-    (1000, 30), (2000, 8),
-];
+const BOUGHT_LEVELS: [(u32, u32); 12] =
+    [(50, 300), (100, 250), (200, 140), (300, 80), (400, 50), (500, 40), (600, 20), (700, 15), (800, 12), (900, 10), (1000, 30), (2000, 8)];
 
 /// Writes `products.csv` and `categories.csv` into `options.out`.
 pub fn generate(options: &GenOptions) -> Result<GenSummary, GenError> {
@@ -134,7 +171,13 @@ fn category_weights(n: usize, rng: &mut SplitMix64) -> Vec<f64> {
     let weights: Vec<f64> = ranks.iter().map(|&r| 1.0 / (r as f64).powf(0.5)).collect();
     let total: f64 = weights.iter().sum();
     let mut cumulative = 0.0;
-    weights.iter().map(|w| { cumulative += w / total; cumulative }).collect()
+    weights
+        .iter()
+        .map(|w| {
+            cumulative += w / total;
+            cumulative
+        })
+        .collect()
 }
 
 struct Product {

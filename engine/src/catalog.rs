@@ -110,11 +110,7 @@ impl Catalog {
     /// `bindings` maps table names to files: a reference table named there is loaded
     /// from that file instead of its `LOCATION` (`--source categories=file:other.csv`);
     /// streams named there are left to the connectors. Any other name is an error.
-    pub async fn load(
-        paths: &[PathBuf],
-        config: SessionConfig,
-        bindings: &HashMap<String, String>,
-    ) -> Result<Self> {
+    pub async fn load(paths: &[PathBuf], config: SessionConfig, bindings: &HashMap<String, String>) -> Result<Self> {
         let registry = StreamRegistry::default();
         let ctx = new_session(config, registry.clone());
         let mut statements = Vec::new();
@@ -192,11 +188,8 @@ impl Catalog {
         for view in &self.views {
             let origin = &view.origin;
             let sql_error = |message: String| EngineError::Sql { file: origin.file.clone(), line: origin.line, message };
-            let parsed = self
-                .ctx
-                .state()
-                .sql_to_statement(&origin.text, &datafusion::config::Dialect::Generic)
-                .map_err(|e| sql_error(e.to_string()))?;
+            let parsed =
+                self.ctx.state().sql_to_statement(&origin.text, &datafusion::config::Dialect::Generic).map_err(|e| sql_error(e.to_string()))?;
             let Statement::Statement(mut inner) = parsed else { unreachable!("views were parsed at load") };
             if let SqlStatement::CreateView(create) = inner.as_mut() {
                 create.or_replace = true;
@@ -412,8 +405,7 @@ pub fn sql_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 ///
 /// Uses DataFusion's tokenizer, so semicolons inside strings and comments do not split.
 pub fn split_statements(file: &Path) -> Result<Vec<SqlStatementText>> {
-    let sql = std::fs::read_to_string(file)
-        .map_err(|e| EngineError::Sql { file: file.to_path_buf(), line: 0, message: e.to_string() })?;
+    let sql = std::fs::read_to_string(file).map_err(|e| EngineError::Sql { file: file.to_path_buf(), line: 0, message: e.to_string() })?;
     split_sql(&sql, file)
 }
 

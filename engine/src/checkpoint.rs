@@ -136,9 +136,7 @@ impl Checkpointer {
     /// full state: when there is none to build on, or when reading the deltas back would
     /// cost more than the full state does.
     pub fn wants_full(&self, changed: usize) -> bool {
-        self.chain.is_empty()
-            || self.chain.len() > self.max_deltas
-            || self.delta_rows + changed > self.full_rows.max(MIN_COMPACTION_ROWS)
+        self.chain.is_empty() || self.chain.len() > self.max_deltas || self.delta_rows + changed > self.full_rows.max(MIN_COMPACTION_ROWS)
     }
 
     /// The directory checkpoints live in.
@@ -172,7 +170,8 @@ impl Checkpointer {
         if self.chain.contains(&name) {
             return Err(EngineError::Checkpoint {
                 path: self.dir.join(&name),
-                message: "the current checkpoint builds on a checkpoint of this micro-batch; resume from it (or use a fresh --state directory)".into(),
+                message: "the current checkpoint builds on a checkpoint of this micro-batch; resume from it (or use a fresh --state directory)"
+                    .into(),
             });
         }
         let compaction = full && !self.chain.is_empty();
@@ -230,10 +229,7 @@ impl Checkpointer {
         for (view, count) in &meta.views {
             let mut batches = Vec::with_capacity(*count);
             for i in 0..*count {
-                let parts = chain
-                    .iter()
-                    .map(|dir| read_ipc(&self.dir.join(dir).join(format!("{view}.{i}.arrow"))))
-                    .collect::<Result<Vec<_>>>()?;
+                let parts = chain.iter().map(|dir| read_ipc(&self.dir.join(dir).join(format!("{view}.{i}.arrow")))).collect::<Result<Vec<_>>>()?;
                 full_rows += parts[0].num_rows();
                 delta_rows += parts[1..].iter().map(RecordBatch::num_rows).sum::<usize>();
                 batches.push(datafusion::arrow::compute::concat_batches(&parts[0].schema(), &parts)?);
@@ -254,8 +250,8 @@ impl Checkpointer {
         };
         let meta_path = self.dir.join(&name).join(META);
         let bytes = fs::read(&meta_path).map_err(|e| io_error(&meta_path, e))?;
-        let meta: CheckpointMeta = serde_json::from_slice(&bytes)
-            .map_err(|e| EngineError::Checkpoint { path: meta_path.clone(), message: e.to_string() })?;
+        let meta: CheckpointMeta =
+            serde_json::from_slice(&bytes).map_err(|e| EngineError::Checkpoint { path: meta_path.clone(), message: e.to_string() })?;
         let chain = meta.base.iter().cloned().chain([name]).collect();
         Ok(Some((meta, chain)))
     }
@@ -317,10 +313,10 @@ fn write_ipc(path: &Path, batch: &RecordBatch) -> Result<u64> {
 
 fn read_ipc(path: &Path) -> Result<RecordBatch> {
     let file = File::open(path).map_err(|e| io_error(path, e))?;
-    let reader = FileReader::try_new(file, None)
-        .map_err(|e| EngineError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
+    let reader = FileReader::try_new(file, None).map_err(|e| EngineError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
     let schema = reader.schema();
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| EngineError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
     Ok(datafusion::arrow::compute::concat_batches(&schema, &batches)?)
 }

@@ -64,8 +64,7 @@ impl Differ {
             .map(|(_, &i)| i as u32)
             .collect();
         upserts.sort_unstable();
-        let mut gone: Vec<u32> =
-            before.index.iter().filter(|(key, _)| !after.index.contains_key(*key)).map(|(_, &j)| j as u32).collect();
+        let mut gone: Vec<u32> = before.index.iter().filter(|(key, _)| !after.index.contains_key(*key)).map(|(_, &j)| j as u32).collect();
         gone.sort_unstable();
         Ok(Changeset {
             upserts: take_record_batch(&after.batch, &UInt32Array::from(upserts))?,

@@ -11,19 +11,10 @@ pub enum EngineError {
     /// A SQL file could not be read, parsed or planned. `line` is 1-based; 0 when the
     /// problem is the file itself (missing, unreadable).
     #[error("{}{}: {message}", file.display(), if *line > 0 { format!(":{line}") } else { String::new() })]
-    Sql {
-        file: PathBuf,
-        line: usize,
-        message: String,
-    },
+    Sql { file: PathBuf, line: usize, message: String },
     /// A view uses a construct the incremental engine cannot maintain.
     #[error("{}:{line}: view `{view}` cannot be maintained incrementally: {construct}", file.display())]
-    Unsupported {
-        file: PathBuf,
-        line: usize,
-        view: String,
-        construct: String,
-    },
+    Unsupported { file: PathBuf, line: usize, view: String, construct: String },
     /// A view failed while processing a micro-batch or restoring its state.
     #[error("{}:{line}: view `{view}`: {source}", file.display())]
     View {

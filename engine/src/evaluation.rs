@@ -53,8 +53,12 @@ pub(crate) enum Classified {
     TouchedGroups,
     /// The top-n sort: a `SortExec` with a limit under only row-wise operators, over
     /// rows that are row-local in the groups.
-    TopN { sort: Arc<dyn ExecutionPlan> },
-    WholeResult { because: String },
+    TopN {
+        sort: Arc<dyn ExecutionPlan>,
+    },
+    WholeResult {
+        because: String,
+    },
 }
 
 /// Classifies `plan`, whose leaves read the finalized groups from `finals`.

@@ -18,9 +18,7 @@ use crate::stream_table::StreamDecl;
 /// The key of the view planned as `plan`, as indices into its output; `None` when its
 /// rows have none (a GROUP BY column left out of the SELECT, no PRIMARY KEY selected).
 pub fn view_key(plan: &LogicalPlan, streams: &[StreamDecl]) -> Option<Vec<usize>> {
-    trace(plan, &grouping_columns)
-        .or_else(|| trace(plan, &|node| primary_key_columns(node, streams)))
-        .or_else(|| dependency_key(plan.schema()))
+    trace(plan, &grouping_columns).or_else(|| trace(plan, &|node| primary_key_columns(node, streams))).or_else(|| dependency_key(plan.schema()))
 }
 
 /// Where the key columns that `source` finds at some node under `plan` appear in
@@ -47,11 +45,9 @@ fn trace(plan: &LogicalPlan, source: &dyn Fn(&LogicalPlan) -> Option<Vec<usize>>
             through_scan_projection(inner, scan.projection.as_deref())
         }
         // Each keeps its input's columns in place (a window appends its own after them).
-        LogicalPlan::Filter(_)
-        | LogicalPlan::Sort(_)
-        | LogicalPlan::Limit(_)
-        | LogicalPlan::Window(_)
-        | LogicalPlan::SubqueryAlias(_) => trace(plan.inputs()[0], source),
+        LogicalPlan::Filter(_) | LogicalPlan::Sort(_) | LogicalPlan::Limit(_) | LogicalPlan::Window(_) | LogicalPlan::SubqueryAlias(_) => {
+            trace(plan.inputs()[0], source)
+        }
         _ => None,
     }
 }

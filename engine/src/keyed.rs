@@ -215,8 +215,7 @@ impl KeyedTable {
     /// stored row once, however often its key appears (keys not present are skipped).
     pub fn lookup(&self, keys: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         let encoded = self.key_encoder.encode(keys)?;
-        let mut found: Vec<(usize, usize)> =
-            (0..encoded.len()).filter_map(|row| self.index.get(encoded.get(row)).copied()).collect();
+        let mut found: Vec<(usize, usize)> = (0..encoded.len()).filter_map(|row| self.index.get(encoded.get(row)).copied()).collect();
         found.sort_unstable();
         found.dedup();
         self.gather(&found)

@@ -219,8 +219,7 @@ impl Pipeline {
             let name = &view.info().name;
             let expected = view.state_schemas();
             let state = states.remove(name).unwrap_or_default();
-            let matches = state.len() == expected.len()
-                && state.iter().zip(&expected).all(|(b, s)| b.schema().fields() == s.fields());
+            let matches = state.len() == expected.len() && state.iter().zip(&expected).all(|(b, s)| b.schema().fields() == s.fields());
             if !matches {
                 return Err(EngineError::Checkpoint {
                     path,
@@ -379,10 +378,7 @@ impl Pipeline {
             if !sources.iter().any(|s| s.stream() == stream.name) {
                 return Err(EngineError::Binding {
                     binding: stream.name.clone(),
-                    message: format!(
-                        "stream `{}` has no source; bind one with --source {}=file:PATH",
-                        stream.name, stream.name
-                    ),
+                    message: format!("stream `{}` has no source; bind one with --source {}=file:PATH", stream.name, stream.name),
                 });
             }
         }
@@ -400,12 +396,7 @@ impl Pipeline {
 }
 
 /// Applies the micro-batch now in the stream slots to every view and hands the changes to `sink`.
-async fn update_views(
-    views: &mut [IncrementalView],
-    task: &Arc<TaskContext>,
-    sink: &mut dyn Sink,
-    report: &mut StepReport,
-) -> Result<()> {
+async fn update_views(views: &mut [IncrementalView], task: &Arc<TaskContext>, sink: &mut dyn Sink, report: &mut StepReport) -> Result<()> {
     for view in views {
         let changes = view.apply(task).await?;
         report.changes.insert(view.info().name.clone(), (changes.upserts.num_rows(), changes.deletes.num_rows()));
@@ -432,10 +423,7 @@ async fn poll_all(sources: &mut [Box<dyn Source>], options: &RunOptions) -> Resu
 fn find_stream<'a>(streams: &'a [StreamDecl], name: &str) -> Result<&'a StreamDecl> {
     streams.iter().find(|s| s.name == name).ok_or_else(|| EngineError::Binding {
         binding: name.to_string(),
-        message: format!(
-            "no stream `{name}` is declared (declared: {})",
-            streams.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
-        ),
+        message: format!("no stream `{name}` is declared (declared: {})", streams.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")),
     })
 }
 

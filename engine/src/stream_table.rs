@@ -117,7 +117,9 @@ fn check_options(stream: &str, options: &HashMap<String, String>) -> DfResult<()
     match (format.as_str(), schema_sources) {
         ("avro", [true, false] | [false, true]) => {}
         ("avro", [false, false]) => {
-            return refuse("an Avro stream needs its writer schemas: 'schema_registry_url' (Confluent-framed records) or 'avro_schema' (bare ones)".into())
+            return refuse(
+                "an Avro stream needs its writer schemas: 'schema_registry_url' (Confluent-framed records) or 'avro_schema' (bare ones)".into(),
+            )
         }
         ("avro", _) => return refuse("set 'schema_registry_url' (Confluent-framed records) or 'avro_schema' (bare ones), not both".into()),
         (_, [false, false]) => {}

@@ -47,10 +47,7 @@ impl TopN {
         let below = exec.input().clone();
         let schema = below.schema();
         let order: Vec<PhysicalSortExpr> = exec.expr().iter().cloned().collect();
-        let sort_fields = order
-            .iter()
-            .map(|e| Ok(SortField::new_with_options(e.expr.data_type(&schema)?, e.options)))
-            .collect::<Result<Vec<_>>>()?;
+        let sort_fields = order.iter().map(|e| Ok(SortField::new_with_options(e.expr.data_type(&schema)?, e.options))).collect::<Result<Vec<_>>>()?;
         let row_fields = schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
         let top = BatchSlot::new(schema.clone());
         let above = replace(plan, sort, &(top.exec(None)? as Arc<dyn ExecutionPlan>))?;
@@ -106,11 +103,8 @@ impl TopN {
     }
 
     fn entries(&self, rows: &RecordBatch) -> Result<Vec<Ranked>> {
-        let keys: Vec<ArrayRef> = self
-            .order
-            .iter()
-            .map(|e| e.expr.evaluate(rows)?.into_array(rows.num_rows()))
-            .collect::<datafusion::error::Result<_>>()?;
+        let keys: Vec<ArrayRef> =
+            self.order.iter().map(|e| e.expr.evaluate(rows)?.into_array(rows.num_rows())).collect::<datafusion::error::Result<_>>()?;
         let keys = self.sort_encoder.convert_columns(&keys)?;
         let values = self.row_encoder.convert_columns(rows.columns())?;
         Ok((0..rows.num_rows()).map(|i| (keys.row(i).data().into(), values.row(i).data().into())).collect())
@@ -118,11 +112,7 @@ impl TopN {
 }
 
 /// `plan` with the node `target` replaced by `with`.
-fn replace(
-    plan: &Arc<dyn ExecutionPlan>,
-    target: &Arc<dyn ExecutionPlan>,
-    with: &Arc<dyn ExecutionPlan>,
-) -> Result<Arc<dyn ExecutionPlan>> {
+fn replace(plan: &Arc<dyn ExecutionPlan>, target: &Arc<dyn ExecutionPlan>, with: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     if Arc::ptr_eq(plan, target) {
         return Ok(with.clone());
     }

@@ -12,8 +12,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::array::UInt32Array;
+use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -36,9 +36,9 @@ pub use crate::evaluation::Evaluation;
 use crate::evaluation::{classify, join_name, join_type, keeps_only_side, Classified};
 use crate::key::view_key;
 use crate::keyed::{RowEncoder, RowMap};
+use crate::slot::{reads_any, run_plan, BatchSlot};
 use crate::stream_table::StreamDecl;
 use crate::top_n::TopN;
-use crate::slot::{reads_any, run_plan, BatchSlot};
 
 /// Rows a view gained or changed (`upserts`, full rows) and lost (`deletes`, key columns only).
 #[derive(Debug, Clone)]
@@ -120,12 +120,8 @@ impl IncrementalView {
     /// Plans `def` in `ctx` and splits the plan into incremental stages. `streams` are
     /// every declared stream.
     pub async fn compile(ctx: &SessionContext, def: &ViewDef, streams: &[StreamDecl]) -> Result<Self> {
-        let unsupported = |construct: String| EngineError::Unsupported {
-            file: def.origin.file.clone(),
-            line: def.origin.line,
-            view: def.name.clone(),
-            construct,
-        };
+        let unsupported =
+            |construct: String| EngineError::Unsupported { file: def.origin.file.clone(), line: def.origin.line, view: def.name.clone(), construct };
         let sql_error = |message: String| EngineError::Sql { file: def.origin.file.clone(), line: def.origin.line, message };
         let df = ctx.table(def.name.as_str()).await.map_err(|e| sql_error(e.to_string()))?;
         if let Some(construct) = unmaintainable_expression(df.logical_plan()) {
@@ -389,34 +385,24 @@ impl StreamFinder<'_> {
 
     /// True when `plan`'s subtree holds an aggregate over a stream.
     fn aggregates_stream(&self, plan: &Arc<dyn ExecutionPlan>) -> bool {
-        (plan.is::<AggregateExec>() && self.reads_stream(plan))
-            || plan.children().into_iter().any(|c| self.aggregates_stream(c))
+        (plan.is::<AggregateExec>() && self.reads_stream(plan)) || plan.children().into_iter().any(|c| self.aggregates_stream(c))
     }
 
     /// Replaces every lowest aggregate over a stream by a read of its finalized groups.
-    fn split(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        aggregates: &mut Vec<IncrementalAggregate>,
-    ) -> std::result::Result<Arc<dyn ExecutionPlan>, String> {
+    fn split(&self, plan: Arc<dyn ExecutionPlan>, aggregates: &mut Vec<IncrementalAggregate>) -> std::result::Result<Arc<dyn ExecutionPlan>, String> {
         if !self.reads_stream(&plan) {
             return Ok(plan);
         }
         if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
             if let Some(stage) = self.incremental_stage(aggregate)? {
                 self.check_stream_operators(stage.input())?;
-                let incremental =
-                    IncrementalAggregate::try_new(stage, plan.schema()).map_err(|e| e.to_string())?;
+                let incremental = IncrementalAggregate::try_new(stage, plan.schema()).map_err(|e| e.to_string())?;
                 let read = incremental.finals_slot().exec(None).map_err(|e| e.to_string())?;
                 aggregates.push(incremental);
                 return Ok(read);
             }
         }
-        let children = plan
-            .children()
-            .into_iter()
-            .map(|child| self.split(child.clone(), aggregates))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let children = plan.children().into_iter().map(|child| self.split(child.clone(), aggregates)).collect::<std::result::Result<Vec<_>, _>>()?;
         replace_children_if_necessary(plan, children).map_err(|e| e.to_string())
     }
 

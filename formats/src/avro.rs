@@ -339,9 +339,8 @@ impl AvroEncoder {
     /// An encoder of rows of `payload`, framed with registry id `schema_id` (the id
     /// the registry gave [`avro_schema_of`]`(payload)`).
     pub fn confluent(payload: &Schema, schema_id: u32) -> Result<Self, ArrowError> {
-        let encoder = WriterBuilder::new(payload.clone())
-            .with_fingerprint_strategy(FingerprintStrategy::Id(schema_id))
-            .build_encoder::<AvroSoeFormat>()?;
+        let encoder =
+            WriterBuilder::new(payload.clone()).with_fingerprint_strategy(FingerprintStrategy::Id(schema_id)).build_encoder::<AvroSoeFormat>()?;
         Ok(Self { encoder })
     }
 
@@ -393,7 +392,11 @@ mod tests {
     fn every_record_is_decoded_or_rejected_on_its_own() {
         let v1 = split(&AvroEncoder::confluent(&payload(), 1).unwrap().encode(&rows(&["A", "B", "C"], &[Some(1.5), None, Some(3.0)])).unwrap());
         let v2_schema = Arc::new(Schema::new(vec![Field::new("asin", DataType::Utf8, false), Field::new("price", DataType::Utf8, true)]));
-        let v2_rows = RecordBatch::try_new(v2_schema.clone(), vec![Arc::new(StringArray::from(vec!["D", "E"])), Arc::new(StringArray::from(vec!["4.5", "cheap"]))]).unwrap();
+        let v2_rows = RecordBatch::try_new(
+            v2_schema.clone(),
+            vec![Arc::new(StringArray::from(vec!["D", "E"])), Arc::new(StringArray::from(vec!["4.5", "cheap"]))],
+        )
+        .unwrap();
         let v2 = split(&AvroEncoder::confluent(&v2_schema, 2).unwrap().encode(&v2_rows).unwrap());
         let truncated = &v1[0][..v1[0].len() - 3];
         let trailing = [v1[1].as_slice(), &[9, 9]].concat();
@@ -404,8 +407,20 @@ mod tests {
         assert_eq!(&not_utf8[5..7], &[2, b'A']);
         not_utf8[6] = 0xFF;
         let records: Vec<&[u8]> = vec![
-            &v1[0], &v2[0], truncated, &v1[1], &trailing, b"{\"asin\": \"J\"}", &v2[1], &[0, 0, 0, 0, 3, 2, 65], &v1[2], &overrun, &v2[0], &not_utf8,
-            &v1[2], &overrun,
+            &v1[0],
+            &v2[0],
+            truncated,
+            &v1[1],
+            &trailing,
+            b"{\"asin\": \"J\"}",
+            &v2[1],
+            &[0, 0, 0, 0, 3, 2, 65],
+            &v1[2],
+            &overrun,
+            &v2[0],
+            &not_utf8,
+            &v1[2],
+            &overrun,
         ];
 
         let mut avro = AvroDecoder::confluent();
@@ -445,7 +460,8 @@ mod tests {
     fn alternating_writer_schemas_decode_in_one_pass() {
         let v1 = split(&AvroEncoder::confluent(&payload(), 1).unwrap().encode(&rows(&["A", "B"], &[Some(1.0), Some(2.0)])).unwrap());
         let v2_schema = Arc::new(Schema::new(vec![Field::new("price", DataType::Float64, true), Field::new("asin", DataType::Utf8, false)]));
-        let v2_rows = RecordBatch::try_new(v2_schema.clone(), vec![Arc::new(Float64Array::from(vec![3.0])), Arc::new(StringArray::from(vec!["C"]))]).unwrap();
+        let v2_rows =
+            RecordBatch::try_new(v2_schema.clone(), vec![Arc::new(Float64Array::from(vec![3.0])), Arc::new(StringArray::from(vec!["C"]))]).unwrap();
         let v2 = split(&AvroEncoder::confluent(&v2_schema, 2).unwrap().encode(&v2_rows).unwrap());
         let mut avro = AvroDecoder::confluent();
         avro.add_schema(1, &avro_schema_of(&payload()).unwrap()).unwrap();

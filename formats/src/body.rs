@@ -17,8 +17,7 @@ use std::borrow::Cow;
 pub fn split_body(body: &[u8]) -> Result<Vec<Cow<'_, [u8]>>, String> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
-        let values: Vec<serde_json::Value> =
-            serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON array of records: {e}"))?;
+        let values: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON array of records: {e}"))?;
         return Ok(values.iter().map(|v| Cow::Owned(serde_json::to_vec(v).expect("a JSON value serializes"))).collect());
     }
     Ok(body.split(|b| *b == b'\n').filter(|line| !line.trim_ascii().is_empty()).map(Cow::Borrowed).collect())

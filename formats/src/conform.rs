@@ -134,9 +134,7 @@ pub(crate) fn blank_strings_as_null(source: &ArrayRef) -> Result<ArrayRef, Arrow
 /// `schema` with every field nullable: decoders use it so that a missing required
 /// value becomes a rejected record, not a failed batch.
 pub fn nullable_schema(schema: &SchemaRef) -> SchemaRef {
-    Arc::new(Schema::new(
-        schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
-    ))
+    Arc::new(Schema::new(schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>()))
 }
 
 #[cfg(test)]
@@ -154,12 +152,9 @@ mod tests {
     #[test]
     fn unconvertible_types_reject_rows() {
         let inner = Arc::new(StringArray::from(vec!["x", "y"])) as ArrayRef;
-        let nested = arrow::array::StructArray::try_new(
-            vec![Field::new("amount", DataType::Utf8, true)].into(),
-            vec![inner],
-            Some(vec![true, false].into()),
-        )
-        .unwrap();
+        let nested =
+            arrow::array::StructArray::try_new(vec![Field::new("amount", DataType::Utf8, true)].into(), vec![inner], Some(vec![true, false].into()))
+                .unwrap();
         let schema = Schema::new(vec![Field::new("price", nested.data_type().clone(), true)]);
         let input = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(nested)]).unwrap();
         let declared = Arc::new(Schema::new(vec![Field::new("price", DataType::Float64, true)]));

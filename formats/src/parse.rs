@@ -186,11 +186,7 @@ fn parse_csv<'a>(schema: &SchemaRef, texts: impl Iterator<Item = &'a str>) -> Re
     concat_batches(schema, &batches).map_err(|e| e.to_string())
 }
 
-fn parse_one_by_one(
-    format: RecordFormat,
-    schema: &SchemaRef,
-    texts: &[(usize, &str)],
-) -> (RecordBatch, Vec<usize>, Vec<(usize, String, String)>) {
+fn parse_one_by_one(format: RecordFormat, schema: &SchemaRef, texts: &[(usize, &str)]) -> (RecordBatch, Vec<usize>, Vec<(usize, String, String)>) {
     let mut batches = Vec::new();
     let mut rows = Vec::new();
     let mut unparsed = Vec::new();
@@ -309,9 +305,7 @@ pub fn row_as_json(batch: &RecordBatch, row: usize) -> String {
     let options = FormatOptions::default().with_null("");
     let mut object = serde_json::Map::new();
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        let value = ArrayFormatter::try_new(column.as_ref(), &options)
-            .map(|f| f.value(row).to_string())
-            .unwrap_or_default();
+        let value = ArrayFormatter::try_new(column.as_ref(), &options).map(|f| f.value(row).to_string()).unwrap_or_default();
         object.insert(field.name().clone(), serde_json::Value::String(value));
     }
     serde_json::Value::Object(object).to_string()

@@ -40,8 +40,7 @@ impl AuthConfig {
         let error = |message: &str| ServerError::Config { option: "--auth".into(), message: message.into() };
         if let Some(path) = spec.strip_prefix("token-file:") {
             let text = std::fs::read_to_string(path).map_err(|e| error(&format!("token file {path}: {e}")))?;
-            let tokens: Vec<String> =
-                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
+            let tokens: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
             if tokens.is_empty() {
                 return Err(error(&format!("token file {path} holds no token")));
             }
@@ -83,11 +82,7 @@ impl Authenticator {
             AuthConfig::Basic { user, password } => (user, password),
         };
         let header = metadata.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let given = header
-            .strip_prefix("Basic ")
-            .and_then(|b| BASE64.decode(b).ok())
-            .and_then(|b| String::from_utf8(b).ok())
-            .unwrap_or_default();
+        let given = header.strip_prefix("Basic ").and_then(|b| BASE64.decode(b).ok()).and_then(|b| String::from_utf8(b).ok()).unwrap_or_default();
         // Constant time: how long the check takes does not tell how close a guess was.
         if !bool::from(given.as_bytes().ct_eq(format!("{user}:{password}").as_bytes())) {
             // Slows down guessing without holding any lock.

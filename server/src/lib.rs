@@ -85,12 +85,10 @@ impl RunningServer {
 
 /// Binds `options.addr` and serves Flight SQL over the tables of `ctx` in the background.
 pub async fn serve(ctx: SessionContext, options: ServeOptions) -> Result<RunningServer> {
-    let listener = tokio::net::TcpListener::bind(&options.addr)
-        .await
-        .map_err(|e| ServerError::Bind {
-            addr: options.addr.clone(),
-            message: format!("{e}; pass --flight-addr 127.0.0.1:0 for any free port, or --flight-addr none"),
-        })?;
+    let listener = tokio::net::TcpListener::bind(&options.addr).await.map_err(|e| ServerError::Bind {
+        addr: options.addr.clone(),
+        message: format!("{e}; pass --flight-addr 127.0.0.1:0 for any free port, or --flight-addr none"),
+    })?;
     let addr = listener.local_addr().map_err(|e| ServerError::Bind { addr: options.addr.clone(), message: e.to_string() })?;
     let service = TrendflowFlightSql::new(ctx, Authenticator::new(options.auth, options.token_ttl), options.limits);
     let mut builder = Server::builder();
@@ -101,16 +99,12 @@ pub async fn serve(ctx: SessionContext, options: ServeOptions) -> Result<Running
     }
     let incoming = tokio_stream_listener(listener);
     let router = builder.add_service(FlightServiceServer::new(service));
-    let task = tokio::spawn(async move {
-        router.serve_with_incoming(incoming).await.map_err(|e| ServerError::Transport(e.to_string()))
-    });
+    let task = tokio::spawn(async move { router.serve_with_incoming(incoming).await.map_err(|e| ServerError::Transport(e.to_string())) });
     Ok(RunningServer { addr, task })
 }
 
 /// Accepted connections as the stream tonic serves from.
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+fn tokio_stream_listener(listener: tokio::net::TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     futures::stream::unfold(listener, |listener| async move {
         let accepted = listener.accept().await.map(|(stream, _)| stream);
         Some((accepted, listener))

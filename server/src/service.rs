@@ -12,25 +12,17 @@ use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetCrossReference,
-    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
-    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery,
-    CommandStatementUpdate, DoPutPreparedStatementResult, Nullable, ProstMessageExt, Searchable,
-    SqlInfo, SqlNullOrdering, SqlOuterJoinsSupportLevel, SqlSupportedCaseSensitivity,
-    SqlSupportedGroupBy, SqlSupportedResultSetType, SqlSupportedSubqueries,
-    SqlSupportedTransaction, SqlSupportedUnions, SqlSupportsConvert, SqlTransactionIsolationLevel,
-    SupportedSqlGrammar, TicketStatementQuery, XdbcDataType,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, CommandGetCatalogs,
+    CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo,
+    CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
+    CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, Nullable, ProstMessageExt, Searchable, SqlInfo, SqlNullOrdering,
+    SqlOuterJoinsSupportLevel, SqlSupportedCaseSensitivity, SqlSupportedGroupBy, SqlSupportedResultSetType, SqlSupportedSubqueries,
+    SqlSupportedTransaction, SqlSupportedUnions, SqlSupportsConvert, SqlTransactionIsolationLevel, SupportedSqlGrammar, TicketStatementQuery,
+    XdbcDataType,
 };
 use arrow_flight::utils::batches_to_flight_data;
-use arrow_flight::{
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
-};
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int32Array, MapArray, RecordBatch, StringArray, StructArray,
-    UnionArray,
-};
+use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int32Array, MapArray, RecordBatch, StringArray, StructArray, UnionArray};
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, UnionFields};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
@@ -38,7 +30,7 @@ use datafusion::common::{Constraint, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::prelude::{DataFrame, SessionContext, SQLOptions};
+use datafusion::prelude::{DataFrame, SQLOptions, SessionContext};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -105,10 +97,7 @@ impl TrendflowFlightSql {
     /// A session sharing the catalog but with this query's memory limit.
     fn query_context(&self) -> Result<SessionContext, Status> {
         let Some(limit) = self.limits.memory_bytes else { return Ok(self.ctx.clone()) };
-        let runtime = RuntimeEnvBuilder::from_runtime_env(&self.ctx.runtime_env())
-            .with_memory_limit(limit, 1.0)
-            .build_arc()
-            .map_err(df_status)?;
+        let runtime = RuntimeEnvBuilder::from_runtime_env(&self.ctx.runtime_env()).with_memory_limit(limit, 1.0).build_arc().map_err(df_status)?;
         let state = SessionStateBuilder::new_from_existing(self.ctx.state()).with_runtime_env(runtime).build();
         Ok(SessionContext::new_with_state(state))
     }
@@ -133,7 +122,9 @@ impl TrendflowFlightSql {
         let waited = tokio::time::timeout(self.limits.queue_timeout, self.slots.clone().acquire_owned()).await;
         let Ok(Ok(permit)) = waited else {
             let (most, wait) = (self.limits.max_concurrent, self.limits.queue_timeout);
-            return Err(Status::resource_exhausted(format!("{most} queries are running, the most allowed, and none ended within {wait:?}; retry later")));
+            return Err(Status::resource_exhausted(format!(
+                "{most} queries are running, the most allowed, and none ended within {wait:?}; retry later"
+            )));
         };
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
@@ -145,10 +136,7 @@ impl TrendflowFlightSql {
                 Ok(Some(Ok(batch))) => Some((Ok(batch), Some((stream, permit)))),
                 Ok(Some(Err(e))) => Some((Err(FlightError::Tonic(Box::new(df_status(e)))), None)),
                 Ok(None) => None,
-                Err(_) => Some((
-                    Err(FlightError::Tonic(Box::new(Status::deadline_exceeded(format!("query exceeded the {timeout:?} limit"))))),
-                    None,
-                )),
+                Err(_) => Some((Err(FlightError::Tonic(Box::new(Status::deadline_exceeded(format!("query exceeded the {timeout:?} limit"))))), None)),
             }
         });
         let flight = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
@@ -189,10 +177,7 @@ impl TrendflowFlightSql {
 
     /// The properties a GetSqlInfo asks for (all when it names none).
     fn sql_info_batch(&self, query: CommandGetSqlInfo) -> Result<RecordBatch, Status> {
-        let batch = query
-            .into_builder(&self.sql_info)
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let batch = query.into_builder(&self.sql_info).build().map_err(|e| Status::internal(e.to_string()))?;
         with_spec_map_names(batch).map_err(|e| Status::internal(e.to_string()))
     }
 
@@ -253,8 +238,9 @@ pub fn number_placeholders(sql: &str) -> String {
 }
 
 fn schema_bytes(schema: &Schema) -> Result<prost::bytes::Bytes, Status> {
-    let IpcMessage(bytes) =
-        SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into().map_err(|e: datafusion::arrow::error::ArrowError| Status::internal(e.to_string()))?;
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e: datafusion::arrow::error::ArrowError| Status::internal(e.to_string()))?;
     Ok(bytes)
 }
 
@@ -310,18 +296,9 @@ fn server_info(builder: &mut SqlInfoDataBuilder) {
 fn dialect_info(builder: &mut SqlInfoDataBuilder) {
     builder.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
     // Unquoted identifiers fold to lower case; quoted ones keep their case (no value says "sensitive").
-    builder.append(
-        SqlInfo::SqlIdentifierCase,
-        SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i32,
-    );
-    builder.append(
-        SqlInfo::SqlQuotedIdentifierCase,
-        SqlSupportedCaseSensitivity::SqlCaseSensitivityUnknown as i32,
-    );
-    builder.append(
-        SqlInfo::SqlNullOrdering,
-        SqlNullOrdering::SqlNullsSortedHigh as i32,
-    );
+    builder.append(SqlInfo::SqlIdentifierCase, SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i32);
+    builder.append(SqlInfo::SqlQuotedIdentifierCase, SqlSupportedCaseSensitivity::SqlCaseSensitivityUnknown as i32);
+    builder.append(SqlInfo::SqlNullOrdering, SqlNullOrdering::SqlNullsSortedHigh as i32);
     builder.append(SqlInfo::SqlSearchStringEscape, "\\");
     builder.append(SqlInfo::SqlExtraNameCharacters, "");
     builder.append(SqlInfo::SqlSchemaTerm, "schema");
@@ -358,49 +335,18 @@ fn capability_info(builder: &mut SqlInfoDataBuilder) {
     ] {
         builder.append(info, false);
     }
-    let group_by = [
-        SqlSupportedGroupBy::SqlGroupByUnrelated,
-        SqlSupportedGroupBy::SqlGroupByBeyondSelect,
-    ];
-    builder.append(
-        SqlInfo::SqlSupportedGroupBy,
-        bitmask(group_by.map(|v| v as i32)),
-    );
-    let grammar = [
-        SupportedSqlGrammar::SqlMinimumGrammar,
-        SupportedSqlGrammar::SqlCoreGrammar,
-    ];
-    builder.append(
-        SqlInfo::SqlSupportedGrammar,
-        bitmask(grammar.map(|v| v as i32)),
-    );
+    let group_by = [SqlSupportedGroupBy::SqlGroupByUnrelated, SqlSupportedGroupBy::SqlGroupByBeyondSelect];
+    builder.append(SqlInfo::SqlSupportedGroupBy, bitmask(group_by.map(|v| v as i32)));
+    let grammar = [SupportedSqlGrammar::SqlMinimumGrammar, SupportedSqlGrammar::SqlCoreGrammar];
+    builder.append(SqlInfo::SqlSupportedGrammar, bitmask(grammar.map(|v| v as i32)));
     // ANSI92 entry (0) and intermediate (1) levels; arrow-flight does not export that enum.
     builder.append(SqlInfo::SqlAnsi92SupportedLevel, bitmask([0, 1]));
-    let joins = [
-        SqlOuterJoinsSupportLevel::SqlLimitedOuterJoins,
-        SqlOuterJoinsSupportLevel::SqlFullOuterJoins,
-    ];
-    builder.append(
-        SqlInfo::SqlOuterJoinsSupportLevel,
-        bitmask(joins.map(|v| v as i32)),
-    );
-    let subqueries = [
-        SqlSubqueriesInComparisons,
-        SqlSubqueriesInExists,
-        SqlSubqueriesInIns,
-    ];
-    builder.append(
-        SqlInfo::SqlSupportedSubqueries,
-        bitmask(subqueries.map(|v| v as i32)),
-    );
-    let unions = [
-        SqlSupportedUnions::SqlUnion,
-        SqlSupportedUnions::SqlUnionAll,
-    ];
-    builder.append(
-        SqlInfo::SqlSupportedUnions,
-        bitmask(unions.map(|v| v as i32)),
-    );
+    let joins = [SqlOuterJoinsSupportLevel::SqlLimitedOuterJoins, SqlOuterJoinsSupportLevel::SqlFullOuterJoins];
+    builder.append(SqlInfo::SqlOuterJoinsSupportLevel, bitmask(joins.map(|v| v as i32)));
+    let subqueries = [SqlSubqueriesInComparisons, SqlSubqueriesInExists, SqlSubqueriesInIns];
+    builder.append(SqlInfo::SqlSupportedSubqueries, bitmask(subqueries.map(|v| v as i32)));
+    let unions = [SqlSupportedUnions::SqlUnion, SqlSupportedUnions::SqlUnionAll];
+    builder.append(SqlInfo::SqlSupportedUnions, bitmask(unions.map(|v| v as i32)));
     // Schemas and catalogs appear in no procedure call, index or privilege definition; no positioned commands.
     builder.append(SqlInfo::SqlSchemasSupportedActions, 0i32);
     builder.append(SqlInfo::SqlCatalogsSupportedActions, 0i32);
@@ -444,10 +390,7 @@ fn transaction_info(builder: &mut SqlInfoDataBuilder) {
     let none = SqlTransactionIsolationLevel::SqlTransactionNone as i32;
     builder.append(SqlInfo::SqlTransactionsSupported, false);
     builder.append(SqlInfo::SqlDefaultTransactionIsolation, i64::from(none));
-    builder.append(
-        SqlInfo::SqlSupportedTransactionsIsolationLevels,
-        bitmask([none]),
-    );
+    builder.append(SqlInfo::SqlSupportedTransactionsIsolationLevels, bitmask([none]));
     builder.append(SqlInfo::SqlDataDefinitionCausesTransactionCommit, false);
     builder.append(SqlInfo::SqlDataDefinitionsInTransactionsIgnored, false);
 }
@@ -456,32 +399,16 @@ fn transaction_info(builder: &mut SqlInfoDataBuilder) {
 fn function_info(builder: &mut SqlInfoDataBuilder, ctx: &SessionContext) {
     let sections = [
         (SqlInfo::SqlNumericFunctions, &["Math Functions"][..]),
-        (
-            SqlInfo::SqlStringFunctions,
-            &[
-                "String Functions",
-                "Binary String Functions",
-                "Regular Expression Functions",
-            ][..],
-        ),
-        (
-            SqlInfo::SqlDatetimeFunctions,
-            &["Time and Date Functions"][..],
-        ),
-        (
-            SqlInfo::SqlSystemFunctions,
-            &["Conditional Functions", "Other Functions"][..],
-        ),
+        (SqlInfo::SqlStringFunctions, &["String Functions", "Binary String Functions", "Regular Expression Functions"][..]),
+        (SqlInfo::SqlDatetimeFunctions, &["Time and Date Functions"][..]),
+        (SqlInfo::SqlSystemFunctions, &["Conditional Functions", "Other Functions"][..]),
     ];
     let state = ctx.state();
     for (info, labels) in sections {
         let mut names: Vec<String> = state
             .scalar_functions()
             .iter()
-            .filter(|(_, udf)| {
-                udf.documentation()
-                    .is_some_and(|doc| labels.contains(&doc.doc_section.label))
-            })
+            .filter(|(_, udf)| udf.documentation().is_some_and(|doc| labels.contains(&doc.doc_section.label)))
             .map(|(name, _)| name.to_uppercase())
             .collect();
         names.sort();
@@ -507,56 +434,25 @@ fn with_spec_map_names(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
     let fields = fields
         .iter()
         .zip(&children)
-        .map(|((id, field), child)| {
-            (
-                id,
-                Arc::new(
-                    field
-                        .as_ref()
-                        .clone()
-                        .with_data_type(child.data_type().clone()),
-                ),
-            )
-        })
+        .map(|((id, field), child)| (id, Arc::new(field.as_ref().clone().with_data_type(child.data_type().clone()))))
         .collect::<UnionFields>();
     let value = UnionArray::try_new(fields, type_ids, offsets, children)?;
     let schema = batch.schema();
-    let value_field = schema
-        .field(1)
-        .clone()
-        .with_data_type(value.data_type().clone());
+    let value_field = schema.field(1).clone().with_data_type(value.data_type().clone());
     let schema = Schema::new(vec![schema.field(0).clone(), value_field]);
-    RecordBatch::try_new(
-        Arc::new(schema),
-        vec![batch.column(0).clone(), Arc::new(value)],
-    )
+    RecordBatch::try_new(Arc::new(schema), vec![batch.column(0).clone(), Arc::new(value)])
 }
 
 fn renamed_entries(map: MapArray) -> Result<MapArray, ArrowError> {
     let (field, offsets, entries, nulls, ordered) = map.into_parts();
     let (names, columns, entry_nulls) = entries.into_parts();
-    let names: Fields = names
-        .iter()
-        .zip(["key", "value"])
-        .map(|(f, name)| f.as_ref().clone().with_name(name))
-        .collect();
-    let field = field
-        .as_ref()
-        .clone()
-        .with_data_type(DataType::Struct(names.clone()));
-    MapArray::try_new(
-        Arc::new(field),
-        offsets,
-        StructArray::try_new(names, columns, entry_nulls)?,
-        nulls,
-        ordered,
-    )
+    let names: Fields = names.iter().zip(["key", "value"]).map(|(f, name)| f.as_ref().clone().with_name(name)).collect();
+    let field = field.as_ref().clone().with_data_type(DataType::Struct(names.clone()));
+    MapArray::try_new(Arc::new(field), offsets, StructArray::try_new(names, columns, entry_nulls)?, nulls, ordered)
 }
 
 fn bitmask(variants: impl IntoIterator<Item = i32>) -> i32 {
-    variants
-        .into_iter()
-        .fold(0, |mask, variant| mask | (1 << variant))
+    variants.into_iter().fold(0, |mask, variant| mask | (1 << variant))
 }
 
 /// The conversions `CAST` performs between the JDBC types of trendflow's columns.
@@ -574,30 +470,18 @@ fn supported_casts() -> HashMap<i32, Vec<i32>> {
     ];
     let text = [SqlConvertVarchar, SqlConvertChar, SqlConvertLongvarchar];
     let times = [SqlConvertDate, SqlConvertTimestamp];
-    let to = |targets: &[&[SqlSupportsConvert]]| {
-        targets
-            .concat()
-            .into_iter()
-            .map(|t| t as i32)
-            .collect::<Vec<_>>()
-    };
+    let to = |targets: &[&[SqlSupportsConvert]]| targets.concat().into_iter().map(|t| t as i32).collect::<Vec<_>>();
     let mut casts = HashMap::new();
     for from in numbers {
         casts.insert(from as i32, to(&[&numbers, &text, &[SqlConvertBit]]));
     }
     for from in text {
-        casts.insert(
-            from as i32,
-            to(&[&numbers, &text, &times, &[SqlConvertBit]]),
-        );
+        casts.insert(from as i32, to(&[&numbers, &text, &times, &[SqlConvertBit]]));
     }
     for from in times {
         casts.insert(from as i32, to(&[&text, &times]));
     }
-    casts.insert(
-        SqlConvertBit as i32,
-        to(&[&numbers, &text, &[SqlConvertBit]]),
-    );
+    casts.insert(SqlConvertBit as i32, to(&[&numbers, &text, &[SqlConvertBit]]));
     casts
 }
 
@@ -648,8 +532,7 @@ impl FlightSqlService for TrendflowFlightSql {
     ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
         let token = self.auth.handshake(request.metadata()).await?;
         let reply = HandshakeResponse { protocol_version: 0, payload: token.clone().into() };
-        let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> =
-            Response::new(Box::pin(futures::stream::iter(vec![Ok(reply)])));
+        let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> = Response::new(Box::pin(futures::stream::iter(vec![Ok(reply)])));
         if !token.is_empty() {
             let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| Status::internal(e.to_string()))?;
             response.metadata_mut().insert("authorization", value);
@@ -707,20 +590,13 @@ impl FlightSqlService for TrendflowFlightSql {
         self.auth.check(request.metadata())?;
         // The stream, not its inner `Streaming`: that would drop the peeked schema message.
         let flight_data = request.into_inner().map_err(FlightError::from);
-        let batches: Vec<RecordBatch> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(flight_data)
-            .try_collect()
-            .await
-            .map_err(Status::from)?;
+        let batches: Vec<RecordBatch> =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(flight_data).try_collect().await.map_err(Status::from)?;
         let params = match batches.iter().find(|b| b.num_rows() > 0) {
             None => None,
-            Some(batch) => Some(
-                batch
-                    .columns()
-                    .iter()
-                    .map(|column| ScalarValue::try_from_array(column, 0))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(df_status)?,
-            ),
+            Some(batch) => {
+                Some(batch.columns().iter().map(|column| ScalarValue::try_from_array(column, 0)).collect::<Result<Vec<_>, _>>().map_err(df_status)?)
+            }
         };
         let handle = String::from_utf8_lossy(&query.prepared_statement_handle).into_owned();
         let mut prepared = self.prepared.lock().expect("prepared statements lock poisoned");
@@ -765,11 +641,7 @@ impl FlightSqlService for TrendflowFlightSql {
         Ok(())
     }
 
-    async fn do_put_statement_update(
-        &self,
-        _ticket: CommandStatementUpdate,
-        request: Request<PeekableFlightDataStream>,
-    ) -> Result<i64, Status> {
+    async fn do_put_statement_update(&self, _ticket: CommandStatementUpdate, request: Request<PeekableFlightDataStream>) -> Result<i64, Status> {
         self.auth.check(request.metadata())?;
         Err(Status::permission_denied("trendflow's Flight SQL service is read-only"))
     }
@@ -783,11 +655,7 @@ impl FlightSqlService for TrendflowFlightSql {
         Err(Status::permission_denied("trendflow's Flight SQL service is read-only"))
     }
 
-    async fn get_flight_info_catalogs(
-        &self,
-        query: CommandGetCatalogs,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_catalogs(&self, query: CommandGetCatalogs, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         self.auth.check(request.metadata())?;
         let schema = query.into_builder().schema();
         self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
@@ -806,11 +674,7 @@ impl FlightSqlService for TrendflowFlightSql {
         Self::single_batch(builder.build().map_err(|e| Status::internal(e.to_string()))?)
     }
 
-    async fn get_flight_info_schemas(
-        &self,
-        query: CommandGetDbSchemas,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_schemas(&self, query: CommandGetDbSchemas, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         self.auth.check(request.metadata())?;
         let schema = query.clone().into_builder().schema();
         self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
@@ -832,11 +696,7 @@ impl FlightSqlService for TrendflowFlightSql {
         Self::single_batch(builder.build().map_err(|e| Status::internal(e.to_string()))?)
     }
 
-    async fn get_flight_info_tables(
-        &self,
-        query: CommandGetTables,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_tables(&self, query: CommandGetTables, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         self.auth.check(request.metadata())?;
         let schema = query.clone().into_builder().schema();
         self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
@@ -875,11 +735,7 @@ impl FlightSqlService for TrendflowFlightSql {
         Self::single_batch(table_types_batch())
     }
 
-    async fn get_flight_info_sql_info(
-        &self,
-        query: CommandGetSqlInfo,
-        request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_sql_info(&self, query: CommandGetSqlInfo, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         self.auth.check(request.metadata())?;
         let schema = self.sql_info_batch(query.clone())?.schema();
         self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
@@ -931,9 +787,8 @@ impl FlightSqlService for TrendflowFlightSql {
         let mut rows: Vec<[String; 5]> = Vec::new();
         let mut sequence = Vec::new();
         for (catalog, schema, table, provider) in self.tables().await? {
-            let matches = table == query.table
-                && query.catalog.as_ref().is_none_or(|c| *c == catalog)
-                && query.db_schema.as_ref().is_none_or(|s| *s == schema);
+            let matches =
+                table == query.table && query.catalog.as_ref().is_none_or(|c| *c == catalog) && query.db_schema.as_ref().is_none_or(|s| *s == schema);
             if !matches {
                 continue;
             }
@@ -950,14 +805,7 @@ impl FlightSqlService for TrendflowFlightSql {
         let column = |i: usize| Arc::new(StringArray::from(rows.iter().map(|r| r[i].clone()).collect::<Vec<_>>())) as ArrayRef;
         let batch = RecordBatch::try_new(
             Arc::new(primary_keys_schema()),
-            vec![
-                column(0),
-                column(1),
-                column(2),
-                column(3),
-                column(4),
-                Arc::new(Int32Array::from(sequence)) as ArrayRef,
-            ],
+            vec![column(0), column(1), column(2), column(3), column(4), Arc::new(Int32Array::from(sequence)) as ArrayRef],
         )
         .map_err(|e| Status::internal(e.to_string()))?;
         Self::single_batch(batch)
@@ -969,11 +817,7 @@ impl FlightSqlService for TrendflowFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.auth.check(request.metadata())?;
-        self.info(
-            &foreign_keys_schema(),
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.info(&foreign_keys_schema(), query.as_any().encode_to_vec(), request.into_inner())
     }
 
     async fn do_get_imported_keys(
@@ -991,11 +835,7 @@ impl FlightSqlService for TrendflowFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.auth.check(request.metadata())?;
-        self.info(
-            &foreign_keys_schema(),
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.info(&foreign_keys_schema(), query.as_any().encode_to_vec(), request.into_inner())
     }
 
     async fn do_get_exported_keys(
@@ -1013,11 +853,7 @@ impl FlightSqlService for TrendflowFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.auth.check(request.metadata())?;
-        self.info(
-            &foreign_keys_schema(),
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.info(&foreign_keys_schema(), query.as_any().encode_to_vec(), request.into_inner())
     }
 
     async fn do_get_cross_reference(
@@ -1030,24 +866,15 @@ impl FlightSqlService for TrendflowFlightSql {
     }
 
     /// Flight's session actions, which the JDBC driver sends for `?catalog=`; see [`crate::session`].
-    async fn do_action_fallback(
-        &self,
-        request: Request<arrow_flight::Action>,
-    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+    async fn do_action_fallback(&self, request: Request<arrow_flight::Action>) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
         self.auth.check(request.metadata())?;
         let action = request.into_inner();
         let body = match action.r#type.as_str() {
-            session::SET_SESSION_OPTIONS => {
-                session::set_options(&action.body, &self.session_options())
-                    .map_err(|e| Status::invalid_argument(format!("SetSessionOptions: {e}")))?
-            }
+            session::SET_SESSION_OPTIONS => session::set_options(&action.body, &self.session_options())
+                .map_err(|e| Status::invalid_argument(format!("SetSessionOptions: {e}")))?,
             session::GET_SESSION_OPTIONS => session::get_options(self.session_options()),
             session::CLOSE_SESSION => session::close(),
-            other => {
-                return Err(Status::unimplemented(format!(
-                    "no action `{other}` in trendflow's Flight SQL service"
-                )))
-            }
+            other => return Err(Status::unimplemented(format!("no action `{other}` in trendflow's Flight SQL service"))),
         };
         let result = arrow_flight::Result { body: body.into() };
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))
@@ -1118,14 +945,9 @@ mod tests {
     fn service() -> TrendflowFlightSql {
         let config = SessionConfig::new().with_default_catalog_and_schema("trendflow", "views");
         let ctx = SessionContext::new_with_config(config);
-        let fields = vec![
-            Field::new("price_level", DataType::Utf8, false),
-            Field::new("products", DataType::Int64, false),
-        ];
+        let fields = vec![Field::new("price_level", DataType::Utf8, false), Field::new("products", DataType::Int64, false)];
         let key = Constraints::new_unverified(vec![Constraint::PrimaryKey(vec![0])]);
-        let table = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]])
-            .unwrap()
-            .with_constraints(key);
+        let table = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]]).unwrap().with_constraints(key);
         ctx.register_table("price_levels", Arc::new(table)).unwrap();
         let auth = Authenticator::new(AuthConfig::None, Duration::from_secs(60));
         TrendflowFlightSql::new(ctx, auth, QueryLimits::default())
@@ -1133,10 +955,7 @@ mod tests {
 
     async fn batches(response: Response<FlightStream>) -> Vec<RecordBatch> {
         let data = response.into_inner().map_err(FlightError::from);
-        FlightRecordBatchStream::new_from_flight_data(data)
-            .try_collect()
-            .await
-            .unwrap()
+        FlightRecordBatchStream::new_from_flight_data(data).try_collect().await.unwrap()
     }
 
     fn ticket() -> Request<Ticket> {
@@ -1146,101 +965,41 @@ mod tests {
     #[tokio::test]
     async fn foreign_key_calls_answer_no_rows_in_the_spec_layout() {
         let server = service();
-        let imported = CommandGetImportedKeys {
-            catalog: None,
-            db_schema: None,
-            table: "price_levels".into(),
-        };
-        let exported = CommandGetExportedKeys {
-            catalog: None,
-            db_schema: None,
-            table: "price_levels".into(),
-        };
-        let cross = CommandGetCrossReference {
-            pk_table: "price_levels".into(),
-            fk_table: "price_levels".into(),
-            ..Default::default()
-        };
+        let imported = CommandGetImportedKeys { catalog: None, db_schema: None, table: "price_levels".into() };
+        let exported = CommandGetExportedKeys { catalog: None, db_schema: None, table: "price_levels".into() };
+        let cross = CommandGetCrossReference { pk_table: "price_levels".into(), fk_table: "price_levels".into(), ..Default::default() };
         let answers = [
-            batches(
-                server
-                    .do_get_imported_keys(imported, ticket())
-                    .await
-                    .unwrap(),
-            )
-            .await,
-            batches(
-                server
-                    .do_get_exported_keys(exported, ticket())
-                    .await
-                    .unwrap(),
-            )
-            .await,
-            batches(
-                server
-                    .do_get_cross_reference(cross, ticket())
-                    .await
-                    .unwrap(),
-            )
-            .await,
+            batches(server.do_get_imported_keys(imported, ticket()).await.unwrap()).await,
+            batches(server.do_get_exported_keys(exported, ticket()).await.unwrap()).await,
+            batches(server.do_get_cross_reference(cross, ticket()).await.unwrap()).await,
         ];
         for answer in answers {
             assert_eq!(answer.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
             let schema = answer[0].schema();
             assert_eq!(schema.fields().len(), 13);
-            assert_eq!(
-                schema.field_with_name("key_sequence").unwrap().data_type(),
-                &DataType::Int32
-            );
-            assert_eq!(
-                schema.field_with_name("delete_rule").unwrap().data_type(),
-                &DataType::UInt8
-            );
+            assert_eq!(schema.field_with_name("key_sequence").unwrap().data_type(), &DataType::Int32);
+            assert_eq!(schema.field_with_name("delete_rule").unwrap().data_type(), &DataType::UInt8);
         }
     }
 
     #[tokio::test]
     async fn primary_keys_number_their_columns_as_int32() {
-        let query = CommandGetPrimaryKeys {
-            catalog: None,
-            db_schema: Some("views".into()),
-            table: "price_levels".into(),
-        };
-        let answer = batches(
-            service()
-                .do_get_primary_keys(query, ticket())
-                .await
-                .unwrap(),
-        )
-        .await;
+        let query = CommandGetPrimaryKeys { catalog: None, db_schema: Some("views".into()), table: "price_levels".into() };
+        let answer = batches(service().do_get_primary_keys(query, ticket()).await.unwrap()).await;
         let batch = &answer[0];
         // The JDBC driver reads key_sequence as a 32-bit signed integer, as the spec lays it out.
-        let sequence = batch
-            .column_by_name("key_sequence")
-            .unwrap()
-            .as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+        let sequence = batch.column_by_name("key_sequence").unwrap().as_primitive::<datafusion::arrow::datatypes::Int32Type>();
         assert_eq!(sequence.values().to_vec(), vec![1]);
-        assert_eq!(
-            batch
-                .column_by_name("column_name")
-                .unwrap()
-                .as_string::<i32>()
-                .value(0),
-            "price_level"
-        );
+        assert_eq!(batch.column_by_name("column_name").unwrap().as_string::<i32>().value(0), "price_level");
     }
 
     /// The dense-union member of each property (0 string, 1 bool, 2 int64, 3 int32 bitmask,
     /// 4 string list, 5 map), which the JDBC driver casts to a fixed Java type.
     fn sql_info_kinds(server: &TrendflowFlightSql) -> HashMap<u32, i8> {
         let batch = server.sql_info_batch(CommandGetSqlInfo::default()).unwrap();
-        let names = batch
-            .column(0)
-            .as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
+        let names = batch.column(0).as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
         let values = batch.column(1).as_union();
-        (0..batch.num_rows())
-            .map(|i| (names.value(i), values.type_id(i)))
-            .collect()
+        (0..batch.num_rows()).map(|i| (names.value(i), values.type_id(i))).collect()
     }
 
     #[test]
@@ -1331,15 +1090,7 @@ mod tests {
                     SqlSupportedTransactionsIsolationLevels,
                 ],
             ),
-            (
-                4,
-                &[
-                    SqlNumericFunctions,
-                    SqlStringFunctions,
-                    SqlSystemFunctions,
-                    SqlDatetimeFunctions,
-                ],
-            ),
+            (4, &[SqlNumericFunctions, SqlStringFunctions, SqlSystemFunctions, SqlDatetimeFunctions]),
             (5, &[SqlSupportsConvert]),
         ];
         for (kind, infos) in expected {
@@ -1351,100 +1102,50 @@ mod tests {
 
     #[test]
     fn function_lists_come_from_the_session() {
-        let info = vec![
-            SqlInfo::SqlNumericFunctions as u32,
-            SqlInfo::SqlDatetimeFunctions as u32,
-        ];
-        let batch = service()
-            .sql_info_batch(CommandGetSqlInfo { info })
-            .unwrap();
+        let info = vec![SqlInfo::SqlNumericFunctions as u32, SqlInfo::SqlDatetimeFunctions as u32];
+        let batch = service().sql_info_batch(CommandGetSqlInfo { info }).unwrap();
         let values = batch.column(1).as_union();
         let lists: Vec<Vec<String>> = (0..batch.num_rows())
             .map(|i| {
                 let list = values.value(i);
                 let strings = list.as_list::<i32>().value(0);
-                strings
-                    .as_string::<i32>()
-                    .iter()
-                    .flatten()
-                    .map(str::to_string)
-                    .collect()
+                strings.as_string::<i32>().iter().flatten().map(str::to_string).collect()
             })
             .collect();
         let all: Vec<&String> = lists.iter().flatten().collect();
         for name in ["ABS", "ROUND", "DATE_BIN", "NOW"] {
-            assert!(
-                all.iter().any(|n| *n == name),
-                "{name} missing from {all:?}"
-            );
+            assert!(all.iter().any(|n| *n == name), "{name} missing from {all:?}");
         }
-        assert!(
-            !all.iter().any(|n| *n == "UPPER"),
-            "string functions are listed apart"
-        );
+        assert!(!all.iter().any(|n| *n == "UPPER"), "string functions are listed apart");
     }
 
     #[test]
     fn the_cast_map_names_its_entries_key_and_value() {
         let info = vec![SqlInfo::SqlSupportsConvert as u32];
-        let batch = service()
-            .sql_info_batch(CommandGetSqlInfo { info })
-            .unwrap();
+        let batch = service().sql_info_batch(CommandGetSqlInfo { info }).unwrap();
         let map = batch.column(1).as_union().value(0);
         let entries = map.as_map().entries();
-        assert_eq!(
-            entries
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>(),
-            ["key", "value"]
-        );
+        assert_eq!(entries.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(), ["key", "value"]);
         let from_integer = map.as_map().value(0);
-        let keys = from_integer
-            .column(0)
-            .as_primitive::<datafusion::arrow::datatypes::Int32Type>();
-        let integer = keys
-            .values()
-            .iter()
-            .position(|k| *k == SqlSupportsConvert::SqlConvertInteger as i32)
-            .unwrap();
+        let keys = from_integer.column(0).as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+        let integer = keys.values().iter().position(|k| *k == SqlSupportsConvert::SqlConvertInteger as i32).unwrap();
         let targets = from_integer.column(1).as_list::<i32>().value(integer);
         let targets = targets.as_primitive::<datafusion::arrow::datatypes::Int32Type>();
-        assert!(targets
-            .values()
-            .contains(&(SqlSupportsConvert::SqlConvertBigint as i32)));
-        assert_eq!(
-            batch.schema().field(1).data_type(),
-            batch.column(1).data_type(),
-            "FlightInfo and data agree"
-        );
+        assert!(targets.values().contains(&(SqlSupportsConvert::SqlConvertBigint as i32)));
+        assert_eq!(batch.schema().field(1).data_type(), batch.column(1).data_type(), "FlightInfo and data agree");
     }
 
     #[tokio::test]
     async fn session_options_accept_the_default_catalog_only() {
-        use session::{
-            OptionValue, SessionOptionValue, SetSessionOptionsRequest, SetSessionOptionsResult,
-        };
+        use session::{OptionValue, SessionOptionValue, SetSessionOptionsRequest, SetSessionOptionsResult};
         let server = service();
         let set = |catalog: &str| {
-            let value = SessionOptionValue {
-                option_value: Some(OptionValue::String(catalog.into())),
-            };
-            let request = SetSessionOptionsRequest {
-                session_options: HashMap::from([("catalog".into(), value)]),
-            };
-            Request::new(arrow_flight::Action::new(
-                session::SET_SESSION_OPTIONS,
-                request.encode_to_vec(),
-            ))
+            let value = SessionOptionValue { option_value: Some(OptionValue::String(catalog.into())) };
+            let request = SetSessionOptionsRequest { session_options: HashMap::from([("catalog".into(), value)]) };
+            Request::new(arrow_flight::Action::new(session::SET_SESSION_OPTIONS, request.encode_to_vec()))
         };
         for (catalog, refused) in [("trendflow", false), ("elsewhere", true)] {
-            let answer = server
-                .do_action_fallback(set(catalog))
-                .await
-                .unwrap()
-                .into_inner();
+            let answer = server.do_action_fallback(set(catalog)).await.unwrap().into_inner();
             let results: Vec<arrow_flight::Result> = answer.try_collect().await.unwrap();
             let result = SetSessionOptionsResult::decode(results[0].body.clone()).unwrap();
             assert_eq!(result.errors.contains_key("catalog"), refused, "{catalog}");
@@ -1457,13 +1158,7 @@ mod tests {
     #[test]
     fn bitmasks_set_one_bit_per_variant() {
         assert_eq!(bitmask([0, 1]), 3);
-        assert_eq!(
-            bitmask([
-                SqlOuterJoinsSupportLevel::SqlLimitedOuterJoins as i32,
-                SqlOuterJoinsSupportLevel::SqlFullOuterJoins as i32
-            ]),
-            6
-        );
+        assert_eq!(bitmask([SqlOuterJoinsSupportLevel::SqlLimitedOuterJoins as i32, SqlOuterJoinsSupportLevel::SqlFullOuterJoins as i32]), 6);
         assert_eq!(bitmask([]), 0);
     }
 }

@@ -90,21 +90,13 @@ const CLOSED: i32 = 1;
 
 /// The options every query runs with: `catalog` and `schema`, the session's defaults.
 pub fn current_options(catalog: &str, schema: &str) -> HashMap<String, SessionOptionValue> {
-    let text = |value: &str| SessionOptionValue {
-        option_value: Some(OptionValue::String(value.into())),
-    };
-    HashMap::from([
-        ("catalog".to_string(), text(catalog)),
-        ("schema".to_string(), text(schema)),
-    ])
+    let text = |value: &str| SessionOptionValue { option_value: Some(OptionValue::String(value.into())) };
+    HashMap::from([("catalog".to_string(), text(catalog)), ("schema".to_string(), text(schema))])
 }
 
 /// Answers a `SetSessionOptions` body: options equal to the current ones are accepted
 /// (nothing changes), others are refused, unknown names as such.
-pub fn set_options(
-    body: &[u8],
-    current: &HashMap<String, SessionOptionValue>,
-) -> Result<Vec<u8>, prost::DecodeError> {
+pub fn set_options(body: &[u8], current: &HashMap<String, SessionOptionValue>) -> Result<Vec<u8>, prost::DecodeError> {
     let request = SetSessionOptionsRequest::decode(body)?;
     let errors = request
         .session_options
@@ -123,10 +115,7 @@ pub fn set_options(
 
 /// Answers `GetSessionOptions`.
 pub fn get_options(current: HashMap<String, SessionOptionValue>) -> Vec<u8> {
-    GetSessionOptionsResult {
-        session_options: current,
-    }
-    .encode_to_vec()
+    GetSessionOptionsResult { session_options: current }.encode_to_vec()
 }
 
 /// Answers `CloseSession`: there is no session state to drop, so it is closed at once.
@@ -141,58 +130,30 @@ mod tests {
     fn request(options: &[(&str, &str)]) -> Vec<u8> {
         let session_options = options
             .iter()
-            .map(|(name, value)| {
-                (
-                    name.to_string(),
-                    SessionOptionValue {
-                        option_value: Some(OptionValue::String(value.to_string())),
-                    },
-                )
-            })
+            .map(|(name, value)| (name.to_string(), SessionOptionValue { option_value: Some(OptionValue::String(value.to_string())) }))
             .collect();
         SetSessionOptionsRequest { session_options }.encode_to_vec()
     }
 
     fn refusals(options: &[(&str, &str)]) -> HashMap<String, i32> {
-        let answer =
-            set_options(&request(options), &current_options("trendflow", "views")).unwrap();
+        let answer = set_options(&request(options), &current_options("trendflow", "views")).unwrap();
         let result = SetSessionOptionsResult::decode(answer.as_slice()).unwrap();
-        result
-            .errors
-            .into_iter()
-            .map(|(name, error)| (name, error.value))
-            .collect()
+        result.errors.into_iter().map(|(name, error)| (name, error.value)).collect()
     }
 
     #[test]
     fn the_current_catalog_is_accepted_and_others_refused_by_name() {
         assert!(refusals(&[("catalog", "trendflow"), ("schema", "views")]).is_empty());
         let refused = refusals(&[("catalog", "other"), ("timezone", "UTC")]);
-        assert_eq!(
-            refused,
-            HashMap::from([
-                ("catalog".into(), INVALID_VALUE),
-                ("timezone".into(), INVALID_NAME)
-            ])
-        );
+        assert_eq!(refused, HashMap::from([("catalog".into(), INVALID_VALUE), ("timezone".into(), INVALID_NAME)]));
     }
 
     #[test]
     fn options_read_back_and_close_answers_closed() {
-        let answer = GetSessionOptionsResult::decode(
-            get_options(current_options("trendflow", "views")).as_slice(),
-        );
+        let answer = GetSessionOptionsResult::decode(get_options(current_options("trendflow", "views")).as_slice());
         let options = answer.unwrap().session_options;
-        assert_eq!(
-            options["catalog"].option_value,
-            Some(OptionValue::String("trendflow".into()))
-        );
-        assert_eq!(
-            CloseSessionResult::decode(close().as_slice())
-                .unwrap()
-                .status,
-            CLOSED
-        );
+        assert_eq!(options["catalog"].option_value, Some(OptionValue::String("trendflow".into())));
+        assert_eq!(CloseSessionResult::decode(close().as_slice()).unwrap().status, CLOSED);
     }
 
     #[test]

@@ -189,7 +189,12 @@ impl JobStatus {
         };
         let label = |key: &str, value: &str| format!("{{{key}=\"{}\"}}", value.replace('\\', "\\\\").replace('"', "\\\""));
         metric("trendflow_ready", "gauge", "1 while the job is processing.", vec![(String::new(), u8::from(s.ready).to_string())]);
-        metric("trendflow_records_per_second", "gauge", "Records processed per second over the last 10 s.", vec![(String::new(), format!("{:.1}", s.records_per_second))]);
+        metric(
+            "trendflow_records_per_second",
+            "gauge",
+            "Records processed per second over the last 10 s.",
+            vec![(String::new(), format!("{:.1}", s.records_per_second))],
+        );
         metric("trendflow_micro_batches_total", "counter", "Micro-batches processed.", vec![(String::new(), s.micro_batches.to_string())]);
         let per_stream = |f: fn(&StreamCounts) -> u64| s.streams.iter().map(|(n, c)| (label("stream", n), f(c).to_string())).collect();
         metric("trendflow_records_total", "counter", "Records processed, per stream.", per_stream(|c| c.records));

@@ -51,14 +51,21 @@ async fn avro_topics_work_with_confluent_serializers_both_ways() {
     );
     let registry_url = format!("http://key:s3cr%2Fet@127.0.0.1:{port}");
     wait_for_port(&format!("127.0.0.1:{port}"), "schema registry stand-in", 30);
-    let confluent = |mode: &str, path: &Path| ok(Command::new(python()).arg(repo().join("tests/python/produce_avro.py")).args([mode, &broker.addr, "products", &registry_url]).arg(path));
+    let confluent = |mode: &str, path: &Path| {
+        ok(Command::new(python()).arg(repo().join("tests/python/produce_avro.py")).args([mode, &broker.addr, "products", &registry_url]).arg(path))
+    };
     trendflow_connectors::kafka::ensure_topic(&broker.addr, "products", 2).await.unwrap();
     let produced = confluent("produce", &paths[1]);
     assert!(produced.contains("produced 2000 Avro records and 3 poison records"), "{produced}");
 
     let sql = sql_with_products_options(tmp.path(), &format!("'format' 'avro', 'schema_registry_url' '{registry_url}'"));
     let mut ingest = Killed(
-        trendflow().args(["ingest", "--listen", "127.0.0.1:0", "--kafka-brokers", &broker.addr, "--sql"]).arg(&sql).stderr(Stdio::piped()).spawn().unwrap(),
+        trendflow()
+            .args(["ingest", "--listen", "127.0.0.1:0", "--kafka-brokers", &broker.addr, "--sql"])
+            .arg(&sql)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
     let api = wait_for_line(&mut ingest.0, "listening on http://");
     for chunk in by_ingest.chunks(200) {
@@ -71,7 +78,19 @@ async fn avro_topics_work_with_confluent_serializers_both_ways() {
     let categories = format!("categories=file:{}", data.join("categories.csv").display());
     let streamed = tmp.path().join("streamed");
     let run = trendflow()
-        .args(["run", "--until-idle", "--flight-addr", "none", "--max-rows", "300", "--kafka-brokers", &broker.addr, "--source", &categories, "--sql"])
+        .args([
+            "run",
+            "--until-idle",
+            "--flight-addr",
+            "none",
+            "--max-rows",
+            "300",
+            "--kafka-brokers",
+            &broker.addr,
+            "--source",
+            &categories,
+            "--sql",
+        ])
         .arg(&sql)
         .arg("--state")
         .arg(&streamed)
@@ -100,7 +119,11 @@ async fn avro_topics_work_with_confluent_serializers_both_ways() {
     let read_back = tmp.path().join("read_back.ndjson");
     let consumed = confluent("consume", &read_back);
     assert!(consumed.contains("deserialized 3000 records, 3 failed"), "{consumed}");
-    assert_same_csv(&batch_over(&read_back, "from_read_back"), &batch_over(&paths[0], "from_json_again"), "records read back by Confluent's deserializer");
+    assert_same_csv(
+        &batch_over(&read_back, "from_read_back"),
+        &batch_over(&paths[0], "from_json_again"),
+        "records read back by Confluent's deserializer",
+    );
 }
 
 /// A registry that cannot be reached stops the job with one clear error, before any

@@ -44,8 +44,7 @@ impl Broker {
     /// replicated to every node, at most 3, with two in sync: losing one broker loses
     /// no acknowledged record and no committed offset.
     pub fn cluster(size: usize) -> Self {
-        let nodes: Vec<Node> =
-            (1..=size as i32).map(|id| Node { id, port: free_port(), controller_port: free_port(), child: None }).collect();
+        let nodes: Vec<Node> = (1..=size as i32).map(|id| Node { id, port: free_port(), controller_port: free_port(), child: None }).collect();
         let addr = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",");
         let mut broker = Self { nodes, addr, dir: tempfile::tempdir().unwrap() };
         for index in 0..size {
@@ -60,8 +59,7 @@ impl Broker {
         let node = &self.nodes[index];
         let home = self.node_dir(node.id);
         std::fs::create_dir_all(&home).unwrap();
-        let voters =
-            self.nodes.iter().map(|n| format!("{}@127.0.0.1:{}", n.id, n.controller_port)).collect::<Vec<_>>().join(",");
+        let voters = self.nodes.iter().map(|n| format!("{}@127.0.0.1:{}", n.id, n.controller_port)).collect::<Vec<_>>().join(",");
         let replicas = self.nodes.len().min(3);
         let config = format!(
             "{shared}\nnode.id={id}\nlisteners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
@@ -161,8 +159,7 @@ impl Broker {
 
     /// Grows `topic` by one partition with a real CreatePartitions request.
     pub async fn add_partition(&self, topic: &str) {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
         let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
         let count = trendflow_connectors::kafka::partition_count(&consumer, &self.addr, topic).unwrap().expect("the topic exists");
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -198,9 +195,9 @@ fn java() -> PathBuf {
 
 /// The directory of the broker's jars, as a Java class path (`DIR/*`).
 fn kafka_classpath() -> String {
-    let libs = std::env::var_os("TRENDFLOW_KAFKA_LIBS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/trendflow/kafka-4.1.1")
-    });
+    let libs = std::env::var_os("TRENDFLOW_KAFKA_LIBS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/trendflow/kafka-4.1.1"));
     assert!(
         libs.join(".pom.sha256").exists(),
         "no Apache Kafka jars in {}: run scripts/test.sh, which installs them (or set TRENDFLOW_KAFKA_LIBS)",

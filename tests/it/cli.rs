@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 use crate::support::*;
 
 fn trendflow(args: &[&str], cwd: &Path) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_trendflow")).env("TRENDFLOW_HTTP_ADDR", "127.0.0.1:0").args(args).current_dir(cwd).output().unwrap();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_trendflow")).env("TRENDFLOW_HTTP_ADDR", "127.0.0.1:0").args(args).current_dir(cwd).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "trendflow {args:?} panicked:\n{stderr}");
     output
@@ -70,10 +71,33 @@ fn bad_input_gives_one_clear_error_and_a_failing_exit_code() {
     let categories = format!("categories=file:{}", shared_data("amazon_categories.csv").display());
     let state = tmp.path().join("state").display().to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["run".into(), "--sql".into(), sql.display().to_string(), "--until-idle".into(), "--flight-addr".into(), "none".into(), "--state".into(), state.clone()], "pipeline.sql:1:"),
+        (
+            vec![
+                "run".into(),
+                "--sql".into(),
+                sql.display().to_string(),
+                "--until-idle".into(),
+                "--flight-addr".into(),
+                "none".into(),
+                "--state".into(),
+                state.clone(),
+            ],
+            "pipeline.sql:1:",
+        ),
         (vec!["run".into(), "--source".into(), "products".into(), "--state".into(), state.clone()], "expected NAME=URI"),
         (
-            vec!["run".into(), "--source".into(), "products=file:/no/such.csv".into(), "--source".into(), categories.clone(), "--until-idle".into(), "--flight-addr".into(), "none".into(), "--state".into(), state.clone()],
+            vec![
+                "run".into(),
+                "--source".into(),
+                "products=file:/no/such.csv".into(),
+                "--source".into(),
+                categories.clone(),
+                "--until-idle".into(),
+                "--flight-addr".into(),
+                "none".into(),
+                "--state".into(),
+                state.clone(),
+            ],
             "/no/such.csv",
         ),
         (vec!["batch".into(), "--state".into(), tmp.path().join("empty").display().to_string()], "batch needs inputs"),

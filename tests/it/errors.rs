@@ -164,7 +164,8 @@ async fn malformed_or_missing_files_fail_with_the_path() {
 #[tokio::test]
 async fn replayed_records_are_not_dead_lettered_twice() {
     let tmp = tempfile::tempdir().unwrap();
-    let lines: String = (0..40).map(|i| if i % 4 == 0 { format!("{{\"asin\":\"X{i}\",\"price\":\"bad\"}}\n") } else { format!("{{\"asin\":\"X{i}\"}}\n") }).collect();
+    let lines: String =
+        (0..40).map(|i| if i % 4 == 0 { format!("{{\"asin\":\"X{i}\",\"price\":\"bad\"}}\n") } else { format!("{{\"asin\":\"X{i}\"}}\n") }).collect();
     let ndjson = tmp.path().join("p.ndjson");
     std::fs::write(&ndjson, lines).unwrap();
     let bindings = bindings(&ndjson, &shared_data("amazon_categories.csv"));

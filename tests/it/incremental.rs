@@ -229,7 +229,6 @@ async fn a_delta_checkpoint_writes_the_groups_a_micro_batch_touched() {
     assert!(report.changes["per_asin"].0 <= 50, "{:?}", report.changes["per_asin"]);
 }
 
-
 /// A LIMIT without ORDER BY picks rows among all groups, wherever DataFusion puts it
 /// (it pushes limits into joins): never evaluated over the touched groups alone.
 #[tokio::test]

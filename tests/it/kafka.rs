@@ -175,7 +175,19 @@ async fn ingest_api_feeds_the_views_exactly() {
     let categories = format!("categories=file:{}", data.join("categories.csv").display());
     let streamed = tmp.path().join("streamed");
     let summary = ok(trendflow()
-        .args(["run", "--until-idle", "--flight-addr", "none", "--max-rows", "700", "--kafka-brokers", &broker.addr, "--source", &categories, "--state"])
+        .args([
+            "run",
+            "--until-idle",
+            "--flight-addr",
+            "none",
+            "--max-rows",
+            "700",
+            "--kafka-brokers",
+            &broker.addr,
+            "--source",
+            &categories,
+            "--state",
+        ])
         .arg(&streamed));
     assert!(summary.contains("processed 3001 records"), "{summary}");
     let from_topic = tmp.path().join("from_topic");
@@ -309,7 +321,11 @@ async fn a_broker_restart_loses_nothing() {
     ok(trendflow().args(["gen", "--rows", &ROWS.to_string(), "--seed", "5", "--out"]).arg(&data));
     let [first, second] = <[PathBuf; 2]>::try_from(split_csv(&data.join("products.csv"), tmp.path(), 2)).unwrap();
     let produce = |file: &Path, brokers: &str| {
-        ok(trendflow().args(["produce", "--partitions", "2", "--kafka-brokers", brokers, "--file"]).arg(file).arg("--state").arg(tmp.path().join("p")));
+        ok(trendflow()
+            .args(["produce", "--partitions", "2", "--kafka-brokers", brokers, "--file"])
+            .arg(file)
+            .arg("--state")
+            .arg(tmp.path().join("p")));
     };
     produce(&first, &broker.addr);
     let categories = format!("categories=file:{}", data.join("categories.csv").display());
@@ -359,7 +375,8 @@ pub(crate) fn spawn_logged_run(brokers: &str, categories: &str, state: &Path, lo
 pub(crate) fn wait_for_checkpointed(state: &Path, log: &Path, records: i64) {
     let deadline = Instant::now() + Duration::from_secs(180);
     while checkpointed_records(state) < records {
-        let stuck = || format!("stuck at {} of {records} records:\n{}", checkpointed_records(state), std::fs::read_to_string(log).unwrap_or_default());
+        let stuck =
+            || format!("stuck at {} of {records} records:\n{}", checkpointed_records(state), std::fs::read_to_string(log).unwrap_or_default());
         assert!(Instant::now() < deadline, "{}", stuck());
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -388,12 +405,20 @@ fn unreachable_brokers_and_missing_topics_fail_clearly() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let categories = format!("categories=file:{}", shared_data("amazon_categories.csv").display());
-    let output = trendflow().args(["run", "--flight-addr", "none", "--kafka-brokers", &closed, "--source", &categories, "--state"]).arg(tmp.path()).output().unwrap();
+    let output = trendflow()
+        .args(["run", "--flight-addr", "none", "--kafka-brokers", &closed, "--source", &categories, "--state"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     let error = stderr.lines().filter(|l| l.starts_with("error:")).collect::<Vec<_>>();
     assert!(!output.status.success() && error.len() == 1 && error[0].contains(&closed) && error[0].contains("cannot reach"), "{stderr}");
     let broker = Broker::start();
-    let output = trendflow().args(["run", "--flight-addr", "none", "--kafka-brokers", &broker.addr, "--source", &categories, "--state"]).arg(tmp.path()).output().unwrap();
+    let output = trendflow()
+        .args(["run", "--flight-addr", "none", "--kafka-brokers", &broker.addr, "--source", &categories, "--state"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("topic `products`") && stderr.contains("does not exist"), "{stderr}");
 }
@@ -442,7 +467,10 @@ pub(crate) fn read_topic(brokers: &str, topic: &str) -> Vec<(std::collections::B
         assert!(Instant::now() < deadline, "read {} of {high} records of {topic}", out.len());
         let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
         let message = message.unwrap();
-        let headers = message.headers().map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect()).unwrap_or_default();
+        let headers = message
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+            .unwrap_or_default();
         out.push((headers, message.payload().unwrap_or_default().to_vec()));
     }
     out
@@ -501,7 +529,9 @@ async fn poison_records_go_to_the_dead_letter_topic_once() {
     let bad: Vec<i64> = (0..24).filter(|o| !matches!(o % 8, 0 | 6)).collect();
     assert_eq!(offsets, bad);
     let reasons: Vec<&str> = letters.iter().take(6).map(|(h, _)| h["trendflow.reason"].as_str()).collect();
-    for (reason, expected) in reasons.iter().zip(["three", "invalid JSON", "`asin` is required", "invalid UTF-8", "larger than max_record_bytes", "reviews"]) {
+    for (reason, expected) in
+        reasons.iter().zip(["three", "invalid JSON", "`asin` is required", "invalid UTF-8", "larger than max_record_bytes", "reviews"])
+    {
         assert!(reason.contains(expected), "{reason:?} should mention {expected:?}");
     }
     assert!(letters.iter().all(|(h, _)| h["trendflow.partition"] == "0" && h["trendflow.topic"] == "products"));
@@ -528,7 +558,9 @@ async fn producer_keys_records_by_primary_key() {
             .collect(),
     )
     .unwrap();
-    kafka::send_rows(&RecordProducer::new(&broker.addr).unwrap(), &stream, RecordEncoder::Text(RecordFormat::Json), "products", &payload).await.unwrap();
+    kafka::send_rows(&RecordProducer::new(&broker.addr).unwrap(), &stream, RecordEncoder::Text(RecordFormat::Json), "products", &payload)
+        .await
+        .unwrap();
     let mut source = products_source(&broker.addr, true, 1 << 20).await;
     let mut seen = Vec::new();
     while let Poll::Batch(micro) = source.poll(10, Duration::from_secs(2)).await.unwrap() {
@@ -693,6 +725,10 @@ async fn letters_to_a_partitioned_dead_letter_topic_are_written_once() {
     assert_eq!(offsets, (0..12).collect::<Vec<_>>(), "every record once in partition 0");
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &broker.addr).create().unwrap();
     for partition in [1, 2] {
-        assert_eq!(consumer.fetch_watermarks("products.bad", partition, Duration::from_secs(10)).unwrap().1, 0, "partition {partition} holds letters");
+        assert_eq!(
+            consumer.fetch_watermarks("products.bad", partition, Duration::from_secs(10)).unwrap().1,
+            0,
+            "partition {partition} holds letters"
+        );
     }
 }

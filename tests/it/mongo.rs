@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, ListArray, RecordBatch,
-    StringArray, StructArray, TimestampMillisecondArray,
+    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
+    TimestampMillisecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::prelude::SessionContext;
@@ -210,7 +210,13 @@ async fn raw_documents(options: &MongoOptions, collection: &str) -> Vec<Document
     documents
 }
 
-async fn stream_into_mongo(fx_bindings: &trendflow_connectors::binding::Bindings, data: RecordBatch, seed: u64, state: &Path, options: &MongoOptions) -> Vec<ViewInfo> {
+async fn stream_into_mongo(
+    fx_bindings: &trendflow_connectors::binding::Bindings,
+    data: RecordBatch,
+    seed: u64,
+    state: &Path,
+    options: &MongoOptions,
+) -> Vec<ViewInfo> {
     let catalog = Catalog::load(&[shipped_sql()], incremental_session_config(), &fx_bindings.files()).await.unwrap();
     let mut pipeline = Pipeline::compile(catalog, state.to_path_buf()).await.unwrap();
     let mut sink = MongoSink::new(connect(options).await.unwrap(), options.clone());

@@ -161,7 +161,8 @@ async fn crashes_while_ingesting_lose_nothing() {
     assert!(last.contains("resumed from checkpoint") && last.contains(" 0 rejected"), "{last}");
 
     // Read from MongoDB; the state directory supplies only the catalog.
-    let from_mongo = ["--mongodb-uri".as_ref(), mongo.uri.as_ref(), "--mongodb-database".as_ref(), mongo.database.as_ref(), "--state".as_ref(), state.as_os_str()];
+    let from_mongo =
+        ["--mongodb-uri".as_ref(), mongo.uri.as_ref(), "--mongodb-database".as_ref(), mongo.database.as_ref(), "--state".as_ref(), state.as_os_str()];
     let in_mongo = query_views(&from_mongo, true);
     let from_topic = tmp.path().join("from_topic");
     let products = format!("products=kafka://{}/products", broker.addr);
@@ -171,9 +172,8 @@ async fn crashes_while_ingesting_lose_nothing() {
     let products = format!("products=file:{}", accepted_file.display());
     ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_file));
     assert_same_csv(&in_mongo[..4], &views_csv(&from_file, false), &format!("MongoDB vs batch over the accepted records, seed {seed}"));
-    let counted = single_value(&ok(trendflow()
-        .args(["query", "SELECT SUM(products) AS n FROM category_distribution", "--format", "csv"])
-        .args(from_mongo)));
+    let counted =
+        single_value(&ok(trendflow().args(["query", "SELECT SUM(products) AS n FROM category_distribution", "--format", "csv"]).args(from_mongo)));
     let in_topic = records_in_topic(&broker.addr, "products", 4);
     let (lost, duplicated) = ((accepted - counted).max(0), (counted - accepted).max(0));
     report(
@@ -233,10 +233,13 @@ async fn hostile_records_are_accounted_for() {
     let corpus = hostile_corpus(10 << 20);
     let body = corpus.iter().map(|h| h.record.as_slice()).collect::<Vec<_>>().join(&b'\n');
     let (status, answer) = http_post(&api, RECORDS_PATH, &body);
-    let expected_rejections: Vec<(usize, &str)> =
-        corpus.iter().enumerate().filter_map(|(i, h)| h.rejected_because.map(|r| (i, r))).collect();
+    let expected_rejections: Vec<(usize, &str)> = corpus.iter().enumerate().filter_map(|(i, h)| h.rejected_because.map(|r| (i, r))).collect();
     let good = corpus.len() - expected_rejections.len();
-    assert_eq!((status, answer["accepted"].as_u64(), answer["rejected"].as_u64()), (200, Some(good as u64), Some(expected_rejections.len() as u64)), "{answer}");
+    assert_eq!(
+        (status, answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (200, Some(good as u64), Some(expected_rejections.len() as u64)),
+        "{answer}"
+    );
     for (error, (index, reason)) in answer["errors"].as_array().unwrap().iter().zip(&expected_rejections) {
         let given = error["reason"].as_str().unwrap();
         assert!(error["index"] == *index && given.contains(reason), "{}: expected `{reason}` at {index}, got {error}", corpus[*index].what);
@@ -276,7 +279,11 @@ async fn hostile_records_are_accounted_for() {
     let query = |sql: &str| single_value(&ok(trendflow().args(["query", sql, "--format", "csv", "--state"]).arg(&state)));
     assert_eq!(query("SELECT SUM(products) FROM category_distribution"), processed as i64, "every accepted record counts once");
     assert_eq!(query("SELECT products FROM category_distribution WHERE category_id = 1"), 8, "a repeated ASIN is a second observation");
-    assert_eq!(query("SELECT products FROM category_distribution WHERE category_id = 999999 AND category_name IS NULL"), 2, "unknown ids keep their own row");
+    assert_eq!(
+        query("SELECT products FROM category_distribution WHERE category_id = 999999 AND category_name IS NULL"),
+        2,
+        "unknown ids keep their own row"
+    );
     assert_eq!(query("SELECT SUM(products) FROM price_levels"), 8, "prices <= 0 are unpriced");
     assert_eq!(query("SELECT COUNT(*) FROM avg_price_by_category WHERE min_price <= 0"), 0);
     let kinds: Vec<&str> = corpus.iter().map(|h| h.what).collect();
@@ -296,7 +303,8 @@ async fn hostile_records_are_accounted_for() {
 fn memory_mb(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
-        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()).unwrap_or(0) / 1024
+        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()).unwrap_or(0)
+            / 1024
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
@@ -429,7 +437,11 @@ async fn a_lost_partition_leader_loses_nothing() {
     let parts = split_csv(&data.join("products.csv"), tmp.path(), 3);
     let brokers = cluster.addr.clone();
     let produce = |file: &Path| {
-        let out = ok(trendflow().args(["produce", "--partitions", "3", "--kafka-brokers", &brokers, "--file"]).arg(file).arg("--state").arg(tmp.path().join("p")));
+        let out = ok(trendflow()
+            .args(["produce", "--partitions", "3", "--kafka-brokers", &brokers, "--file"])
+            .arg(file)
+            .arg("--state")
+            .arg(tmp.path().join("p")));
         assert!(out.contains("produced 10000 records"), "{out}");
     };
     produce(&parts[0]);

@@ -11,13 +11,10 @@ async fn check(products: &std::path::Path, categories: &std::path::Path, seeds: 
     assert!(expected.values().all(|b| b.num_rows() > 0), "every shipped view has rows in batch");
     for &seed in seeds {
         let state = tmp.path().join(format!("state-{seed}"));
-        let catalog = trendflow_engine::catalog::Catalog::load(
-            &[shipped_sql()],
-            trendflow_engine::catalog::incremental_session_config(),
-            &bindings.files(),
-        )
-        .await
-        .unwrap();
+        let catalog =
+            trendflow_engine::catalog::Catalog::load(&[shipped_sql()], trendflow_engine::catalog::incremental_session_config(), &bindings.files())
+                .await
+                .unwrap();
         let data = decode_all(&catalog, &bindings, &state.join("dl")).await;
         let source = SplitSource::new("products", data, seed, max_split);
         let streamed = run_streaming(&shipped_sql(), &bindings, source, &state).await.unwrap();

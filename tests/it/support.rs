@@ -220,9 +220,7 @@ pub fn rows(batch: &RecordBatch) -> Vec<Vec<Cell>> {
                 .columns()
                 .iter()
                 .map(|column| match column.data_type() {
-                    DataType::Float64 if column.is_valid(r) => {
-                        Cell::Float(column.as_any().downcast_ref::<Float64Array>().unwrap().value(r))
-                    }
+                    DataType::Float64 if column.is_valid(r) => Cell::Float(column.as_any().downcast_ref::<Float64Array>().unwrap().value(r)),
                     _ => Cell::Text(ArrayFormatter::try_new(column.as_ref(), &options).unwrap().value(r).to_string()),
                 })
                 .collect()

@@ -15,9 +15,9 @@ use trendflow_formats::{avro_schema_of, AvroEncoder};
 
 use super::{OutRecord, RecordProducer};
 use crate::decode::{is_avro, record_format, RecordFormat};
-use crate::schema_registry::SchemaRegistry;
 use crate::error::{ConnectorError, Result};
 use crate::file_source::FileSource;
+use crate::schema_registry::SchemaRegistry;
 
 /// Rows of a batch encoded as records: one buffer and each record's byte range.
 #[derive(Debug, Default)]
@@ -67,7 +67,8 @@ pub fn encode_rows(format: RecordFormat, payload: &RecordBatch) -> Result<Encode
 }
 
 /// Why a stream of bare Avro has no [`RecordEncoder`].
-pub const BARE_AVRO_READ_ONLY: &str = "bare Avro ('avro_schema') can be read but not written; to produce Avro, declare 'schema_registry_url' in place of 'avro_schema'";
+pub const BARE_AVRO_READ_ONLY: &str =
+    "bare Avro ('avro_schema') can be read but not written; to produce Avro, declare 'schema_registry_url' in place of 'avro_schema'";
 
 /// How rows are written to a stream's topic: text records in the declared format, or
 /// Confluent-framed Avro whose writer schema (the declared columns) is registered

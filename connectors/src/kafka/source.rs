@@ -288,20 +288,21 @@ impl KafkaSource {
     /// Writes rejected records to the dead-letter topic and waits for the acknowledgements,
     /// skipping those a previous run already wrote there.
     async fn dead_letter(&mut self, fetched: &Fetched, rejected: &[(usize, String)]) -> Result<()> {
-        let letters: Vec<&(usize, String)> = rejected
-            .iter()
-            .filter(|(i, _)| !self.already_dead_lettered.contains(&(fetched.partitions[*i], fetched.offsets[*i])))
-            .collect();
+        let letters: Vec<&(usize, String)> =
+            rejected.iter().filter(|(i, _)| !self.already_dead_lettered.contains(&(fetched.partitions[*i], fetched.offsets[*i]))).collect();
         if letters.is_empty() {
             return Ok(());
         }
-        let records = letters.iter().map(|(i, _)| OutRecord {
-            key: fetched.keys[*i].as_deref().map(str::as_bytes),
-            payload: &fetched.payloads[*i],
-            timestamp: Some(fetched.timestamps[*i]),
-            // Letters are read back from partition 0 after a crash, whatever the topic's partitions.
-            partition: Some(0),
-        }).collect::<Vec<_>>();
+        let records = letters
+            .iter()
+            .map(|(i, _)| OutRecord {
+                key: fetched.keys[*i].as_deref().map(str::as_bytes),
+                payload: &fetched.payloads[*i],
+                timestamp: Some(fetched.timestamps[*i]),
+                // Letters are read back from partition 0 after a crash, whatever the topic's partitions.
+                partition: Some(0),
+            })
+            .collect::<Vec<_>>();
         let headers = |n: usize| {
             let (i, reason) = letters[n];
             letter_headers(&self.stream.name, &self.options.topic, fetched.partitions[*i], fetched.offsets[*i], reason)
@@ -340,7 +341,11 @@ impl KafkaSource {
             let mut next = from;
             while next < high {
                 if progress.elapsed() > super::STARTUP_TIMEOUT {
-                    return Err(kafka_error(&brokers, &format!("reading back `{topic}`"), format!("no letter for {:?} at offset {next} of {high}", super::STARTUP_TIMEOUT)));
+                    return Err(kafka_error(
+                        &brokers,
+                        &format!("reading back `{topic}`"),
+                        format!("no letter for {:?} at offset {next} of {high}", super::STARTUP_TIMEOUT),
+                    ));
                 }
                 let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
                 let message = message.map_err(|e| kafka_error(&brokers, &format!("reading back `{topic}`"), e))?;
@@ -386,9 +391,7 @@ fn letter_headers(stream: &str, topic: &str, partition: i32, offset: i64, reason
 /// The (partition, offset) a dead letter of `stream` came from, when it came from `topic`.
 fn letter_origin(message: &impl Message, stream: &str, topic: &str) -> Option<(i32, i64)> {
     let headers = message.headers()?;
-    let value = |key: &str| {
-        headers.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok().map(str::to_string))
-    };
+    let value = |key: &str| headers.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok().map(str::to_string));
     if value("trendflow.stream")? != stream || value("trendflow.topic")? != topic {
         return None;
     }
@@ -465,4 +468,3 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
-
