@@ -10,5 +10,6 @@ mod mongo;
 mod reliability;
 mod restart;
 mod semantics;
+mod slt;
 mod streaming_equals_batch;
 mod support;
