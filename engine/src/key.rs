@@ -52,11 +52,16 @@ fn trace(plan: &LogicalPlan, source: &dyn Fn(&LogicalPlan) -> Option<Vec<usize>>
     }
 }
 
-/// The GROUP BY columns of an aggregate; every column of a `SELECT DISTINCT`.
+/// The GROUP BY columns of an aggregate; every column of a `SELECT DISTINCT`; the `ON`
+/// columns of a `SELECT DISTINCT ON (…)`.
 fn grouping_columns(plan: &LogicalPlan) -> Option<Vec<usize>> {
     match plan {
         LogicalPlan::Aggregate(aggregate) => Some((0..aggregate.group_expr.len()).collect()),
         LogicalPlan::Distinct(Distinct::All(input)) => Some((0..input.schema().fields().len()).collect()),
+        LogicalPlan::Distinct(Distinct::On(on)) => {
+            let position = |key: &Expr| on.select_expr.iter().position(|e| e.clone().unalias() == *key);
+            sorted(on.on_expr.iter().map(position).collect::<Option<_>>()?)
+        }
         _ => None,
     }
 }
