@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
-use trendflow_connectors::decode::{decode_parsed, max_record_bytes, parse_records, with_metadata, AvroDecoder, RecordFormat, RecordOrigin};
+use trendflow_connectors::decode::{decode_parsed, parse_records, with_metadata, AvroDecoder, RecordFormat, RecordOrigin};
 use trendflow_connectors::fan_out::FanOut;
 use trendflow_connectors::kafka::{client_config, partition_count, RecordEncoder};
 use trendflow_engine::catalog::{incremental_session_config, Catalog};
@@ -106,7 +106,7 @@ async fn engine(input: &Input, batch: usize) -> Result<()> {
     let started = Instant::now();
     let mut decoded_rows = 0;
     for chunk in records.chunks(batch) {
-        decoded_rows += parse_records(RecordFormat::Json, &stream.payload_schema, chunk, max_record_bytes(&stream)).batch.num_rows();
+        decoded_rows += parse_records(RecordFormat::Json, &stream.payload_schema, chunk, stream.options.max_record_bytes).batch.num_rows();
     }
     let decode_seconds = started.elapsed().as_secs_f64();
 
@@ -136,7 +136,8 @@ fn lines(text: &[u8]) -> Vec<&[u8]> {
 
 /// Decodes `chunk` into a micro-batch the way the Kafka source does, with offsets from `offset` on.
 fn micro_batch(stream: &StreamDecl, chunk: &[&[u8]], offset: &mut i64) -> Result<MicroBatch> {
-    let decoded = decode_parsed(parse_records(RecordFormat::Json, &stream.payload_schema, chunk, max_record_bytes(stream)), &stream.payload_schema)?;
+    let decoded =
+        decode_parsed(parse_records(RecordFormat::Json, &stream.payload_schema, chunk, stream.options.max_record_bytes), &stream.payload_schema)?;
     let rows = decoded.batch.num_rows();
     let origin = RecordOrigin {
         partitions: vec![0; rows],
@@ -235,7 +236,7 @@ fn avro_decoding(records: &[&[u8]], stream: &StreamDecl, batch: usize) -> Result
     let payload = &stream.payload_schema;
     let mut avro_records = Vec::with_capacity(records.len());
     for chunk in records.chunks(batch) {
-        let decoded = decode_parsed(parse_records(RecordFormat::Json, payload, chunk, max_record_bytes(stream)), payload)?;
+        let decoded = decode_parsed(parse_records(RecordFormat::Json, payload, chunk, stream.options.max_record_bytes), payload)?;
         let encoded = RecordEncoder::Avro { schema_id: 1 }.encode(&decoded.batch)?;
         avro_records.extend((0..encoded.ranges.len()).map(|i| encoded.get(i).to_vec()));
     }
@@ -245,7 +246,7 @@ fn avro_decoding(records: &[&[u8]], stream: &StreamDecl, batch: usize) -> Result
     let started = Instant::now();
     let mut rows = 0;
     for chunk in slices.chunks(batch) {
-        rows += avro.parse(chunk, max_record_bytes(stream)).iter().map(|part| part.rows.len()).sum::<usize>();
+        rows += avro.parse(chunk, stream.options.max_record_bytes).iter().map(|part| part.rows.len()).sum::<usize>();
     }
     Ok((rows, started.elapsed().as_secs_f64()))
 }

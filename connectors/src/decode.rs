@@ -8,25 +8,11 @@ use datafusion::arrow::array::{new_null_array, ArrayRef, Int32Array, Int64Array,
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::error::ArrowError;
+use trendflow_engine::stream_options::{AvroSchemas, StreamFormat};
 use trendflow_engine::stream_table::StreamDecl;
 pub use trendflow_formats::{decode_parsed, decode_parts, parse_records, split_body, AvroDecoder, Decoded, Parsed, RecordFormat};
 
 use crate::schema_registry::{SchemaLookup, SchemaRegistry};
-
-/// The text format a stream declares: `OPTIONS ('format' 'json')` (the default) or
-/// `('format' 'csv')`; see [`is_avro`] for the third.
-pub fn record_format(stream: &StreamDecl) -> crate::Result<RecordFormat> {
-    let Some(name) = stream.options.get("format") else { return Ok(RecordFormat::Json) };
-    RecordFormat::from_name(name).ok_or_else(|| crate::ConnectorError::Binding {
-        binding: stream.name.clone(),
-        message: format!("unsupported record format `{name}` (OPTIONS ('format' 'json'), ('format' 'csv') or ('format' 'avro'))"),
-    })
-}
-
-/// Whether `stream` declares `OPTIONS ('format' 'avro')`.
-pub fn is_avro(stream: &StreamDecl) -> bool {
-    stream.options.get("format").is_some_and(|f| f.eq_ignore_ascii_case("avro"))
-}
 
 /// Decodes a stream's raw records in the format it declares.
 ///
@@ -83,19 +69,20 @@ impl AvroRecords {
 impl RecordDecoder {
     /// The decoder for the format `stream` declares.
     pub fn for_stream(stream: &StreamDecl) -> crate::Result<Self> {
-        if !is_avro(stream) {
-            return record_format(stream).map(Self::Text);
-        }
-        let binding = |message: String| crate::ConnectorError::Binding { binding: stream.name.clone(), message };
-        match (stream.options.get("schema_registry_url"), stream.options.get("avro_schema")) {
-            (Some(url), None) => Ok(Self::Avro(Box::new(AvroRecords { avro: AvroDecoder::confluent(), registry: Some(SchemaRegistry::new(url)?) }))),
-            (None, Some(schema)) => {
-                let avro = AvroDecoder::bare(schema).map_err(|e| binding(format!("OPTIONS ('avro_schema' …): {e}")))?;
-                Ok(Self::Avro(Box::new(AvroRecords { avro, registry: None })))
+        let avro = match &stream.options.format {
+            StreamFormat::Text(format) => return Ok(Self::Text(*format)),
+            StreamFormat::Avro(AvroSchemas::Registry { url }) => {
+                AvroRecords { avro: AvroDecoder::confluent(), registry: Some(SchemaRegistry::new(url)?) }
             }
-            // Refused when the SQL loads (`check_options` of the engine); a stream built in code may still get here.
-            _ => Err(binding("an Avro stream needs exactly one of 'schema_registry_url' and 'avro_schema'".into())),
-        }
+            StreamFormat::Avro(AvroSchemas::Bare { schema }) => {
+                let avro = AvroDecoder::bare(schema).map_err(|e| crate::ConnectorError::Binding {
+                    binding: stream.name.clone(),
+                    message: format!("OPTIONS ('avro_schema' …): {e}"),
+                })?;
+                AvroRecords { avro, registry: None }
+            }
+        };
+        Ok(Self::Avro(Box::new(avro)))
     }
 
     /// Decodes `records` (one per slice) into `stream`'s payload schema, rejecting
@@ -110,12 +97,6 @@ impl RecordDecoder {
         };
         Ok(decode_parts(parts, &stream.payload_schema)?)
     }
-}
-
-/// The largest record a stream accepts: `OPTIONS ('max_record_bytes' 'N')`, 1 MiB by default.
-/// Larger records are rejected with a reason by every source and by the ingest API.
-pub fn max_record_bytes(stream: &StreamDecl) -> usize {
-    stream.options.get("max_record_bytes").and_then(|v| v.parse().ok()).unwrap_or(trendflow_formats::DEFAULT_MAX_RECORD_BYTES)
 }
 
 /// Where accepted records came from, to fill the metadata columns.

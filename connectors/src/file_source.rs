@@ -25,7 +25,7 @@ use trendflow_engine::stream_table::StreamDecl;
 use trendflow_engine::EngineError;
 
 use crate::dead_letter::{DeadLetter, DeadLetterFile};
-use crate::decode::{decode_parsed, max_record_bytes, parse_records, with_metadata, Parsed, RecordFormat, RecordOrigin};
+use crate::decode::{decode_parsed, parse_records, with_metadata, Parsed, RecordFormat, RecordOrigin};
 use crate::error::{ConnectorError, Result};
 
 /// A chunk of records read from the file, parsed but not yet converted.
@@ -240,7 +240,7 @@ fn read_json_lines(
         return Ok(None);
     }
     let records: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
-    let mut parsed = parse_records(RecordFormat::Json, &stream.payload_schema, &records, max_record_bytes(stream));
+    let mut parsed = parse_records(RecordFormat::Json, &stream.payload_schema, &records, stream.options.max_record_bytes);
     // Blank lines separate records in NDJSON; they are not records that failed.
     parsed.unparsed.retain(|(row, _, _)| !texts[*row].trim_ascii().is_empty());
     Ok(Some(RawChunk { parsed, first: start, records: texts.len() }))

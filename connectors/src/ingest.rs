@@ -30,7 +30,7 @@ use axum::Router;
 use serde_json::json;
 use trendflow_engine::stream_table::StreamDecl;
 
-use crate::decode::{decode_parsed, max_record_bytes, parse_records, split_body};
+use crate::decode::{decode_parsed, parse_records, split_body};
 use crate::kafka::{send_rows, RecordEncoder, RecordProducer, BARE_AVRO_READ_ONLY};
 
 /// Settings of the ingest API.
@@ -163,7 +163,7 @@ impl IngestService {
             Err(message) => return error(StatusCode::BAD_REQUEST, message),
         };
         let slices: Vec<&[u8]> = records.iter().map(|r| r.as_ref()).collect();
-        let parsed = parse_records(encoder.input_format(), &stream.payload_schema, &slices, max_record_bytes(stream));
+        let parsed = parse_records(encoder.input_format(), &stream.payload_schema, &slices, stream.options.max_record_bytes);
         let decoded = match decode_parsed(parsed, &stream.payload_schema) {
             Ok(decoded) => decoded,
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -469,10 +469,8 @@ mod tests {
         std::fs::write(dir.path().join("s.sql"), sql).unwrap();
         let streams = Catalog::load_streams(&[dir.path().to_path_buf()]).await.unwrap();
         let options = &streams[0].options;
-        let mut keys: Vec<&str> = options.keys().map(String::as_str).collect();
-        keys.sort();
-        assert_eq!(keys, ["dead_letter_topic", "format", "max_record_bytes", "recent_rows"]);
-        assert_eq!((options["format"].as_str(), options["dead_letter_topic"].as_str()), ("csv", "T.bad"));
+        assert_eq!(options.format, crate::stream_options::StreamFormat::Text(trendflow_formats::RecordFormat::Csv));
+        assert_eq!((options.recent_rows, options.dead_letter_topic.as_deref(), options.max_record_bytes), (5, Some("T.bad"), 9));
         for (wrong, message) in [
             (("'5'", "'many'"), "recent_rows `many` is not a number"),
             (("'csv'", "'xml'"), "unknown format `xml`"),

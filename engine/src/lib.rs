@@ -35,6 +35,7 @@ pub mod recent;
 pub mod runtime;
 pub mod slot;
 pub mod snapshot;
+pub mod stream_options;
 pub mod stream_table;
 mod top_n;
 pub mod view;

@@ -16,8 +16,9 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{CreateExternalTable, Expr};
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::recent::{RecentRows, DEFAULT_RECENT_ROWS};
+use crate::recent::RecentRows;
 use crate::slot::BatchSlot;
+use crate::stream_options::StreamOptions;
 
 /// The `STORED AS` name that declares a stream.
 pub const STREAM_FILE_TYPE: &str = "KAFKA";
@@ -52,8 +53,8 @@ pub struct StreamDecl {
     pub name: String,
     /// `LOCATION`: the topic.
     pub location: String,
-    /// `OPTIONS`, keys lower-cased (e.g. `format` → `json`).
-    pub options: HashMap<String, String>,
+    /// `OPTIONS`, parsed.
+    pub options: StreamOptions,
     /// The declared columns only: what a record carries.
     pub payload_schema: SchemaRef,
     /// Declared columns followed by [`metadata_fields`]: what a micro-batch carries.
@@ -62,7 +63,7 @@ pub struct StreamDecl {
     pub primary_key: Vec<usize>,
     /// Holds the micro-batch being processed.
     pub slot: BatchSlot,
-    /// The latest rows, for serving (`OPTIONS ('recent_rows' 'N')`, default [`DEFAULT_RECENT_ROWS`]).
+    /// The latest rows, for serving (`OPTIONS ('recent_rows' 'N')`).
     pub recent: RecentRows,
 }
 
@@ -95,48 +96,6 @@ impl StreamTableFactory {
     pub fn new(registry: StreamRegistry) -> Self {
         Self { registry }
     }
-}
-
-/// The OPTIONS a stream may declare, for the engine and its connectors.
-const STREAM_OPTIONS: [&str; 6] = ["format", "schema_registry_url", "avro_schema", "dead_letter_topic", "max_record_bytes", "recent_rows"];
-
-/// Refuses unknown option names (a typo would otherwise be ignored in silence) and
-/// values that cannot be right, naming the stream.
-fn check_options(stream: &str, options: &HashMap<String, String>) -> DfResult<()> {
-    let refuse = |message: String| datafusion::common::plan_err!("stream `{stream}`: {message}");
-    let mut names: Vec<&String> = options.keys().collect();
-    names.sort();
-    if let Some(unknown) = names.into_iter().find(|name| !STREAM_OPTIONS.contains(&name.as_str())) {
-        return refuse(format!("unknown option `{unknown}` (options: {})", STREAM_OPTIONS.join(", ")));
-    }
-    let format = options.get("format").map_or("json".to_string(), |f| f.to_lowercase());
-    if !["json", "csv", "avro"].contains(&format.as_str()) {
-        return refuse(format!("unknown format `{format}` (json, csv or avro)"));
-    }
-    let schema_sources = ["schema_registry_url", "avro_schema"].map(|name| options.contains_key(name));
-    match (format.as_str(), schema_sources) {
-        ("avro", [true, false] | [false, true]) => {}
-        ("avro", [false, false]) => {
-            return refuse(
-                "an Avro stream needs its writer schemas: 'schema_registry_url' (Confluent-framed records) or 'avro_schema' (bare ones)".into(),
-            )
-        }
-        ("avro", _) => return refuse("set 'schema_registry_url' (Confluent-framed records) or 'avro_schema' (bare ones), not both".into()),
-        (_, [false, false]) => {}
-        (_, _) => return refuse(format!("'schema_registry_url' and 'avro_schema' are for ('format' 'avro'), not `{format}`")),
-    }
-    if let Some(url) = options.get("schema_registry_url").filter(|url| !url.starts_with("http://")) {
-        // The URL itself is not shown: it may hold a password.
-        let hint = if url.starts_with("https://") { "https is not supported, only http://" } else { "the URL must start with http://" };
-        return refuse(format!("schema_registry_url: {hint}"));
-    }
-    if let Some(Err(e)) = options.get("avro_schema").map(|schema| trendflow_formats::AvroDecoder::bare(schema)) {
-        return refuse(format!("avro_schema: {e}"));
-    }
-    if let Some(bytes) = options.get("max_record_bytes").filter(|b| b.parse::<usize>().map_or(true, |b| b == 0)) {
-        return refuse(format!("max_record_bytes `{bytes}` is not a positive number of bytes"));
-    }
-    Ok(())
 }
 
 /// The OPTIONS of a stream under the names written in SQL. DataFusion files every
@@ -174,16 +133,10 @@ impl TableProviderFactory for StreamTableFactory {
                 Constraint::Unique(_) => None,
             })
             .unwrap_or_default();
-        let options = stream_options(cmd);
-        check_options(cmd.name.table(), &options)?;
-        let recent_rows = match options.get("recent_rows") {
-            None => DEFAULT_RECENT_ROWS,
-            Some(n) => n.parse().map_err(|_| {
-                datafusion::error::DataFusionError::Plan(format!("stream `{}`: OPTIONS recent_rows `{n}` is not a number of rows", cmd.name))
-            })?,
-        };
+        let options = StreamOptions::parse(&stream_options(cmd))
+            .map_err(|message| datafusion::error::DataFusionError::Plan(format!("stream `{}`: {message}", cmd.name.table())))?;
         let decl = StreamDecl {
-            recent: RecentRows::new(schema.clone(), recent_rows),
+            recent: RecentRows::new(schema.clone(), options.recent_rows),
             name: cmd.name.table().to_string(),
             location: cmd.locations.first().cloned().unwrap_or_default(),
             options,

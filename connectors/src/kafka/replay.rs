@@ -14,10 +14,11 @@ use trendflow_engine::stream_table::StreamDecl;
 use trendflow_formats::{avro_schema_of, AvroEncoder};
 
 use super::{OutRecord, RecordProducer};
-use crate::decode::{is_avro, record_format, RecordFormat};
+use crate::decode::RecordFormat;
 use crate::error::{ConnectorError, Result};
 use crate::file_source::FileSource;
 use crate::schema_registry::SchemaRegistry;
+use trendflow_engine::stream_options::{AvroSchemas, StreamFormat};
 
 /// Rows of a batch encoded as records: one buffer and each record's byte range.
 #[derive(Debug, Default)]
@@ -86,10 +87,11 @@ impl RecordEncoder {
     /// schema with the stream's `schema_registry_url`.
     /// None for a stream of bare Avro, which can be read but not written (see [`BARE_AVRO_READ_ONLY`]).
     pub async fn for_stream(stream: &StreamDecl, topic: &str) -> Result<Option<Self>> {
-        if !is_avro(stream) {
-            return record_format(stream).map(|format| Some(Self::Text(format)));
-        }
-        let Some(url) = stream.options.get("schema_registry_url") else { return Ok(None) };
+        let url = match &stream.options.format {
+            StreamFormat::Text(format) => return Ok(Some(Self::Text(*format))),
+            StreamFormat::Avro(AvroSchemas::Registry { url }) => url,
+            StreamFormat::Avro(AvroSchemas::Bare { .. }) => return Ok(None),
+        };
         let schema = avro_schema_of(&stream.payload_schema)?;
         let schema_id = SchemaRegistry::new(url)?.register(&format!("{topic}-value"), &schema).await?;
         tracing::info!(stream = stream.name, topic, schema_id, "Avro writer schema registered");

@@ -26,7 +26,7 @@ use trendflow_engine::stream_table::StreamDecl;
 use trendflow_engine::EngineError;
 
 use super::{client_config, ensure_topic, kafka_error, partition_count, OutRecord, RecordProducer};
-use crate::decode::{max_record_bytes, with_metadata, RecordDecoder, RecordOrigin};
+use crate::decode::{with_metadata, RecordDecoder, RecordOrigin};
 use crate::error::{ConnectorError, Result};
 
 /// The pseudo-partition under which a Kafka source checkpoints the end of its
@@ -59,14 +59,13 @@ pub struct KafkaSourceOptions {
 impl KafkaSourceOptions {
     /// Defaults for reading `stream` from `topic` on `brokers`.
     pub fn new(stream: &StreamDecl, brokers: &str, topic: &str, group: &str) -> Self {
-        let option = |key: &str| stream.options.get(key).cloned();
         Self {
             brokers: brokers.to_string(),
             topic: topic.to_string(),
             group: group.to_string(),
             bounded: false,
-            max_record_bytes: max_record_bytes(stream),
-            dead_letter_topic: option("dead_letter_topic").unwrap_or_else(|| format!("{topic}.dlq")),
+            max_record_bytes: stream.options.max_record_bytes,
+            dead_letter_topic: stream.options.dead_letter_topic.clone().unwrap_or_else(|| format!("{topic}.dlq")),
         }
     }
 }

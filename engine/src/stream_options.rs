@@ -1,0 +1,134 @@
+//! The OPTIONS of a stream, parsed once when the stream is declared: connectors read
+//! these typed fields and never an option string.
+
+use std::collections::HashMap;
+
+use trendflow_formats::RecordFormat;
+
+use crate::recent::DEFAULT_RECENT_ROWS;
+
+/// Every option name a stream may declare.
+const NAMES: [&str; 6] = ["format", "schema_registry_url", "avro_schema", "dead_letter_topic", "max_record_bytes", "recent_rows"];
+
+/// How a stream's records are encoded: `OPTIONS ('format' 'json' | 'csv' | 'avro')`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamFormat {
+    /// JSON objects or CSV lines (JSON by default).
+    Text(RecordFormat),
+    /// Avro, with the writer schemas from `schemas`.
+    Avro(AvroSchemas),
+}
+
+/// Where an Avro stream's writer schemas come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AvroSchemas {
+    /// Confluent-framed records; schemas by id from the registry at `url`
+    /// (`'schema_registry_url' 'http://…'`).
+    Registry {
+        /// The registry's base URL (may hold credentials: never show it).
+        url: String,
+    },
+    /// Bare Avro bodies of one schema (`'avro_schema' '{"type": "record", …}'`).
+    Bare {
+        /// The schema's JSON text.
+        schema: String,
+    },
+}
+
+/// A stream's declared OPTIONS.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use trendflow_engine::stream_options::{StreamFormat, StreamOptions};
+///
+/// let declared = HashMap::from([("format".to_string(), "csv".to_string()), ("max_record_bytes".to_string(), "4096".to_string())]);
+/// let options = StreamOptions::parse(&declared).unwrap();
+/// assert_eq!(options.format, StreamFormat::Text(trendflow_formats::RecordFormat::Csv));
+/// assert_eq!(options.max_record_bytes, 4096);
+/// assert!(StreamOptions::parse(&HashMap::from([("fromat".to_string(), "csv".to_string())])).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// The record encoding.
+    pub format: StreamFormat,
+    /// Larger records are rejected with a reason by every source and by the ingest API
+    /// (`'max_record_bytes'`, 1 MiB by default).
+    pub max_record_bytes: usize,
+    /// Where a Kafka source puts records it cannot decode (`'dead_letter_topic'`;
+    /// `None`: the connector's default, `<topic>.dlq`).
+    pub dead_letter_topic: Option<String>,
+    /// How many of the latest rows are kept for serving (`'recent_rows'`).
+    pub recent_rows: usize,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            format: StreamFormat::Text(RecordFormat::Json),
+            max_record_bytes: trendflow_formats::DEFAULT_MAX_RECORD_BYTES,
+            dead_letter_topic: None,
+            recent_rows: DEFAULT_RECENT_ROWS,
+        }
+    }
+}
+
+impl StreamOptions {
+    /// Parses OPTIONS (keys lower case, as written in SQL). Refuses unknown names (a
+    /// typo would otherwise be ignored in silence) and values that cannot be right.
+    pub fn parse(options: &HashMap<String, String>) -> Result<Self, String> {
+        let mut names: Vec<&String> = options.keys().collect();
+        names.sort();
+        if let Some(unknown) = names.into_iter().find(|name| !NAMES.contains(&name.as_str())) {
+            return Err(format!("unknown option `{unknown}` (options: {})", NAMES.join(", ")));
+        }
+        let defaults = Self::default();
+        Ok(Self {
+            format: parse_format(options)?,
+            max_record_bytes: match options.get("max_record_bytes") {
+                None => defaults.max_record_bytes,
+                Some(bytes) => {
+                    bytes.parse().ok().filter(|&b| b > 0).ok_or(format!("max_record_bytes `{bytes}` is not a positive number of bytes"))?
+                }
+            },
+            dead_letter_topic: options.get("dead_letter_topic").cloned(),
+            recent_rows: match options.get("recent_rows") {
+                None => defaults.recent_rows,
+                Some(n) => n.parse().map_err(|_| format!("OPTIONS recent_rows `{n}` is not a number of rows"))?,
+            },
+        })
+    }
+
+    /// Whether records are Avro.
+    pub fn is_avro(&self) -> bool {
+        matches!(self.format, StreamFormat::Avro(_))
+    }
+}
+
+fn parse_format(options: &HashMap<String, String>) -> Result<StreamFormat, String> {
+    let name = options.get("format").map_or("json".to_string(), |f| f.to_lowercase());
+    let registry = options.get("schema_registry_url");
+    let bare = options.get("avro_schema");
+    if name != "avro" {
+        if registry.is_some() || bare.is_some() {
+            return Err(format!("'schema_registry_url' and 'avro_schema' are for ('format' 'avro'), not `{name}`"));
+        }
+        return RecordFormat::from_name(&name).map(StreamFormat::Text).ok_or(format!("unknown format `{name}` (json, csv or avro)"));
+    }
+    let schemas = match (registry, bare) {
+        (Some(url), None) if url.starts_with("http://") => AvroSchemas::Registry { url: url.clone() },
+        // The URL itself is not shown: it may hold a password.
+        (Some(url), None) if url.starts_with("https://") => return Err("schema_registry_url: https is not supported, only http://".into()),
+        (Some(_), None) => return Err("schema_registry_url: the URL must start with http://".into()),
+        (None, Some(schema)) => {
+            trendflow_formats::AvroDecoder::bare(schema).map_err(|e| format!("avro_schema: {e}"))?;
+            AvroSchemas::Bare { schema: schema.clone() }
+        }
+        (None, None) => {
+            return Err(
+                "an Avro stream needs its writer schemas: 'schema_registry_url' (Confluent-framed records) or 'avro_schema' (bare ones)".into()
+            )
+        }
+        (Some(_), Some(_)) => return Err("set 'schema_registry_url' (Confluent-framed records) or 'avro_schema' (bare ones), not both".into()),
+    };
+    Ok(StreamFormat::Avro(schemas))
+}
