@@ -7,7 +7,8 @@
 //! date as micro-batches of Arrow records arrive.
 //!
 //! Sources and sinks live in other crates and meet the engine through the
-//! [`runtime::Source`] and [`runtime::Sink`] traits.
+//! [`runtime::Source`] and [`runtime::Sink`] traits. A batch run computes every
+//! view once over whole inputs instead ([`batch::compute_views`]).
 //!
 //! ```no_run
 //! # async fn example() -> trendflow_engine::Result<()> {
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod aggregate;
+pub mod batch;
 pub mod catalog;
 pub mod checkpoint;
 mod diff;

@@ -12,8 +12,10 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use trendflow_connectors::binding::{Bindings, SourceSettings};
 use trendflow_connectors::store::EmbeddedStore;
+use trendflow_engine::batch::compute_views;
 use trendflow_engine::catalog::{batch_session_config, incremental_session_config, Catalog};
 use trendflow_engine::checkpoint::Offsets;
+use trendflow_engine::keyed::KeyedTable;
 use trendflow_engine::runtime::{MicroBatch, Pipeline, Poll, RunOptions, Source};
 use trendflow_engine::EngineError;
 
@@ -188,18 +190,16 @@ pub async fn run_streaming(
     Ok(pipeline.view_infos().into_iter().map(|v| (v.name.clone(), store.rows(&v.name).unwrap().unwrap())).collect())
 }
 
-/// Computes every view with plain DataFusion over the whole files, and keeps one row per
-/// view key (the last, as a stream's upserts do), like `trendflow batch`.
+/// Computes every view once over the whole files, as `trendflow batch` does, and keeps
+/// one row per view key (the last, as a stream's upserts do).
 pub async fn run_batch(sql: &Path, bindings: &Bindings, dead_letters: &Path) -> BTreeMap<String, RecordBatch> {
     let catalog = Catalog::load(&[sql.to_path_buf()], batch_session_config(), &bindings.files()).await.unwrap();
-    let (tables, _) = bindings.read_streams(&catalog, &file_settings(dead_letters)).await.unwrap();
-    catalog.replace_streams(tables).await.unwrap();
+    let (streams, _) = bindings.read_streams(&catalog, &file_settings(dead_letters)).await.unwrap();
     let mut views = BTreeMap::new();
-    for view in catalog.view_infos().await.unwrap() {
-        let batches = catalog.session().table(view.name.as_str()).await.unwrap().collect().await.unwrap();
-        let mut rows = trendflow_engine::keyed::KeyedTable::new(view.schema.clone(), view.key.clone()).unwrap();
-        rows.upsert(&concat_batches(&view.schema, &batches).unwrap()).unwrap();
-        views.insert(view.name.clone(), rows.to_batch().unwrap());
+    for view in compute_views(&catalog, streams).await.unwrap() {
+        let mut rows = KeyedTable::new(view.info.schema.clone(), view.info.key.clone()).unwrap();
+        rows.upsert(&view.rows).unwrap();
+        views.insert(view.info.name, rows.to_batch().unwrap());
     }
     views
 }
