@@ -31,6 +31,7 @@ use datafusion::prelude::SessionContext;
 use sqllogictest::{DBOutput, DefaultColumnType};
 use trendflow_connectors::decode::{with_metadata, RecordOrigin};
 use trendflow_connectors::store::EmbeddedStore;
+use trendflow_engine::batch::compute_views;
 use trendflow_engine::catalog::{batch_session_config, incremental_session_config, Catalog};
 use trendflow_engine::checkpoint::Offsets;
 use trendflow_engine::error::EngineError;
@@ -259,15 +260,7 @@ impl Script {
             let all = concat_batches(&stream.schema, &batches)?;
             tables.push((stream.name.clone(), Arc::new(MemTable::try_new(stream.schema.clone(), vec![vec![all]])?)));
         }
-        catalog.replace_streams(tables).await?;
-        let mut views = BTreeMap::new();
-        for view in catalog.view_infos().await? {
-            let batches = catalog.session().table(view.name.as_str()).await?.collect().await?;
-            let mut rows = trendflow_engine::keyed::KeyedTable::new(view.schema.clone(), view.key.clone())?;
-            rows.upsert(&concat_batches(&view.schema, &batches)?)?;
-            views.insert(view.name.clone(), rows.to_batch()?);
-        }
-        Ok(views)
+        Ok(last_row_per_key(compute_views(&catalog, tables).await?))
     }
 
     async fn streamed_results(&mut self, mode: Mode) -> SltResult<BTreeMap<String, RecordBatch>> {

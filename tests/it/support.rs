@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use trendflow_connectors::binding::{Bindings, SourceSettings};
 use trendflow_connectors::store::EmbeddedStore;
-use trendflow_engine::batch::compute_views;
+use trendflow_engine::batch::{compute_views, ViewResult};
 use trendflow_engine::catalog::{batch_session_config, incremental_session_config, Catalog};
 use trendflow_engine::checkpoint::Offsets;
 use trendflow_engine::keyed::KeyedTable;
@@ -195,13 +195,18 @@ pub async fn run_streaming(
 pub async fn run_batch(sql: &Path, bindings: &Bindings, dead_letters: &Path) -> BTreeMap<String, RecordBatch> {
     let catalog = Catalog::load(&[sql.to_path_buf()], batch_session_config(), &bindings.files()).await.unwrap();
     let (streams, _) = bindings.read_streams(&catalog, &file_settings(dead_letters)).await.unwrap();
-    let mut views = BTreeMap::new();
-    for view in compute_views(&catalog, streams).await.unwrap() {
+    last_row_per_key(compute_views(&catalog, streams).await.unwrap())
+}
+
+/// Each view's rows applied as upserts, as a sink would: the last row of each key.
+pub fn last_row_per_key(views: Vec<ViewResult>) -> BTreeMap<String, RecordBatch> {
+    let mut last = BTreeMap::new();
+    for view in views {
         let mut rows = KeyedTable::new(view.info.schema.clone(), view.info.key.clone()).unwrap();
         rows.upsert(&view.rows).unwrap();
-        views.insert(view.info.name, rows.to_batch().unwrap());
+        last.insert(view.info.name, rows.to_batch().unwrap());
     }
-    views
+    last
 }
 
 /// A row as cells: text for everything but floats, kept numeric for tolerant comparison.
