@@ -25,8 +25,8 @@ use trendflow_connectors::decode::{decode_parsed, parse_records, with_metadata, 
 use trendflow_connectors::fan_out::FanOut;
 use trendflow_connectors::kafka::{client_config, partition_count, RecordEncoder};
 use trendflow_engine::catalog::{incremental_session_config, Catalog};
-use trendflow_engine::runtime::{MicroBatch, Pipeline};
-use trendflow_engine::stream_table::StreamDecl;
+use trendflow_engine::contract::{MicroBatch, StreamDecl};
+use trendflow_engine::runtime::Pipeline;
 
 #[derive(Parser)]
 struct Cli {

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use trendflow_engine::catalog::Catalog;
-use trendflow_engine::runtime::{Poll, Source};
-use trendflow_engine::stream_table::StreamDecl;
+use trendflow_engine::contract::{Poll, Source, StreamDecl};
 
 use crate::error::{ConnectorError, Result};
 use crate::file_source::FileSource;

@@ -8,8 +8,7 @@ use datafusion::arrow::array::{new_null_array, ArrayRef, Int32Array, Int64Array,
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::error::ArrowError;
-use trendflow_engine::stream_options::{AvroSchemas, StreamFormat};
-use trendflow_engine::stream_table::StreamDecl;
+use trendflow_engine::contract::{AvroSchemas, StreamDecl, StreamFormat};
 pub use trendflow_formats::{decode_parsed, decode_parts, parse_records, split_body, AvroDecoder, Decoded, Parsed, RecordFormat};
 
 use crate::schema_registry::{SchemaLookup, SchemaRegistry};
@@ -22,7 +21,7 @@ use crate::schema_registry::{SchemaLookup, SchemaRegistry};
 /// for bare Avro bodies of one schema.
 ///
 /// ```
-/// # async fn demo(stream: trendflow_engine::stream_table::StreamDecl) -> trendflow_connectors::Result<()> {
+/// # async fn demo(stream: trendflow_engine::contract::StreamDecl) -> trendflow_connectors::Result<()> {
 /// use trendflow_connectors::decode::RecordDecoder;
 ///
 /// let mut decoder = RecordDecoder::for_stream(&stream)?;

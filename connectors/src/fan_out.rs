@@ -3,9 +3,7 @@
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
-use trendflow_engine::checkpoint::CheckpointMeta;
-use trendflow_engine::runtime::Sink;
-use trendflow_engine::view::{Changeset, ViewInfo};
+use trendflow_engine::contract::{Changeset, CheckpointMeta, Sink, ViewInfo};
 use trendflow_engine::EngineError;
 
 /// Applies every call to each sink in turn; the first failure stops the chain, and

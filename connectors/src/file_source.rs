@@ -19,9 +19,7 @@ use datafusion::arrow::csv;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use trendflow_engine::catalog::FileFormat;
-use trendflow_engine::checkpoint::Offsets;
-use trendflow_engine::runtime::{MicroBatch, Poll, Source};
-use trendflow_engine::stream_table::StreamDecl;
+use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source, StreamDecl};
 use trendflow_engine::EngineError;
 
 use crate::dead_letter::{DeadLetter, DeadLetterFile};

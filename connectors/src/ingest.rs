@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
-use trendflow_engine::stream_table::StreamDecl;
+use trendflow_engine::contract::StreamDecl;
 
 use crate::decode::{decode_parsed, parse_records, split_body};
 use crate::kafka::{send_rows, RecordEncoder, RecordProducer, BARE_AVRO_READ_ONLY};

@@ -33,9 +33,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::error::{Error as MongoError, ErrorKind};
 use mongodb::{Client, Database};
-use trendflow_engine::checkpoint::CheckpointMeta;
-use trendflow_engine::runtime::Sink;
-use trendflow_engine::view::{Changeset, ViewInfo};
+use trendflow_engine::contract::{Changeset, CheckpointMeta, Sink, ViewInfo};
 use trendflow_engine::EngineError;
 
 use crate::bson_convert::{documents_to_batch, row_document, row_id, to_bson};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, TableProvider};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use trendflow_engine::catalog::{batch_session_config, Catalog};
-use trendflow_engine::view::ViewInfo;
+use trendflow_engine::contract::ViewInfo;
 
 /// Catalog name clients see.
 pub const CATALOG: &str = "trendflow";

@@ -18,11 +18,9 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::{Constraint, Constraints};
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
-use trendflow_engine::checkpoint::CheckpointMeta;
+use trendflow_engine::contract::{Changeset, CheckpointMeta, Sink, ViewInfo};
 use trendflow_engine::keyed::KeyedTable;
-use trendflow_engine::runtime::Sink;
 use trendflow_engine::snapshot::SnapshotTable;
-use trendflow_engine::view::{Changeset, ViewInfo};
 use trendflow_engine::EngineError;
 
 use crate::error::{ConnectorError, Result};

@@ -13,7 +13,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 
 use crate::catalog::Catalog;
-use crate::view::ViewInfo;
+use crate::contract::ViewInfo;
 use crate::Result;
 
 /// A view's rows as a batch run computes them.

@@ -17,8 +17,9 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 
+use crate::contract::{StreamDecl, ViewInfo};
 use crate::error::{EngineError, Result};
-use crate::stream_table::{StreamDecl, StreamRegistry, StreamTableFactory, STREAM_FILE_TYPE};
+use crate::stream_table::{StreamRegistry, StreamTableFactory, STREAM_FILE_TYPE};
 
 /// One statement of a SQL file, with where it starts.
 #[derive(Debug, Clone)]
@@ -158,7 +159,7 @@ impl Catalog {
     }
 
     /// Name, schema and key of every view, from its logical plan (without compiling it).
-    pub async fn view_infos(&self) -> Result<Vec<crate::view::ViewInfo>> {
+    pub async fn view_infos(&self) -> Result<Vec<ViewInfo>> {
         let mut infos = Vec::new();
         for view in &self.views {
             let df = self.ctx.table(view.name.as_str()).await?;
@@ -168,7 +169,7 @@ impl Catalog {
                 view: view.name.clone(),
                 construct: "it has no key: select every GROUP BY column, or the stream's PRIMARY KEY".into(),
             })?;
-            infos.push(crate::view::ViewInfo { name: view.name.clone(), schema: Arc::new(df.schema().as_arrow().clone()), key });
+            infos.push(ViewInfo { name: view.name.clone(), schema: Arc::new(df.schema().as_arrow().clone()), key });
         }
         Ok(infos)
     }

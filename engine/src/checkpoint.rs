@@ -25,12 +25,9 @@ use std::sync::OnceLock;
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
-use serde::{Deserialize, Serialize};
 
+use crate::contract::CheckpointMeta;
 use crate::error::{EngineError, Result};
-
-/// Per-partition positions of one source: partition → next offset to read.
-pub type Offsets = BTreeMap<i32, i64>;
 
 const CURRENT: &str = "CURRENT";
 const META: &str = "meta.json";
@@ -66,25 +63,6 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// What a checkpoint records besides the state batches.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct CheckpointMeta {
-    /// Micro-batches processed when it was taken.
-    pub batch_id: u64,
-    /// Source name → positions.
-    pub sources: BTreeMap<String, Offsets>,
-    /// View name → number of state files (`<view>.<i>.arrow`).
-    pub views: BTreeMap<String, usize>,
-    /// What the state was computed from: `view:<name>` → hash of its SQL,
-    /// `source:<stream>` → the bound input. A restart with other inputs is refused.
-    #[serde(default)]
-    pub inputs: BTreeMap<String, String>,
-    /// The checkpoints whose state this one's builds on, oldest (a full one) first;
-    /// empty when this one holds the full state.
-    #[serde(default)]
-    pub base: Vec<String>,
-}
-
 /// A checkpoint read back: positions plus the state batches of each view.
 #[derive(Debug)]
 pub struct Checkpoint {
@@ -99,7 +77,8 @@ pub struct Checkpoint {
 ///
 /// ```
 /// use std::collections::BTreeMap;
-/// use trendflow_engine::checkpoint::{CheckpointMeta, Checkpointer, StateFiles};
+/// use trendflow_engine::checkpoint::{Checkpointer, StateFiles};
+/// use trendflow_engine::contract::CheckpointMeta;
 ///
 /// let dir = tempfile::tempdir().unwrap();
 /// let mut store = Checkpointer::new(dir.path().join("ckpt")).unwrap();

@@ -4,9 +4,9 @@ use datafusion::arrow::array::UInt32Array;
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::record_batch::RecordBatch;
 
+use crate::contract::{Changeset, ViewInfo};
 use crate::error::{EngineError, Result};
 use crate::keyed::{project_columns, take_rows, EncodedRows, RowEncoder, RowMap};
-use crate::view::{Changeset, ViewInfo};
 
 /// Rows of a view indexed by key, with their encoded values, ready to be diffed.
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use datafusion::common::{Column, DFSchema, Dependency};
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 
-use crate::stream_table::StreamDecl;
+use crate::contract::StreamDecl;
 
 /// The key of the view planned as `plan`, as indices into its output; `None` when its
 /// rows have none (a GROUP BY column left out of the SELECT, no PRIMARY KEY selected).

@@ -7,7 +7,7 @@
 //! date as micro-batches of Arrow records arrive.
 //!
 //! Sources and sinks live in other crates and meet the engine through the
-//! [`runtime::Source`] and [`runtime::Sink`] traits. A batch run computes every
+//! [`contract::Source`] and [`contract::Sink`] traits of [`contract`]. A batch run computes every
 //! view once over whole inputs instead ([`batch::compute_views`]).
 //!
 //! ```no_run
@@ -28,6 +28,7 @@ pub mod aggregate;
 pub mod batch;
 pub mod catalog;
 pub mod checkpoint;
+pub mod contract;
 mod diff;
 pub mod error;
 mod evaluation;

@@ -6,81 +6,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::TaskContext;
 use tokio::sync::watch;
 
 use crate::catalog::Catalog;
-use crate::checkpoint::{CheckpointMeta, Checkpointer, Offsets, StateFiles, Written};
+use crate::checkpoint::{Checkpointer, StateFiles, Written};
+use crate::contract::{CheckpointMeta, MicroBatch, Offsets, Poll, Sink, Source, StreamDecl, ViewInfo};
 use crate::error::{EngineError, Result};
-use crate::stream_table::StreamDecl;
-use crate::view::{Changeset, IncrementalView, ViewInfo};
-
-/// Records of one stream for one micro-batch, with the positions after them.
-#[derive(Debug, Clone)]
-pub struct MicroBatch {
-    /// Decoded records, with the stream's full schema (declared + metadata columns).
-    pub batch: RecordBatch,
-    /// Positions after the last record of `batch`, per partition.
-    pub offsets: Offsets,
-    /// Records that did not decode and went to the dead-letter destination instead.
-    pub rejected: u64,
-}
-
-/// The outcome of polling a source.
-#[derive(Debug)]
-pub enum Poll {
-    /// Records are ready.
-    Batch(MicroBatch),
-    /// Nothing arrived within the allowed delay; more may come.
-    Idle,
-    /// The source is exhausted (a replayed file reached its end).
-    Finished,
-}
-
-/// Where a stream's records come from. Implemented by connectors.
-#[async_trait]
-pub trait Source: Send {
-    /// The stream this source feeds.
-    fn stream(&self) -> &str;
-    /// Gathers up to `max_rows` records, waiting at most `max_delay` for them.
-    async fn poll(&mut self, max_rows: usize, max_delay: Duration) -> Result<Poll>;
-    /// Continues after `offsets` (from a checkpoint) instead of the beginning.
-    async fn seek(&mut self, offsets: &Offsets) -> Result<()>;
-    /// What this source reads (e.g. `file:/data/products.csv`); checkpoints remember it
-    /// so that a restart bound to another input is refused rather than mis-positioned.
-    fn identity(&self) -> String {
-        self.stream().to_string()
-    }
-    /// Records waiting to be read, when the source can tell (Kafka: end offsets minus
-    /// positions, as of its last look at the end offsets).
-    fn lag(&self) -> Option<u64> {
-        None
-    }
-    /// Called after a checkpoint holding `offsets` is durable.
-    async fn commit(&mut self, _offsets: &Offsets) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// Where view changes go. Implemented by connectors; must be idempotent, since
-/// changes after the last checkpoint are replayed after a crash.
-#[async_trait]
-pub trait Sink: Send {
-    /// Prepares the destination for `views`.
-    async fn open(&mut self, views: &[ViewInfo]) -> Result<()>;
-    /// Applies one view's changes (absolute values; replaying gives the same result).
-    async fn apply(&mut self, view: &ViewInfo, changes: &Changeset) -> Result<()>;
-    /// Makes everything applied so far durable; called before each checkpoint.
-    async fn flush(&mut self, meta: &CheckpointMeta) -> Result<()>;
-    /// Makes `view`'s rows exactly `rows`, removing any others. Called at start-up for
-    /// every view that keeps its whole result: changes applied after the last checkpoint
-    /// may have reached the sink before a crash, and the replay, cut into other
-    /// micro-batches, need not undo them (a category that entered the top 10 and left
-    /// it again in the lost run would otherwise stay).
-    async fn reset(&mut self, view: &ViewInfo, rows: &RecordBatch) -> Result<()>;
-}
+use crate::view::IncrementalView;
 
 /// Knobs of the micro-batch loop.
 #[derive(Debug, Clone)]

@@ -30,6 +30,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::aggregate::{IncrementalAggregate, TouchedGroups};
 use crate::catalog::ViewDef;
+use crate::contract::{Changeset, StreamDecl, ViewInfo};
 use crate::diff::{Differ, IndexedRows};
 use crate::error::{EngineError, Result};
 pub use crate::evaluation::Evaluation;
@@ -37,42 +38,7 @@ use crate::evaluation::{classify, join_name, join_type, keeps_only_side, Classif
 use crate::key::view_key;
 use crate::keyed::{RowEncoder, RowMap};
 use crate::slot::{reads_any, run_plan, BatchSlot};
-use crate::stream_table::StreamDecl;
 use crate::top_n::TopN;
-
-/// Rows a view gained or changed (`upserts`, full rows) and lost (`deletes`, key columns only).
-#[derive(Debug, Clone)]
-pub struct Changeset {
-    /// New or changed rows, with the view's schema.
-    pub upserts: RecordBatch,
-    /// Keys of rows that left the view, with the view's key columns.
-    pub deletes: RecordBatch,
-}
-
-impl Changeset {
-    /// True when nothing changed.
-    pub fn is_empty(&self) -> bool {
-        self.upserts.num_rows() == 0 && self.deletes.num_rows() == 0
-    }
-}
-
-/// What sinks need to know about a view.
-#[derive(Debug, Clone)]
-pub struct ViewInfo {
-    /// View name.
-    pub name: String,
-    /// Output schema.
-    pub schema: SchemaRef,
-    /// Key columns, as indices into `schema`.
-    pub key: Vec<usize>,
-}
-
-impl ViewInfo {
-    /// Schema of the key columns (the schema of [`Changeset::deletes`]).
-    pub fn key_schema(&self) -> SchemaRef {
-        Arc::new(self.schema.project(&self.key).expect("view key columns are in its schema"))
-    }
-}
 
 /// A view compiled for incremental maintenance.
 #[derive(Debug)]
@@ -275,7 +241,7 @@ impl IncrementalView {
 
     /// Restores checkpointed state (one batch per aggregate; where a group appears twice
     /// the later row wins) without emitting anything: the pipeline resets the sink to
-    /// [`Self::current_result`], see [`crate::runtime::Sink::reset`].
+    /// [`Self::current_result`], see [`crate::contract::Sink::reset`].
     pub async fn restore(&mut self, state: Vec<RecordBatch>, ctx: &Arc<TaskContext>) -> Result<()> {
         let restored = self.restore_state(state, ctx).await;
         restored.map_err(|e| self.error(e))

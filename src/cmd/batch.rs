@@ -8,9 +8,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::batch::{compute_views, ViewResult};
 use trendflow_engine::catalog::batch_session_config;
-use trendflow_engine::checkpoint::CheckpointMeta;
-use trendflow_engine::runtime::Sink;
-use trendflow_engine::view::{Changeset, ViewInfo};
+use trendflow_engine::contract::{Changeset, CheckpointMeta, Sink, ViewInfo};
 
 use super::args::PipelineArgs;
 use super::common::{load_catalog, print_views, resolve_bindings};

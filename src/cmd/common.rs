@@ -15,7 +15,7 @@ use trendflow_connectors::mongo::{self, MongoTable};
 use trendflow_connectors::serving::{serving_context, Streams};
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::catalog::{batch_session_config, Catalog};
-use trendflow_engine::view::ViewInfo;
+use trendflow_engine::contract::ViewInfo;
 use trendflow_server::auth::AuthConfig;
 use trendflow_server::service::QueryLimits;
 use trendflow_server::{RunningServer, ServeOptions};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use trendflow_connectors::kafka::{self, RecordProducer, ReplaySummary};
 use trendflow_engine::catalog::Catalog;
-use trendflow_engine::stream_table::StreamDecl;
+use trendflow_engine::contract::StreamDecl;
 
 use super::args::PipelineArgs;
 use super::common::progress_bar;

@@ -172,13 +172,13 @@ async fn replayed_records_are_not_dead_lettered_twice() {
     let catalog = Catalog::load(&[shipped_sql()], incremental_session_config(), &bindings.files()).await.unwrap();
     let dead = tmp.path().join("dl");
     let mut first = bindings.open_sources(&catalog, &file_settings(&dead)).await.unwrap().remove(0);
-    let trendflow_engine::runtime::Poll::Batch(micro) = first.poll(10, Default::default()).await.unwrap() else { panic!() };
+    let trendflow_engine::contract::Poll::Batch(micro) = first.poll(10, Default::default()).await.unwrap() else { panic!() };
     let checkpointed = micro.offsets.clone();
-    while let trendflow_engine::runtime::Poll::Batch(_) = first.poll(10, Default::default()).await.unwrap() {}
+    while let trendflow_engine::contract::Poll::Batch(_) = first.poll(10, Default::default()).await.unwrap() {}
     // The job dies here, after the last poll but before its next checkpoint; it resumes from `checkpointed`.
     let mut second = bindings.open_sources(&catalog, &file_settings(&dead)).await.unwrap().remove(0);
     second.seek(&checkpointed).await.unwrap();
-    while let trendflow_engine::runtime::Poll::Batch(_) = second.poll(7, Default::default()).await.unwrap() {}
+    while let trendflow_engine::contract::Poll::Batch(_) = second.poll(7, Default::default()).await.unwrap() {}
     let letters = std::fs::read_to_string(dead.join("products.ndjson")).unwrap();
     let offsets: Vec<i64> = letters.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["offset"].as_i64().unwrap()).collect();
     assert_eq!(offsets, (0..40).step_by(4).collect::<Vec<i64>>());

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::catalog::{incremental_session_config, Catalog};
-use trendflow_engine::runtime::{Pipeline, Poll, Source};
+use trendflow_engine::contract::{Poll, Source};
+use trendflow_engine::runtime::Pipeline;
 use trendflow_engine::view::Evaluation;
 
 use crate::support::*;
@@ -206,7 +207,7 @@ async fn a_delta_checkpoint_writes_the_groups_a_micro_batch_touched() {
     let state = fx.tmp.path().join("state");
     let mut pipeline = fx.pipeline(&state).await;
     let mut store = EmbeddedStore::new(state.join("store"));
-    trendflow_engine::runtime::Sink::open(&mut store, &pipeline.view_infos()).await.unwrap();
+    trendflow_engine::contract::Sink::open(&mut store, &pipeline.view_infos()).await.unwrap();
     let mut source = SplitSource::new("products", data.slice(0, 4_000), 1, 4_000);
     let Poll::Batch(first) = source.poll(0, Default::default()).await.unwrap() else { panic!("rows") };
     pipeline.step(vec![("products".into(), first)], &mut store).await.unwrap();
@@ -215,7 +216,10 @@ async fn a_delta_checkpoint_writes_the_groups_a_micro_batch_touched() {
 
     let small = data.slice(4_000, 50);
     let report = pipeline
-        .step(vec![("products".into(), trendflow_engine::runtime::MicroBatch { batch: small, offsets: Default::default(), rejected: 0 })], &mut store)
+        .step(
+            vec![("products".into(), trendflow_engine::contract::MicroBatch { batch: small, offsets: Default::default(), rejected: 0 })],
+            &mut store,
+        )
         .await
         .unwrap();
     let (_, delta) = pipeline.checkpoint(&mut store).await.unwrap();

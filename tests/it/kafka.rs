@@ -16,8 +16,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use trendflow_connectors::decode::RecordFormat;
 use trendflow_connectors::kafka::{self, encode_rows, KafkaSource, KafkaSourceOptions, RecordEncoder, RecordProducer};
 use trendflow_engine::catalog::Catalog;
-use trendflow_engine::checkpoint::Offsets;
-use trendflow_engine::runtime::{Poll, Source};
+use trendflow_engine::contract::{Offsets, Poll, Source};
 
 pub(crate) use crate::broker::Broker;
 use crate::support::*;

@@ -18,8 +18,8 @@ use datafusion::prelude::SessionContext;
 use mongodb::bson::{doc, Bson, Document};
 use trendflow_connectors::mongo::{connect, MongoOptions, MongoSink, MongoTable};
 use trendflow_engine::catalog::{incremental_session_config, Catalog};
-use trendflow_engine::runtime::{Pipeline, Sink};
-use trendflow_engine::view::{Changeset, ViewInfo};
+use trendflow_engine::contract::{Changeset, Poll, Sink, Source, ViewInfo};
+use trendflow_engine::runtime::Pipeline;
 
 use crate::support::*;
 
@@ -288,7 +288,6 @@ async fn a_mongodb_outage_loses_nothing(backend: Backend) {
     sink.open(&pipeline.view_infos()).await.unwrap();
     let mut source = SplitSource::new("products", data, 3, 600);
     let mut unhealthy_seen = false;
-    use trendflow_engine::runtime::{Poll, Source};
     let mut step = 0;
     let mut restarted = false;
     while let Poll::Batch(micro) = source.poll(0, Duration::ZERO).await.unwrap() {

@@ -3,7 +3,8 @@
 
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::catalog::{incremental_session_config, Catalog};
-use trendflow_engine::runtime::{Pipeline, Poll, Sink, Source};
+use trendflow_engine::contract::{Poll, Sink, Source};
+use trendflow_engine::runtime::Pipeline;
 
 use crate::support::*;
 

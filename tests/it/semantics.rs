@@ -8,8 +8,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{CsvReadOptions, SessionContext};
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::catalog::{incremental_session_config, Catalog};
-use trendflow_engine::checkpoint::{CheckpointMeta, Offsets};
-use trendflow_engine::runtime::{MicroBatch, Pipeline, Sink};
+use trendflow_engine::contract::{CheckpointMeta, MicroBatch, Offsets, Sink};
+use trendflow_engine::runtime::Pipeline;
 
 use crate::support::*;
 

@@ -33,10 +33,9 @@ use trendflow_connectors::decode::{with_metadata, RecordOrigin};
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::batch::compute_views;
 use trendflow_engine::catalog::{batch_session_config, incremental_session_config, Catalog};
-use trendflow_engine::checkpoint::Offsets;
+use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source, StreamDecl};
 use trendflow_engine::error::EngineError;
-use trendflow_engine::runtime::{MicroBatch, Pipeline, Poll, RunOptions, Source};
-use trendflow_engine::stream_table::StreamDecl;
+use trendflow_engine::runtime::{Pipeline, RunOptions};
 
 use crate::support::*;
 

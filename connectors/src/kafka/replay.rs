@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use trendflow_engine::runtime::{Poll, Source};
-use trendflow_engine::stream_table::StreamDecl;
+use trendflow_engine::contract::{AvroSchemas, Poll, Source, StreamDecl, StreamFormat};
 
 use trendflow_formats::{avro_schema_of, AvroEncoder};
 
@@ -18,7 +17,6 @@ use crate::decode::RecordFormat;
 use crate::error::{ConnectorError, Result};
 use crate::file_source::FileSource;
 use crate::schema_registry::SchemaRegistry;
-use trendflow_engine::stream_options::{AvroSchemas, StreamFormat};
 
 /// Rows of a batch encoded as records: one buffer and each record's byte range.
 #[derive(Debug, Default)]

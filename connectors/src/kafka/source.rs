@@ -20,9 +20,7 @@ use datafusion::arrow::array::{Array, StringArray};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::{Offset, TopicPartitionList};
-use trendflow_engine::checkpoint::Offsets;
-use trendflow_engine::runtime::{MicroBatch, Poll, Source};
-use trendflow_engine::stream_table::StreamDecl;
+use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source, StreamDecl};
 use trendflow_engine::EngineError;
 
 use super::{client_config, ensure_topic, kafka_error, partition_count, OutRecord, RecordProducer};
