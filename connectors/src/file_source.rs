@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use datafusion::arrow::csv;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use trendflow_engine::catalog::FileFormat;
+use trendflow_engine::file_format::FileFormat;
+
 use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source, StreamDecl};
 use trendflow_engine::EngineError;
 

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, TableProvider};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use trendflow_engine::catalog::{batch_session_config, Catalog};
+use trendflow_engine::catalog::Catalog;
 use trendflow_engine::contract::ViewInfo;
+use trendflow_engine::session::batch_session_config;
 
 /// Catalog name clients see.
 pub const CATALOG: &str = "trendflow";

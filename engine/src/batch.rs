@@ -30,7 +30,7 @@ pub struct ViewResult {
 /// Computes every view of `catalog`, in declaration order, over `streams`: each declared
 /// stream (by name) with its whole input as a table.
 ///
-/// Load the catalog with [`batch_session_config`](crate::catalog::batch_session_config):
+/// Load the catalog with [`batch_session_config`](crate::session::batch_session_config):
 /// the incremental configuration plans every query on one partition, which a batch run
 /// has no need for. `catalog` keeps the given tables as its streams.
 ///
@@ -41,7 +41,8 @@ pub struct ViewResult {
 /// use datafusion::arrow::json::ReaderBuilder;
 /// use datafusion::datasource::MemTable;
 /// use trendflow_engine::batch::compute_views;
-/// use trendflow_engine::catalog::{batch_session_config, Catalog};
+/// use trendflow_engine::catalog::Catalog;
+/// use trendflow_engine::session::batch_session_config;
 ///
 /// let dir = tempfile::tempdir()?;
 /// std::fs::write(

@@ -10,27 +10,16 @@ use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{CreateExternalTable, Statement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 
 use crate::contract::{StreamDecl, ViewInfo};
 use crate::error::{EngineError, Result};
-use crate::stream_table::{StreamRegistry, StreamTableFactory, STREAM_FILE_TYPE};
-
-/// One statement of a SQL file, with where it starts.
-#[derive(Debug, Clone)]
-pub struct SqlStatementText {
-    /// The file it came from.
-    pub file: PathBuf,
-    /// 1-based line of its first token.
-    pub line: usize,
-    /// Its text, without the closing semicolon.
-    pub text: String,
-}
+use crate::file_format::FileFormat;
+use crate::session::{batch_session_config, new_session};
+use crate::sql_file::{file_positions, split_statements, sql_files, SqlStatementText};
+use crate::stream_table::{StreamRegistry, STREAM_FILE_TYPE};
 
 /// A continuous view declared by `CREATE VIEW name AS SELECT …`.
 #[derive(Debug, Clone)]
@@ -58,45 +47,6 @@ pub struct Catalog {
     streams: Vec<StreamDecl>,
     references: Vec<ReferenceDef>,
     views: Vec<ViewDef>,
-}
-
-/// The session configuration of batch runs and queries.
-///
-/// `VARCHAR` maps to plain `Utf8` rather than `Utf8View`: results leave the
-/// engine for sinks and BI clients, many of which do not read string views yet.
-pub fn batch_session_config() -> SessionConfig {
-    let mut config = SessionConfig::new().with_information_schema(true);
-    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
-    config
-}
-
-/// The session configuration the incremental engine relies on: [`batch_session_config`]
-/// with the changes below.
-///
-/// One partition keeps every aggregate a single `AggregateExec` the engine can
-/// split into its Partial / PartialReduce / Final stages; dynamic filters are
-/// off because plans are re-executed and such filters carry state between runs;
-/// `Partial` never skips aggregation, so it emits one row per group and a group's
-/// stored state is merged exactly once.
-pub fn incremental_session_config() -> SessionConfig {
-    let mut config = batch_session_config().with_target_partitions(1);
-    config.options_mut().execution.skip_partial_aggregation_probe_rows_threshold = usize::MAX;
-    let optimizer = &mut config.options_mut().optimizer;
-    optimizer.enable_dynamic_filter_pushdown = false;
-    optimizer.enable_topk_dynamic_filter_pushdown = false;
-    optimizer.enable_join_dynamic_filter_pushdown = false;
-    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
-    config
-}
-
-/// A session that understands `STORED AS KAFKA`, recording streams into `registry`.
-pub fn new_session(config: SessionConfig, registry: StreamRegistry) -> SessionContext {
-    let state = SessionStateBuilder::new()
-        .with_default_features()
-        .with_config(config)
-        .with_table_factory(STREAM_FILE_TYPE.to_string(), Arc::new(StreamTableFactory::new(registry)))
-        .build();
-    SessionContext::new_with_state(state)
 }
 
 /// Whether a statement's text declares a stream (`… STORED AS KAFKA …`).
@@ -163,11 +113,11 @@ impl Catalog {
         let mut infos = Vec::new();
         for view in &self.views {
             let df = self.ctx.table(view.name.as_str()).await?;
-            let key = crate::key::view_key(df.logical_plan(), &self.streams).ok_or_else(|| EngineError::Unsupported {
+            let key = crate::key::require_view_key(df.logical_plan(), &self.streams).map_err(|construct| EngineError::Unsupported {
                 file: view.origin.file.clone(),
                 line: view.origin.line,
                 view: view.name.clone(),
-                construct: "it has no key: select every GROUP BY column, or the stream's PRIMARY KEY".into(),
+                construct,
             })?;
             infos.push(ViewInfo { name: view.name.clone(), schema: Arc::new(df.schema().as_arrow().clone()), key });
         }
@@ -318,147 +268,13 @@ fn rebind_reference(cmd: &mut CreateExternalTable, override_location: Option<&St
     }
 }
 
-/// File formats a table can be bound to, known by extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileFormat {
-    /// Comma-separated values with a header line.
-    Csv,
-    /// One JSON object per line (`.json`, `.ndjson`, `.jsonl`).
-    NdJson,
-    /// Apache Parquet.
-    Parquet,
-}
-
-impl FileFormat {
-    /// The format a path's extension names; CSV when unknown.
-    pub fn from_path(path: &str) -> Self {
-        let lower = path.to_ascii_lowercase();
-        if lower.ends_with(".parquet") {
-            Self::Parquet
-        } else if lower.ends_with(".json") || lower.ends_with(".ndjson") || lower.ends_with(".jsonl") {
-            Self::NdJson
-        } else {
-            Self::Csv
-        }
-    }
-
-    /// The `STORED AS` name DataFusion uses for the format.
-    pub fn stored_as(self) -> &'static str {
-        match self {
-            Self::Csv => "CSV",
-            Self::NdJson => "JSON",
-            Self::Parquet => "PARQUET",
-        }
-    }
-}
-
-/// Rewrites the parser's statement-relative `Line: N, Column: C` as file positions.
-fn file_positions(message: &str, first_line: usize) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(at) = rest.find("Line: ") {
-        out.push_str(&rest[..at]);
-        let digits: String = rest[at + 6..].chars().take_while(char::is_ascii_digit).collect();
-        match digits.parse::<usize>() {
-            Ok(n) => out.push_str(&format!("file line {}", first_line + n - 1)),
-            Err(_) => out.push_str("Line: "),
-        }
-        rest = &rest[at + 6 + digits.len()..];
-    }
-    out.push_str(rest);
-    out
-}
-
 fn first_words(sql: &str) -> String {
     sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
-
-/// The `.sql` files named by `paths`; directories contribute their `*.sql` files in name order.
-pub fn sql_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for path in paths {
-        let io_error = |e: std::io::Error| EngineError::Sql {
-            file: path.clone(),
-            line: 0,
-            message: format!("cannot read the SQL ({e}); run from the repository root or pass --sql PATH"),
-        };
-        if path.is_dir() {
-            let mut in_dir: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(io_error)?
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|ext| ext == "sql"))
-                .collect();
-            in_dir.sort();
-            files.extend(in_dir);
-        } else {
-            std::fs::metadata(path).map_err(io_error)?;
-            files.push(path.clone());
-        }
-    }
-    if files.is_empty() {
-        let shown = paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-        return Err(EngineError::Sql { file: shown.into(), line: 0, message: "no .sql files found".into() });
-    }
-    Ok(files)
-}
-
-/// Splits a SQL file into statements, remembering the line each starts on.
-///
-/// Uses DataFusion's tokenizer, so semicolons inside strings and comments do not split.
-pub fn split_statements(file: &Path) -> Result<Vec<SqlStatementText>> {
-    let sql = std::fs::read_to_string(file).map_err(|e| EngineError::Sql { file: file.to_path_buf(), line: 0, message: e.to_string() })?;
-    split_sql(&sql, file)
-}
-
-fn split_sql(sql: &str, file: &Path) -> Result<Vec<SqlStatementText>> {
-    let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location().map_err(|e| EngineError::Sql {
-        file: file.to_path_buf(),
-        line: e.location.line as usize,
-        message: e.message.clone(),
-    })?;
-    let mut statements = Vec::new();
-    let mut text = String::new();
-    let mut line = None;
-    for token in tokens {
-        match &token.token {
-            Token::SemiColon | Token::EOF => {
-                if let Some(line) = line.take() {
-                    statements.push(SqlStatementText { file: file.to_path_buf(), line, text: std::mem::take(&mut text) });
-                }
-                text.clear();
-            }
-            Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)) => {
-                // Comments are dropped so that a trailing comment cannot swallow the next line.
-                text.push(' ');
-            }
-            // Text starts at the statement's first token, so the parser's "Line: N" is
-            // line N of the statement, i.e. file line `line + N - 1`.
-            Token::Whitespace(_) if line.is_none() => {}
-            other => {
-                if line.is_none() {
-                    line = Some(token.span.start.line as usize);
-                }
-                text.push_str(&other.to_string());
-            }
-        }
-    }
-    Ok(statements)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_on_semicolons_outside_strings_and_comments() {
-        let sql = "-- header; comment\nCREATE VIEW a AS SELECT ';' AS x;\n\n/* ; */ CREATE VIEW b AS\n SELECT 1;";
-        let statements = split_sql(sql, Path::new("t.sql")).unwrap();
-        assert_eq!(statements.len(), 2);
-        assert_eq!(statements[0].line, 2);
-        assert!(statements[0].text.contains("';'"));
-        assert_eq!(statements[1].line, 4);
-        assert!(statements[1].text.trim().starts_with("CREATE VIEW b"));
-    }
 
     /// DataFusion files undotted OPTIONS keys under `format.`; streams see them as
     /// written, and wrong names or values are refused with the file and line.
@@ -486,12 +302,5 @@ mod tests {
             let error = Catalog::load_streams(&[dir.path().to_path_buf()]).await.unwrap_err().to_string();
             assert!(error.contains(message) && error.contains("s.sql:1"), "{error}");
         }
-    }
-
-    #[test]
-    fn file_format_follows_extension() {
-        assert_eq!(FileFormat::from_path("x/products.PARQUET"), FileFormat::Parquet);
-        assert_eq!(FileFormat::from_path("p.ndjson"), FileFormat::NdJson);
-        assert_eq!(FileFormat::from_path("p.csv"), FileFormat::Csv);
     }
 }

@@ -10,10 +10,36 @@
 
 use std::collections::HashSet;
 
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{Column, DFSchema, Dependency};
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 
 use crate::contract::StreamDecl;
+
+/// The key of the view planned as `plan`, or why it has none, saying how to give it one.
+pub fn require_view_key(plan: &LogicalPlan, streams: &[StreamDecl]) -> Result<Vec<usize>, String> {
+    view_key(plan, streams).ok_or_else(|| {
+        if aggregates(plan) {
+            "it has no key: select every GROUP BY column".into()
+        } else {
+            "it has no key: select the stream's PRIMARY KEY columns (declared with the stream, and selected \
+             straight from it, not through a join), or aggregate with GROUP BY"
+                .into()
+        }
+    })
+}
+
+/// Whether `plan`, or a view it reads, aggregates (GROUP BY, DISTINCT).
+fn aggregates(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| {
+        Ok(match node {
+            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => true,
+            LogicalPlan::TableScan(scan) => scan.source.get_logical_plan().is_some_and(|view| aggregates(&view)),
+            _ => false,
+        })
+    })
+    .unwrap_or(false)
+}
 
 /// The key of the view planned as `plan`, as indices into its output; `None` when its
 /// rows have none (a GROUP BY column left out of the SELECT, no PRIMARY KEY selected).

@@ -13,7 +13,7 @@
 //! ```no_run
 //! # async fn example() -> trendflow_engine::Result<()> {
 //! use std::collections::HashMap;
-//! use trendflow_engine::{catalog::{incremental_session_config, Catalog}, runtime::Pipeline};
+//! use trendflow_engine::{catalog::Catalog, runtime::Pipeline, session::incremental_session_config};
 //!
 //! let catalog = Catalog::load(&["sql".into()], incremental_session_config(), &HashMap::new()).await?;
 //! let pipeline = Pipeline::compile(catalog, "trendflow-state".into()).await?;
@@ -32,12 +32,15 @@ pub mod contract;
 mod diff;
 pub mod error;
 mod evaluation;
+pub mod file_format;
 pub mod key;
 pub mod keyed;
 pub mod recent;
 pub mod runtime;
+pub mod session;
 pub mod slot;
 pub mod snapshot;
+pub mod sql_file;
 pub mod stream_options;
 pub mod stream_table;
 mod top_n;

@@ -35,7 +35,7 @@ use crate::diff::{Differ, IndexedRows};
 use crate::error::{EngineError, Result};
 pub use crate::evaluation::Evaluation;
 use crate::evaluation::{classify, join_name, join_type, keeps_only_side, Classified};
-use crate::key::view_key;
+use crate::key::require_view_key;
 use crate::keyed::{RowEncoder, RowMap};
 use crate::slot::{reads_any, run_plan, BatchSlot};
 use crate::top_n::TopN;
@@ -93,7 +93,7 @@ impl IncrementalView {
         if let Some(construct) = unmaintainable_expression(df.logical_plan()) {
             return Err(unsupported(construct));
         }
-        let key = view_key(df.logical_plan(), streams);
+        let key = require_view_key(df.logical_plan(), streams);
         let physical = df.create_physical_plan().await.map_err(|e| sql_error(e.to_string()))?;
         let schema = physical.schema();
         let slots: Vec<BatchSlot> = streams.iter().map(|s| s.slot.clone()).collect();
@@ -103,15 +103,7 @@ impl IncrementalView {
         }
         let mut aggregates = Vec::new();
         let output = finder.split(physical, &mut aggregates).map_err(unsupported)?;
-        let key = key.ok_or_else(|| {
-            unsupported(if aggregates.is_empty() {
-                "it has no key: select the stream's PRIMARY KEY columns (declared with the stream, and selected \
-                 straight from it, not through a join), or aggregate with GROUP BY"
-                    .into()
-            } else {
-                "it has no key: select every GROUP BY column".into()
-            })
-        })?;
+        let key = key.map_err(unsupported)?;
         let info = ViewInfo { name: def.name.clone(), schema: schema.clone(), key };
         let differ = Differ::new(&info)?;
         let kind = if aggregates.is_empty() {

@@ -7,7 +7,8 @@ use anyhow::{bail, Context, Result};
 use datafusion::arrow::record_batch::RecordBatch;
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::batch::{compute_views, ViewResult};
-use trendflow_engine::catalog::batch_session_config;
+use trendflow_engine::session::batch_session_config;
+
 use trendflow_engine::contract::{Changeset, CheckpointMeta, Sink, ViewInfo};
 
 use super::args::PipelineArgs;

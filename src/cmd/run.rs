@@ -11,9 +11,11 @@ use trendflow_connectors::fan_out::FanOut;
 use trendflow_connectors::mongo::{self, MongoSink};
 use trendflow_connectors::serving::{serving_context, Streams};
 use trendflow_connectors::store::EmbeddedStore;
-use trendflow_engine::catalog::{declared_tables, incremental_session_config, sql_files};
+use trendflow_engine::catalog::declared_tables;
 use trendflow_engine::contract::Sink;
 use trendflow_engine::runtime::{Pipeline, RunOptions, RunSummary, StepReport};
+use trendflow_engine::session::incremental_session_config;
+use trendflow_engine::sql_file::sql_files;
 use trendflow_server::status::{serve_status, JobStatus};
 
 use super::args::{FlightArgs, MongoArgs, PipelineArgs};

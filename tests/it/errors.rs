@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use trendflow_connectors::binding::Bindings;
-use trendflow_engine::catalog::{incremental_session_config, Catalog};
+use trendflow_engine::catalog::Catalog;
 use trendflow_engine::runtime::Pipeline;
+use trendflow_engine::session::incremental_session_config;
 use trendflow_engine::EngineError;
 
 use crate::support::*;

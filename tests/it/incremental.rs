@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use trendflow_connectors::store::EmbeddedStore;
-use trendflow_engine::catalog::{incremental_session_config, Catalog};
+use trendflow_engine::catalog::Catalog;
 use trendflow_engine::contract::{Poll, Source};
 use trendflow_engine::runtime::Pipeline;
+use trendflow_engine::session::incremental_session_config;
 use trendflow_engine::view::Evaluation;
 
 use crate::support::*;

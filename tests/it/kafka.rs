@@ -76,7 +76,7 @@ pub(crate) fn assert_same_csv(actual: &[String], expected: &[String], context: &
 /// Generated products encoded as JSON records (what producers send).
 pub(crate) async fn json_records(data: &Path, dead_letters: &Path) -> Vec<Vec<u8>> {
     let bindings = bindings(&data.join("products.csv"), &data.join("categories.csv"));
-    let catalog = Catalog::load(&[shipped_sql()], trendflow_engine::catalog::batch_session_config(), &bindings.files()).await.unwrap();
+    let catalog = Catalog::load(&[shipped_sql()], trendflow_engine::session::batch_session_config(), &bindings.files()).await.unwrap();
     let stream = &catalog.streams()[0];
     let mut sources = bindings.open_sources(&catalog, &file_settings(dead_letters)).await.unwrap();
     let mut records = Vec::new();

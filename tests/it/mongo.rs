@@ -17,9 +17,10 @@ use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::prelude::SessionContext;
 use mongodb::bson::{doc, Bson, Document};
 use trendflow_connectors::mongo::{connect, MongoOptions, MongoSink, MongoTable};
-use trendflow_engine::catalog::{incremental_session_config, Catalog};
+use trendflow_engine::catalog::Catalog;
 use trendflow_engine::contract::{Changeset, Poll, Sink, Source, ViewInfo};
 use trendflow_engine::runtime::Pipeline;
+use trendflow_engine::session::incremental_session_config;
 
 use crate::support::*;
 

@@ -2,9 +2,10 @@
 //! exactly the batch result, also when the sink got ahead of the checkpoint.
 
 use trendflow_connectors::store::EmbeddedStore;
-use trendflow_engine::catalog::{incremental_session_config, Catalog};
+use trendflow_engine::catalog::Catalog;
 use trendflow_engine::contract::{Poll, Sink, Source};
 use trendflow_engine::runtime::Pipeline;
+use trendflow_engine::session::incremental_session_config;
 
 use crate::support::*;
 

@@ -7,9 +7,10 @@ use datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{CsvReadOptions, SessionContext};
 use trendflow_connectors::store::EmbeddedStore;
-use trendflow_engine::catalog::{incremental_session_config, Catalog};
+use trendflow_engine::catalog::Catalog;
 use trendflow_engine::contract::{CheckpointMeta, MicroBatch, Offsets, Sink};
 use trendflow_engine::runtime::Pipeline;
+use trendflow_engine::session::incremental_session_config;
 
 use crate::support::*;
 

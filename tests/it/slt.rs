@@ -32,10 +32,11 @@ use sqllogictest::{DBOutput, DefaultColumnType};
 use trendflow_connectors::decode::{with_metadata, RecordOrigin};
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::batch::compute_views;
-use trendflow_engine::catalog::{batch_session_config, incremental_session_config, Catalog};
+use trendflow_engine::catalog::Catalog;
 use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source, StreamDecl};
 use trendflow_engine::error::EngineError;
 use trendflow_engine::runtime::{Pipeline, RunOptions};
+use trendflow_engine::session::{batch_session_config, incremental_session_config};
 
 use crate::support::*;
 

@@ -12,7 +12,7 @@ async fn check(products: &std::path::Path, categories: &std::path::Path, seeds: 
     for &seed in seeds {
         let state = tmp.path().join(format!("state-{seed}"));
         let catalog =
-            trendflow_engine::catalog::Catalog::load(&[shipped_sql()], trendflow_engine::catalog::incremental_session_config(), &bindings.files())
+            trendflow_engine::catalog::Catalog::load(&[shipped_sql()], trendflow_engine::session::incremental_session_config(), &bindings.files())
                 .await
                 .unwrap();
         let data = decode_all(&catalog, &bindings, &state.join("dl")).await;

@@ -13,10 +13,11 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use trendflow_connectors::binding::{Bindings, SourceSettings};
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::batch::{compute_views, ViewResult};
-use trendflow_engine::catalog::{batch_session_config, incremental_session_config, Catalog};
+use trendflow_engine::catalog::Catalog;
 use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source};
 use trendflow_engine::keyed::KeyedTable;
 use trendflow_engine::runtime::{Pipeline, RunOptions};
+use trendflow_engine::session::{batch_session_config, incremental_session_config};
 use trendflow_engine::EngineError;
 
 /// The repository root.
