@@ -1,6 +1,9 @@
 //! `trendflow`: command-line wiring of the engine and connectors. Every command lives
 //! in its own module under `src/cmd/`; this file parses, dispatches and reports errors.
 
+// A command's results are its standard output (the libraries never print).
+#![allow(clippy::print_stdout)]
+
 mod cmd;
 
 use std::io::IsTerminal;

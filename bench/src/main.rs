@@ -13,6 +13,9 @@
 //!   fetch settings as trendflow's source, and no fetch back-off (see `consume`):
 //!   the broker-bound baseline.
 
+// The figures are the standard output, read by bench/run.py.
+#![allow(clippy::print_stdout)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -49,6 +49,14 @@ pub struct Catalog {
     views: Vec<ViewDef>,
 }
 
+/// The session has no `Debug`; what was declared is what a reader needs.
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let streams: Vec<&str> = self.streams.iter().map(|s| s.name.as_str()).collect();
+        f.debug_struct("Catalog").field("streams", &streams).field("references", &self.references).field("views", &self.views).finish_non_exhaustive()
+    }
+}
+
 /// Whether a statement's text declares a stream (`… STORED AS KAFKA …`).
 fn is_stream_declaration(text: &str) -> bool {
     let words: Vec<String> = text.split_whitespace().map(str::to_ascii_uppercase).collect();

@@ -78,6 +78,7 @@ pub struct RunSummary {
 }
 
 /// A compiled pipeline: its views, their state, and the positions they reflect.
+#[derive(Debug)]
 pub struct Pipeline {
     catalog: Catalog,
     views: Vec<IncrementalView>,

@@ -139,7 +139,7 @@ impl BatchSlotExec {
 }
 
 impl DisplayAs for BatchSlotExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "BatchSlotExec: projection={:?}", self.projection)
     }
 }

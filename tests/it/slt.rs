@@ -348,7 +348,8 @@ fn column_type(data_type: &DataType) -> DefaultColumnType {
 /// `NULL`, and `(empty)` for the empty string.
 fn text_rows(batch: &RecordBatch) -> SltResult<Vec<Vec<String>>> {
     let options = FormatOptions::default().with_null("NULL");
-    let formatters: Vec<ArrayFormatter> = batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options)).collect::<Result<_, _>>()?;
+    let formatters: Vec<ArrayFormatter<'_>> =
+        batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options)).collect::<Result<_, _>>()?;
     let float = |column: &dyn Array, row: usize| -> Option<f64> {
         if column.is_null(row) {
             return None;
