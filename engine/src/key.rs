@@ -19,24 +19,29 @@ use crate::contract::StreamDecl;
 /// The key of the view planned as `plan`, or why it has none, saying how to give it one.
 pub fn require_view_key(plan: &LogicalPlan, streams: &[StreamDecl]) -> Result<Vec<usize>, String> {
     view_key(plan, streams).ok_or_else(|| {
-        if aggregates(plan) {
-            "it has no key: select every GROUP BY column".into()
-        } else {
+        if !contains(plan, &|node| matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_))) {
             "it has no key: select the stream's PRIMARY KEY columns (declared with the stream, and selected \
              straight from it, not through a join), or aggregate with GROUP BY"
                 .into()
+        } else if contains(plan, &|node| matches!(node, LogicalPlan::Join(_))) {
+            "it has no key: select every GROUP BY column; a join above the GROUP BY can repeat a group's row \
+             (a reference table's join column need not be unique), so join below it and group by the joined \
+             columns too (`FROM products p LEFT JOIN categories c ON … GROUP BY p.category_id, c.category_name`)"
+                .into()
+        } else {
+            "it has no key: select every GROUP BY column".into()
         }
     })
 }
 
-/// Whether `plan`, or a view it reads, aggregates (GROUP BY, DISTINCT).
-fn aggregates(plan: &LogicalPlan) -> bool {
+/// Whether a node of `plan`, or of a view it reads, is `wanted`.
+fn contains(plan: &LogicalPlan, wanted: &dyn Fn(&LogicalPlan) -> bool) -> bool {
     plan.exists(|node| {
-        Ok(match node {
-            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => true,
-            LogicalPlan::TableScan(scan) => scan.source.get_logical_plan().is_some_and(|view| aggregates(&view)),
-            _ => false,
-        })
+        Ok(wanted(node)
+            || match node {
+                LogicalPlan::TableScan(scan) => scan.source.get_logical_plan().is_some_and(|view| contains(&view, wanted)),
+                _ => false,
+            })
     })
     .unwrap_or(false)
 }
