@@ -22,10 +22,10 @@ use clap::{Parser, Subcommand};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use trendflow_connectors::decode::{decode_parsed, parse_records, with_metadata, AvroDecoder, RecordFormat, RecordOrigin};
-use trendflow_connectors::fan_out::FanOut;
 use trendflow_connectors::kafka::{client_config, partition_count, RecordEncoder};
 use trendflow_engine::catalog::{incremental_session_config, Catalog};
 use trendflow_engine::contract::{MicroBatch, StreamDecl};
+use trendflow_engine::fan_out::FanOut;
 use trendflow_engine::runtime::Pipeline;
 
 #[derive(Parser)]

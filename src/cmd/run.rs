@@ -7,13 +7,13 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use tokio::sync::watch;
 use trendflow_connectors::binding::Bindings;
-use trendflow_connectors::fan_out::FanOut;
 use trendflow_connectors::mongo::{self, MongoSink};
-use trendflow_connectors::serving::{serving_context, Streams};
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::catalog::{declared_tables, incremental_session_config, sql_files};
 use trendflow_engine::contract::Sink;
+use trendflow_engine::fan_out::FanOut;
 use trendflow_engine::runtime::{Pipeline, RunOptions, RunSummary, StepReport};
+use trendflow_engine::serving::{serving_context, Streams};
 use trendflow_server::status::{serve_status, JobStatus};
 
 use super::args::{FlightArgs, MongoArgs, PipelineArgs};
