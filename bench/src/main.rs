@@ -25,10 +25,10 @@ use clap::{Parser, Subcommand};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use trendflow_connectors::decode::{decode_parsed, parse_records, with_metadata, AvroDecoder, RecordFormat, RecordOrigin};
-use trendflow_connectors::fan_out::FanOut;
 use trendflow_connectors::kafka::{client_config, partition_count, RecordEncoder};
 use trendflow_engine::catalog::Catalog;
 use trendflow_engine::contract::{MicroBatch, StreamDecl};
+use trendflow_engine::fan_out::FanOut;
 use trendflow_engine::runtime::Pipeline;
 use trendflow_engine::session::incremental_session_config;
 

@@ -15,7 +15,7 @@ use trendflow_engine::catalog::Catalog;
 use trendflow_engine::contract::{Poll, Source, StreamDecl};
 
 use crate::error::{ConnectorError, Result};
-use crate::file_source::FileSource;
+use crate::file::FileSource;
 use crate::kafka::{KafkaAddress, KafkaSource, KafkaSourceOptions};
 
 /// How unbound streams and Kafka bindings are opened.

@@ -7,8 +7,10 @@
 //! date as micro-batches of Arrow records arrive.
 //!
 //! Sources and sinks live in other crates and meet the engine through the
-//! [`contract::Source`] and [`contract::Sink`] traits of [`contract`]. A batch run computes every
-//! view once over whole inputs instead ([`batch::compute_views`]).
+//! [`contract::Source`] and [`contract::Sink`] traits of [`contract`]; [`fan_out::FanOut`]
+//! hands one changeset stream to several sinks, and [`serving::serving_context`] is the
+//! catalog that queries see. A batch run computes every view once over whole inputs
+//! instead ([`batch::compute_views`]).
 //!
 //! ```no_run
 //! # async fn example() -> trendflow_engine::Result<()> {
@@ -32,11 +34,13 @@ pub mod contract;
 mod diff;
 pub mod error;
 mod evaluation;
+pub mod fan_out;
 pub mod file_format;
 pub mod key;
 pub mod keyed;
 pub mod recent;
 pub mod runtime;
+pub mod serving;
 pub mod session;
 pub mod slot;
 pub mod snapshot;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use trendflow_connectors::ingest::{IngestOptions, IngestService};
+use trendflow_connectors::http::{IngestOptions, IngestService};
 use trendflow_connectors::kafka::{self, RecordProducer};
 use trendflow_engine::catalog::Catalog;
 use trendflow_server::auth::AuthConfig;

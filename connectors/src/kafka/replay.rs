@@ -15,7 +15,7 @@ use trendflow_formats::{avro_schema_of, AvroEncoder};
 use super::{OutRecord, RecordProducer};
 use crate::decode::RecordFormat;
 use crate::error::{ConnectorError, Result};
-use crate::file_source::FileSource;
+use crate::file::FileSource;
 use crate::schema_registry::SchemaRegistry;
 
 /// Rows of a batch encoded as records: one buffer and each record's byte range.

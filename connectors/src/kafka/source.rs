@@ -7,25 +7,26 @@
 //! discovered while running and read from their beginning.
 //!
 //! Records that do not decode go to a dead-letter topic with the reason and their
-//! origin in headers. The dead-letter topic's end is part of the checkpointed
-//! position too: after a crash, letters already written past the checkpoint are
-//! read back and not written twice.
+//! origin in headers (`dead_letters.rs`). The dead-letter topic's end is part of the
+//! checkpointed position too: after a crash, letters already written past the
+//! checkpoint are read back and not written twice.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, StringArray};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source, StreamDecl};
 use trendflow_engine::EngineError;
 
-use super::{client_config, ensure_topic, kafka_error, partition_count, OutRecord, RecordProducer};
+use super::dead_letters::{DeadLetterTopic, Rejected};
+use super::{blocking, client_config, kafka_error, partition_count, STARTUP_TIMEOUT};
 use crate::decode::{with_metadata, RecordDecoder, RecordOrigin};
-use crate::error::{ConnectorError, Result};
+use crate::error::Result;
 
 /// The pseudo-partition under which a Kafka source checkpoints the end of its
 /// dead-letter topic.
@@ -84,13 +85,9 @@ pub struct KafkaSource {
     decoder: RecordDecoder,
     options: KafkaSourceOptions,
     consumer: Arc<StreamConsumer>,
-    dead_letters: RecordProducer,
+    dead_letters: DeadLetterTopic,
     /// Next offset to read, per assigned partition.
     positions: BTreeMap<i32, i64>,
-    /// End of the dead-letter topic after our last letter (None: nothing written yet).
-    dead_letter_end: Option<i64>,
-    /// Records already dead-lettered after the restored checkpoint: (partition, offset).
-    already_dead_lettered: HashSet<(i32, i64)>,
     /// With `bounded`: the end offsets to stop at.
     ends: Option<BTreeMap<i32, i64>>,
     /// End offsets as last looked up (every [`DISCOVERY_INTERVAL`]), for the lag.
@@ -129,8 +126,7 @@ impl KafkaSource {
                 "does not exist; create it, or start `trendflow ingest` / `trendflow produce`, which create it",
             ));
         }
-        ensure_topic(&options.brokers, &options.dead_letter_topic, 1).await?;
-        let dead_letters = RecordProducer::new(&options.brokers)?;
+        let dead_letters = DeadLetterTopic::open(&stream.name, &options).await?;
         Ok(Self {
             stream,
             decoder,
@@ -138,8 +134,6 @@ impl KafkaSource {
             consumer,
             dead_letters,
             positions: BTreeMap::new(),
-            dead_letter_end: None,
-            already_dead_lettered: HashSet::new(),
             ends: None,
             latest_ends: BTreeMap::new(),
             look: None,
@@ -264,7 +258,18 @@ impl KafkaSource {
         let records: Vec<&[u8]> = fetched.payloads.iter().map(Vec::as_slice).collect();
         let decoded = self.decoder.decode(&self.stream, &records, self.options.max_record_bytes).await?;
         let rejected: Vec<(usize, String)> = decoded.rejected.into_iter().map(|(row, reason, _)| (row, reason)).collect();
-        self.dead_letter(&fetched, &rejected).await?;
+        let letters: Vec<Rejected<'_>> = rejected
+            .iter()
+            .map(|(i, reason)| Rejected {
+                partition: fetched.partitions[*i],
+                offset: fetched.offsets[*i],
+                key: fetched.keys[*i].as_deref().map(str::as_bytes),
+                payload: &fetched.payloads[*i],
+                timestamp: fetched.timestamps[*i],
+                reason,
+            })
+            .collect();
+        self.dead_letters.write(&letters).await?;
         let accepted = decoded.rows;
         let keys: StringArray = accepted.iter().map(|&i| fetched.keys[i].as_deref()).collect();
         let keys = if keys.null_count() == keys.len() { None } else { Some(keys) };
@@ -276,88 +281,10 @@ impl KafkaSource {
         };
         let batch = with_metadata(&self.stream, &decoded.batch, origin)?;
         let mut offsets: Offsets = self.positions.clone();
-        if let Some(end) = self.dead_letter_end {
+        if let Some(end) = self.dead_letters.end() {
             offsets.insert(DEAD_LETTER_POSITION, end);
         }
         Ok(MicroBatch { batch, offsets, rejected: rejected.len() as u64 })
-    }
-
-    /// Writes rejected records to the dead-letter topic and waits for the acknowledgements,
-    /// skipping those a previous run already wrote there.
-    async fn dead_letter(&mut self, fetched: &Fetched, rejected: &[(usize, String)]) -> Result<()> {
-        let letters: Vec<&(usize, String)> =
-            rejected.iter().filter(|(i, _)| !self.already_dead_lettered.contains(&(fetched.partitions[*i], fetched.offsets[*i]))).collect();
-        if letters.is_empty() {
-            return Ok(());
-        }
-        let records = letters
-            .iter()
-            .map(|(i, _)| OutRecord {
-                key: fetched.keys[*i].as_deref().map(str::as_bytes),
-                payload: &fetched.payloads[*i],
-                timestamp: Some(fetched.timestamps[*i]),
-                // Letters are read back from partition 0 after a crash, whatever the topic's partitions.
-                partition: Some(0),
-            })
-            .collect::<Vec<_>>();
-        let headers = |n: usize| {
-            let (i, reason) = letters[n];
-            letter_headers(&self.stream.name, &self.options.topic, fetched.partitions[*i], fetched.offsets[*i], reason)
-        };
-        let ends = self.dead_letters.send_all(&self.options.dead_letter_topic, &records, Some(&headers)).await?;
-        if let Some(&end) = ends.get(&0) {
-            self.dead_letter_end = Some(self.dead_letter_end.unwrap_or(0).max(end));
-        }
-        Ok(())
-    }
-
-    /// Reads the letters written after the checkpointed end of the dead-letter topic:
-    /// their records are about to be replayed and must not be dead-lettered twice.
-    async fn read_back_letters(&mut self, from: i64) -> Result<()> {
-        let brokers = self.options.brokers.clone();
-        let topic = self.options.dead_letter_topic.clone();
-        let (stream, source_topic) = (self.stream.name.clone(), self.options.topic.clone());
-        let consumer: BaseConsumer = client_config(&brokers)
-            .set("group.id", format!("{}-dead-letter-check", self.options.group))
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(|e| kafka_error(&brokers, "cannot create a consumer", e))?;
-        let seen = blocking(move || {
-            let (_, high) = consumer
-                .fetch_watermarks(&topic, 0, super::STARTUP_TIMEOUT)
-                .map_err(|e| kafka_error(&brokers, &format!("cannot read the end of `{topic}`"), e))?;
-            let mut seen = HashSet::new();
-            if high <= from {
-                return Ok((seen, high));
-            }
-            let mut assignment = TopicPartitionList::new();
-            assignment.add_partition_offset(&topic, 0, Offset::Offset(from)).map_err(|e| kafka_error(&brokers, "assign", e))?;
-            consumer.assign(&assignment).map_err(|e| kafka_error(&brokers, "assign", e))?;
-            // A large topic may take a while: only a reader that stops moving times out.
-            let mut progress = Instant::now();
-            let mut next = from;
-            while next < high {
-                if progress.elapsed() > super::STARTUP_TIMEOUT {
-                    return Err(kafka_error(
-                        &brokers,
-                        &format!("reading back `{topic}`"),
-                        format!("no letter for {:?} at offset {next} of {high}", super::STARTUP_TIMEOUT),
-                    ));
-                }
-                let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
-                let message = message.map_err(|e| kafka_error(&brokers, &format!("reading back `{topic}`"), e))?;
-                progress = Instant::now();
-                next = message.offset() + 1;
-                if let Some(origin) = letter_origin(&message, &stream, &source_topic) {
-                    seen.insert(origin);
-                }
-            }
-            Ok((seen, high))
-        })
-        .await?;
-        self.already_dead_lettered = seen.0;
-        self.dead_letter_end = Some(seen.1);
-        Ok(())
     }
 }
 
@@ -367,32 +294,11 @@ fn fetch_ends(consumer: &StreamConsumer, brokers: &str, topic: &str, partitions:
         .into_iter()
         .map(|p| {
             let (_, high) = consumer
-                .fetch_watermarks(topic, p, super::STARTUP_TIMEOUT)
+                .fetch_watermarks(topic, p, STARTUP_TIMEOUT)
                 .map_err(|e| kafka_error(brokers, &format!("cannot read the end of `{topic}` partition {p}"), e))?;
             Ok((p, high))
         })
         .collect()
-}
-
-/// Headers of a dead letter: why, and where the record came from.
-fn letter_headers(stream: &str, topic: &str, partition: i32, offset: i64, reason: &str) -> OwnedHeaders {
-    let (partition, offset) = (partition.to_string(), offset.to_string());
-    OwnedHeaders::new()
-        .insert(Header { key: "trendflow.stream", value: Some(stream) })
-        .insert(Header { key: "trendflow.reason", value: Some(reason) })
-        .insert(Header { key: "trendflow.topic", value: Some(topic) })
-        .insert(Header { key: "trendflow.partition", value: Some(&partition) })
-        .insert(Header { key: "trendflow.offset", value: Some(&offset) })
-}
-
-/// The (partition, offset) a dead letter of `stream` came from, when it came from `topic`.
-fn letter_origin(message: &impl Message, stream: &str, topic: &str) -> Option<(i32, i64)> {
-    let headers = message.headers()?;
-    let value = |key: &str| headers.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok().map(str::to_string));
-    if value("trendflow.stream")? != stream || value("trendflow.topic")? != topic {
-        return None;
-    }
-    Some((value("trendflow.partition")?.parse().ok()?, value("trendflow.offset")?.parse().ok()?))
 }
 
 #[async_trait]
@@ -406,10 +312,10 @@ impl Source for KafkaSource {
     }
 
     async fn poll(&mut self, max_rows: usize, max_delay: Duration) -> trendflow_engine::Result<Poll> {
-        if self.dead_letter_end.is_none() {
+        if self.dead_letters.end().is_none() {
             // No checkpoint was restored (no `seek`): a run that crashed before its first
             // checkpoint may have written letters for the records about to be read.
-            self.read_back_letters(0).await.map_err(|e| self.source_error(e))?;
+            self.dead_letters.read_back(0).await.map_err(|e| self.source_error(e))?;
         }
         if !self.assigned {
             self.assign().await.map_err(|e| self.source_error(e))?;
@@ -433,7 +339,7 @@ impl Source for KafkaSource {
         self.assigned = false;
         // No letter checkpointed: any letter of ours from the start is a replay.
         let from = offsets.get(&DEAD_LETTER_POSITION).copied().unwrap_or(0);
-        self.read_back_letters(from).await.map_err(|e| self.source_error(e))
+        self.dead_letters.read_back(from).await.map_err(|e| self.source_error(e))
     }
 
     fn lag(&self) -> Option<u64> {
@@ -455,11 +361,6 @@ impl Source for KafkaSource {
         }
         Ok(())
     }
-}
-
-/// Runs a blocking librdkafka call off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ConnectorError::Kafka { brokers: String::new(), message: e.to_string() })?
 }
 
 fn now_ms() -> i64 {

@@ -23,7 +23,7 @@ use trendflow_engine::file_format::FileFormat;
 use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source, StreamDecl};
 use trendflow_engine::EngineError;
 
-use crate::dead_letter::{DeadLetter, DeadLetterFile};
+use super::dead_letters::{DeadLetter, DeadLetterFile};
 use crate::decode::{decode_parsed, parse_records, with_metadata, Parsed, RecordFormat, RecordOrigin};
 use crate::error::{ConnectorError, Result};
 

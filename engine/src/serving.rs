@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, TableProvider};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use trendflow_engine::catalog::Catalog;
-use trendflow_engine::contract::ViewInfo;
-use trendflow_engine::session::batch_session_config;
+
+use crate::catalog::Catalog;
+use crate::contract::ViewInfo;
+use crate::session::batch_session_config;
 
 /// Catalog name clients see.
 pub const CATALOG: &str = "trendflow";
@@ -34,7 +35,7 @@ pub async fn serving_context(
     views: &[ViewInfo],
     streams: Streams,
     view_table: impl Fn(&ViewInfo) -> Arc<dyn TableProvider>,
-) -> trendflow_engine::Result<SessionContext> {
+) -> crate::Result<SessionContext> {
     let config: SessionConfig = batch_session_config().with_default_catalog_and_schema(CATALOG, VIEWS_SCHEMA);
     let ctx = SessionContext::new_with_config(config);
     let trendflow = ctx.catalog(CATALOG).expect("the default catalog exists");

@@ -3,8 +3,9 @@
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
-use trendflow_engine::contract::{Changeset, CheckpointMeta, Sink, ViewInfo};
-use trendflow_engine::EngineError;
+
+use crate::contract::{Changeset, CheckpointMeta, Sink, ViewInfo};
+use crate::EngineError;
 
 /// Applies every call to each sink in turn; the first failure stops the chain, and
 /// since every sink is idempotent, the replay after a restart repairs any partial write.

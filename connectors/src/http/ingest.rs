@@ -117,7 +117,7 @@ impl IngestService {
     /// The HTTP routes of the API.
     ///
     /// ```no_run
-    /// # async fn demo(service: trendflow_connectors::ingest::IngestService) -> std::io::Result<()> {
+    /// # async fn demo(service: trendflow_connectors::http::IngestService) -> std::io::Result<()> {
     /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
     /// let app = std::sync::Arc::new(service).router();
     /// axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
