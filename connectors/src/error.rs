@@ -20,6 +20,17 @@ pub enum ConnectorError {
     /// A schema registry could not be reached, or refused a request.
     #[error("schema registry at {url}: {message}")]
     SchemaRegistry { url: String, message: String },
+    /// The embedded result store could not read or write a view's rows.
+    #[error("embedded store: {0}")]
+    Store(#[source] Box<ConnectorError>),
+    /// MongoDB could not be reached or refused a request; `context` says which and where
+    /// (the URI without its password).
+    #[error("{context}: {cause}")]
+    Mongo {
+        context: String,
+        #[source]
+        cause: mongodb::error::Error,
+    },
     /// Arrow failed while converting records.
     #[error(transparent)]
     Arrow(#[from] datafusion::arrow::error::ArrowError),

@@ -109,7 +109,7 @@ fn view_file(dir: &Path, view: &str) -> PathBuf {
 }
 
 fn sink_error(e: ConnectorError) -> EngineError {
-    EngineError::Sink(format!("embedded store: {e}"))
+    EngineError::Sink(Box::new(ConnectorError::Store(Box::new(e))))
 }
 
 #[async_trait]
@@ -120,12 +120,15 @@ impl Sink for EmbeddedStore {
             let mut table = KeyedTable::new(view.schema.clone(), view.key.clone())?;
             if let Some(rows) = Self::read_view(&self.dir, &view.name).map_err(sink_error)? {
                 let rows = RecordBatch::try_new(view.schema.clone(), rows.columns().to_vec()).map_err(|e| {
-                    EngineError::Sink(format!(
-                        "embedded store: {} holds rows of another shape than view `{}` now has ({e}); \
+                    EngineError::Sink(
+                        format!(
+                            "embedded store: {} holds rows of another shape than view `{}` now has ({e}); \
                          start from a fresh --state directory",
-                        self.dir.display(),
-                        view.name
-                    ))
+                            self.dir.display(),
+                            view.name
+                        )
+                        .into(),
+                    )
                 })?;
                 table.upsert(&rows)?;
             }
@@ -136,7 +139,7 @@ impl Sink for EmbeddedStore {
 
     async fn apply(&mut self, view: &ViewInfo, changes: &Changeset) -> trendflow_engine::Result<()> {
         let mut tables = self.tables.write().expect("store lock poisoned");
-        let table = tables.get_mut(&view.name).ok_or_else(|| EngineError::Sink(format!("view `{}` was not opened", view.name)))?;
+        let table = tables.get_mut(&view.name).ok_or_else(|| EngineError::Sink(format!("view `{}` was not opened", view.name).into()))?;
         table.remove(&changes.deletes)?;
         table.upsert(&changes.upserts)?;
         drop(tables);

@@ -4,8 +4,14 @@ use std::path::PathBuf;
 
 use datafusion::error::DataFusionError;
 
+/// A connector's error, kept whole (its type and its own causes) inside [`EngineError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Everything that can go wrong in the engine: loading SQL, compiling views,
 /// running micro-batches, and reading or writing checkpoints.
+///
+/// As with DataFusion's errors, a variant's message includes its cause's, and
+/// `source()` hands out the cause itself, for code that inspects it.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// A SQL file could not be read, parsed or planned. `line` is 1-based; 0 when the
@@ -30,12 +36,16 @@ pub enum EngineError {
     /// A checkpoint could not be written or read back.
     #[error("checkpoint {}: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
-    /// A source failed while producing a micro-batch.
-    #[error("source `{source_name}`: {message}")]
-    Source { source_name: String, message: String },
-    /// A sink failed to apply or flush a changeset.
+    /// A source failed while producing a micro-batch; `cause` is the connector's own error.
+    #[error("source `{source_name}`: {cause}")]
+    Source {
+        source_name: String,
+        #[source]
+        cause: BoxError,
+    },
+    /// A sink failed to apply or flush a changeset; the cause is the connector's own error.
     #[error("sink: {0}")]
-    Sink(String),
+    Sink(#[source] BoxError),
     /// DataFusion failed while executing a plan.
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),

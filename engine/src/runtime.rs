@@ -371,7 +371,7 @@ fn conform(stream: &StreamDecl, batch: &RecordBatch) -> Result<RecordBatch> {
     let converted = RecordBatch::try_new(stream.schema.clone(), batch.columns().to_vec());
     converted.map_err(|e| EngineError::Source {
         source_name: stream.name.clone(),
-        message: format!("micro-batch does not match the declared schema: {e}"),
+        cause: format!("micro-batch does not match the declared schema: {e}").into(),
     })
 }
 

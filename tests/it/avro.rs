@@ -8,11 +8,12 @@
 //! installed here); the serializer registers its schemas there over HTTP, and
 //! trendflow fetches them by id like from any registry.
 
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::kafka::{assert_same_csv, http_post, json_records, ok, read_topic, trendflow, views_csv, wait_for_line, Broker, Killed};
+use crate::kafka::{assert_same_csv, json_records, ok, post_products, read_topic, spawn_ingest, trendflow, views_csv, Broker, Killed};
 use crate::support::*;
 
 /// Writes `records` as NDJSON to `path`.
@@ -59,19 +60,8 @@ async fn avro_topics_work_with_confluent_serializers_both_ways() {
     assert!(produced.contains("produced 2000 Avro records and 3 poison records"), "{produced}");
 
     let sql = sql_with_products_options(tmp.path(), &format!("'format' 'avro', 'schema_registry_url' '{registry_url}'"));
-    let mut ingest = Killed(
-        trendflow()
-            .args(["ingest", "--listen", "127.0.0.1:0", "--kafka-brokers", &broker.addr, "--sql"])
-            .arg(&sql)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let api = wait_for_line(&mut ingest.0, "listening on http://");
-    for chunk in by_ingest.chunks(200) {
-        let (status, body) = http_post(&api, "/v1/topics/products/records", &chunk.join(&b'\n'));
-        assert_eq!((status, body["accepted"].as_u64()), (200, Some(chunk.len() as u64)), "{body}");
-    }
+    let (_ingest, api) = spawn_ingest(&[OsStr::new("--kafka-brokers"), OsStr::new(&broker.addr), OsStr::new("--sql"), sql.as_os_str()]);
+    post_products(&api, by_ingest, 200);
     let replayed = ok(trendflow().args(["produce", "--kafka-brokers", &broker.addr, "--sql"]).arg(&sql).arg("--file").arg(&paths[2]));
     assert!(replayed.contains("produced 400 records"), "{replayed}");
 

@@ -136,6 +136,23 @@ impl Drop for Killed {
     }
 }
 
+/// Starts `trendflow ingest` with `args` (after `ingest --listen 127.0.0.1:0`); returns
+/// the process and the address it listens on.
+pub(crate) fn spawn_ingest(args: &[&std::ffi::OsStr]) -> (Killed, String) {
+    let mut ingest = Killed(trendflow().args(["ingest", "--listen", "127.0.0.1:0"]).args(args).stderr(Stdio::piped()).spawn().unwrap());
+    let api = wait_for_line(&mut ingest.0, "listening on http://");
+    (ingest, api)
+}
+
+/// Posts `records` to the products topic of the ingest API at `api`, `chunk` per
+/// request, asserting each request accepted all of its records.
+pub(crate) fn post_products(api: &str, records: &[Vec<u8>], chunk: usize) {
+    for chunk in records.chunks(chunk) {
+        let (status, body) = http_post(api, "/v1/topics/products/records", &chunk.join(&b'\n'));
+        assert_eq!((status, body["accepted"].as_u64()), (200, Some(chunk.len() as u64)), "{body}");
+    }
+}
+
 /// Records posted to the ingest API reach the views exactly: the streamed views equal
 /// the batch computation over the same records, read from the file they came from and
 /// from the topic; bad records are reported per index and never produced.
@@ -146,18 +163,9 @@ async fn ingest_api_feeds_the_views_exactly() {
     let data = tmp.path().join("data");
     ok(trendflow().args(["gen", "--rows", "3000", "--seed", "7", "--out"]).arg(&data));
     let records = json_records(&data, tmp.path()).await;
-    let mut ingest = Killed(
-        trendflow()
-            .args(["ingest", "--listen", "127.0.0.1:0", "--partitions", "3", "--max-body-bytes", "1000000", "--kafka-brokers", &broker.addr])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let api = wait_for_line(&mut ingest.0, "listening on http://");
-    for chunk in records.chunks(400) {
-        let (status, body) = http_post(&api, "/v1/topics/products/records", &chunk.join(&b'\n'));
-        assert_eq!((status, body["accepted"].as_u64()), (200, Some(chunk.len() as u64)), "{body}");
-    }
+    let args = ["--partitions", "3", "--max-body-bytes", "1000000", "--kafka-brokers", &broker.addr];
+    let (_ingest, api) = spawn_ingest(&args.map(std::ffi::OsStr::new));
+    post_products(&api, &records, 400);
     let mixed = br#"[{"asin": "BTEST00001", "price": 12.5, "category_id": 3}, {"asin": "BTEST00002", "price": "cheap"}, {"price": 1.0}]"#;
     let (status, body) = http_post(&api, "/v1/topics/products/records", mixed);
     assert_eq!((status, body["accepted"].as_u64(), body["rejected"].as_u64()), (200, Some(1), Some(2)), "{body}");

@@ -426,7 +426,7 @@ impl Source for ScriptedSource {
     async fn poll(&mut self, _max_rows: usize, _max_delay: Duration) -> trendflow_engine::Result<Poll> {
         if self.position >= self.end() {
             return match self.stop {
-                Stop::CrashAtEnd => Err(EngineError::Source { source_name: self.stream.clone(), message: "crash before the checkpoint".into() }),
+                Stop::CrashAtEnd => Err(EngineError::Source { source_name: self.stream.clone(), cause: "crash before the checkpoint".into() }),
                 Stop::Half | Stop::End => Ok(Poll::Finished),
             };
         }

@@ -152,7 +152,7 @@ impl Source for SplitSource {
     async fn poll(&mut self, _max_rows: usize, _max_delay: Duration) -> trendflow_engine::Result<Poll> {
         if let Some(left) = self.fail_after_polls.as_mut() {
             if *left == 0 {
-                return Err(EngineError::Source { source_name: self.stream.clone(), message: "injected crash".into() });
+                return Err(EngineError::Source { source_name: self.stream.clone(), cause: "injected crash".into() });
             }
             *left -= 1;
         }

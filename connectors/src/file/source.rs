@@ -180,7 +180,7 @@ impl Source for FileSource {
 
     async fn poll(&mut self, max_rows: usize, _max_delay: Duration) -> trendflow_engine::Result<Poll> {
         let name = self.stream.name.clone();
-        let source_error = |e: ConnectorError| EngineError::Source { source_name: name.clone(), message: e.to_string() };
+        let source_error = |e: ConnectorError| EngineError::Source { source_name: name.clone(), cause: Box::new(e) };
         loop {
             if self.finished {
                 return Ok(Poll::Finished);
@@ -205,7 +205,7 @@ impl Source for FileSource {
         let Some(&dead_letter_bytes) = offsets.get(&DEAD_LETTER_BYTES_PARTITION) else { return Ok(()) };
         self.dead_letters
             .truncate(dead_letter_bytes as u64)
-            .map_err(|e| EngineError::Source { source_name: self.stream.name.clone(), message: e.to_string() })
+            .map_err(|e| EngineError::Source { source_name: self.stream.name.clone(), cause: Box::new(e) })
     }
 }
 

@@ -143,8 +143,8 @@ impl KafkaSource {
         })
     }
 
-    fn source_error(&self, e: impl std::fmt::Display) -> EngineError {
-        EngineError::Source { source_name: self.stream.name.clone(), message: e.to_string() }
+    fn source_error(&self, e: impl std::error::Error + Send + Sync + 'static) -> EngineError {
+        EngineError::Source { source_name: self.stream.name.clone(), cause: Box::new(e) }
     }
 
     /// Assigns every partition of the topic at its position (the beginning when new).

@@ -57,13 +57,18 @@ impl MongoOptions {
 
 /// Connects to MongoDB; fails fast with the URI's host when nothing answers.
 pub async fn connect(options: &MongoOptions) -> Result<Database, EngineError> {
-    let client = Client::with_uri_str(&options.uri).await.map_err(|e| EngineError::Sink(format!("MongoDB URI `{}`: {e}", redact(&options.uri))))?;
+    let client = Client::with_uri_str(&options.uri).await.map_err(|cause| mongo_error(format!("MongoDB URI `{}`", redact(&options.uri)), cause))?;
     let database = client.database(&options.database);
     database
         .run_command(doc! {"ping": 1})
         .await
-        .map_err(|e| EngineError::Sink(format!("MongoDB at `{}` does not answer: {e}", redact(&options.uri))))?;
+        .map_err(|cause| mongo_error(format!("MongoDB at `{}` does not answer", redact(&options.uri)), cause))?;
     Ok(database)
+}
+
+/// A sink error keeping the MongoDB driver's error as its cause.
+fn mongo_error(context: String, cause: mongodb::error::Error) -> EngineError {
+    EngineError::Sink(Box::new(crate::ConnectorError::Mongo { context, cause }))
 }
 
 #[cfg(test)]

@@ -91,14 +91,14 @@ impl MongoSink {
                     self.healthy.store(true, Ordering::Relaxed);
                     return Ok(value);
                 }
-                Err((message, false)) => return Err(EngineError::Sink(format!("MongoDB, {what}: {message}"))),
+                Err((message, false)) => return Err(EngineError::Sink(format!("MongoDB, {what}: {message}").into())),
                 Err((message, true)) => message,
             };
             if started.elapsed() >= self.options.retry_for {
-                return Err(EngineError::Sink(format!(
-                    "MongoDB, {what}: still failing after {:?}: {error}; the job stops, its checkpoint is intact",
-                    self.options.retry_for
-                )));
+                return Err(EngineError::Sink(
+                    format!("MongoDB, {what}: still failing after {:?}: {error}; the job stops, its checkpoint is intact", self.options.retry_for)
+                        .into(),
+                ));
             }
             self.healthy.store(false, Ordering::Relaxed);
             tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "MongoDB, {what}: failed; retrying");
@@ -154,7 +154,9 @@ impl MongoSink {
             (0..rows.num_rows()).map(|row| Ok((row_id(rows, &view.key, row)?, row_document(rows, row)?))).collect::<Result<_, ArrowError>>()?;
         if self.ferretdb_v1 {
             if let Some((id, field)) = documents.iter().find_map(|(id, d)| d.iter().find(|(_, v)| holds_nan(v)).map(|(f, _)| (id, f))) {
-                return Err(EngineError::Sink(format!("view `{}`, row `{id}`: `{field}` holds NaN, which FerretDB 1.x cannot store", view.name)));
+                return Err(EngineError::Sink(
+                    format!("view `{}`, row `{id}`: `{field}` holds NaN, which FerretDB 1.x cannot store", view.name).into(),
+                ));
             }
         }
         Ok(documents)
@@ -255,11 +257,14 @@ impl Sink for MongoSink {
         for view in views {
             let collection = self.options.collection_of(&view.name);
             if let Some(other) = owners.insert(collection.clone(), &view.name) {
-                return Err(EngineError::Sink(format!(
-                    "views `{other}` and `{}` would share the MongoDB collection `{collection}`: \
+                return Err(EngineError::Sink(
+                    format!(
+                        "views `{other}` and `{}` would share the MongoDB collection `{collection}`: \
                      give each its own with --mongodb-collection VIEW=COLLECTION",
-                    view.name
-                )));
+                        view.name
+                    )
+                    .into(),
+                ));
             }
         }
         self.ferretdb_v1 = self.is_ferretdb_v1().await?;
@@ -267,18 +272,22 @@ impl Sink for MongoSink {
             if let Some((view, column)) =
                 views.iter().find_map(|v| v.schema.fields().iter().find(|f| holds_decimal(f.data_type())).map(|f| (&v.name, f.name())))
             {
-                return Err(EngineError::Sink(format!(
-                    "view `{view}`: column `{column}` is a DECIMAL, which FerretDB 1.x cannot store \
+                return Err(EngineError::Sink(
+                    format!(
+                        "view `{view}`: column `{column}` is a DECIMAL, which FerretDB 1.x cannot store \
                      (it has no BSON Decimal128): cast it to DOUBLE in the view, or write to MongoDB"
-                )));
+                    )
+                    .into(),
+                ));
             }
         }
         for (view, indexes) in &self.options.indexes {
-            let info = self.views.get(view).ok_or_else(|| EngineError::Sink(format!("--mongodb-index names `{view}`, which is not a view")))?;
+            let info =
+                self.views.get(view).ok_or_else(|| EngineError::Sink(format!("--mongodb-index names `{view}`, which is not a view").into()))?;
             let mut specs = Vec::new();
             for columns in indexes {
                 if let Some(missing) = columns.iter().find(|c| info.schema.index_of(c).is_err()) {
-                    return Err(EngineError::Sink(format!("--mongodb-index: view `{view}` has no column `{missing}`")));
+                    return Err(EngineError::Sink(format!("--mongodb-index: view `{view}` has no column `{missing}`").into()));
                 }
                 let key: Document = columns.iter().map(|c| (c.clone(), Bson::Int32(1))).collect();
                 specs.push(Bson::Document(doc! {"key": key, "name": columns.join("_")}));
