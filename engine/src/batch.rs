@@ -11,9 +11,12 @@ use std::sync::Arc;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
+use datafusion::prelude::DataFrame;
 
 use crate::catalog::Catalog;
 use crate::contract::ViewInfo;
+use crate::error::EngineError;
+use crate::subquery::inline_reference_subqueries;
 use crate::Result;
 
 /// A view's rows as a batch run computes them.
@@ -69,8 +72,18 @@ pub struct ViewResult {
 pub async fn compute_views(catalog: &Catalog, streams: Vec<(String, Arc<dyn TableProvider>)>) -> Result<Vec<ViewResult>> {
     catalog.replace_streams(streams).await?;
     let mut results = Vec::new();
-    for info in catalog.view_infos().await? {
-        let batches = catalog.session().table(info.name.as_str()).await?.collect().await?;
+    let ctx = catalog.session();
+    // `view_infos` lists the views in declaration order, as `views` does.
+    for (info, def) in catalog.view_infos().await?.into_iter().zip(catalog.views()) {
+        let plan = ctx.table(info.name.as_str()).await?.into_unoptimized_plan();
+        // As the streaming run plans it: DataFusion 55 drops every row of
+        // `WHERE x = COALESCE((SELECT … no row …), 1)` when it plans the subquery itself.
+        let plan = inline_reference_subqueries(ctx, &plan, catalog.streams()).await.map_err(|message| EngineError::Sql {
+            file: def.origin.file.clone(),
+            line: def.origin.line,
+            message,
+        })?;
+        let batches = DataFrame::new(ctx.state(), plan).collect().await?;
         let rows = concat_batches(&info.schema, &batches)?;
         results.push(ViewResult { info, rows });
     }

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use datafusion::common::tree_node::TreeNode;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, DFSchema, Dependency};
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 
@@ -34,16 +34,18 @@ pub fn require_view_key(plan: &LogicalPlan, streams: &[StreamDecl]) -> Result<Ve
     })
 }
 
-/// Whether a node of `plan`, or of a view it reads, is `wanted`.
-fn contains(plan: &LogicalPlan, wanted: &dyn Fn(&LogicalPlan) -> bool) -> bool {
-    plan.exists(|node| {
-        Ok(wanted(node)
+/// Whether a node of `plan`, of its subqueries, or of a view it reads, is `wanted`.
+pub(crate) fn contains(plan: &LogicalPlan, wanted: &dyn Fn(&LogicalPlan) -> bool) -> bool {
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        found = wanted(node)
             || match node {
                 LogicalPlan::TableScan(scan) => scan.source.get_logical_plan().is_some_and(|view| contains(&view, wanted)),
                 _ => false,
-            })
-    })
-    .unwrap_or(false)
+            };
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    found
 }
 
 /// The key of the view planned as `plan`, as indices into its output; `None` when its

@@ -47,6 +47,7 @@ pub mod snapshot;
 pub mod sql_file;
 pub mod stream_options;
 pub mod stream_table;
+mod subquery;
 mod top_n;
 pub mod view;
 

@@ -26,7 +26,7 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::aggregate::{IncrementalAggregate, TouchedGroups};
 use crate::catalog::ViewDef;
@@ -38,6 +38,7 @@ use crate::evaluation::{classify, join_name, join_type, keeps_only_side, Classif
 use crate::key::require_view_key;
 use crate::keyed::{RowEncoder, RowMap};
 use crate::slot::{reads_any, run_plan, BatchSlot};
+use crate::subquery::inline_reference_subqueries;
 use crate::top_n::TopN;
 
 /// A view compiled for incremental maintenance.
@@ -90,6 +91,8 @@ impl IncrementalView {
             |construct: String| EngineError::Unsupported { file: def.origin.file.clone(), line: def.origin.line, view: def.name.clone(), construct };
         let sql_error = |message: String| EngineError::Sql { file: def.origin.file.clone(), line: def.origin.line, message };
         let df = ctx.table(def.name.as_str()).await.map_err(|e| sql_error(e.to_string()))?;
+        let plan = inline_reference_subqueries(ctx, df.logical_plan(), streams).await.map_err(sql_error)?;
+        let df = DataFrame::new(ctx.state(), plan);
         if let Some(construct) = unmaintainable_expression(df.logical_plan()) {
             return Err(unsupported(construct));
         }
@@ -456,8 +459,9 @@ fn unmaintainable_expression(plan: &LogicalPlan) -> Option<String> {
                             call.func.name()
                         )),
                         Expr::ScalarSubquery(_) => Some(
-                            "a scalar subquery (a `(SELECT …)` used as a value) is not maintained as records arrive; \
-                             join to the table it reads instead"
+                            "a scalar subquery (a `(SELECT …)` used as a value) over a stream, or one that refers to the \
+                             outer query, is not maintained as records arrive; join to the table it reads instead (one over \
+                             reference tables alone is computed once at start-up)"
                                 .into(),
                         ),
                         _ => None,
