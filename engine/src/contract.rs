@@ -1,8 +1,9 @@
 //! The contract between the engine and its connectors, in one place: what a source
 //! hands the engine ([`Source`], [`Poll`], [`MicroBatch`], [`Offsets`]), what a sink
 //! receives ([`Sink`], [`ViewInfo`], [`Changeset`], [`CheckpointMeta`]), and what a
-//! stream declares ([`StreamDecl`] with its typed [`StreamOptions`]). Connectors import
-//! from here only.
+//! stream declares ([`StreamDecl`] with its typed [`StreamOptions`]). Besides this
+//! module, connectors use only the catalog (to open its streams' sources), file formats,
+//! and the keyed and snapshot tables the embedded store serves.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -97,11 +97,6 @@ impl StreamOptions {
             },
         })
     }
-
-    /// Whether records are Avro.
-    pub fn is_avro(&self) -> bool {
-        matches!(self.format, StreamFormat::Avro(_))
-    }
 }
 
 fn parse_format(options: &HashMap<String, String>) -> Result<StreamFormat, String> {

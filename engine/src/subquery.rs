@@ -7,6 +7,7 @@
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::ScalarValue;
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{lit, Expr, LogicalPlan, Subquery};
 use datafusion::prelude::SessionContext;
 
@@ -33,7 +34,15 @@ pub(crate) async fn inline_reference_subqueries(ctx: &SessionContext, plan: &Log
             _ => Transformed::no(expr),
         })
     };
-    let inlined = plan.clone().transform_up(|node| node.map_expressions(|expr| expr.transform_up(replace)));
+    // Each expression keeps its name (an unaliased `price - (SELECT MIN(id) …)` stays a
+    // column of that name, not `price - Int32(1)`), so the schema the catalog reports holds.
+    let inlined = plan.clone().transform_up(|node| {
+        let names = NamePreserver::new(&node);
+        node.map_expressions(|expr| {
+            let name = names.save(&expr);
+            Ok(expr.transform_up(replace)?.update_data(|e| name.restore(e)))
+        })
+    });
     inlined.map(|t| t.data).map_err(|e| e.to_string())
 }
 

@@ -60,7 +60,7 @@ async fn avro_topics_work_with_confluent_serializers_both_ways() {
     assert!(produced.contains("produced 2000 Avro records and 3 poison records"), "{produced}");
 
     let sql = sql_with_products_options(tmp.path(), &format!("'format' 'avro', 'schema_registry_url' '{registry_url}'"));
-    let (_ingest, api) = spawn_ingest(&[OsStr::new("--kafka-brokers"), OsStr::new(&broker.addr), OsStr::new("--sql"), sql.as_os_str()]);
+    let (_ingest, api) = spawn_ingest([OsStr::new("--kafka-brokers"), OsStr::new(&broker.addr), OsStr::new("--sql"), sql.as_os_str()]);
     post_products(&api, by_ingest, 200);
     let replayed = ok(trendflow().args(["produce", "--kafka-brokers", &broker.addr, "--sql"]).arg(&sql).arg("--file").arg(&paths[2]));
     assert!(replayed.contains("produced 400 records"), "{replayed}");

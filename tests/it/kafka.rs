@@ -138,7 +138,7 @@ impl Drop for Killed {
 
 /// Starts `trendflow ingest` with `args` (after `ingest --listen 127.0.0.1:0`); returns
 /// the process and the address it listens on.
-pub(crate) fn spawn_ingest(args: &[&std::ffi::OsStr]) -> (Killed, String) {
+pub(crate) fn spawn_ingest(args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>) -> (Killed, String) {
     let mut ingest = Killed(trendflow().args(["ingest", "--listen", "127.0.0.1:0"]).args(args).stderr(Stdio::piped()).spawn().unwrap());
     let api = wait_for_line(&mut ingest.0, "listening on http://");
     (ingest, api)
@@ -164,7 +164,7 @@ async fn ingest_api_feeds_the_views_exactly() {
     ok(trendflow().args(["gen", "--rows", "3000", "--seed", "7", "--out"]).arg(&data));
     let records = json_records(&data, tmp.path()).await;
     let args = ["--partitions", "3", "--max-body-bytes", "1000000", "--kafka-brokers", &broker.addr];
-    let (_ingest, api) = spawn_ingest(&args.map(std::ffi::OsStr::new));
+    let (_ingest, api) = spawn_ingest(args);
     post_products(&api, &records, 400);
     let mixed = br#"[{"asin": "BTEST00001", "price": 12.5, "category_id": 3}, {"asin": "BTEST00002", "price": "cheap"}, {"price": 1.0}]"#;
     let (status, body) = http_post(&api, "/v1/topics/products/records", mixed);

@@ -54,16 +54,7 @@ fn records_in_topic(brokers: &str, topic: &str, partitions: i32) -> i64 {
 }
 
 fn spawn_ingest(broker: &Broker, extra: &[&str]) -> (Killed, String) {
-    let mut ingest = Killed(
-        trendflow()
-            .args(["ingest", "--listen", "127.0.0.1:0", "--rate-limit", "0", "--kafka-brokers", &broker.addr])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let api = wait_for_line(&mut ingest.0, "listening on http://");
-    (ingest, api)
+    crate::kafka::spawn_ingest(["--rate-limit", "0", "--kafka-brokers", broker.addr.as_str()].iter().chain(extra))
 }
 
 /// Crash `trendflow run` (Kafka in, MongoDB out, a checkpoint after every

@@ -1,14 +1,17 @@
 //! View semantics beyond the `.slt` suite (tests/slt, run by `slt.rs`): the shipped views
-//! against an independent computation, and a restart undoing what a lost run left in a sink.
+//! against an independent computation, the changesets a view emits, and a restart
+//! undoing what a lost run left in a sink.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{CsvReadOptions, SessionContext};
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::catalog::Catalog;
-use trendflow_engine::contract::{CheckpointMeta, MicroBatch, Offsets, Sink};
+use trendflow_engine::contract::{Changeset, CheckpointMeta, MicroBatch, Offsets, Sink, ViewInfo};
 use trendflow_engine::runtime::Pipeline;
 use trendflow_engine::session::incremental_session_config;
 
@@ -94,6 +97,29 @@ async fn shipped_views_match_an_independent_computation() {
     assert!(counts.iter().all(|c| c == Some(20)));
 }
 
+/// Records every changeset a pipeline emits.
+#[derive(Default)]
+struct RecordingSink {
+    changes: BTreeMap<String, Vec<Changeset>>,
+}
+
+#[async_trait]
+impl Sink for RecordingSink {
+    async fn open(&mut self, _views: &[ViewInfo]) -> trendflow_engine::Result<()> {
+        Ok(())
+    }
+    async fn apply(&mut self, view: &ViewInfo, changes: &Changeset) -> trendflow_engine::Result<()> {
+        self.changes.entry(view.name.clone()).or_default().push(changes.clone());
+        Ok(())
+    }
+    async fn flush(&mut self, _meta: &CheckpointMeta) -> trendflow_engine::Result<()> {
+        Ok(())
+    }
+    async fn reset(&mut self, _view: &ViewInfo, _rows: &RecordBatch) -> trendflow_engine::Result<()> {
+        Ok(())
+    }
+}
+
 const STREAM: &str = "CREATE EXTERNAL TABLE events (id VARCHAR NOT NULL, cat VARCHAR, price DOUBLE, PRIMARY KEY (id))
     STORED AS KAFKA LOCATION 'events';\n";
 
@@ -129,6 +155,62 @@ fn keys(batch: &RecordBatch) -> Vec<String> {
     let mut keys: Vec<String> = column.iter().map(|v| v.unwrap_or("NULL").to_string()).collect();
     keys.sort();
     keys
+}
+
+/// The changesets themselves (the .slt suite checks results): deletes for groups that
+/// leave, one row per key, and no row for a group that did not change.
+#[tokio::test]
+async fn groups_leaving_having_or_limit_are_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut pipeline = pipeline(
+        tmp.path(),
+        "CREATE VIEW pricey AS SELECT cat, AVG(price) AS avg_price FROM events GROUP BY cat HAVING AVG(price) > 10;
+         CREATE VIEW top1 AS SELECT cat, COUNT(*) AS n FROM events GROUP BY cat ORDER BY n DESC, cat LIMIT 1;",
+    )
+    .await;
+    let mut sink = RecordingSink::default();
+    pipeline.step(events(&pipeline, &[("1", "a", 20.0), ("2", "b", 5.0)]), &mut sink).await.unwrap();
+    pipeline.step(events(&pipeline, &[("3", "a", 1.0), ("4", "a", 1.0), ("5", "b", 50.0), ("6", "b", 50.0)]), &mut sink).await.unwrap();
+    let pricey = &sink.changes["pricey"];
+    assert_eq!(keys(&pricey[0].upserts), vec!["a"]);
+    assert_eq!(keys(&pricey[1].upserts), vec!["b"], "b entered (avg 35)");
+    assert_eq!(keys(&pricey[1].deletes), vec!["a"], "a left (avg 7.33)");
+    let top = &sink.changes["top1"];
+    assert_eq!(keys(&top[0].upserts), vec!["a"], "a and b tie at 1: a wins on name");
+    assert_eq!(keys(&top[1].upserts), vec!["a"], "a: 3 rows, b: 3 rows; a keeps first place with a new count");
+    pipeline.step(events(&pipeline, &[("7", "b", 1.0)]), &mut sink).await.unwrap();
+    let top = &sink.changes["top1"];
+    assert_eq!((keys(&top[2].upserts), keys(&top[2].deletes)), (vec!["b".to_string()], vec!["a".to_string()]));
+}
+
+#[tokio::test]
+async fn stateless_views_upsert_by_primary_key_and_distinct_aggregates_merge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut pipeline = pipeline(
+        tmp.path(),
+        "CREATE VIEW expensive AS SELECT id, cat, price FROM events WHERE price > 100;
+         CREATE VIEW distinct_prices AS SELECT cat, COUNT(DISTINCT price) AS prices FROM events GROUP BY cat;",
+    )
+    .await;
+    let infos = pipeline.view_infos();
+    assert_eq!(infos[0].key, vec![0], "stateless view keyed by the stream's PRIMARY KEY");
+    let mut sink = RecordingSink::default();
+    pipeline.step(events(&pipeline, &[("1", "a", 200.0), ("1", "a", 300.0), ("2", "a", 5.0)]), &mut sink).await.unwrap();
+    pipeline.step(events(&pipeline, &[("3", "a", 200.0), ("4", "b", 7.0)]), &mut sink).await.unwrap();
+    let expensive = &sink.changes["expensive"];
+    assert_eq!(expensive[0].upserts.num_rows(), 1, "two updates of one key in a batch: the last wins");
+    let price = expensive[0].upserts.column(2).as_any().downcast_ref::<datafusion::arrow::array::Float64Array>().unwrap();
+    assert_eq!(price.value(0), 300.0);
+    let mut got = BTreeMap::new();
+    for changes in &sink.changes["distinct_prices"] {
+        let batch = &changes.upserts;
+        let cats = batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let counts = batch.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        got.extend((0..batch.num_rows()).map(|i| (cats.value(i).to_string(), counts.value(i))));
+    }
+    assert_eq!(sink.changes["distinct_prices"][1].upserts.num_rows(), 1, "a's distinct count did not change in batch 2");
+    // a: {200, 300, 5} (200 again in batch 2 is not new); b: {7}
+    assert_eq!(got, BTreeMap::from([("a".to_string(), 3), ("b".to_string(), 1)]));
 }
 
 /// The view of the lost-run tests: the category with the highest total.

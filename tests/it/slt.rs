@@ -33,7 +33,7 @@ use trendflow_connectors::decode::{with_metadata, RecordOrigin};
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::batch::compute_views;
 use trendflow_engine::catalog::Catalog;
-use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source, StreamDecl};
+use trendflow_engine::contract::{CheckpointMeta, MicroBatch, Offsets, Poll, Sink, Source, StreamDecl};
 use trendflow_engine::error::EngineError;
 use trendflow_engine::runtime::{Pipeline, RunOptions};
 use trendflow_engine::session::{batch_session_config, incremental_session_config};
@@ -241,7 +241,8 @@ impl Script {
             Mode::Batch => self.batch_results().await?,
             mode => self.streamed_results(mode).await?,
         };
-        let ctx = SessionContext::new();
+        // With information_schema, a script can check the views' column names too.
+        let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_information_schema(true));
         for (name, rows) in views {
             ctx.register_table(name.as_str(), Arc::new(MemTable::try_new(rows.schema(), vec![vec![rows]])?))?;
         }
@@ -287,7 +288,9 @@ impl Script {
             infos = pipeline.view_infos();
             let outcome = pipeline.run(sources, &mut store, &options, shutdown.clone(), &mut |_| {}).await;
             match (stop, outcome) {
-                (Stop::CrashAtEnd, Err(_)) | (Stop::Half | Stop::End, Ok(_)) => {}
+                // The changes it applied stay in the sink, as a database would keep them.
+                (Stop::CrashAtEnd, Err(e)) if e.to_string().contains(CRASH) => store.flush(&CheckpointMeta::default()).await?,
+                (Stop::Half | Stop::End, Ok(_)) => {}
                 (Stop::CrashAtEnd, Ok(_)) => return Err(SltError("the run meant to crash finished".into())),
                 (_, Err(error)) => return Err(error.into()),
             }
@@ -385,6 +388,9 @@ fn format_float(value: f64) -> String {
     }
 }
 
+/// The error of the run [`Mode::Restart`] crashes on purpose.
+const CRASH: &str = "crash before the checkpoint";
+
 /// Where a [`ScriptedSource`] stops.
 #[derive(Debug, Clone, Copy)]
 enum Stop {
@@ -426,7 +432,7 @@ impl Source for ScriptedSource {
     async fn poll(&mut self, _max_rows: usize, _max_delay: Duration) -> trendflow_engine::Result<Poll> {
         if self.position >= self.end() {
             return match self.stop {
-                Stop::CrashAtEnd => Err(EngineError::Source { source_name: self.stream.clone(), cause: "crash before the checkpoint".into() }),
+                Stop::CrashAtEnd => Err(EngineError::Source { source_name: self.stream.clone(), cause: CRASH.into() }),
                 Stop::Half | Stop::End => Ok(Poll::Finished),
             };
         }
@@ -479,6 +485,7 @@ fn slt_files() -> Vec<PathBuf> {
 
 async fn run_file(file: PathBuf, mode: Mode) -> Result<(), String> {
     let mut runner = sqllogictest::Runner::new(move || async move { Ok(SltDb(Script::new(mode))) });
+    runner.with_column_validator(sqllogictest::strict_column_validator);
     runner.add_label(mode.label());
     runner.add_label(if matches!(mode, Mode::Batch) { "batch" } else { "streamed" });
     runner.run_file_async(&file).await.map_err(|e| format!("{} ({}):\n{}", file.display(), mode.label(), e.display(false)))
