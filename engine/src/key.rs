@@ -10,11 +10,11 @@
 
 use std::collections::HashSet;
 
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Column, DFSchema, Dependency};
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 
 use crate::contract::StreamDecl;
+use crate::plan_search::contains;
 
 /// The key of the view planned as `plan`, or why it has none, saying how to give it one.
 pub fn require_view_key(plan: &LogicalPlan, streams: &[StreamDecl]) -> Result<Vec<usize>, String> {
@@ -32,20 +32,6 @@ pub fn require_view_key(plan: &LogicalPlan, streams: &[StreamDecl]) -> Result<Ve
             "it has no key: select every GROUP BY column".into()
         }
     })
-}
-
-/// Whether a node of `plan`, of its subqueries, or of a view it reads, is `wanted`.
-pub(crate) fn contains(plan: &LogicalPlan, wanted: &dyn Fn(&LogicalPlan) -> bool) -> bool {
-    let mut found = false;
-    let _ = plan.apply_with_subqueries(|node| {
-        found = wanted(node)
-            || match node {
-                LogicalPlan::TableScan(scan) => scan.source.get_logical_plan().is_some_and(|view| contains(&view, wanted)),
-                _ => false,
-            };
-        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
-    });
-    found
 }
 
 /// The key of the view planned as `plan`, as indices into its output; `None` when its

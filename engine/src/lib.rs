@@ -38,6 +38,7 @@ pub mod fan_out;
 pub mod file_format;
 pub mod key;
 pub mod keyed;
+mod plan_search;
 pub mod recent;
 pub mod runtime;
 pub mod serving;

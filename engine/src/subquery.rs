@@ -12,7 +12,7 @@ use datafusion::logical_expr::{lit, Expr, LogicalPlan, Subquery};
 use datafusion::prelude::SessionContext;
 
 use crate::contract::StreamDecl;
-use crate::key::contains;
+use crate::plan_search::contains;
 
 /// `plan` with every uncorrelated scalar subquery that reads no stream replaced by its value.
 pub(crate) async fn inline_reference_subqueries(ctx: &SessionContext, plan: &LogicalPlan, streams: &[StreamDecl]) -> Result<LogicalPlan, String> {

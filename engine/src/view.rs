@@ -37,6 +37,7 @@ pub use crate::evaluation::Evaluation;
 use crate::evaluation::{classify, join_name, join_type, keeps_only_side, Classified};
 use crate::key::require_view_key;
 use crate::keyed::{RowEncoder, RowMap};
+use crate::plan_search::find_in_plan;
 use crate::slot::{reads_any, run_plan, BatchSlot};
 use crate::subquery::inline_reference_subqueries;
 use crate::top_n::TopN;
@@ -442,37 +443,29 @@ impl StreamFinder<'_> {
 /// function whose value does not follow from its arguments (`now()`, `random()`…), or
 /// a scalar subquery, whose value the engine would have to maintain beside the view.
 fn unmaintainable_expression(plan: &LogicalPlan) -> Option<String> {
-    let mut found = None;
-    let _ = plan.apply_with_subqueries(|node| {
-        if let LogicalPlan::TableScan(scan) = node {
-            if let Some(view) = scan.source.get_logical_plan() {
-                found = unmaintainable_expression(&view);
-            }
-        }
-        if found.is_none() {
-            node.apply_expressions(|expr| {
-                expr.apply(|e| {
-                    found = match e {
-                        Expr::ScalarFunction(call) if call.func.signature().volatility != Volatility::Immutable => Some(format!(
-                            "`{}()` reads the clock or is random, so the result would depend on when each micro-batch ran, \
-                             not on the records; derive times from `_timestamp` instead (e.g. date_bin(INTERVAL '1 minute', _timestamp))",
-                            call.func.name()
-                        )),
-                        Expr::ScalarSubquery(_) => Some(
-                            "a scalar subquery (a `(SELECT …)` used as a value) over a stream, or one that refers to the \
-                             outer query, is not maintained as records arrive; join to the table it reads instead (one over \
-                             reference tables alone is computed once at start-up)"
-                                .into(),
-                        ),
-                        _ => None,
-                    };
-                    Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
-                })
-            })?;
-        }
-        Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
-    });
-    found
+    find_in_plan(plan, &|node| {
+        let mut found = None;
+        let _ = node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                found = match e {
+                    Expr::ScalarFunction(call) if call.func.signature().volatility != Volatility::Immutable => Some(format!(
+                        "`{}()` reads the clock or is random, so the result would depend on when each micro-batch ran, \
+                         not on the records; derive times from `_timestamp` instead (e.g. date_bin(INTERVAL '1 minute', _timestamp))",
+                        call.func.name()
+                    )),
+                    Expr::ScalarSubquery(_) => Some(
+                        "a scalar subquery (a `(SELECT …)` used as a value) over a stream, or one that refers to the \
+                         outer query, is not maintained as records arrive; join to the table it reads instead (one over \
+                         reference tables alone is computed once at start-up)"
+                            .into(),
+                    ),
+                    _ => None,
+                };
+                Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+            })
+        });
+        found
+    })
 }
 
 /// The `Partial` aggregate under a `Final` one, through repartitioning and coalescing.

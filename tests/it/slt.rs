@@ -37,6 +37,7 @@ use trendflow_engine::contract::{CheckpointMeta, MicroBatch, Offsets, Poll, Sink
 use trendflow_engine::error::EngineError;
 use trendflow_engine::runtime::{Pipeline, RunOptions};
 use trendflow_engine::session::{batch_session_config, incremental_session_config};
+use trendflow_engine::stream_table::STREAM_FILE_TYPE;
 
 use crate::support::*;
 
@@ -162,7 +163,7 @@ impl Script {
         let name = table.name.to_string();
         let columns: Vec<String> = table.columns.iter().map(ToString::to_string).collect();
         self.scratch.sql(&format!("CREATE TABLE {name} ({})", columns.join(", "))).await?.collect().await?;
-        if table.file_type.eq_ignore_ascii_case("KAFKA") {
+        if table.file_type.eq_ignore_ascii_case(STREAM_FILE_TYPE) {
             self.streams.push(name);
         } else {
             self.references.push(name);
