@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
-use trendflow_connectors::decode::{decode_parsed, parse_records, with_metadata, AvroDecoder, RecordFormat, RecordOrigin};
+use trendflow_connectors::decode::{changelog_key, decode_parsed, parse_records, with_metadata, AvroDecoder, RecordFormat, RecordOrigin};
 use trendflow_connectors::kafka::{client_config, partition_count, RecordEncoder};
 use trendflow_engine::catalog::Catalog;
 use trendflow_engine::contract::{MicroBatch, StreamDecl};
@@ -140,8 +140,11 @@ fn lines(text: &[u8]) -> Vec<&[u8]> {
 
 /// Decodes `chunk` into a micro-batch the way the Kafka source does, with offsets from `offset` on.
 fn micro_batch(stream: &StreamDecl, chunk: &[&[u8]], offset: &mut i64) -> Result<MicroBatch> {
-    let decoded =
-        decode_parsed(parse_records(RecordFormat::Json, &stream.payload_schema, chunk, stream.options.max_record_bytes), &stream.payload_schema)?;
+    let decoded = decode_parsed(
+        parse_records(RecordFormat::Json, &stream.payload_schema, chunk, stream.options.max_record_bytes),
+        &stream.payload_schema,
+        changelog_key(stream),
+    )?;
     let rows = decoded.batch.num_rows();
     let origin = RecordOrigin {
         partitions: vec![0; rows],
@@ -150,7 +153,7 @@ fn micro_batch(stream: &StreamDecl, chunk: &[&[u8]], offset: &mut i64) -> Result
         keys: None,
     };
     *offset += rows as i64;
-    Ok(MicroBatch { batch: with_metadata(stream, &decoded.batch, origin)?, offsets: Default::default(), rejected: 0 })
+    Ok(MicroBatch::new(with_metadata(stream, &decoded.batch, origin)?, &decoded.deleted, Default::default(), 0))
 }
 
 /// The view whose groups grow with the data: one per product.
@@ -240,7 +243,7 @@ fn avro_decoding(records: &[&[u8]], stream: &StreamDecl, batch: usize) -> Result
     let payload = &stream.payload_schema;
     let mut avro_records = Vec::with_capacity(records.len());
     for chunk in records.chunks(batch) {
-        let decoded = decode_parsed(parse_records(RecordFormat::Json, payload, chunk, stream.options.max_record_bytes), payload)?;
+        let decoded = decode_parsed(parse_records(RecordFormat::Json, payload, chunk, stream.options.max_record_bytes), payload, None)?;
         let encoded = RecordEncoder::Avro { schema_id: 1 }.encode(&decoded.batch)?;
         avro_records.extend((0..encoded.ranges.len()).map(|i| encoded.get(i).to_vec()));
     }

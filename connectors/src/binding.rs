@@ -12,6 +12,7 @@ use std::sync::Arc;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use trendflow_engine::catalog::Catalog;
+use trendflow_engine::changelog::final_table;
 use trendflow_engine::contract::{Poll, Source, StreamDecl};
 
 use crate::error::{ConnectorError, Result};
@@ -191,6 +192,7 @@ impl Bindings {
         let bounded = SourceSettings { bounded: true, ..settings.clone() };
         for (stream, mut source) in catalog.streams().iter().zip(self.open_sources(catalog, &bounded).await?) {
             let mut batches = Vec::new();
+            let mut deletes = Vec::new();
             loop {
                 let poll = source
                     .poll(65_536, std::time::Duration::from_millis(200))
@@ -200,10 +202,17 @@ impl Bindings {
                     Poll::Batch(micro) => {
                         rejected += micro.rejected;
                         batches.push(micro.batch);
+                        deletes.push(micro.deleted);
                     }
                     Poll::Idle => continue,
                     Poll::Finished => break,
                 }
+            }
+            if stream.options.changelog.is_keyed() {
+                // A changelog is computed over its final table, as the stream leaves it.
+                let changes = batches.iter().zip(&deletes).map(|(b, d)| (b, d.as_ref()));
+                batches =
+                    vec![final_table(stream, changes).map_err(|e| ConnectorError::Binding { binding: stream.name.clone(), message: e.to_string() })?];
             }
             let table = MemTable::try_new(stream.schema.clone(), vec![batches])
                 .map_err(|e| ConnectorError::Binding { binding: stream.name.clone(), message: e.to_string() })?;

@@ -8,8 +8,10 @@ use datafusion::arrow::array::{new_null_array, ArrayRef, Int32Array, Int64Array,
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::error::ArrowError;
+use trendflow_engine::contract::Changelog;
 use trendflow_engine::contract::{AvroSchemas, StreamDecl, StreamFormat};
-pub use trendflow_formats::{decode_parsed, decode_parts, parse_records, split_body, AvroDecoder, Decoded, Parsed, RecordFormat};
+use trendflow_formats::DELETED_COLUMN;
+pub use trendflow_formats::{decode_parsed, decode_parts, parse_debezium, parse_records, split_body, AvroDecoder, Decoded, Parsed, RecordFormat};
 
 use crate::schema_registry::{SchemaLookup, SchemaRegistry};
 
@@ -89,13 +91,90 @@ impl RecordDecoder {
     /// reason for each rejected record. Avro writer schemas not
     /// seen before are fetched from the registry first; an unreachable registry is an
     /// error (nothing is rejected for it).
-    pub async fn decode(&mut self, stream: &StreamDecl, records: &[&[u8]], max_record_bytes: usize) -> crate::Result<Decoded> {
-        let parts = match self {
-            Self::Text(format) => vec![parse_records(*format, &stream.payload_schema, records, max_record_bytes)],
-            Self::Avro(avro) => avro.parse(stream, records, max_record_bytes).await?,
+    ///
+    /// On an `upsert` stream an empty record is a tombstone: it deletes the row whose
+    /// key is its transport key (`keys`, e.g. the Kafka key: the key column's value as
+    /// text, or a JSON object of the key columns when the key has several).
+    pub async fn decode(
+        &mut self,
+        stream: &StreamDecl,
+        records: &[&[u8]],
+        keys: &[Option<&[u8]>],
+        max_record_bytes: usize,
+    ) -> crate::Result<Decoded> {
+        let tombstones = |i: &usize| stream.options.changelog == Changelog::Upsert && records[*i].is_empty();
+        let (deletes, values): (Vec<usize>, Vec<usize>) = (0..records.len()).partition(tombstones);
+        let subset: Vec<&[u8]> = values.iter().map(|&i| records[i]).collect();
+        let parsed = match self {
+            Self::Text(_) => vec![parse_text(stream, &subset, max_record_bytes)],
+            Self::Avro(avro) => avro.parse(stream, &subset, max_record_bytes).await?,
         };
-        Ok(decode_parts(parts, &stream.payload_schema)?)
+        let mut parts: Vec<Parsed> = parsed.into_iter().map(|p| renumbered(p, &values)).collect();
+        if !deletes.is_empty() {
+            parts.push(tombstone_rows(stream, &deletes, keys, max_record_bytes));
+        }
+        Ok(decode_parts(parts, &stream.payload_schema, changelog_key(stream))?)
     }
+}
+
+/// The key columns by which a changelog stream's records change it (`None`: append).
+pub fn changelog_key(stream: &StreamDecl) -> Option<&[usize]> {
+    stream.options.changelog.is_keyed().then_some(stream.primary_key.as_slice())
+}
+
+/// Parses JSON or CSV records of `stream` structurally: Debezium events are unwrapped
+/// into the rows they leave.
+pub fn parse_text(stream: &StreamDecl, records: &[&[u8]], max_record_bytes: usize) -> Parsed {
+    match (&stream.options.changelog, &stream.options.format) {
+        (Changelog::Debezium, _) => parse_debezium(&stream.payload_schema, records, max_record_bytes),
+        (_, StreamFormat::Text(format)) => parse_records(*format, &stream.payload_schema, records, max_record_bytes),
+        // The ingest API takes JSON for an Avro stream and encodes it.
+        (_, StreamFormat::Avro(_)) => parse_records(RecordFormat::Json, &stream.payload_schema, records, max_record_bytes),
+    }
+}
+
+/// `parsed` with its row numbers mapped from positions in a subset back to input indices.
+fn renumbered(mut parsed: Parsed, indices: &[usize]) -> Parsed {
+    parsed.rows.iter_mut().for_each(|r| *r = indices[*r]);
+    parsed.unparsed.iter_mut().for_each(|(r, _, _)| *r = indices[*r]);
+    parsed
+}
+
+/// The deletes that the tombstones at `positions` stand for, keyed by their transport keys.
+fn tombstone_rows(stream: &StreamDecl, positions: &[usize], keys: &[Option<&[u8]>], max_record_bytes: usize) -> Parsed {
+    let mut objects = Vec::with_capacity(positions.len());
+    let mut unparsed = Vec::new();
+    let mut kept = Vec::with_capacity(positions.len());
+    for &i in positions {
+        match keys.get(i).copied().flatten().map(|key| key_object(stream, key)) {
+            Some(Ok(object)) => {
+                objects.push(object);
+                kept.push(i);
+            }
+            Some(Err(reason)) => unparsed.push((i, reason, String::new())),
+            None => unparsed.push((i, "a tombstone (a record without a value) needs a key to say which row it deletes".to_string(), String::new())),
+        }
+    }
+    let slices: Vec<&[u8]> = objects.iter().map(|o| o.as_bytes()).collect();
+    let mut parsed = renumbered(parse_records(RecordFormat::Json, &stream.payload_schema, &slices, max_record_bytes), &kept);
+    parsed.unparsed.append(&mut unparsed);
+    parsed.unparsed.sort_by_key(|(i, _, _)| *i);
+    parsed
+}
+
+/// A tombstone's key as a JSON delete record: `{"<key column>": "<key>", "_deleted": true}`,
+/// or the key's own JSON object of several key columns.
+fn key_object(stream: &StreamDecl, key: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(key).map_err(|_| "a tombstone whose key is not UTF-8 text".to_string())?;
+    let mut object = match stream.primary_key.as_slice() {
+        [column] => serde_json::Map::from_iter([(stream.payload_schema.field(*column).name().clone(), serde_json::Value::String(text.to_string()))]),
+        _ => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(object)) => object,
+            _ => return Err(format!("a tombstone of a stream keyed by several columns needs a JSON object of them as its key, not `{text}`")),
+        },
+    };
+    object.insert(DELETED_COLUMN.to_string(), serde_json::Value::Bool(true));
+    Ok(serde_json::Value::Object(object).to_string())
 }
 
 /// Where accepted records came from, to fill the metadata columns.

@@ -5,12 +5,15 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::ExecutionPlan;
 
+use crate::changelog::TableDelta;
 use crate::error::{EngineError, Result};
 use crate::keyed::{project_columns, KeyedTable, RowEncoder};
 use crate::slot::{run_plan, run_with, BatchSlot};
@@ -32,6 +35,8 @@ pub struct IncrementalAggregate {
     finals: KeyedTable,
     /// What the rest of the view's plan reads in place of the original aggregate.
     finals_slot: BatchSlot,
+    /// Whether groups were removed since the last checkpoint (a delta cannot say so).
+    removed_groups: bool,
 }
 
 impl IncrementalAggregate {
@@ -76,6 +81,7 @@ impl IncrementalAggregate {
             changed: KeyedTable::new(state_schema, keys.clone())?,
             finals: KeyedTable::new(output_schema.clone(), keys)?,
             finals_slot: BatchSlot::new(output_schema),
+            removed_groups: false,
         })
     }
 
@@ -99,6 +105,65 @@ impl IncrementalAggregate {
         self.changed.upsert(&merged)?;
         let after = self.finalize_groups(merged, ctx).await?;
         Ok(Some(TouchedGroups { before, after }))
+    }
+
+    /// Follows one micro-batch of a changelog stream, whose scans read `slot`: the
+    /// groups its replaced and deleted rows (`delta.before`) and its new rows
+    /// (`delta.after`) fall in are recomputed from `whole`, the stream's current rows
+    /// (every aggregate is exact so, MIN, MAX and COUNT(DISTINCT) included); groups
+    /// left without rows are removed. Returns the groups touched, or `None`.
+    pub async fn apply_changes(
+        &mut self,
+        slot: &BatchSlot,
+        delta: &TableDelta,
+        whole: RecordBatch,
+        ctx: &Arc<TaskContext>,
+    ) -> Result<Option<TouchedGroups>> {
+        let group_columns: Vec<usize> = (0..self.group_columns).collect();
+        let retracted = run_with(slot, vec![delta.before.clone()], &self.partial, ctx).await?;
+        let added = run_with(slot, vec![delta.after.clone()], &self.partial, ctx).await?;
+        if retracted.num_rows() == 0 && added.num_rows() == 0 {
+            return Ok(None);
+        }
+        let touched = concat_batches(
+            &self.state.schema().project(&group_columns).map(Arc::new)?,
+            &[project_columns(&retracted, &group_columns)?, project_columns(&added, &group_columns)?],
+        )?;
+        let all = run_with(slot, vec![whole], &self.partial, ctx).await?;
+        let fresh = self.reduce(vec![rows_of_groups(&all, &touched, self.group_columns)?], ctx).await?;
+        let before = self.finals.lookup(&touched)?;
+        let gone = without_rows_of(&touched, &project_columns(&fresh, &group_columns)?, self.group_columns)?;
+        if gone.num_rows() > 0 {
+            self.state.remove(&gone)?;
+            self.finals.remove(&gone)?;
+            self.changed.remove(&gone)?;
+            self.removed_groups = true;
+        }
+        self.state.upsert(&fresh)?;
+        self.changed.upsert(&fresh)?;
+        let after = self.finalize_groups(fresh, ctx).await?;
+        Ok(Some(TouchedGroups { before, after }))
+    }
+
+    /// Recomputes every group from the stream content now in the slots (a changelog
+    /// stream's current rows), e.g. after a table the aggregate's input joins changed.
+    pub async fn recompute_all(&mut self, ctx: &Arc<TaskContext>) -> Result<()> {
+        let all = run_plan(&self.partial, ctx).await?;
+        let state = self.reduce(vec![all], ctx).await?;
+        self.removed_groups |= !self.state.is_empty();
+        self.state.clear();
+        self.finals.clear();
+        self.changed.clear();
+        self.state.upsert(&state)?;
+        self.changed.upsert(&state)?;
+        self.finalize_groups(state, ctx).await?;
+        Ok(())
+    }
+
+    /// Whether groups were removed since the last checkpoint, which a delta checkpoint
+    /// (changed groups only) cannot express: the next checkpoint must be full.
+    pub fn removed_groups(&self) -> bool {
+        self.removed_groups
     }
 
     /// Replaces the state by `state` (from a checkpoint; where a key appears twice the
@@ -136,6 +201,7 @@ impl IncrementalAggregate {
     /// Forgets which groups changed: a checkpoint now holds them.
     pub fn mark_checkpointed(&mut self) {
         self.changed.clear();
+        self.removed_groups = false;
     }
 
     /// Schema of the state rows.
@@ -182,6 +248,25 @@ impl IncrementalAggregate {
         self.finals.upsert(&finals)?;
         Ok(finals)
     }
+}
+
+/// The rows of `rows` whose first `width` columns are a row of `groups` (key columns only).
+fn rows_of_groups(rows: &RecordBatch, groups: &RecordBatch, width: usize) -> Result<RecordBatch> {
+    select_by_groups(rows, groups, width, true)
+}
+
+/// The rows of `rows` whose first `width` columns are not a row of `groups`.
+fn without_rows_of(rows: &RecordBatch, groups: &RecordBatch, width: usize) -> Result<RecordBatch> {
+    select_by_groups(rows, groups, width, false)
+}
+
+fn select_by_groups(rows: &RecordBatch, groups: &RecordBatch, width: usize, member: bool) -> Result<RecordBatch> {
+    let columns: Vec<usize> = (0..width).collect();
+    let wanted = RowEncoder::new(&groups.schema(), columns.clone())?.encode(groups)?;
+    let wanted: HashSet<&[u8], ahash::RandomState> = (0..wanted.len()).map(|i| wanted.get(i)).collect();
+    let keys = RowEncoder::new(&rows.schema(), columns)?.encode(rows)?;
+    let keep: BooleanArray = (0..keys.len()).map(|i| Some(wanted.contains(keys.get(i)) == member)).collect();
+    Ok(filter_record_batch(rows, &keep)?)
 }
 
 /// The finalized rows of the groups one micro-batch touched, before it (groups that

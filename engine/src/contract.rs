@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-pub use crate::stream_options::{AvroSchemas, StreamFormat, StreamOptions};
+pub use crate::stream_options::{AvroSchemas, Changelog, StreamFormat, StreamOptions};
 pub use crate::stream_table::StreamDecl;
 
 /// Per-partition positions of one source: partition → next offset to read.
@@ -26,10 +27,22 @@ pub type Offsets = BTreeMap<i32, i64>;
 pub struct MicroBatch {
     /// Decoded records, with the stream's full schema (declared + metadata columns).
     pub batch: RecordBatch,
+    /// On a changelog stream, the rows of `batch` that delete their key (tombstones,
+    /// Debezium deletes: only their key columns hold values); `None` when none do.
+    pub deleted: Option<BooleanArray>,
     /// Positions after the last record of `batch`, per partition.
     pub offsets: Offsets,
     /// Records that did not decode and went to the dead-letter destination instead.
     pub rejected: u64,
+}
+
+impl MicroBatch {
+    /// A micro-batch of `batch`'s rows, of which those `deleted` marks (one flag per row,
+    /// or none at all) delete their key.
+    pub fn new(batch: RecordBatch, deleted: &[bool], offsets: Offsets, rejected: u64) -> Self {
+        let deleted = deleted.contains(&true).then(|| deleted.iter().map(|d| Some(*d)).collect());
+        Self { batch, deleted, offsets, rejected }
+    }
 }
 
 /// The outcome of polling a source.

@@ -3,15 +3,19 @@
 //!
 //! After an aggregate the key is its GROUP BY columns (after `SELECT DISTINCT`, every
 //! column), which are unique by construction. Without an aggregate it is the stream's
-//! declared PRIMARY KEY, by which each micro-batch's rows are upserted. A declared key
-//! is never taken as a uniqueness guarantee: an append stream repeats it, so streams
-//! do not give it to DataFusion as a constraint, whose functional dependencies would
+//! declared PRIMARY KEY, by which each micro-batch's rows are upserted; it survives a
+//! join that meets each row once (on the whole key of a changelog stream, e.g.
+//! `products p LEFT JOIN categories c ON p.category_id = c.id`). A declared key is not
+//! taken as a uniqueness guarantee on an append stream, which repeats it, so streams do
+//! not give it to DataFusion as a constraint, whose functional dependencies would
 //! otherwise "key" `GROUP BY asin, category_id` by `asin` and merge its groups.
 
 use std::collections::HashSet;
 
+use datafusion::common::JoinType;
 use datafusion::common::{Column, DFSchema, Dependency};
-use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{BinaryExpr, Distinct, Expr, Join, LogicalPlan, Operator};
 
 use crate::contract::StreamDecl;
 use crate::plan_search::contains;
@@ -37,19 +41,21 @@ pub fn require_view_key(plan: &LogicalPlan, streams: &[StreamDecl]) -> Result<Ve
 /// The key of the view planned as `plan`, as indices into its output; `None` when its
 /// rows have none (a GROUP BY column left out of the SELECT, no PRIMARY KEY selected).
 pub fn view_key(plan: &LogicalPlan, streams: &[StreamDecl]) -> Option<Vec<usize>> {
-    trace(plan, &grouping_columns).or_else(|| trace(plan, &|node| primary_key_columns(node, streams))).or_else(|| dependency_key(plan.schema()))
+    trace(plan, &grouping_columns, streams)
+        .or_else(|| trace(plan, &|node| primary_key_columns(node, streams), streams))
+        .or_else(|| dependency_key(plan.schema()))
 }
 
 /// Where the key columns that `source` finds at some node under `plan` appear in
 /// `plan`'s output, if all of them do, through operators that keep rows whole.
-fn trace(plan: &LogicalPlan, source: &dyn Fn(&LogicalPlan) -> Option<Vec<usize>>) -> Option<Vec<usize>> {
+fn trace(plan: &LogicalPlan, source: &dyn Fn(&LogicalPlan) -> Option<Vec<usize>>, streams: &[StreamDecl]) -> Option<Vec<usize>> {
     if let Some(key) = source(plan) {
         return Some(key);
     }
     match plan {
         LogicalPlan::Projection(projection) => {
             let input = projection.input.schema();
-            let inner = trace(&projection.input, source)?;
+            let inner = trace(&projection.input, source, streams)?;
             let key = inner.into_iter().map(|j| {
                 let column = Column::from(input.qualified_field(j));
                 projection.expr.iter().position(|e| {
@@ -60,15 +66,38 @@ fn trace(plan: &LogicalPlan, source: &dyn Fn(&LogicalPlan) -> Option<Vec<usize>>
             sorted(key.collect::<Option<_>>()?)
         }
         LogicalPlan::TableScan(scan) => {
-            let inner = trace(scan.source.get_logical_plan()?.as_ref(), source)?;
+            let inner = trace(scan.source.get_logical_plan()?.as_ref(), source, streams)?;
             through_scan_projection(inner, scan.projection.as_deref())
+        }
+        // A join that matches each left row with at most one right row keeps the left
+        // key, in place (the left columns come first).
+        LogicalPlan::Join(join) if matches!(join.join_type, JoinType::Inner | JoinType::Left) && matches_at_most_once(join, streams) => {
+            trace(&join.left, source, streams)
         }
         // Each keeps its input's columns in place (a window appends its own after them).
         LogicalPlan::Filter(_) | LogicalPlan::Sort(_) | LogicalPlan::Limit(_) | LogicalPlan::Window(_) | LogicalPlan::SubqueryAlias(_) => {
-            trace(plan.inputs()[0], source)
+            trace(plan.inputs()[0], source, streams)
         }
         _ => None,
     }
+}
+
+/// True when `join` meets each left row with at most one right row: its equality
+/// conditions cover the PRIMARY KEY of a changelog stream on the right (which, unlike
+/// an append stream's, is unique).
+fn matches_at_most_once(join: &Join, streams: &[StreamDecl]) -> bool {
+    let keyed: Vec<StreamDecl> = streams.iter().filter(|s| s.options.changelog.is_keyed()).cloned().collect();
+    let Some(key) = trace(&join.right, &|node| primary_key_columns(node, &keyed), &keyed) else { return false };
+    let right = join.right.schema();
+    // Before optimization, `ON a = b` is the join's filter, not yet its equi-join pairs.
+    let filter_pairs = join.filter.iter().flat_map(split_conjunction).filter_map(|e| match e {
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => Some((left.as_ref(), right.as_ref())),
+        _ => None,
+    });
+    let pairs = join.on.iter().map(|(l, r)| (l, r)).chain(filter_pairs);
+    let right_column = |e: &Expr| e.try_as_col().and_then(|c| right.index_of_column(c).ok());
+    let matched: Vec<usize> = pairs.flat_map(|(l, r)| [right_column(l), right_column(r)]).flatten().collect();
+    key.iter().all(|k| matched.contains(k))
 }
 
 /// The GROUP BY columns of an aggregate; every column of a `SELECT DISTINCT`; the `ON`

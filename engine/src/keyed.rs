@@ -105,6 +105,19 @@ pub fn take_rows(batch: &RecordBatch, indices: &UInt32Array) -> Result<RecordBat
     RecordBatch::try_new_with_options(batch.schema(), vec![], &RecordBatchOptions::new().with_row_count(Some(indices.len())))
 }
 
+/// Positions of the last row of each key (`key` columns) in `batch`, in row order:
+/// what upserting `batch` leaves, when a micro-batch changes a key twice.
+pub fn last_row_per_key(batch: &RecordBatch, key: &[usize]) -> Result<UInt32Array, ArrowError> {
+    let keys = RowEncoder::new(&batch.schema(), key.to_vec())?.encode(batch)?;
+    let mut last: RowMap<&[u8], u32> = RowMap::with_capacity_and_hasher(keys.len(), Default::default());
+    for i in 0..keys.len() {
+        last.insert(keys.get(i), i as u32);
+    }
+    let mut rows: Vec<u32> = last.into_values().collect();
+    rows.sort_unstable();
+    Ok(UInt32Array::from(rows))
+}
+
 /// A table of rows, at most one per key, where later upserts win.
 ///
 /// ```

@@ -29,6 +29,7 @@
 pub mod aggregate;
 pub mod batch;
 pub mod catalog;
+pub mod changelog;
 pub mod checkpoint;
 pub mod contract;
 mod diff;

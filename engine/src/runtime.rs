@@ -11,6 +11,7 @@ use datafusion::execution::TaskContext;
 use tokio::sync::watch;
 
 use crate::catalog::Catalog;
+use crate::changelog::{ChangelogTable, ChangelogTables};
 use crate::checkpoint::{Checkpointer, StateFiles, Written};
 use crate::contract::{CheckpointMeta, MicroBatch, Offsets, Poll, Sink, Source, StreamDecl, ViewInfo};
 use crate::error::{EngineError, Result};
@@ -82,6 +83,8 @@ pub struct RunSummary {
 pub struct Pipeline {
     catalog: Catalog,
     views: Vec<IncrementalView>,
+    /// The current rows of the changelog streams.
+    tables: ChangelogTables,
     task: Arc<TaskContext>,
     checkpointer: Checkpointer,
     batch_id: u64,
@@ -102,7 +105,8 @@ impl Pipeline {
         }
         let task = catalog.session().task_ctx();
         let checkpointer = Checkpointer::new(state_dir.join("checkpoints"))?;
-        Ok(Self { catalog, views, task, checkpointer, batch_id: 0, offsets: BTreeMap::new(), inputs, resumed: false })
+        let tables = changelog_tables(catalog.streams(), &views)?;
+        Ok(Self { catalog, views, tables, task, checkpointer, batch_id: 0, offsets: BTreeMap::new(), inputs, resumed: false })
     }
 
     /// The catalog the pipeline was compiled from.
@@ -166,6 +170,23 @@ impl Pipeline {
             }
             view.restore(state, &self.task).await?;
         }
+        for table in self.tables.tables_mut() {
+            let name = table_state_name(table.name());
+            match states.remove(&name).unwrap_or_default().as_slice() {
+                [] => {}
+                [rows] if rows.schema().fields() == table.state_schema().fields() => table.restore(rows)?,
+                _ => {
+                    return Err(EngineError::Checkpoint {
+                        path,
+                        message: format!(
+                            "the columns kept of changelog stream `{}` changed since the checkpoint was written; \
+                             start from a fresh --state directory to recompute",
+                            table.name()
+                        ),
+                    })
+                }
+            }
+        }
         self.batch_id = checkpoint.meta.batch_id;
         self.offsets = checkpoint.meta.sources;
         self.resumed = true;
@@ -178,8 +199,9 @@ impl Pipeline {
         let started = Instant::now();
         let mut report = StepReport { batch_id: self.batch_id + 1, ..Default::default() };
         // Disjoint borrows: the streams are read while the views are updated.
-        let Self { catalog, views, task, .. } = self;
+        let Self { catalog, views, tables, task, .. } = self;
         let streams = catalog.streams();
+        let mut changed = Vec::new();
         for (name, micro) in &batches {
             let stream = find_stream(streams, name)?;
             report.rows += micro.batch.num_rows() as u64;
@@ -189,9 +211,16 @@ impl Pipeline {
             counts.1 += micro.rejected;
             let batch = conform(stream, &micro.batch)?;
             stream.recent.push(batch.clone());
-            stream.slot.set(vec![batch]);
+            if stream.options.changelog.is_keyed() {
+                changed.push((name.as_str(), MicroBatch { batch, ..micro.clone() }));
+            } else {
+                stream.slot.set(vec![batch]);
+            }
         }
-        let result = update_views(views, task, sink, &mut report).await;
+        let names: Vec<&str> = changed.iter().filter(|(_, m)| m.batch.num_rows() > 0).map(|(n, _)| *n).collect();
+        let keep_before = views.iter().any(|v| v.recomputes_on(&names));
+        tables.apply(changed.iter().filter(|(_, m)| m.batch.num_rows() > 0).map(|(n, m)| (*n, m)), keep_before)?;
+        let result = update_views(views, tables, task, sink, &mut report).await;
         for stream in streams {
             stream.slot.clear();
         }
@@ -216,14 +245,19 @@ impl Pipeline {
             base: Vec::new(),
         };
         sink.flush(&meta).await?;
-        let changed = self.views.iter().map(|v| v.group_counts().0).sum();
-        let full = self.checkpointer.wants_full(changed);
+        let changed =
+            self.views.iter().map(|v| v.group_counts().0).sum::<usize>() + self.tables.tables().iter().map(|t| t.changed_keys()).sum::<usize>();
+        let full = self.checkpointer.wants_full(changed) || self.views.iter().any(IncrementalView::removed_groups);
         let mut states = BTreeMap::new();
         for view in &self.views {
             states.insert(view.info().name.clone(), if full { view.state()? } else { view.changed_state()? });
         }
+        for table in self.tables.tables() {
+            states.insert(table_state_name(table.name()), vec![if full { table.state()? } else { table.changed_state()? }]);
+        }
         let written = self.checkpointer.write(&meta, &if full { StateFiles::Full(states) } else { StateFiles::Changes(states) })?;
         self.views.iter_mut().for_each(IncrementalView::mark_checkpointed);
+        self.tables.tables_mut().iter_mut().for_each(ChangelogTable::mark_checkpointed);
         tracing::debug!(checkpoint = %written.name, full = written.full, rows = written.rows, bytes = written.bytes, "checkpoint written");
         Ok((meta, written))
     }
@@ -331,9 +365,15 @@ impl Pipeline {
 }
 
 /// Applies the micro-batch now in the stream slots to every view and hands the changes to `sink`.
-async fn update_views(views: &mut [IncrementalView], task: &Arc<TaskContext>, sink: &mut dyn Sink, report: &mut StepReport) -> Result<()> {
+async fn update_views(
+    views: &mut [IncrementalView],
+    tables: &ChangelogTables,
+    task: &Arc<TaskContext>,
+    sink: &mut dyn Sink,
+    report: &mut StepReport,
+) -> Result<()> {
     for view in views {
-        let changes = view.apply(task).await?;
+        let changes = view.apply(task, tables).await?;
         report.changes.insert(view.info().name.clone(), (changes.upserts.num_rows(), changes.deletes.num_rows()));
         if !changes.is_empty() {
             sink.apply(view.info(), &changes).await?;
@@ -373,6 +413,22 @@ fn conform(stream: &StreamDecl, batch: &RecordBatch) -> Result<RecordBatch> {
         source_name: stream.name.clone(),
         cause: format!("micro-batch does not match the declared schema: {e}").into(),
     })
+}
+
+/// The changelog tables of `streams`, each keeping the columns some view reads.
+fn changelog_tables(streams: &[StreamDecl], views: &[IncrementalView]) -> Result<ChangelogTables> {
+    let mut tables = Vec::new();
+    for stream in streams.iter().filter(|s| s.options.changelog.is_keyed()) {
+        let read: Vec<usize> = views.iter().flat_map(|v| v.reads()).filter(|(name, _)| *name == stream.name).flat_map(|(_, c)| c.clone()).collect();
+        tables.push(ChangelogTable::for_stream(stream, &read)?);
+    }
+    Ok(ChangelogTables::new(tables))
+}
+
+/// Under which name a checkpoint holds a changelog table (view names are SQL
+/// identifiers, which hold no `:` unless quoted).
+fn table_state_name(stream: &str) -> String {
+    format!("stream:{stream}")
 }
 
 /// FNV-1a: a hash that, unlike std's, is stable across Rust releases (checkpoints outlive binaries).

@@ -111,6 +111,25 @@ pub fn reads_any(plan: &Arc<dyn ExecutionPlan>, slots: &[BatchSlot]) -> bool {
         || plan.children().into_iter().any(|c| reads_any(c, slots))
 }
 
+/// The columns of `slot`'s schema that the scans of it in `plan` read, in order.
+pub fn columns_read(plan: &Arc<dyn ExecutionPlan>, slot: &BatchSlot) -> Vec<usize> {
+    let mut columns = Vec::new();
+    collect_columns_read(plan, slot, &mut columns);
+    columns.sort_unstable();
+    columns.dedup();
+    columns
+}
+
+fn collect_columns_read(plan: &Arc<dyn ExecutionPlan>, slot: &BatchSlot, columns: &mut Vec<usize>) {
+    if let Some(scan) = plan.downcast_ref::<BatchSlotExec>().filter(|scan| scan.reads(slot)) {
+        match &scan.projection {
+            Some(projection) => columns.extend(projection),
+            None => columns.extend(0..slot.schema.fields().len()),
+        }
+    }
+    plan.children().into_iter().for_each(|c| collect_columns_read(c, slot, columns));
+}
+
 /// Executes a plan built once (whose leaves read slots) and concatenates its output.
 pub(crate) async fn run_plan(plan: &Arc<dyn ExecutionPlan>, ctx: &Arc<TaskContext>) -> crate::Result<RecordBatch> {
     let schema = plan.schema();

@@ -8,7 +8,46 @@ use trendflow_formats::RecordFormat;
 use crate::recent::DEFAULT_RECENT_ROWS;
 
 /// Every option name a stream may declare.
-const NAMES: [&str; 6] = ["format", "schema_registry_url", "avro_schema", "dead_letter_topic", "max_record_bytes", "recent_rows"];
+const NAMES: [&str; 7] = ["format", "schema_registry_url", "avro_schema", "dead_letter_topic", "max_record_bytes", "recent_rows", "changelog"];
+
+/// How a stream's records change it: `OPTIONS ('changelog' 'append' | 'upsert' | 'debezium')`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Changelog {
+    /// Every record is a new row (the default).
+    #[default]
+    Append,
+    /// A record replaces the row with the same PRIMARY KEY; a tombstone (a Kafka record
+    /// with a key and an empty value, or a JSON record `{…key…, "_deleted": true}`)
+    /// deletes it.
+    Upsert,
+    /// Debezium JSON change events (`before`, `after`, `op`), keyed by the PRIMARY KEY.
+    Debezium,
+}
+
+impl Changelog {
+    /// True for `upsert` and `debezium`: the stream is a table that changes by key.
+    pub fn is_keyed(self) -> bool {
+        self != Self::Append
+    }
+
+    /// The name as written in OPTIONS.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Append => "append",
+            Self::Upsert => "upsert",
+            Self::Debezium => "debezium",
+        }
+    }
+
+    fn parse(name: &str) -> Result<Self, String> {
+        match name.to_ascii_lowercase().as_str() {
+            "append" => Ok(Self::Append),
+            "upsert" => Ok(Self::Upsert),
+            "debezium" => Ok(Self::Debezium),
+            _ => Err(format!("unknown changelog `{name}` (append, upsert or debezium)")),
+        }
+    }
+}
 
 /// How a stream's records are encoded: `OPTIONS ('format' 'json' | 'csv' | 'avro')`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +98,8 @@ pub struct StreamOptions {
     pub dead_letter_topic: Option<String>,
     /// How many of the latest rows are kept for serving (`'recent_rows'`).
     pub recent_rows: usize,
+    /// How records change the stream (`'changelog'`).
+    pub changelog: Changelog,
 }
 
 impl Default for StreamOptions {
@@ -68,6 +109,7 @@ impl Default for StreamOptions {
             max_record_bytes: trendflow_formats::DEFAULT_MAX_RECORD_BYTES,
             dead_letter_topic: None,
             recent_rows: DEFAULT_RECENT_ROWS,
+            changelog: Changelog::Append,
         }
     }
 }
@@ -82,8 +124,14 @@ impl StreamOptions {
             return Err(format!("unknown option `{unknown}` (options: {})", NAMES.join(", ")));
         }
         let defaults = Self::default();
+        let format = parse_format(options)?;
+        let changelog = options.get("changelog").map_or(Ok(Changelog::Append), |c| Changelog::parse(c))?;
+        if changelog == Changelog::Debezium && format != StreamFormat::Text(RecordFormat::Json) {
+            return Err("('changelog' 'debezium') reads Debezium's JSON events: it needs ('format' 'json')".into());
+        }
         Ok(Self {
-            format: parse_format(options)?,
+            format,
+            changelog,
             max_record_bytes: match options.get("max_record_bytes") {
                 None => defaults.max_record_bytes,
                 Some(bytes) => {

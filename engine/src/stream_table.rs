@@ -122,10 +122,7 @@ impl TableProviderFactory for StreamTableFactory {
                 cmd.name
             );
         }
-        let mut fields: Vec<Field> = payload_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.extend(metadata_fields());
-        let schema = Arc::new(Schema::new(fields));
-        let primary_key = cmd
+        let primary_key: Vec<usize> = cmd
             .constraints
             .iter()
             .find_map(|c| match c {
@@ -135,6 +132,24 @@ impl TableProviderFactory for StreamTableFactory {
             .unwrap_or_default();
         let options = StreamOptions::parse(&stream_options(cmd))
             .map_err(|message| datafusion::error::DataFusionError::Plan(format!("stream `{}`: {message}", cmd.name.table())))?;
+        // A changelog stream's deletes carry only their key: its other columns take nulls.
+        let rows_schema = if options.changelog.is_keyed() {
+            if primary_key.is_empty() {
+                return datafusion::common::plan_err!(
+                    "stream `{}` is a changelog ('{}') but declares no PRIMARY KEY: its records replace and delete rows by key, \
+                     e.g. CREATE EXTERNAL TABLE {} (asin VARCHAR NOT NULL, ..., PRIMARY KEY (asin))",
+                    cmd.name.table(),
+                    options.changelog.name(),
+                    cmd.name.table()
+                );
+            }
+            trendflow_formats::changes_schema(&payload_schema, &primary_key)
+        } else {
+            payload_schema.clone()
+        };
+        let mut fields: Vec<Field> = rows_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(metadata_fields());
+        let schema = Arc::new(Schema::new(fields));
         let decl = StreamDecl {
             recent: RecentRows::new(schema.clone(), options.recent_rows),
             name: cmd.name.table().to_string(),

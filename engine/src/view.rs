@@ -12,7 +12,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use datafusion::arrow::array::UInt32Array;
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -30,15 +29,15 @@ use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::aggregate::{IncrementalAggregate, TouchedGroups};
 use crate::catalog::ViewDef;
+use crate::changelog::ChangelogTables;
 use crate::contract::{Changeset, StreamDecl, ViewInfo};
 use crate::diff::{Differ, IndexedRows};
 use crate::error::{EngineError, Result};
 pub use crate::evaluation::Evaluation;
 use crate::evaluation::{classify, join_name, join_type, keeps_only_side, Classified};
 use crate::key::require_view_key;
-use crate::keyed::{RowEncoder, RowMap};
 use crate::plan_search::find_in_plan;
-use crate::slot::{reads_any, run_plan, BatchSlot};
+use crate::slot::{columns_read, reads_any, run_plan, run_with, BatchSlot};
 use crate::subquery::inline_reference_subqueries;
 use crate::top_n::TopN;
 
@@ -50,6 +49,34 @@ pub struct IncrementalView {
     origin: (PathBuf, usize),
     differ: Differ,
     kind: ViewKind,
+    /// Stream → the columns of it the view reads.
+    reads: Vec<(String, Vec<usize>)>,
+    /// How the view follows its changelog streams, when it reads any.
+    changelog: Option<ChangelogInputs>,
+}
+
+/// The changelog streams a view reads: the one whose changed rows drive it, and the
+/// others, whose changes make it recompute.
+#[derive(Debug)]
+struct ChangelogInputs {
+    driver: (String, BatchSlot),
+    /// Every changelog stream the view reads, the driver included.
+    streams: Vec<(String, BatchSlot)>,
+}
+
+impl ChangelogInputs {
+    /// Fills the slots of every stream but the driver with their whole tables, as they
+    /// are now (`before`: as they were before the micro-batch).
+    fn show_tables(&self, tables: &ChangelogTables, before: bool, with_driver: bool) -> Result<()> {
+        for (name, slot) in &self.streams {
+            if *name == self.driver.0 && !with_driver {
+                continue;
+            }
+            let table = tables.get(name).ok_or_else(|| EngineError::internal("a changelog stream without its table"))?;
+            slot.set(vec![if before { tables.whole_before(name)? } else { table.whole()? }]);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -99,37 +126,27 @@ impl IncrementalView {
         }
         let key = require_view_key(df.logical_plan(), streams);
         let physical = df.create_physical_plan().await.map_err(|e| sql_error(e.to_string()))?;
-        let schema = physical.schema();
-        let slots: Vec<BatchSlot> = streams.iter().map(|s| s.slot.clone()).collect();
-        let finder = StreamFinder { streams: &slots };
-        if !finder.reads_stream(&physical) {
+        let read: Vec<&StreamDecl> = streams.iter().filter(|s| reads_any(&physical, std::slice::from_ref(&s.slot))).collect();
+        if read.is_empty() {
             return Err(unsupported("it reads no stream; declare reference-only queries as plain SQL instead".into()));
         }
-        let mut aggregates = Vec::new();
-        let output = finder.split(physical, &mut aggregates).map_err(unsupported)?;
+        let reads = read.iter().map(|s| (s.name.clone(), columns_read(&physical, &s.slot))).collect();
         let key = key.map_err(unsupported)?;
-        let info = ViewInfo { name: def.name.clone(), schema: schema.clone(), key };
+        let info = ViewInfo { name: def.name.clone(), schema: physical.schema(), key };
         let differ = Differ::new(&info)?;
-        let kind = if aggregates.is_empty() {
-            finder.check_stream_operators(&output).map_err(unsupported)?;
-            ViewKind::Stateless { plan: output }
-        } else {
-            if finder.reads_stream(&output) {
-                return Err(unsupported("it reads a stream both inside and outside an aggregate".into()));
-            }
-            let finals: Vec<BatchSlot> = aggregates.iter().map(|a| a.finals_slot().clone()).collect();
-            let empty = || differ.index(RecordBatch::new_empty(schema.clone()));
-            let (output, upkeep) = match classify(&output, &finals) {
-                Classified::TouchedGroups => (output, Upkeep::TouchedGroups),
-                Classified::TopN { sort } => {
-                    let (top, below) = TopN::split(&output, &sort)?;
-                    (below, Upkeep::TopN { top, current: empty()? })
-                }
-                Classified::WholeResult { because } => (output, Upkeep::WholeResult { because, current: empty()? }),
-            };
-            ViewKind::Aggregating { stages: AggregateStages { aggregates, output }, upkeep }
-        };
-        Ok(Self { info, origin: (def.origin.file.clone(), def.origin.line), differ, kind })
+        let (kind, changelog) = compile_kind(physical, &read, &differ).map_err(unsupported)?;
+        Ok(Self { info, origin: (def.origin.file.clone(), def.origin.line), differ, kind, reads, changelog })
+    }
+
+    /// Stream → the columns of it the view reads (indices into the stream's schema).
+    pub fn reads(&self) -> &[(String, Vec<usize>)] {
+        &self.reads
+    }
+
+    /// Whether a micro-batch that changes the changelog streams `changed` makes the view
+    /// recompute from whole tables (which then must be kept as they were before it).
+    pub fn recomputes_on(&self, changed: &[&str]) -> bool {
+        self.changelog.as_ref().is_some_and(|c| c.streams.iter().any(|(name, _)| *name != c.driver.0 && changed.contains(&name.as_str())))
     }
 
     /// Name, schema and key.
@@ -148,10 +165,72 @@ impl IncrementalView {
         })
     }
 
-    /// Processes the micro-batch now in the stream slots.
-    pub async fn apply(&mut self, ctx: &Arc<TaskContext>) -> Result<Changeset> {
-        let changes = self.apply_batch(ctx).await;
+    /// Processes the micro-batch now in the stream slots (append streams) and in
+    /// `tables` (changelog streams).
+    pub async fn apply(&mut self, ctx: &Arc<TaskContext>, tables: &ChangelogTables) -> Result<Changeset> {
+        let changes = match &self.changelog {
+            None => self.apply_batch(ctx).await,
+            Some(inputs) => {
+                let changed: Vec<&str> = inputs.streams.iter().map(|(n, _)| n.as_str()).filter(|n| tables.changed(n)).collect();
+                if changed.is_empty() {
+                    return Ok(self.info.no_change());
+                }
+                if self.recomputes_on(&changed) {
+                    self.recompute(ctx, tables).await
+                } else {
+                    self.apply_delta(ctx, tables).await
+                }
+            }
+        };
         changes.map_err(|e| self.error(e))
+    }
+
+    /// Follows the changed rows of the driving changelog stream.
+    async fn apply_delta(&mut self, ctx: &Arc<TaskContext>, tables: &ChangelogTables) -> Result<Changeset> {
+        let inputs = self.changelog.as_ref().expect("a changelog view");
+        let (driver, slot) = &inputs.driver;
+        let delta = tables.delta(driver).ok_or_else(|| EngineError::internal("the driving stream did not change"))?;
+        inputs.show_tables(tables, false, false)?;
+        let (stages, upkeep) = match &mut self.kind {
+            ViewKind::Stateless { plan } => {
+                let before = run_with(slot, vec![delta.before.clone()], plan, ctx).await?;
+                let after = run_with(slot, vec![delta.after.clone()], plan, ctx).await?;
+                return diff_rows(&self.differ, &self.info, before, after);
+            }
+            ViewKind::Aggregating { stages, upkeep } => (stages, upkeep),
+        };
+        let whole = tables.get(driver).ok_or_else(|| EngineError::internal("a changelog stream without its table"))?.whole()?;
+        let mut touched = Vec::with_capacity(stages.aggregates.len());
+        for aggregate in &mut stages.aggregates {
+            touched.push(aggregate.apply_changes(slot, delta, whole.clone(), ctx).await?);
+        }
+        if touched.iter().all(Option::is_none) {
+            return Ok(self.info.no_change());
+        }
+        follow_touched(&self.differ, stages, upkeep, touched, ctx).await
+    }
+
+    /// Recomputes the view from the whole tables of its changelog streams, before and
+    /// after the micro-batch, and diffs the two results.
+    async fn recompute(&mut self, ctx: &Arc<TaskContext>, tables: &ChangelogTables) -> Result<Changeset> {
+        let inputs = self.changelog.as_ref().expect("a changelog view");
+        inputs.show_tables(tables, true, true)?;
+        let before = match &self.kind {
+            ViewKind::Stateless { plan } => run_plan(plan, ctx).await?,
+            ViewKind::Aggregating { .. } => self.current_result(ctx).await?.expect("an aggregating view has a result"),
+        };
+        inputs.show_tables(tables, false, true)?;
+        let after = match &mut self.kind {
+            ViewKind::Stateless { plan } => run_plan(plan, ctx).await?,
+            ViewKind::Aggregating { stages, upkeep } => {
+                for aggregate in &mut stages.aggregates {
+                    aggregate.recompute_all(ctx).await?;
+                }
+                rebuild(&self.differ, stages, upkeep, ctx).await?;
+                self.current_result(ctx).await?.expect("an aggregating view has a result")
+            }
+        };
+        diff_rows(&self.differ, &self.info, before, after)
     }
 
     /// `error`, saying which view (and where it is declared) it happened in.
@@ -169,24 +248,8 @@ impl IncrementalView {
             }
             ViewKind::Aggregating { stages, upkeep } => (stages, upkeep),
         };
-        match upkeep {
-            Upkeep::TouchedGroups => {
-                let Some((before, after)) = stages.apply_touched(ctx).await? else { return Ok(self.info.no_change()) };
-                self.differ.diff(&self.differ.index(before)?, &self.differ.index(after)?)
-            }
-            Upkeep::TopN { top, current } => {
-                let Some((before, after)) = stages.apply_touched(ctx).await? else { return Ok(self.info.no_change()) };
-                top.remove(&before)?;
-                top.insert(&after)?;
-                replace_current(&self.differ, current, top.evaluate(ctx).await?)
-            }
-            Upkeep::WholeResult { current, .. } => {
-                if stages.apply(ctx).await?.is_none() {
-                    return Ok(self.info.no_change());
-                }
-                replace_current(&self.differ, current, stages.evaluate_all(ctx).await?)
-            }
-        }
+        let Some(touched) = stages.apply(ctx).await? else { return Ok(self.info.no_change()) };
+        follow_touched(&self.differ, stages, upkeep, touched, ctx).await
     }
 
     fn aggregates(&self) -> &[IncrementalAggregate] {
@@ -210,6 +273,11 @@ impl IncrementalView {
     /// Groups changed since the last checkpoint, and groups in all, over every aggregate.
     pub fn group_counts(&self) -> (usize, usize) {
         self.aggregates().iter().fold((0, 0), |(changed, all), a| (changed + a.changed_groups(), all + a.groups()))
+    }
+
+    /// Whether groups were removed since the last checkpoint: the next must be full.
+    pub fn removed_groups(&self) -> bool {
+        self.aggregates().iter().any(IncrementalAggregate::removed_groups)
     }
 
     /// Forgets which groups changed: a checkpoint now holds them.
@@ -248,17 +316,112 @@ impl IncrementalView {
         for (aggregate, batch) in stages.aggregates.iter_mut().zip(state) {
             aggregate.restore(batch, ctx).await?;
         }
-        match upkeep {
-            Upkeep::TouchedGroups => {}
-            Upkeep::TopN { top, current } => {
-                top.clear();
-                top.insert(&stages.evaluate_all(ctx).await?)?;
-                *current = self.differ.index(top.evaluate(ctx).await?)?;
-            }
-            Upkeep::WholeResult { current, .. } => *current = self.differ.index(stages.evaluate_all(ctx).await?)?,
-        }
-        Ok(())
+        rebuild(&self.differ, stages, upkeep, ctx).await
     }
+}
+
+/// Re-derives what `upkeep` keeps (the ranked rows of a top-n, the current result)
+/// from every group, after the groups were replaced.
+async fn rebuild(differ: &Differ, stages: &AggregateStages, upkeep: &mut Upkeep, ctx: &Arc<TaskContext>) -> Result<()> {
+    match upkeep {
+        Upkeep::TouchedGroups => {}
+        Upkeep::TopN { top, current } => {
+            top.clear();
+            top.insert(&stages.evaluate_all(ctx).await?)?;
+            *current = differ.index(top.evaluate(ctx).await?)?;
+        }
+        Upkeep::WholeResult { current, .. } => *current = differ.index(stages.evaluate_all(ctx).await?)?,
+    }
+    Ok(())
+}
+
+/// The view's changes after its aggregates touched `touched` groups (per aggregate).
+async fn follow_touched(
+    differ: &Differ,
+    stages: &AggregateStages,
+    upkeep: &mut Upkeep,
+    touched: Vec<Option<TouchedGroups>>,
+    ctx: &Arc<TaskContext>,
+) -> Result<Changeset> {
+    if let Upkeep::WholeResult { current, .. } = upkeep {
+        return replace_current(differ, current, stages.evaluate_all(ctx).await?);
+    }
+    let (before, after) = stages.evaluate_touched(touched, ctx).await?;
+    match upkeep {
+        Upkeep::TopN { top, current } => {
+            top.remove(&before)?;
+            top.insert(&after)?;
+            replace_current(differ, current, top.evaluate(ctx).await?)
+        }
+        _ => differ.diff(&differ.index(before)?, &differ.index(after)?),
+    }
+}
+
+/// The changes from the rows `before` to the rows `after` (where a key repeats, its
+/// last row counts, as upserts would leave it).
+fn diff_rows(differ: &Differ, info: &ViewInfo, before: RecordBatch, after: RecordBatch) -> Result<Changeset> {
+    let before = differ.index(last_row_per_key(&before, &info.key)?)?;
+    differ.diff(&before, &differ.index(last_row_per_key(&after, &info.key)?)?)
+}
+
+/// Splits a view's physical plan into its incremental stages. Over append streams only,
+/// every stream is treated alike. A view that reads changelog streams reads no append
+/// stream, and is driven by the first of its changelog streams that it is row-local in
+/// (the others are read as whole tables, whose changes make it recompute).
+fn compile_kind(
+    physical: Arc<dyn ExecutionPlan>,
+    read: &[&StreamDecl],
+    differ: &Differ,
+) -> std::result::Result<(ViewKind, Option<ChangelogInputs>), String> {
+    let (keyed, append): (Vec<&StreamDecl>, Vec<&StreamDecl>) = read.iter().partition(|s| s.options.changelog.is_keyed());
+    if keyed.is_empty() {
+        let slots: Vec<BatchSlot> = read.iter().map(|s| s.slot.clone()).collect();
+        return Ok((stages_of(physical, &slots, differ)?, None));
+    }
+    if let (Some(append), Some(keyed)) = (append.first(), keyed.first()) {
+        return Err(format!(
+            "it reads the append stream `{}` and the changelog stream `{}`: when `{}` changes, the rows of `{}` it met \
+             would have to be met again, but an append stream keeps none; declare `{}` OPTIONS ('changelog' 'upsert') with a PRIMARY KEY",
+            append.name, keyed.name, keyed.name, append.name, append.name
+        ));
+    }
+    let streams: Vec<(String, BatchSlot)> = keyed.iter().map(|s| (s.name.clone(), s.slot.clone())).collect();
+    let mut first_error = None;
+    for driver in &streams {
+        match stages_of(physical.clone(), std::slice::from_ref(&driver.1), differ) {
+            Ok(kind) => return Ok((kind, Some(ChangelogInputs { driver: driver.clone(), streams }))),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.expect("a view over changelog streams reads one"))
+}
+
+/// The stages of a view whose streams (those it is maintained by) read `slots`.
+fn stages_of(physical: Arc<dyn ExecutionPlan>, slots: &[BatchSlot], differ: &Differ) -> std::result::Result<ViewKind, String> {
+    let schema = physical.schema();
+    let finder = StreamFinder { streams: slots };
+    let mut aggregates = Vec::new();
+    let output = finder.split(physical, &mut aggregates)?;
+    if aggregates.is_empty() {
+        finder.check_stream_operators(&output)?;
+        return Ok(ViewKind::Stateless { plan: output });
+    }
+    if finder.reads_stream(&output) {
+        return Err("it reads a stream both inside and outside an aggregate".into());
+    }
+    let finals: Vec<BatchSlot> = aggregates.iter().map(|a| a.finals_slot().clone()).collect();
+    let empty = || differ.index(RecordBatch::new_empty(schema.clone())).map_err(|e| e.to_string());
+    let (output, upkeep) = match classify(&output, &finals) {
+        Classified::TouchedGroups => (output, Upkeep::TouchedGroups),
+        Classified::TopN { sort } => {
+            let (top, below) = TopN::split(&output, &sort).map_err(|e| e.to_string())?;
+            (below, Upkeep::TopN { top, current: empty()? })
+        }
+        Classified::WholeResult { because } => (output, Upkeep::WholeResult { because, current: empty()? }),
+    };
+    Ok(ViewKind::Aggregating { stages: AggregateStages { aggregates, output }, upkeep })
 }
 
 /// Makes `result` the view's current rows and returns how it differs from the previous ones.
@@ -286,12 +449,10 @@ impl AggregateStages {
         Ok(touched.iter().any(Option::is_some).then_some(touched))
     }
 
-    /// Folds the micro-batch into every aggregate and runs the plan above them over the
-    /// groups it touched, before and after it. `None` when it touched no group.
-    async fn apply_touched(&mut self, ctx: &Arc<TaskContext>) -> Result<Option<(RecordBatch, RecordBatch)>> {
-        let Some(touched) = self.apply(ctx).await? else { return Ok(None) };
+    /// Runs the plan above the aggregates over the groups they touched, before and after.
+    async fn evaluate_touched(&self, touched: Vec<Option<TouchedGroups>>, ctx: &Arc<TaskContext>) -> Result<(RecordBatch, RecordBatch)> {
         let (before, after): (Vec<_>, Vec<_>) = touched.into_iter().map(|t| t.map(|t| (t.before, t.after)).unzip()).unzip();
-        Ok(Some((self.evaluate(before, ctx).await?, self.evaluate(after, ctx).await?)))
+        Ok((self.evaluate(before, ctx).await?, self.evaluate(after, ctx).await?))
     }
 
     /// Runs the plan above the aggregates over every finalized group.
@@ -321,18 +482,11 @@ impl AggregateStages {
 
 /// Keeps, for every key, the last row of `rows` (a micro-batch may update a key twice).
 fn last_row_per_key(rows: &RecordBatch, key: &[usize]) -> Result<RecordBatch> {
-    let encoder = RowEncoder::new(&rows.schema(), key.to_vec())?;
-    let keys = encoder.encode(rows)?;
-    let mut last: RowMap<&[u8], u32> = RowMap::with_capacity_and_hasher(keys.len(), Default::default());
-    for i in 0..keys.len() {
-        last.insert(keys.get(i), i as u32);
-    }
-    if last.len() == rows.num_rows() {
+    let keep = crate::keyed::last_row_per_key(rows, key)?;
+    if keep.len() == rows.num_rows() {
         return Ok(rows.clone());
     }
-    let mut keep: Vec<u32> = last.into_values().collect();
-    keep.sort_unstable();
-    Ok(take_record_batch(rows, &UInt32Array::from(keep))?)
+    Ok(take_record_batch(rows, &keep)?)
 }
 
 /// Finds stream scans in a plan and splits it at the aggregates over them.

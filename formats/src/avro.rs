@@ -431,7 +431,7 @@ mod tests {
         assert!(avro.add_schema(4, r#"{"type": "nonsense"}"#).is_err());
         assert!(avro.missing_schema_ids(&records).is_empty());
 
-        let decoded = decode_parts(avro.parse(&records, 1 << 20), &payload()).unwrap();
+        let decoded = decode_parts(avro.parse(&records, 1 << 20), &payload(), None).unwrap();
         assert_eq!(decoded.rows, vec![0, 1, 3, 8, 10, 12]);
         let asins = decoded.batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(asins.iter().flatten().collect::<Vec<_>>(), vec!["A", "D", "B", "C", "D", "C"]);
@@ -480,7 +480,7 @@ mod tests {
         let records: Vec<Vec<u8>> = encoded.iter().map(|r| r.to_vec()).chain([vec![2]]).collect();
         let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
         let avro = AvroDecoder::bare(&avro_schema_of(&payload()).unwrap()).unwrap();
-        let decoded = decode_parts(avro.parse(&slices, 1 << 20), &payload()).unwrap();
+        let decoded = decode_parts(avro.parse(&slices, 1 << 20), &payload(), None).unwrap();
         assert_eq!(decoded.batch, batch);
         assert_eq!(decoded.rejected.len(), 1);
         assert!(AvroDecoder::bare("{\"type\": \"record\"").unwrap_err().contains("JSON"));

@@ -11,7 +11,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use arrow::{csv, json};
 
 use crate::conform::{blank_strings_as_null, conform, nullable_schema};
-use crate::TIMESTAMP_COLUMN;
+use crate::{DELETED_COLUMN, TIMESTAMP_COLUMN};
 
 /// How much of an oversized record its rejection shows.
 const SHOWN_BYTES: usize = 1024;
@@ -87,7 +87,11 @@ impl Parsed {
 /// assert_eq!(parsed.unparsed[0].0, 1);
 /// ```
 pub fn parse_records(format: RecordFormat, payload: &SchemaRef, records: &[&[u8]], max_record_bytes: usize) -> Parsed {
-    let schema = parse_schema(format, payload);
+    parse_with_schema(format, &parse_schema(format, payload), records, max_record_bytes)
+}
+
+/// [`parse_records`] into a given parse schema (e.g. a Debezium envelope's).
+pub(crate) fn parse_with_schema(format: RecordFormat, schema: &SchemaRef, records: &[&[u8]], max_record_bytes: usize) -> Parsed {
     let mut texts = Vec::with_capacity(records.len());
     let mut unparsed = Vec::new();
     for (index, record) in records.iter().enumerate() {
@@ -101,11 +105,11 @@ pub fn parse_records(format: RecordFormat, payload: &SchemaRef, records: &[&[u8]
             Err(e) => unparsed.push((index, format!("invalid UTF-8 ({e})"), String::from_utf8_lossy(record).into_owned())),
         }
     }
-    let (batch, rows) = match parse_texts(format, &schema, texts.iter().map(|(_, t)| *t)) {
+    let (batch, rows) = match parse_texts(format, schema, texts.iter().map(|(_, t)| *t)) {
         // A line holding two objects, or a quoted newline, would shift rows against records.
         Ok(batch) if batch.num_rows() == texts.len() => (batch, texts.iter().map(|(i, _)| *i).collect()),
         _ => {
-            let (batch, rows, mut bad) = parse_one_by_one(format, &schema, &texts);
+            let (batch, rows, mut bad) = parse_one_by_one(format, schema, &texts);
             unparsed.append(&mut bad);
             (batch, rows)
         }
@@ -130,8 +134,8 @@ pub(crate) fn shown(record: &[u8]) -> String {
     }
 }
 
-/// What the parser produces: JSON gets the nullable declared types (plus `_timestamp`),
-/// CSV text columns in declaration order, converted later by [`conform`].
+/// What the parser produces: JSON gets the nullable declared types (plus `_timestamp`
+/// and `_deleted`), CSV text columns in declaration order, converted later by [`conform`].
 fn parse_schema(format: RecordFormat, payload: &SchemaRef) -> SchemaRef {
     let mut fields: Vec<Field> = match format {
         RecordFormat::Json => nullable_schema(payload).fields().iter().map(|f| f.as_ref().clone()).collect(),
@@ -139,6 +143,7 @@ fn parse_schema(format: RecordFormat, payload: &SchemaRef) -> SchemaRef {
     };
     if format == RecordFormat::Json {
         fields.push(Field::new(TIMESTAMP_COLUMN, DataType::Timestamp(TimeUnit::Millisecond, None), true));
+        fields.push(Field::new(DELETED_COLUMN, DataType::Boolean, true));
     }
     Arc::new(Schema::new(fields))
 }
@@ -207,19 +212,118 @@ fn parse_one_by_one(format: RecordFormat, schema: &SchemaRef, texts: &[(usize, &
 /// Parsed records converted to a stream's payload schema.
 #[derive(Debug)]
 pub struct Decoded {
-    /// Accepted records, with the declared payload schema.
+    /// Accepted records, with the declared payload schema ([`changes_schema`] for a
+    /// changelog stream, whose deletes carry only their key).
     pub batch: RecordBatch,
     /// Input index of each accepted record.
     pub rows: Vec<usize>,
     /// The `_timestamp` each accepted record carried (None: the source's clock applies).
     pub arrivals: Vec<Option<i64>>,
+    /// Whether each accepted record deletes its key (`"_deleted": true`, a tombstone, a
+    /// Debezium delete); always false on an append stream.
+    pub deleted: Vec<bool>,
     /// Rejected records: input index, reason, record as text; sorted by index.
     pub rejected: Vec<(usize, String, String)>,
 }
 
+/// The payload schema of a changelog stream keyed by `key` (indices into `payload`):
+/// every other column nullable, since a delete carries only its key.
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow::datatypes::{DataType, Field, Schema};
+/// use trendflow_formats::changes_schema;
+///
+/// let payload = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false), Field::new("name", DataType::Utf8, false)]));
+/// let changes = changes_schema(&payload, &[0]);
+/// assert!(!changes.field(0).is_nullable() && changes.field(1).is_nullable());
+/// ```
+pub fn changes_schema(payload: &SchemaRef, key: &[usize]) -> SchemaRef {
+    let fields: Vec<Field> =
+        payload.fields().iter().enumerate().map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() || !key.contains(&i))).collect();
+    Arc::new(Schema::new(fields))
+}
+
 /// Converts parsed records to `payload`, rejecting those whose values do not
 /// convert, whose required fields are missing, or whose `_timestamp` is not a time.
-pub fn decode_parsed(parsed: Parsed, payload: &SchemaRef) -> Result<Decoded, ArrowError> {
+///
+/// `key` is `None` for an append stream, where a record marked `"_deleted": true` is
+/// rejected (it would be counted as a row); for a changelog stream it names the key
+/// columns, the only ones a delete must carry, and the batch has [`changes_schema`].
+pub fn decode_parsed(parsed: Parsed, payload: &SchemaRef, key: Option<&[usize]>) -> Result<Decoded, ArrowError> {
+    let deletes = deleted_flags(&parsed.batch)?;
+    let Some(key) = key else {
+        let marked: std::collections::HashSet<usize> = (0..deletes.len()).filter(|&r| deletes.value(r)).map(|r| parsed.rows[r]).collect();
+        let mut decoded = decode_rows(parsed, payload)?;
+        let marked: Vec<usize> = decoded.rows.iter().enumerate().filter(|(_, r)| marked.contains(r)).map(|(i, _)| i).collect();
+        reject_deletes(&mut decoded, &marked)?;
+        return Ok(decoded);
+    };
+    let is_delete = |parsed_row: usize| deletes.value(parsed_row);
+    let (upserts, removals) = split_rows(parsed, &is_delete)?;
+    let schema = changes_schema(payload, key);
+    let upserts = decode_rows(upserts, payload)?;
+    let key_schema = Arc::new(payload.project(key)?);
+    let mut removals = decode_rows(removals, &key_schema)?;
+    // A delete keeps only its key: the other columns are null.
+    let rows = removals.batch.num_rows();
+    let columns = (0..payload.fields().len())
+        .map(|i| match key.iter().position(|&k| k == i) {
+            Some(k) => removals.batch.column(k).clone(),
+            None => arrow::array::new_null_array(payload.field(i).data_type(), rows),
+        })
+        .collect();
+    removals.batch = RecordBatch::try_new(schema.clone(), columns)?;
+    removals.deleted = vec![true; rows];
+    let upserts = Decoded { batch: RecordBatch::try_new(schema.clone(), upserts.batch.columns().to_vec())?, ..upserts };
+    merge_in_input_order(vec![upserts, removals], &schema)
+}
+
+/// The `_deleted` mark of each parsed row (false where absent).
+fn deleted_flags(batch: &RecordBatch) -> Result<BooleanArray, ArrowError> {
+    let Ok(index) = batch.schema().index_of(DELETED_COLUMN) else { return Ok(BooleanArray::from(vec![false; batch.num_rows()])) };
+    let given = blank_strings_as_null(batch.column(index))?;
+    let flags = cast_with_options(&given, &DataType::Boolean, &CastOptions { safe: true, ..Default::default() })?;
+    let flags = flags.as_any().downcast_ref::<BooleanArray>().expect("cast gives booleans");
+    Ok(flags.iter().map(|f| Some(f == Some(true))).collect())
+}
+
+/// Splits parsed rows into those `is_delete` says no to and those it says yes to.
+fn split_rows(parsed: Parsed, is_delete: &dyn Fn(usize) -> bool) -> Result<(Parsed, Parsed), ArrowError> {
+    let mask: BooleanArray = (0..parsed.batch.num_rows()).map(|r| Some(is_delete(r))).collect();
+    let inverse = arrow::compute::not(&mask)?;
+    let part = |mask: &BooleanArray, unparsed| -> Result<Parsed, ArrowError> {
+        let rows = parsed.rows.iter().enumerate().filter(|(i, _)| mask.value(*i)).map(|(_, r)| *r).collect();
+        Ok(Parsed { batch: filter_record_batch(&parsed.batch, mask)?, rows, unparsed })
+    };
+    Ok((part(&inverse, parsed.unparsed.clone())?, part(&mask, Vec::new())?))
+}
+
+/// Moves the accepted rows at `positions` to the rejected ones: deletes on an append stream.
+fn reject_deletes(decoded: &mut Decoded, positions: &[usize]) -> Result<(), ArrowError> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    let keep: BooleanArray = (0..decoded.rows.len()).map(|i| Some(!positions.contains(&i))).collect();
+    for &i in positions {
+        let reason =
+            format!("`{DELETED_COLUMN}` marks a delete, but the stream is append-only; declare it OPTIONS ('changelog' 'upsert') with a PRIMARY KEY");
+        decoded.rejected.push((decoded.rows[i], reason, row_as_json(&decoded.batch, i)));
+    }
+    decoded.batch = filter_record_batch(&decoded.batch, &keep)?;
+    decoded.rows = kept(&decoded.rows, &keep);
+    decoded.arrivals = kept(&decoded.arrivals, &keep);
+    decoded.deleted = kept(&decoded.deleted, &keep);
+    decoded.rejected.sort_by_key(|(i, _, _)| *i);
+    Ok(())
+}
+
+fn kept<T: Copy>(values: &[T], keep: &BooleanArray) -> Vec<T> {
+    values.iter().enumerate().filter(|(i, _)| keep.value(*i)).map(|(_, v)| *v).collect()
+}
+
+/// Converts parsed rows to `payload` (no delete marks looked at).
+fn decode_rows(parsed: Parsed, payload: &SchemaRef) -> Result<Decoded, ArrowError> {
     let conformed = conform(&parsed.batch, payload)?;
     let arrivals = input_timestamps(&parsed.batch, &conformed.accepted_rows)?;
     let mut rejected = parsed.unparsed;
@@ -243,23 +347,33 @@ pub fn decode_parsed(parsed: Parsed, payload: &SchemaRef) -> Result<Decoded, Arr
         rows.push(parsed.rows[row]);
     }
     rejected.sort_by_key(|(i, _, _)| *i);
-    Ok(Decoded { batch, rows, arrivals: times, rejected })
+    let deleted = vec![false; rows.len()];
+    Ok(Decoded { batch, rows, arrivals: times, deleted, rejected })
 }
 
 /// [`decode_parsed`] over several parts of one input (e.g. one per Avro writer
 /// schema), merged back into input order.
-pub fn decode_parts(parts: Vec<Parsed>, payload: &SchemaRef) -> Result<Decoded, ArrowError> {
-    let mut decoded = parts.into_iter().map(|part| decode_parsed(part, payload)).collect::<Result<Vec<_>, _>>()?;
+pub fn decode_parts(parts: Vec<Parsed>, payload: &SchemaRef, key: Option<&[usize]>) -> Result<Decoded, ArrowError> {
+    let mut decoded = parts.into_iter().map(|part| decode_parsed(part, payload, key)).collect::<Result<Vec<_>, _>>()?;
     if decoded.len() == 1 {
         return Ok(decoded.remove(0));
     }
-    let batch = concat_batches(payload, decoded.iter().map(|d| &d.batch))?;
+    let schema = key.map_or_else(|| payload.clone(), |key| changes_schema(payload, key));
+    merge_in_input_order(decoded, &schema)
+}
+
+/// Decoded parts of one input, merged into input order (a stable sort: records that
+/// share an input index keep their order).
+fn merge_in_input_order(decoded: Vec<Decoded>, schema: &SchemaRef) -> Result<Decoded, ArrowError> {
+    let batch = concat_batches(schema, decoded.iter().map(|d| &d.batch))?;
     let mut rows = Vec::with_capacity(batch.num_rows());
     let mut arrivals = Vec::with_capacity(batch.num_rows());
+    let mut deleted = Vec::with_capacity(batch.num_rows());
     let mut rejected = Vec::new();
     for part in decoded {
         rows.extend(part.rows);
         arrivals.extend(part.arrivals);
+        deleted.extend(part.deleted);
         rejected.extend(part.rejected);
     }
     rejected.sort_by_key(|(i, _, _)| *i);
@@ -267,9 +381,11 @@ pub fn decode_parts(parts: Vec<Parsed>, payload: &SchemaRef) -> Result<Decoded, 
     order.sort_by_key(|&i| rows[i as usize]);
     let order = UInt32Array::from(order);
     let batch = take_record_batch(&batch, &order)?;
-    let rows = order.values().iter().map(|&i| rows[i as usize]).collect();
-    let arrivals = order.values().iter().map(|&i| arrivals[i as usize]).collect();
-    Ok(Decoded { batch, rows, arrivals, rejected })
+    Ok(Decoded { batch, rows: pick(&order, &rows), arrivals: pick(&order, &arrivals), deleted: pick(&order, &deleted), rejected })
+}
+
+fn pick<T: Copy>(order: &UInt32Array, values: &[T]) -> Vec<T> {
+    order.values().iter().map(|&i| values[i as usize]).collect()
 }
 
 /// The arrival time a record carries in a `_timestamp` field of its own.

@@ -218,7 +218,10 @@ async fn a_delta_checkpoint_writes_the_groups_a_micro_batch_touched() {
     let small = data.slice(4_000, 50);
     let report = pipeline
         .step(
-            vec![("products".into(), trendflow_engine::contract::MicroBatch { batch: small, offsets: Default::default(), rejected: 0 })],
+            vec![(
+                "products".into(),
+                trendflow_engine::contract::MicroBatch { batch: small, deleted: None, offsets: Default::default(), rejected: 0 },
+            )],
             &mut store,
         )
         .await

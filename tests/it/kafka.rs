@@ -565,7 +565,7 @@ async fn producer_keys_records_by_primary_key() {
             .collect(),
     )
     .unwrap();
-    kafka::send_rows(&RecordProducer::new(&broker.addr).unwrap(), &stream, RecordEncoder::Text(RecordFormat::Json), "products", &payload)
+    kafka::send_rows(&RecordProducer::new(&broker.addr).unwrap(), &stream, RecordEncoder::Text(RecordFormat::Json), "products", &payload, &[])
         .await
         .unwrap();
     let mut source = products_source(&broker.addr, true, 1 << 20).await;

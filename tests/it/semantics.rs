@@ -141,7 +141,7 @@ fn events(pipeline: &Pipeline, rows: &[(&str, &str, f64)]) -> Vec<(String, Micro
         keys: None,
     };
     let batch = trendflow_connectors::decode::with_metadata(stream, &payload, origin).unwrap();
-    vec![("events".into(), MicroBatch { batch, offsets: Default::default(), rejected: 0 })]
+    vec![("events".into(), MicroBatch { batch, deleted: None, offsets: Default::default(), rejected: 0 })]
 }
 
 async fn pipeline(tmp: &std::path::Path, views: &str) -> Pipeline {

@@ -9,7 +9,10 @@
 //!   file's `INSERT`s into it, all loaded at start-up).
 //! - `statement ok` + `CREATE VIEW …` (or any other statement): a view, compiled for streaming at once, so that
 //!   `statement error <regex>` states a refusal (the message names construct, file, line).
-//! - `statement ok` + `INSERT INTO stream VALUES …`: one micro-batch of that stream.
+//! - `statement ok` + `INSERT INTO stream VALUES …`: one micro-batch of that stream (on a
+//!   changelog stream, upserts by its key).
+//! - `statement ok` + `DELETE FROM stream WHERE key IN (…)` (or `(a, b) IN ((…), …)`): one
+//!   micro-batch of deletes of a changelog stream (tombstones: the key columns only).
 //! - `query <types> [rowsort]` + any query over the views: the views' results after every
 //!   micro-batch so far (floats printed with at most 9 decimals, `NULL`, `(empty)`).
 //!
@@ -29,10 +32,11 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use sqllogictest::{DBOutput, DefaultColumnType};
-use trendflow_connectors::decode::{with_metadata, RecordOrigin};
+use trendflow_connectors::decode::{changelog_key, with_metadata, RecordOrigin};
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::batch::compute_views;
 use trendflow_engine::catalog::Catalog;
+use trendflow_engine::changelog::final_table;
 use trendflow_engine::contract::{CheckpointMeta, MicroBatch, Offsets, Poll, Sink, Source, StreamDecl};
 use trendflow_engine::error::EngineError;
 use trendflow_engine::runtime::{Pipeline, RunOptions};
@@ -120,10 +124,12 @@ struct Script {
     ddl: Vec<String>,
     /// Names of the declared streams.
     streams: Vec<String>,
+    /// Names of the declared changelog streams (`upsert`, `debezium`).
+    changelogs: Vec<String>,
     /// Names of the declared reference tables.
     references: Vec<String>,
-    /// Stream micro-batches (declared columns only), in order.
-    inserts: Vec<(String, RecordBatch)>,
+    /// Stream micro-batches (declared columns only) and whether they are deletes, in order.
+    inserts: Vec<(String, RecordBatch, bool)>,
     /// Parses `INSERT`s: one empty table per declared table, with its declared columns.
     scratch: SessionContext,
     runs: usize,
@@ -136,6 +142,7 @@ impl Script {
             root: tempfile::tempdir().unwrap(),
             ddl: Vec::new(),
             streams: Vec::new(),
+            changelogs: Vec::new(),
             references: Vec::new(),
             inserts: Vec::new(),
             scratch: SessionContext::new_with_config(batch_session_config()),
@@ -148,6 +155,7 @@ impl Script {
         match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             ["CREATE", "EXTERNAL", "TABLE"] => self.declare_table(sql).await?,
             ["INSERT", "INTO", table] => self.insert(&table.to_ascii_lowercase(), sql).await?,
+            ["DELETE", "FROM", table] => self.delete(&table.to_ascii_lowercase(), sql).await?,
             ["SELECT", ..] | ["WITH", ..] => return self.query(sql).await,
             // Views, and anything else, for the engine to accept or refuse.
             _ => self.declare(sql).await?,
@@ -163,12 +171,23 @@ impl Script {
         let name = table.name.to_string();
         let columns: Vec<String> = table.columns.iter().map(ToString::to_string).collect();
         self.scratch.sql(&format!("CREATE TABLE {name} ({})", columns.join(", "))).await?.collect().await?;
-        if table.file_type.eq_ignore_ascii_case(STREAM_FILE_TYPE) {
-            self.streams.push(name);
-        } else {
-            self.references.push(name);
+        let is_stream = table.file_type.eq_ignore_ascii_case(STREAM_FILE_TYPE);
+        let kinds = if is_stream { &mut self.streams } else { &mut self.references };
+        kinds.push(name.clone());
+        if table.options.iter().any(|(k, v)| k.eq_ignore_ascii_case("changelog") && !v.to_string().to_ascii_lowercase().contains("append")) {
+            self.changelogs.push(name.clone());
         }
+        // The engine accepts the declaration, or the statement fails with its reason.
         self.ddl.push(sql.to_string());
+        let dir = self.fresh_dir()?;
+        if let Err(error) = self.catalog(&dir, incremental_session_config()).await {
+            self.ddl.pop();
+            self.streams.retain(|s| *s != name);
+            self.references.retain(|s| *s != name);
+            self.changelogs.retain(|s| *s != name);
+            self.scratch.deregister_table(name.as_str())?;
+            return Err(error);
+        }
         Ok(())
     }
 
@@ -198,8 +217,43 @@ impl Script {
         self.scratch.sql(sql).await?.collect().await?;
         if is_stream {
             let rows = self.table_rows(table).await?;
-            self.inserts.push((table.to_string(), rows));
+            self.inserts.push((table.to_string(), rows, false));
         }
+        Ok(())
+    }
+
+    /// `DELETE FROM stream WHERE cols IN (rows)`: a micro-batch of tombstones of those keys.
+    async fn delete(&mut self, table: &str, sql: &str) -> SltResult<()> {
+        if !self.streams.iter().any(|s| s == table) {
+            return Err(SltError(format!("DELETE FROM `{table}`: no such stream is declared")));
+        }
+        if !self.changelogs.iter().any(|s| s == table) {
+            return Err(SltError(format!("DELETE FROM `{table}`: the stream is append-only")));
+        }
+        let shape = || SltError(format!("expected DELETE FROM {table} WHERE key IN (…): {sql}"));
+        let upper = sql.to_ascii_uppercase();
+        let condition = upper.find(" WHERE ").ok_or_else(shape)? + " WHERE ".len();
+        let list = condition + upper[condition..].find(" IN ").ok_or_else(shape)?;
+        let columns: Vec<&str> = sql[condition..list].trim().trim_matches(['(', ')']).split(',').map(str::trim).collect();
+        let rows = sql[list + " IN ".len()..].trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(shape)?.trim();
+        let rows =
+            if rows.starts_with('(') { rows.to_string() } else { rows.split(',').map(|v| format!("({})", v.trim())).collect::<Vec<_>>().join(", ") };
+        let keys = self.scratch.sql(&format!("SELECT * FROM (VALUES {rows}) AS deleted({})", columns.join(", "))).await?;
+        let keys = concat_batches(&Arc::new(keys.schema().as_arrow().clone()), &keys.collect().await?)?;
+        // The tombstones: the key columns, nulls in the others.
+        let schema = self.scratch.table_provider(table).await?.schema();
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| match keys.schema().index_of(f.name()) {
+                Ok(i) => Ok(cast(keys.column(i), f.data_type())?),
+                Err(_) => Ok(datafusion::arrow::array::new_null_array(f.data_type(), keys.num_rows())),
+            })
+            .collect::<SltResult<Vec<_>>>()?;
+        let nullable = Arc::new(datafusion::arrow::datatypes::Schema::new(
+            schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+        ));
+        self.inserts.push((table.to_string(), RecordBatch::try_new(nullable, columns)?, true));
         Ok(())
     }
 
@@ -259,7 +313,11 @@ impl Script {
         let mut tables: Vec<(String, Arc<dyn datafusion::catalog::TableProvider>)> = Vec::new();
         for stream in catalog.streams() {
             let batches = self.micro_batches(stream, Mode::AsGiven)?;
-            let all = concat_batches(&stream.schema, &batches)?;
+            let all = if stream.options.changelog.is_keyed() {
+                final_table(stream, batches.iter().map(|m| (&m.batch, m.deleted.as_ref())))?
+            } else {
+                concat_batches(&stream.schema, batches.iter().map(|m| &m.batch))?
+            };
             tables.push((stream.name.clone(), Arc::new(MemTable::try_new(stream.schema.clone(), vec![vec![all]])?)));
         }
         Ok(last_row_per_key(compute_views(&catalog, tables).await?))
@@ -306,12 +364,16 @@ impl Script {
 
     /// The stream's records as micro-batches with metadata (`_offset` counts the stream's
     /// records; `_timestamp` is one second per record after a fixed instant).
-    fn micro_batches(&self, stream: &StreamDecl, mode: Mode) -> SltResult<Vec<RecordBatch>> {
+    fn micro_batches(&self, stream: &StreamDecl, mode: Mode) -> SltResult<Vec<MicroBatch>> {
         let mut next_offset = 0i64;
         let mut batches = Vec::new();
-        for (_, payload) in self.inserts.iter().filter(|(name, _)| *name == stream.name) {
-            let columns = payload.columns().iter().zip(stream.payload_schema.fields()).map(|(c, f)| cast(c, f.data_type()));
-            let payload = RecordBatch::try_new(stream.payload_schema.clone(), columns.collect::<Result<_, _>>()?)?;
+        let payload_schema = match changelog_key(stream) {
+            Some(key) => trendflow_formats::changes_schema(&stream.payload_schema, key),
+            None => stream.payload_schema.clone(),
+        };
+        for (_, payload, deletes) in self.inserts.iter().filter(|(name, _, _)| *name == stream.name) {
+            let columns = payload.columns().iter().zip(payload_schema.fields()).map(|(c, f)| cast(c, f.data_type()));
+            let payload = RecordBatch::try_new(payload_schema.clone(), columns.collect::<Result<_, _>>()?)?;
             let slices: Vec<RecordBatch> = match mode {
                 Mode::OneRecordPerBatch => (0..payload.num_rows()).map(|i| payload.slice(i, 1)).collect(),
                 _ => vec![payload],
@@ -325,7 +387,8 @@ impl Script {
                     offsets,
                     keys: None,
                 };
-                batches.push(with_metadata(stream, &slice, origin)?);
+                let deleted = vec![*deletes; slice.num_rows()];
+                batches.push(MicroBatch::new(with_metadata(stream, &slice, origin)?, &deleted, Offsets::new(), 0));
             }
         }
         Ok(batches)
@@ -406,13 +469,13 @@ enum Stop {
 /// Serves a script's micro-batches of one stream; its position is the number served.
 struct ScriptedSource {
     stream: String,
-    batches: Vec<RecordBatch>,
+    batches: Vec<MicroBatch>,
     position: usize,
     stop: Stop,
 }
 
 impl ScriptedSource {
-    fn boxed(stream: &StreamDecl, batches: Vec<RecordBatch>, stop: Stop) -> Box<dyn Source> {
+    fn boxed(stream: &StreamDecl, batches: Vec<MicroBatch>, stop: Stop) -> Box<dyn Source> {
         Box::new(Self { stream: stream.name.clone(), batches, position: 0, stop })
     }
 
@@ -438,11 +501,7 @@ impl Source for ScriptedSource {
             };
         }
         self.position += 1;
-        Ok(Poll::Batch(MicroBatch {
-            batch: self.batches[self.position - 1].clone(),
-            offsets: Offsets::from([(0, self.position as i64)]),
-            rejected: 0,
-        }))
+        Ok(Poll::Batch(MicroBatch { offsets: Offsets::from([(0, self.position as i64)]), ..self.batches[self.position - 1].clone() }))
     }
 
     async fn seek(&mut self, offsets: &Offsets) -> trendflow_engine::Result<()> {
@@ -503,12 +562,13 @@ async fn complete_file(file: &Path) {
 }
 
 /// Every `.slt` file, in every mode; all failures are reported together. With
-/// `TRENDFLOW_SLT_COMPLETE=1`, first writes each file's expected rows from its batch run.
+/// `TRENDFLOW_SLT_COMPLETE=1`, first writes each file's expected rows from its batch run
+/// (`=NAME`: only the files whose name contains NAME).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_slt_file_streamed_and_in_batch() {
     let files = slt_files();
-    if std::env::var_os("TRENDFLOW_SLT_COMPLETE").is_some() {
-        for file in &files {
+    if let Ok(only) = std::env::var("TRENDFLOW_SLT_COMPLETE") {
+        for file in files.iter().filter(|f| only == "1" || f.to_string_lossy().contains(&only)) {
             complete_file(file).await;
         }
     }

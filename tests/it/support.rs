@@ -162,7 +162,7 @@ impl Source for SplitSource {
         let size = self.next_size().min(self.data.num_rows() - self.position);
         let batch = self.data.slice(self.position, size);
         self.position += size;
-        Ok(Poll::Batch(MicroBatch { batch, offsets: Offsets::from([(0, self.position as i64)]), rejected: 0 }))
+        Ok(Poll::Batch(MicroBatch { batch, deleted: None, offsets: Offsets::from([(0, self.position as i64)]), rejected: 0 }))
     }
 
     async fn seek(&mut self, offsets: &Offsets) -> trendflow_engine::Result<()> {

@@ -24,7 +24,7 @@ use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source, StreamDecl};
 use trendflow_engine::EngineError;
 
 use super::dead_letters::{DeadLetter, DeadLetterFile};
-use crate::decode::{decode_parsed, parse_records, with_metadata, Parsed, RecordFormat, RecordOrigin};
+use crate::decode::{changelog_key, decode_parsed, parse_text, with_metadata, Parsed, RecordOrigin};
 use crate::error::{ConnectorError, Result};
 
 /// A chunk of records read from the file, parsed but not yet converted.
@@ -135,7 +135,7 @@ impl FileSource {
 
     /// Converts a raw chunk to the stream schema; writes rejected records as dead letters.
     fn decode(&mut self, chunk: RawChunk) -> Result<MicroBatch> {
-        let decoded = decode_parsed(chunk.parsed, &self.stream.payload_schema)?;
+        let decoded = decode_parsed(chunk.parsed, &self.stream.payload_schema, changelog_key(&self.stream))?;
         let start =
             *self.replay_start.get_or_insert_with(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default());
         let letters: Vec<DeadLetter> =
@@ -147,7 +147,7 @@ impl FileSource {
         let batch = with_metadata(&self.stream, &decoded.batch, origin)?;
         let dead_letter_bytes = self.dead_letters.len()? as i64;
         let positions = Offsets::from([(0, self.position), (REPLAY_CLOCK_PARTITION, start), (DEAD_LETTER_BYTES_PARTITION, dead_letter_bytes)]);
-        Ok(MicroBatch { batch, offsets: positions, rejected: letters.len() as u64 })
+        Ok(MicroBatch::new(batch, &decoded.deleted, positions, letters.len() as u64))
     }
 
     fn letter(&self, offset: i64, reason: String, record: String) -> DeadLetter {
@@ -239,7 +239,7 @@ fn read_json_lines(
         return Ok(None);
     }
     let records: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
-    let mut parsed = parse_records(RecordFormat::Json, &stream.payload_schema, &records, stream.options.max_record_bytes);
+    let mut parsed = parse_text(stream, &records, stream.options.max_record_bytes);
     // Blank lines separate records in NDJSON; they are not records that failed.
     parsed.unparsed.retain(|(row, _, _)| !texts[*row].trim_ascii().is_empty());
     Ok(Some(RawChunk { parsed, first: start, records: texts.len() }))

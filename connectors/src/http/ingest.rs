@@ -30,7 +30,7 @@ use axum::Router;
 use serde_json::json;
 use trendflow_engine::contract::StreamDecl;
 
-use crate::decode::{decode_parsed, parse_records, split_body};
+use crate::decode::{changelog_key, decode_parsed, parse_text, split_body};
 use crate::kafka::{send_rows, RecordEncoder, RecordProducer, BARE_AVRO_READ_ONLY};
 
 /// Settings of the ingest API.
@@ -163,15 +163,15 @@ impl IngestService {
             Err(message) => return error(StatusCode::BAD_REQUEST, message),
         };
         let slices: Vec<&[u8]> = records.iter().map(|r| r.as_ref()).collect();
-        let parsed = parse_records(encoder.input_format(), &stream.payload_schema, &slices, stream.options.max_record_bytes);
-        let decoded = match decode_parsed(parsed, &stream.payload_schema) {
+        let parsed = parse_text(stream, &slices, stream.options.max_record_bytes);
+        let decoded = match decode_parsed(parsed, &stream.payload_schema, changelog_key(stream)) {
             Ok(decoded) => decoded,
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
         let errors: Vec<_> = decoded.rejected.iter().map(|(index, reason, _)| json!({"index": index, "reason": reason})).collect();
         let accepted = decoded.batch.num_rows();
         if accepted > 0 {
-            if let Err(e) = send_rows(&self.producer, stream, encoder, topic, &decoded.batch).await {
+            if let Err(e) = send_rows(&self.producer, stream, encoder, topic, &decoded.batch, &decoded.deleted).await {
                 return error(StatusCode::SERVICE_UNAVAILABLE, format!("records not stored, send them again: {e}"));
             }
         }

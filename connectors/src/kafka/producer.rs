@@ -15,7 +15,7 @@ use crate::error::Result;
 pub struct OutRecord<'a> {
     /// Record key (partitions by key).
     pub key: Option<&'a [u8]>,
-    /// Record value.
+    /// Record value; empty is sent as no value at all (a tombstone).
     pub payload: &'a [u8],
     /// Create time, ms since the epoch (None: now).
     pub timestamp: Option<i64>,
@@ -68,7 +68,10 @@ impl RecordProducer {
         let mut pending = std::collections::VecDeque::new();
         let mut ends = BTreeMap::new();
         for (i, record) in records.iter().enumerate() {
-            let mut out = FutureRecord::<[u8], [u8]>::to(topic).payload(record.payload);
+            let mut out = FutureRecord::<[u8], [u8]>::to(topic);
+            if !record.payload.is_empty() {
+                out = out.payload(record.payload);
+            }
             if let Some(key) = record.key {
                 out = out.key(key);
             }

@@ -5,10 +5,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, RecordBatch, StringArray};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::DataType;
-use trendflow_engine::contract::{AvroSchemas, Poll, Source, StreamDecl, StreamFormat};
+use trendflow_engine::contract::{AvroSchemas, Changelog, Poll, Source, StreamDecl, StreamFormat};
 
 use trendflow_formats::{avro_schema_of, AvroEncoder};
 
@@ -117,27 +117,79 @@ impl RecordEncoder {
     }
 }
 
-/// Each row's record key: the stream's primary key as text (when it has one column).
+/// Each row's record key: the stream's primary key as text when it has one column, a
+/// JSON object of the key columns when it has several (the key a tombstone must carry).
 pub fn record_keys(stream: &StreamDecl, payload: &RecordBatch) -> Result<Option<StringArray>> {
-    let [column] = stream.primary_key[..] else { return Ok(None) };
-    let keys = cast(payload.column(column), &DataType::Utf8)?;
-    Ok(keys.as_any().downcast_ref::<StringArray>().cloned())
+    match stream.primary_key[..] {
+        [] => Ok(None),
+        [column] => {
+            let keys = cast(payload.column(column), &DataType::Utf8)?;
+            Ok(keys.as_any().downcast_ref::<StringArray>().cloned())
+        }
+        _ => {
+            let key = payload.project(&stream.primary_key)?;
+            let encoded = encode_rows(RecordFormat::Json, &key)?;
+            Ok(Some((0..key.num_rows()).map(|i| std::str::from_utf8(encoded.get(i)).ok()).collect()))
+        }
+    }
 }
 
-/// Sends already-validated rows of `payload` to `topic` encoded by `encoder`, keyed by the primary key.
-pub async fn send_rows(producer: &RecordProducer, stream: &StreamDecl, encoder: RecordEncoder, topic: &str, payload: &RecordBatch) -> Result<()> {
-    let encoded = encoder.encode(payload)?;
+/// Sends already-validated rows of `payload` to `topic` encoded by `encoder`, keyed by
+/// the primary key. On a changelog stream the rows `deleted` marks are sent as deletes:
+/// tombstones (no value) on an `upsert` stream, `"op": "d"` events on a `debezium` one.
+pub async fn send_rows(
+    producer: &RecordProducer,
+    stream: &StreamDecl,
+    encoder: RecordEncoder,
+    topic: &str,
+    payload: &RecordBatch,
+    deleted: &[bool],
+) -> Result<()> {
+    let is_deleted = |i: usize| deleted.get(i).copied().unwrap_or(false);
+    let live: BooleanArray = (0..payload.num_rows()).map(|i| Some(!is_deleted(i))).collect();
+    let live_rows = filter_record_batch(payload, &live)?;
+    // Deletes carry nulls the declared columns may not take; the rows sent whole do not.
+    let live_rows = RecordBatch::try_new(stream.payload_schema.clone(), live_rows.columns().to_vec())?;
+    let encoded = encoder.encode(&live_rows)?;
+    let debezium = stream.options.changelog == Changelog::Debezium;
+    let deletes = if debezium { Some(encode_rows(RecordFormat::Json, &payload.project(&stream.primary_key)?)?) } else { None };
     let keys = record_keys(stream, payload)?;
+    let mut values: Vec<Vec<u8>> = Vec::with_capacity(payload.num_rows());
+    let mut next_live = 0;
+    for i in 0..payload.num_rows() {
+        let value = match (is_deleted(i), &deletes) {
+            (true, None) => Vec::new(),
+            (true, Some(keys)) => debezium_event("d", "before", keys.get(i)),
+            (false, _) => {
+                next_live += 1;
+                let row = encoded.get(next_live - 1);
+                if debezium {
+                    debezium_event("c", "after", row)
+                } else {
+                    row.to_vec()
+                }
+            }
+        };
+        values.push(value);
+    }
     let records: Vec<OutRecord<'_>> = (0..payload.num_rows())
         .map(|i| OutRecord {
             key: keys.as_ref().filter(|k| k.is_valid(i)).map(|k| k.value(i).as_bytes()),
-            payload: encoded.get(i),
+            payload: &values[i],
             timestamp: None,
             partition: None,
         })
         .collect();
     producer.send_all(topic, &records, None).await?;
     Ok(())
+}
+
+/// A Debezium change event with one row image (`image` is a JSON object).
+fn debezium_event(op: &str, side: &str, image: &[u8]) -> Vec<u8> {
+    let mut event = format!(r#"{{"op":"{op}","{side}":"#).into_bytes();
+    event.extend_from_slice(image);
+    event.push(b'}');
+    event
 }
 
 /// Totals of a replay.
@@ -180,7 +232,8 @@ pub async fn replay_file(
             Poll::Finished => break,
         };
         let payload = micro.batch.project(&(0..payload_columns).collect::<Vec<_>>())?;
-        send_rows(producer, stream, encoder, topic, &payload).await?;
+        let deleted: Vec<bool> = micro.deleted.as_ref().map_or_else(Vec::new, |d| d.iter().map(|v| v == Some(true)).collect());
+        send_rows(producer, stream, encoder, topic, &payload, &deleted).await?;
         summary.records += payload.num_rows() as u64;
         summary.rejected += micro.rejected;
         on_progress(summary.records);

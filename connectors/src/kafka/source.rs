@@ -256,7 +256,8 @@ impl KafkaSource {
     /// Decodes fetched records; rejected ones go to the dead-letter topic first.
     async fn decode(&mut self, fetched: Fetched) -> Result<MicroBatch> {
         let records: Vec<&[u8]> = fetched.payloads.iter().map(Vec::as_slice).collect();
-        let decoded = self.decoder.decode(&self.stream, &records, self.options.max_record_bytes).await?;
+        let keys: Vec<Option<&[u8]>> = fetched.keys.iter().map(|k| k.as_deref().map(str::as_bytes)).collect();
+        let decoded = self.decoder.decode(&self.stream, &records, &keys, self.options.max_record_bytes).await?;
         let rejected: Vec<(usize, String)> = decoded.rejected.into_iter().map(|(row, reason, _)| (row, reason)).collect();
         let letters: Vec<Rejected<'_>> = rejected
             .iter()
@@ -284,7 +285,7 @@ impl KafkaSource {
         if let Some(end) = self.dead_letters.end() {
             offsets.insert(DEAD_LETTER_POSITION, end);
         }
-        Ok(MicroBatch { batch, offsets, rejected: rejected.len() as u64 })
+        Ok(MicroBatch::new(batch, &decoded.deleted, offsets, rejected.len() as u64))
     }
 }
 

@@ -1,0 +1,284 @@
+//! The current rows of a changelog stream (`upsert`, `debezium`): a table keyed by the
+//! stream's PRIMARY KEY that each micro-batch changes, and what each micro-batch
+//! changed in it (the rows it replaced or deleted, and the rows it left).
+//!
+//! Only the columns some view reads are kept (plus the key and the metadata columns
+//! that cannot be null); the others read as null, which no plan looks at.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{filter_record_batch, not};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use crate::contract::{MicroBatch, StreamDecl};
+use crate::error::Result;
+use crate::keyed::{last_row_per_key, project_columns, take_rows, KeyedTable};
+
+/// The flag column of a changelog table's checkpointed changes: true for a deleted key.
+const DELETED: &str = "_deleted";
+
+/// What one micro-batch did to a changelog table, as full-schema rows of the stream.
+#[derive(Debug, Clone)]
+pub struct TableDelta {
+    /// The rows the micro-batch replaced or deleted, as they were.
+    pub before: RecordBatch,
+    /// The rows it left for the keys it touched (none for a deleted key).
+    pub after: RecordBatch,
+}
+
+/// The current rows of one changelog stream.
+///
+/// ```
+/// use std::sync::Arc;
+/// use datafusion::arrow::array::{BooleanArray, Int32Array, RecordBatch, StringArray};
+/// use datafusion::arrow::datatypes::{DataType, Field, Schema};
+/// use trendflow_engine::changelog::ChangelogTable;
+///
+/// let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false), Field::new("name", DataType::Utf8, true)]));
+/// let mut table = ChangelogTable::new("categories", schema.clone(), vec![0], &[0, 1]).unwrap();
+/// let rows = |ids: Vec<i32>, names: Vec<Option<&str>>| RecordBatch::try_new(schema.clone(),
+///     vec![Arc::new(Int32Array::from(ids)), Arc::new(StringArray::from(names))]).unwrap();
+/// table.apply(&rows(vec![1, 2], vec![Some("Toys"), Some("Books")]), None).unwrap();
+/// // Category 1 renamed, category 2 deleted, in one micro-batch.
+/// let delta = table.apply(&rows(vec![1, 2], vec![Some("Games"), None]), Some(&BooleanArray::from(vec![false, true]))).unwrap();
+/// assert_eq!((delta.before.num_rows(), delta.after.num_rows()), (2, 1));
+/// assert_eq!(table.len(), 1);
+/// ```
+#[derive(Debug)]
+pub struct ChangelogTable {
+    name: String,
+    /// The stream's full schema (what its scans read).
+    schema: SchemaRef,
+    /// The kept columns, as indices into `schema`.
+    kept: Vec<usize>,
+    /// Primary-key columns, as indices into `schema`.
+    key: Vec<usize>,
+    /// Key → current row (kept columns).
+    current: KeyedTable,
+    /// Key → kept columns + [`DELETED`]: the keys changed since the last checkpoint.
+    changed: KeyedTable,
+    /// The whole current table as full-schema rows, built when first asked for after a change.
+    whole: std::sync::Mutex<Option<RecordBatch>>,
+}
+
+impl ChangelogTable {
+    /// An empty table of stream `name` (full schema `schema`, primary key `key`) keeping
+    /// the columns in `read` (the key and the non-nullable columns are always kept).
+    pub fn new(name: &str, schema: SchemaRef, key: Vec<usize>, read: &[usize]) -> Result<Self> {
+        let mut kept: Vec<usize> =
+            (0..schema.fields().len()).filter(|i| read.contains(i) || key.contains(i) || !schema.field(*i).is_nullable()).collect();
+        kept.dedup();
+        let stored = Arc::new(schema.project(&kept)?);
+        let stored_key: Vec<usize> = key.iter().map(|k| kept.iter().position(|c| c == k).expect("key columns are kept")).collect();
+        let mut flagged: Vec<Field> = stored.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        flagged.push(Field::new(DELETED, DataType::Boolean, false));
+        let flagged = Arc::new(Schema::new(flagged));
+        Ok(Self {
+            name: name.to_string(),
+            current: KeyedTable::new(stored, stored_key.clone())?,
+            changed: KeyedTable::new(flagged, stored_key)?,
+            schema,
+            kept,
+            key,
+            whole: Default::default(),
+        })
+    }
+
+    /// The table of `stream`, keeping the columns in `read`.
+    pub fn for_stream(stream: &StreamDecl, read: &[usize]) -> Result<Self> {
+        Self::new(&stream.name, stream.schema.clone(), stream.primary_key.clone(), read)
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Number of current rows.
+    pub fn len(&self) -> usize {
+        self.current.len()
+    }
+
+    /// True when the table has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty()
+    }
+
+    /// Applies a micro-batch of the stream: rows in arrival order, `deleted` marking the
+    /// deletes. Within the batch the last change of a key wins.
+    pub fn apply(&mut self, batch: &RecordBatch, deleted: Option<&BooleanArray>) -> Result<TableDelta> {
+        let last = last_row_per_key(batch, &self.key)?;
+        let changes = take_rows(batch, &last)?;
+        let deleted = match deleted {
+            Some(deleted) => {
+                datafusion::arrow::compute::take(deleted, &last, None)?.as_any().downcast_ref::<BooleanArray>().cloned().expect("booleans")
+            }
+            None => BooleanArray::from(vec![false; changes.num_rows()]),
+        };
+        let keys = project_columns(&changes, &self.key)?;
+        let before = self.expand(&self.current.lookup(&keys)?)?;
+        let after = filter_record_batch(&changes, &not(&deleted)?)?;
+        let removed = filter_record_batch(&keys, &deleted)?;
+        self.current.remove(&removed)?;
+        self.current.upsert(&project_columns(&after, &self.kept)?)?;
+        self.changed.upsert(&self.flagged(&changes, &deleted)?)?;
+        *self.whole.get_mut().expect("whole-table lock poisoned") = None;
+        Ok(TableDelta { before, after })
+    }
+
+    /// Every current row as full-schema rows of the stream (columns not kept are null).
+    pub fn whole(&self) -> Result<RecordBatch> {
+        let mut whole = self.whole.lock().expect("whole-table lock poisoned");
+        if let Some(batch) = whole.as_ref() {
+            return Ok(batch.clone());
+        }
+        let batch = self.expand(&self.current.to_batch()?)?;
+        *whole = Some(batch.clone());
+        Ok(batch)
+    }
+
+    /// The whole table, for a full checkpoint (kept columns and a false [`DELETED`]).
+    pub fn state(&self) -> Result<RecordBatch> {
+        let rows = self.current.to_batch()?;
+        let flags = BooleanArray::from(vec![false; rows.num_rows()]);
+        let mut columns = rows.columns().to_vec();
+        columns.push(Arc::new(flags));
+        Ok(RecordBatch::try_new(self.changed.schema().clone(), columns)?)
+    }
+
+    /// The keys changed since the last checkpoint, for a delta checkpoint.
+    pub fn changed_state(&self) -> Result<RecordBatch> {
+        Ok(self.changed.to_batch()?)
+    }
+
+    /// Number of keys changed since the last checkpoint.
+    pub fn changed_keys(&self) -> usize {
+        self.changed.len()
+    }
+
+    /// Forgets which keys changed: a checkpoint now holds them.
+    pub fn mark_checkpointed(&mut self) {
+        self.changed.clear();
+    }
+
+    /// Schema of [`Self::state`].
+    pub fn state_schema(&self) -> &SchemaRef {
+        self.changed.schema()
+    }
+
+    /// Replaces the table by checkpointed rows (base then deltas: a later row of a key wins).
+    pub fn restore(&mut self, state: &RecordBatch) -> Result<()> {
+        let mut replay = KeyedTable::new(self.changed.schema().clone(), self.current.key_columns().to_vec())?;
+        replay.upsert(state)?;
+        let rows = replay.to_batch()?;
+        let flag = rows.num_columns() - 1;
+        let live = not(rows.column(flag).as_any().downcast_ref::<BooleanArray>().expect("the flag is boolean"))?;
+        let live = filter_record_batch(&rows, &live)?;
+        self.current.clear();
+        self.changed.clear();
+        let columns = live.columns()[..flag].to_vec();
+        self.current.upsert(&RecordBatch::try_new(self.current.schema().clone(), columns)?)?;
+        *self.whole.get_mut().expect("whole-table lock poisoned") = None;
+        Ok(())
+    }
+
+    /// Full-schema rows from kept-column rows.
+    fn expand(&self, stored: &RecordBatch) -> Result<RecordBatch> {
+        let rows = stored.num_rows();
+        let columns: Vec<ArrayRef> = (0..self.schema.fields().len())
+            .map(|i| match self.kept.iter().position(|&k| k == i) {
+                Some(j) => stored.column(j).clone(),
+                None => new_null_array(self.schema.field(i).data_type(), rows),
+            })
+            .collect();
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    /// Kept columns of `changes` with their delete flags (null values for deleted keys).
+    fn flagged(&self, changes: &RecordBatch, deleted: &BooleanArray) -> Result<RecordBatch> {
+        let mut columns = project_columns(changes, &self.kept)?.columns().to_vec();
+        columns.push(Arc::new(deleted.clone()));
+        Ok(RecordBatch::try_new(self.changed.schema().clone(), columns)?)
+    }
+}
+
+/// The changelog tables of a pipeline, and what the micro-batch being processed did
+/// to them.
+#[derive(Debug, Default)]
+pub struct ChangelogTables {
+    tables: Vec<ChangelogTable>,
+    /// Stream → what the current micro-batch changed.
+    deltas: std::collections::BTreeMap<String, TableDelta>,
+    /// Stream → its whole table before the current micro-batch (kept only when a view
+    /// recomputes from it, see [`Self::apply`]).
+    before: std::collections::BTreeMap<String, RecordBatch>,
+}
+
+impl ChangelogTables {
+    /// Tables for `tables`.
+    pub fn new(tables: Vec<ChangelogTable>) -> Self {
+        Self { tables, ..Default::default() }
+    }
+
+    /// The table of stream `name`, if it is a changelog stream.
+    pub fn get(&self, name: &str) -> Option<&ChangelogTable> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// Every table.
+    pub fn tables(&self) -> &[ChangelogTable] {
+        &self.tables
+    }
+
+    /// Every table, to restore or checkpoint.
+    pub fn tables_mut(&mut self) -> &mut [ChangelogTable] {
+        &mut self.tables
+    }
+
+    /// Applies a micro-batch to the changelog tables among `batches`. With
+    /// `keep_before`, the whole tables of the streams it changes are kept as they were.
+    pub fn apply<'a>(&mut self, batches: impl Iterator<Item = (&'a str, &'a MicroBatch)>, keep_before: bool) -> Result<()> {
+        self.deltas.clear();
+        self.before.clear();
+        for (name, micro) in batches {
+            let Some(table) = self.tables.iter_mut().find(|t| t.name == name) else { continue };
+            if keep_before {
+                self.before.insert(name.to_string(), table.whole()?);
+            }
+            self.deltas.insert(name.to_string(), table.apply(&micro.batch, micro.deleted.as_ref())?);
+        }
+        Ok(())
+    }
+
+    /// What the current micro-batch did to stream `name`.
+    pub fn delta(&self, name: &str) -> Option<&TableDelta> {
+        self.deltas.get(name)
+    }
+
+    /// Whether the current micro-batch changed stream `name`.
+    pub fn changed(&self, name: &str) -> bool {
+        self.deltas.contains_key(name)
+    }
+
+    /// The whole table of `name` before the current micro-batch (its current rows when
+    /// the micro-batch did not change it).
+    pub fn whole_before(&self, name: &str) -> Result<RecordBatch> {
+        match self.before.get(name) {
+            Some(batch) => Ok(batch.clone()),
+            None => self.get(name).map_or_else(|| Err(crate::error::EngineError::internal("no such changelog table")), |t| t.whole()),
+        }
+    }
+}
+
+/// What a batch run computes a changelog stream's views over: the stream's rows after
+/// `batches` (in source order, with their delete marks), the last change of each key
+/// winning and deleted keys gone.
+pub fn final_table<'a>(stream: &StreamDecl, batches: impl IntoIterator<Item = (&'a RecordBatch, Option<&'a BooleanArray>)>) -> Result<RecordBatch> {
+    let every_column: Vec<usize> = (0..stream.schema.fields().len()).collect();
+    let mut table = ChangelogTable::for_stream(stream, &every_column)?;
+    for (batch, deleted) in batches {
+        table.apply(batch, deleted)?;
+    }
+    table.whole()
+}
