@@ -1,7 +1,10 @@
 -- Sources of the Amazon Products 2023 trend pipeline.
 --
--- `products` is a stream: records arrive on the Kafka topic `products`, one JSON
--- object per message. Re-bind it at run time without editing this file, e.g.
+-- `products` is a changelog stream: records arrive on the Kafka topic `products`,
+-- one JSON object per message, keyed by ASIN. A product sent again replaces its
+-- earlier record (a price change), and a tombstone (the ASIN as key, no value; or
+-- {"asin": "...", "_deleted": true}) withdraws it: every view is over the current
+-- products. Re-bind it at run time without editing this file, e.g.
 --   trendflow run --source products=file:data/amazon_products.csv
 -- Every stream also has the metadata columns _key, _partition, _offset, _timestamp.
 CREATE EXTERNAL TABLE products (
@@ -20,14 +23,17 @@ CREATE EXTERNAL TABLE products (
 )
 STORED AS KAFKA
 LOCATION 'products'
-OPTIONS ('format' 'json');
+OPTIONS ('format' 'json', 'changelog' 'upsert');
 
--- `categories` is a reference table, read once at start-up. Relative locations
--- resolve against this file's directory.
+-- `categories` is a changelog stream too, on its own topic, one JSON object per
+-- category ({"id": 1, "category_name": "Beading & Jewelry Making"}): a renamed or late
+-- category updates every view row that names it. Bind it to a file to replay one:
+--   trendflow run --source categories=file:data/amazon_categories.csv
 CREATE EXTERNAL TABLE categories (
     id            INT NOT NULL,
-    category_name VARCHAR
+    category_name VARCHAR,
+    PRIMARY KEY (id)
 )
-STORED AS CSV
-LOCATION '../data/amazon_categories.csv'
-OPTIONS ('format.has_header' 'true');
+STORED AS KAFKA
+LOCATION 'categories'
+OPTIONS ('format' 'json', 'changelog' 'upsert');

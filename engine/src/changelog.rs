@@ -14,6 +14,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use crate::contract::{MicroBatch, StreamDecl};
 use crate::error::Result;
 use crate::keyed::{last_row_per_key, project_columns, take_rows, KeyedTable};
+use crate::slot::BatchSlot;
 
 /// The flag column of a changelog table's checkpointed changes: true for a deleted key.
 const DELETED: &str = "_deleted";
@@ -58,6 +59,8 @@ pub struct ChangelogTable {
     current: KeyedTable,
     /// Key → kept columns + [`DELETED`]: the keys changed since the last checkpoint.
     changed: KeyedTable,
+    /// The slot the stream's scans read.
+    slot: BatchSlot,
     /// The whole current table as full-schema rows, built when first asked for after a change.
     whole: std::sync::Mutex<Option<RecordBatch>>,
 }
@@ -66,6 +69,16 @@ impl ChangelogTable {
     /// An empty table of stream `name` (full schema `schema`, primary key `key`) keeping
     /// the columns in `read` (the key and the non-nullable columns are always kept).
     pub fn new(name: &str, schema: SchemaRef, key: Vec<usize>, read: &[usize]) -> Result<Self> {
+        Self::with_slot(name, BatchSlot::new(schema.clone()), key, read)
+    }
+
+    /// The table of `stream`, keeping the columns in `read`.
+    pub fn for_stream(stream: &StreamDecl, read: &[usize]) -> Result<Self> {
+        Self::with_slot(&stream.name, stream.slot.clone(), stream.primary_key.clone(), read)
+    }
+
+    fn with_slot(name: &str, slot: BatchSlot, key: Vec<usize>, read: &[usize]) -> Result<Self> {
+        let schema = slot.schema().clone();
         let mut kept: Vec<usize> =
             (0..schema.fields().len()).filter(|i| read.contains(i) || key.contains(i) || !schema.field(*i).is_nullable()).collect();
         kept.dedup();
@@ -81,13 +94,9 @@ impl ChangelogTable {
             schema,
             kept,
             key,
+            slot,
             whole: Default::default(),
         })
-    }
-
-    /// The table of `stream`, keeping the columns in `read`.
-    pub fn for_stream(stream: &StreamDecl, read: &[usize]) -> Result<Self> {
-        Self::new(&stream.name, stream.schema.clone(), stream.primary_key.clone(), read)
     }
 
     /// The stream's name.
@@ -249,6 +258,20 @@ impl ChangelogTables {
             self.deltas.insert(name.to_string(), table.apply(&micro.batch, micro.deleted.as_ref())?);
         }
         Ok(())
+    }
+
+    /// Makes every table the content of its stream's slot (outside micro-batches: for
+    /// evaluating views at start-up).
+    pub fn show_all(&self) -> Result<()> {
+        for table in &self.tables {
+            table.slot.set(vec![table.whole()?]);
+        }
+        Ok(())
+    }
+
+    /// Empties the slots [`Self::show_all`] filled.
+    pub fn hide_all(&self) {
+        self.tables.iter().for_each(|t| t.slot.clear());
     }
 
     /// What the current micro-batch did to stream `name`.

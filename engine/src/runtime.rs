@@ -154,22 +154,6 @@ impl Pipeline {
             }
         }
         let mut states = checkpoint.states;
-        for view in &mut self.views {
-            let name = &view.info().name;
-            let expected = view.state_schemas();
-            let state = states.remove(name).unwrap_or_default();
-            let matches = state.len() == expected.len() && state.iter().zip(&expected).all(|(b, s)| b.schema().fields() == s.fields());
-            if !matches {
-                return Err(EngineError::Checkpoint {
-                    path,
-                    message: format!(
-                        "view `{name}` changed since the checkpoint was written; \
-                         start from a fresh --state directory to recompute it"
-                    ),
-                });
-            }
-            view.restore(state, &self.task).await?;
-        }
         for table in self.tables.tables_mut() {
             let name = table_state_name(table.name());
             match states.remove(&name).unwrap_or_default().as_slice() {
@@ -187,6 +171,25 @@ impl Pipeline {
                 }
             }
         }
+        // Views over the changelog tables (a top-n re-ranked, say) read them while they restore.
+        self.tables.show_all()?;
+        for view in &mut self.views {
+            let name = &view.info().name;
+            let expected = view.state_schemas();
+            let state = states.remove(name).unwrap_or_default();
+            let matches = state.len() == expected.len() && state.iter().zip(&expected).all(|(b, s)| b.schema().fields() == s.fields());
+            if !matches {
+                return Err(EngineError::Checkpoint {
+                    path,
+                    message: format!(
+                        "view `{name}` changed since the checkpoint was written; \
+                         start from a fresh --state directory to recompute it"
+                    ),
+                });
+            }
+            view.restore(state, &self.task).await?;
+        }
+        self.tables.hide_all();
         self.batch_id = checkpoint.meta.batch_id;
         self.offsets = checkpoint.meta.sources;
         self.resumed = true;
@@ -280,11 +283,13 @@ impl Pipeline {
         }
         sink.open(&self.view_infos()).await?;
         self.restore().await?;
+        self.tables.show_all()?;
         for view in &self.views {
             if let Some(rows) = view.current_result(&self.task).await? {
                 sink.reset(view.info(), &rows).await?;
             }
         }
+        self.tables.hide_all();
         for source in &mut sources {
             if let Some(offsets) = self.offsets.get(source.stream()) {
                 source.seek(offsets).await?;

@@ -39,7 +39,7 @@ pub async fn produce(args: ProduceArgs) -> Result<()> {
         bail!("--rate must be a positive number of records per second");
     }
     let streams = Catalog::load_streams(&args.pipeline.sql).await?;
-    let stream = pick_stream(&streams, args.stream.as_deref(), args.topic.as_deref())?;
+    let stream = pick_stream(&streams, args.stream.as_deref(), args.topic.as_deref(), &args.file)?;
     let topic = args.topic.clone().unwrap_or_else(|| stream.location.clone());
     kafka::ensure_topic(brokers, &topic, args.partitions).await?;
     let producer = RecordProducer::new(brokers)?;
@@ -52,8 +52,10 @@ pub async fn produce(args: ProduceArgs) -> Result<()> {
     Ok(())
 }
 
-/// The stream records are for: named, else declared on `topic`, else the only one.
-fn pick_stream<'a>(streams: &'a [StreamDecl], name: Option<&str>, topic: Option<&str>) -> Result<&'a StreamDecl> {
+/// The stream records are for: named, else declared on `topic`, else the only one, else
+/// the only one whose PRIMARY KEY columns the file's first line (a CSV header, a JSON
+/// object) names.
+fn pick_stream<'a>(streams: &'a [StreamDecl], name: Option<&str>, topic: Option<&str>, file: &Path) -> Result<&'a StreamDecl> {
     let names = || streams.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
     if let Some(name) = name {
         return streams.iter().find(|s| s.name == name).with_context(|| format!("no stream `{name}` is declared (streams: {})", names()));
@@ -61,10 +63,23 @@ fn pick_stream<'a>(streams: &'a [StreamDecl], name: Option<&str>, topic: Option<
     if let Some(found) = topic.and_then(|t| streams.iter().find(|s| s.location == t)) {
         return Ok(found);
     }
-    match streams {
+    if let [only] = streams {
+        return Ok(only);
+    }
+    let first_line = std::fs::File::open(file).ok().and_then(|f| std::io::BufRead::lines(std::io::BufReader::new(f)).next()).and_then(|l| l.ok());
+    let names_key = |s: &&StreamDecl| {
+        let line = first_line.as_deref().unwrap_or_default();
+        !s.primary_key.is_empty() && s.primary_key.iter().all(|&k| mentions(line, s.payload_schema.field(k).name()))
+    };
+    match streams.iter().filter(names_key).collect::<Vec<_>>().as_slice() {
         [only] => Ok(only),
         _ => bail!("several streams are declared ({}): pick one with --stream", names()),
     }
+}
+
+/// True when a CSV header or JSON object line names `column` as a field.
+fn mentions(line: &str, column: &str) -> bool {
+    line.split(|c: char| c == ',' || c == '"' || c == ':' || c == '{' || c == '}' || c.is_whitespace()).any(|field| field == column)
 }
 
 fn print_summary(summary: &ReplaySummary, file: &Path, topic: &str, dead_letters: &Path) {

@@ -77,7 +77,7 @@ async fn reference_rows_without_stream_rows_and_scalar_subqueries_are_refused() 
     let categories = shared_data("amazon_categories.csv");
     for (query, expected) in cases {
         let tmp = tempfile::tempdir().unwrap();
-        let sources = std::fs::read_to_string(shipped_sql().join("01_sources.sql")).unwrap();
+        let sources = sources_with_reference_categories();
         let lines = sources.lines().count();
         let dir = pipeline_dir(tmp.path(), &format!("{sources}\nCREATE VIEW v AS {query};\n"));
         let catalog = Catalog::load(&[dir], incremental_session_config(), &files(&[("categories", &categories)])).await.unwrap();
@@ -99,8 +99,10 @@ async fn bad_bindings_are_refused() {
     let unknown = files(&[("nope", Path::new("x.csv")), ("categories", &categories)]);
     let error = Catalog::load(&[shipped_sql()], incremental_session_config(), &unknown).await.err().unwrap().to_string();
     assert!(error.contains("no table `nope`") && error.contains("products"), "{error}");
-    let missing = files(&[("categories", &tmp.path().join("missing.csv"))]);
-    let error = Catalog::load(&[shipped_sql()], incremental_session_config(), &missing).await.err().unwrap().to_string();
+    // A stream bound to a file that is not there: refused when its source opens.
+    let missing = bindings(&shared_data("amazon_products_sample.csv"), &tmp.path().join("missing.csv"));
+    let catalog = Catalog::load(&[shipped_sql()], incremental_session_config(), &missing.files()).await.unwrap();
+    let error = missing.open_sources(&catalog, &file_settings(tmp.path())).await.err().unwrap().to_string();
     assert!(error.contains("categories") && error.contains("missing.csv"), "{error}");
 }
 

@@ -219,11 +219,12 @@ async fn stream_into_mongo(
     options: &MongoOptions,
 ) -> Vec<ViewInfo> {
     let catalog = Catalog::load(&[shipped_sql()], incremental_session_config(), &fx_bindings.files()).await.unwrap();
+    let source = SplitSource::new("products", data, seed, 1_200);
+    let sources = sources_with(&catalog, fx_bindings, Box::new(source), &state.join("dead-letters")).await;
     let mut pipeline = Pipeline::compile(catalog, state.to_path_buf()).await.unwrap();
     let mut sink = MongoSink::new(connect(options).await.unwrap(), options.clone());
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let source = SplitSource::new("products", data, seed, 1_200);
-    pipeline.run(vec![Box::new(source)], &mut sink, &drain_options(), shutdown, &mut |_| {}).await.unwrap();
+    pipeline.run(sources, &mut sink, &drain_options(), shutdown, &mut |_| {}).await.unwrap();
     pipeline.view_infos()
 }
 

@@ -39,13 +39,29 @@ pub fn shipped_sql() -> PathBuf {
     repo().join("sql")
 }
 
-/// A SQL directory: the shipped pipeline with `products` declared with `options`.
+/// The shipped `products` stream, and `categories` as a reference table read from a file
+/// (bound with `--source categories=file:…`) instead of the shipped changelog stream.
+pub fn sources_with_reference_categories() -> String {
+    let sources = std::fs::read_to_string(shipped_sql().join("01_sources.sql")).unwrap();
+    let products = &sources[..sources.find("-- `categories`").expect("the shipped SQL declares categories after products")];
+    format!(
+        "{products}CREATE EXTERNAL TABLE categories (id INT NOT NULL, category_name VARCHAR) STORED AS CSV LOCATION 'categories.csv' \
+         OPTIONS ('format.has_header' 'true');\n"
+    )
+}
+
+/// How the shipped SQL declares the options of its streams (`products` first).
+const SHIPPED_OPTIONS: &str = "OPTIONS ('format' 'json', 'changelog' 'upsert');";
+
+/// A SQL directory: the shipped pipeline with `products` declared with `options` (an
+/// upsert stream still).
 pub fn sql_with_products_options(dir: &Path, options: &str) -> std::path::PathBuf {
     let sql = dir.join("sql");
     std::fs::create_dir_all(&sql).unwrap();
     let sources = std::fs::read_to_string(shipped_sql().join("01_sources.sql")).unwrap();
-    assert!(sources.contains("OPTIONS ('format' 'json');"), "the shipped products stream changed: update this test");
-    std::fs::write(sql.join("01_sources.sql"), sources.replace("OPTIONS ('format' 'json');", &format!("OPTIONS ({options});"))).unwrap();
+    assert!(sources.contains(SHIPPED_OPTIONS), "the shipped products stream changed: update this test");
+    let sources = sources.replacen(SHIPPED_OPTIONS, &format!("OPTIONS ({options}, 'changelog' 'upsert');"), 1);
+    std::fs::write(sql.join("01_sources.sql"), sources).unwrap();
     std::fs::copy(shipped_sql().join("02_trends.sql"), sql.join("02_trends.sql")).unwrap();
     sql
 }
@@ -184,11 +200,21 @@ pub async fn run_streaming(
     state: &Path,
 ) -> trendflow_engine::Result<BTreeMap<String, RecordBatch>> {
     let catalog = Catalog::load(&[sql.to_path_buf()], incremental_session_config(), &bindings.files()).await?;
+    let sources = sources_with(&catalog, bindings, Box::new(source), &state.join("dead-letters")).await;
     let mut pipeline = Pipeline::compile(catalog, state.to_path_buf()).await?;
     let mut store = EmbeddedStore::new(state.join("store"));
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    pipeline.run(vec![Box::new(source)], &mut store, &drain_options(), shutdown, &mut |_| {}).await?;
+    pipeline.run(sources, &mut store, &drain_options(), shutdown, &mut |_| {}).await?;
     Ok(pipeline.view_infos().into_iter().map(|v| (v.name.clone(), store.rows(&v.name).unwrap().unwrap())).collect())
+}
+
+/// `source` for its stream, and for every other stream of `catalog` (the shipped
+/// `categories`) the file `bindings` binds it to.
+pub async fn sources_with(catalog: &Catalog, bindings: &Bindings, source: Box<dyn Source>, dead_letters: &Path) -> Vec<Box<dyn Source>> {
+    let mut sources = bindings.open_sources(catalog, &file_settings(dead_letters)).await.unwrap();
+    sources.retain(|s| s.stream() != source.stream());
+    sources.push(source);
+    sources
 }
 
 /// Computes every view once over the whole files, as `trendflow batch` does, and keeps
