@@ -2,6 +2,7 @@
 
 mod avro;
 mod broker;
+mod changelog;
 mod cli;
 mod errors;
 mod incremental;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, Float64Array, RecordBatch};
+use datafusion::arrow::array::{Array, BooleanArray, Float64Array, RecordBatch};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -133,6 +133,8 @@ pub async fn decode_all(catalog: &Catalog, bindings: &Bindings, dead_letters: &P
 pub struct SplitSource {
     stream: String,
     data: RecordBatch,
+    /// Which rows of `data` delete their key (a changelog stream's), if any do.
+    deleted: Option<BooleanArray>,
     position: usize,
     rng: u64,
     max_split: usize,
@@ -141,7 +143,13 @@ pub struct SplitSource {
 
 impl SplitSource {
     pub fn new(stream: &str, data: RecordBatch, seed: u64, max_split: usize) -> Self {
-        Self { stream: stream.into(), data, position: 0, rng: seed.max(1), max_split, fail_after_polls: None }
+        Self { stream: stream.into(), data, deleted: None, position: 0, rng: seed.max(1), max_split, fail_after_polls: None }
+    }
+
+    /// Marks the rows of the data that delete their key (one flag per row).
+    pub fn with_deletes(mut self, deleted: BooleanArray) -> Self {
+        self.deleted = Some(deleted);
+        self
     }
 
     /// Makes the source fail (as a crash would) on its `polls`+1-th poll.
@@ -177,8 +185,9 @@ impl Source for SplitSource {
         }
         let size = self.next_size().min(self.data.num_rows() - self.position);
         let batch = self.data.slice(self.position, size);
+        let deleted = self.deleted.as_ref().map(|d| d.slice(self.position, size));
         self.position += size;
-        Ok(Poll::Batch(MicroBatch { batch, deleted: None, offsets: Offsets::from([(0, self.position as i64)]), rejected: 0 }))
+        Ok(Poll::Batch(MicroBatch { batch, deleted, offsets: Offsets::from([(0, self.position as i64)]), rejected: 0 }))
     }
 
     async fn seek(&mut self, offsets: &Offsets) -> trendflow_engine::Result<()> {
