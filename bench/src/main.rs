@@ -1,7 +1,8 @@
 //! `trendflow-bench`: the in-process measurements of `scripts/bench.sh`.
 //!
 //! - `engine`: Kafka-shaped JSON messages (one NDJSON line each, held in memory)
-//!   decoded and pushed through every shipped view with no sink, against
+//!   decoded and pushed through every shipped view with no sink (products declared an
+//!   append stream and categories a reference table: the append-only figure), against
 //!   arrow-json decoding of the same messages alone (the physical limit the engine
 //!   sits on), and against decoding the same records as Confluent-framed Avro.
 //!   Prints one JSON object with the timings.
@@ -9,6 +10,9 @@
 //!   per-ASIN view (one group per product), over the same messages in micro-batches of
 //!   5,000 with a checkpoint every 20; then the bytes and time of a full checkpoint of
 //!   every group against a delta checkpoint after one more micro-batch.
+//! - `changelog`: the shipped pipeline on changing data: every product inserted, then as
+//!   many updates (price changes of random ASINs, 1 % deletes), with the categories fed
+//!   first; records/s of each phase and the peak RSS, with every product live.
 //! - `consume`: a consume-only rdkafka client reading a whole topic with the same
 //!   fetch settings as trendflow's source, and no fetch back-off (see `consume`):
 //!   the broker-bound baseline.
@@ -59,6 +63,14 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         checkpoint_every: usize,
     },
+    /// The shipped pipeline over inserts then updates and deletes of the same products.
+    Changelog {
+        #[command(flatten)]
+        input: Input,
+        /// Messages per micro-batch.
+        #[arg(long, default_value_t = 50_000)]
+        batch: usize,
+    },
     /// Reads a whole topic and discards it.
     Consume {
         #[arg(long)]
@@ -90,6 +102,27 @@ impl Input {
     fn bindings(&self) -> HashMap<String, String> {
         HashMap::from([("categories".to_string(), self.categories.display().to_string())])
     }
+
+    /// The shipped pipeline with `products` an append stream and `categories` a reference
+    /// table read from `--categories` (the append-only figures), in `dir`.
+    fn append_only(&self, dir: &std::path::Path) -> Result<PathBuf> {
+        for entry in std::fs::read_dir(&self.sql)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "sql") {
+                std::fs::copy(&path, dir.join(path.file_name().expect("a file name")))?;
+            }
+        }
+        let sources = dir.join("01_sources.sql");
+        let text = std::fs::read_to_string(&sources)?;
+        let start = text.find("CREATE EXTERNAL TABLE categories").context("the shipped SQL declares categories")?;
+        let upsert = "OPTIONS ('format' 'json', 'changelog' 'upsert');";
+        anyhow::ensure!(text.matches(upsert).count() == 2, "the shipped streams' OPTIONS changed: update the benchmark");
+        let products = text[..start].replacen(upsert, "OPTIONS ('format' 'json');", 1);
+        let categories = "CREATE EXTERNAL TABLE categories (id INT NOT NULL, category_name VARCHAR) STORED AS CSV \
+                          LOCATION 'categories.csv' OPTIONS ('format.has_header' 'true');\n";
+        std::fs::write(&sources, products + categories)?;
+        Ok(dir.to_path_buf())
+    }
 }
 
 fn main() -> Result<()> {
@@ -97,6 +130,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Engine { input, batch } => runtime.block_on(engine(&input, batch)),
         Command::Groups { input, batch, checkpoint_every } => runtime.block_on(groups(&input, batch, checkpoint_every)),
+        Command::Changelog { input, batch } => runtime.block_on(changelog(&input, batch)),
         Command::Consume { brokers, topic } => runtime.block_on(consume(&brokers, &topic)),
     }
 }
@@ -104,7 +138,9 @@ fn main() -> Result<()> {
 async fn engine(input: &Input, batch: usize) -> Result<()> {
     let text = input.read()?;
     let records = lines(&text);
-    let catalog = Catalog::load(std::slice::from_ref(&input.sql), incremental_session_config(), &input.bindings()).await?;
+    let sql = tempfile::tempdir()?;
+    let sql = input.append_only(sql.path())?;
+    let catalog = Catalog::load(&[sql], incremental_session_config(), &input.bindings()).await?;
     let stream = catalog.streams()[0].clone();
 
     let started = Instant::now();
@@ -164,13 +200,10 @@ async fn groups(input: &Input, batch: usize, checkpoint_every: usize) -> Result<
     let text = input.read()?;
     let records = lines(&text);
     let bindings = input.bindings();
+    let shipped = tempfile::tempdir()?;
+    let shipped = input.append_only(shipped.path())?;
     let with_per_asin = tempfile::tempdir()?;
-    for entry in std::fs::read_dir(&input.sql)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "sql") {
-            std::fs::copy(&path, with_per_asin.path().join(path.file_name().expect("a file name")))?;
-        }
-    }
+    input.append_only(with_per_asin.path())?;
     std::fs::write(with_per_asin.path().join("99_per_asin.sql"), PER_ASIN_VIEW)?;
     let pipeline = |sql: PathBuf| {
         let bindings = &bindings;
@@ -182,7 +215,7 @@ async fn groups(input: &Input, batch: usize, checkpoint_every: usize) -> Result<
         }
     };
     let mut runs = serde_json::Map::new();
-    for (name, sql) in [("shipped", input.sql.clone()), ("with_per_asin", with_per_asin.path().to_path_buf())] {
+    for (name, sql) in [("shipped", shipped.clone()), ("with_per_asin", with_per_asin.path().to_path_buf())] {
         let (mut pipeline, _state) = pipeline(sql).await?;
         runs.insert(name.into(), timed_run(&mut pipeline, &records, batch, checkpoint_every).await?);
     }
@@ -235,6 +268,88 @@ async fn timed_run(pipeline: &mut Pipeline, records: &[&[u8]], batch: usize, che
         }
     }
     Ok(serde_json::json!({"records": records.len(), "seconds_by_records": seconds}))
+}
+
+/// Inserts every product, then as many changes of random products (a new price, or
+/// for 1 % a delete), through the shipped (upsert) pipeline after the categories.
+async fn changelog(input: &Input, batch: usize) -> Result<()> {
+    let text = input.read()?;
+    let inserts = lines(&text);
+    let changes = random_changes(&inserts)?;
+    let catalog = Catalog::load(std::slice::from_ref(&input.sql), incremental_session_config(), &HashMap::new()).await?;
+    let products = catalog.streams().iter().find(|s| s.name == "products").context("a products stream")?.clone();
+    let categories = catalog.streams().iter().find(|s| s.name == "categories").context("a categories stream")?.clone();
+    let category_rows = category_batch(&categories, &input.categories)?;
+    let state = tempfile::tempdir()?;
+    let mut pipeline = Pipeline::compile(catalog, state.path().to_path_buf()).await?;
+    let mut sink = FanOut::new(vec![]);
+    pipeline.step(vec![(categories.name.clone(), category_rows)], &mut sink).await?;
+    let mut offset = 0i64;
+    let insert_seconds = timed_phase(&mut pipeline, &mut sink, &products, &inserts, batch, &mut offset).await?;
+    let change_slices: Vec<&[u8]> = changes.iter().map(Vec::as_slice).collect();
+    let change_seconds = timed_phase(&mut pipeline, &mut sink, &products, &change_slices, batch, &mut offset).await?;
+    let deletes = changes.iter().filter(|c| c.ends_with(b"\"_deleted\": true}")).count();
+    let out = serde_json::json!({
+        "inserts": inserts.len(), "changes": changes.len(), "deletes": deletes, "insert_seconds": insert_seconds,
+        "change_seconds": change_seconds, "peak_rss_mb": peak_rss_mb()?,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// Seconds to step `records` of `stream` through `pipeline` in micro-batches of `batch`.
+async fn timed_phase(pipeline: &mut Pipeline, sink: &mut FanOut<'_>, stream: &StreamDecl, records: &[&[u8]], batch: usize, offset: &mut i64) -> Result<f64> {
+    let started = Instant::now();
+    for chunk in records.chunks(batch) {
+        let micro = micro_batch(stream, chunk, offset)?;
+        pipeline.step(vec![(stream.name.clone(), micro)], sink).await?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// For each product, a change of a random product (xorshift, fixed seed): its record
+/// with the price scaled by 0.5–1.5, or for one in a hundred a delete of its ASIN.
+fn random_changes(records: &[&[u8]]) -> Result<Vec<Vec<u8>>> {
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut changes = Vec::with_capacity(records.len());
+    for _ in 0..records.len() {
+        let pick = next() as usize % records.len();
+        let mut product: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(records[pick])?;
+        let asin = product.get("asin").cloned().context("a product without asin")?;
+        if next() % 100 == 0 {
+            changes.push(format!(r#"{{"asin": {asin}, "_deleted": true}}"#).into_bytes());
+            continue;
+        }
+        let price = product.get("price").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+        let scale = 0.5 + (next() % 1000) as f64 / 1000.0;
+        product.insert("price".into(), serde_json::json!((price * scale * 100.0).round() / 100.0));
+        changes.push(serde_json::to_vec(&product)?);
+    }
+    Ok(changes)
+}
+
+/// The categories file as one micro-batch of the `categories` stream.
+fn category_batch(stream: &StreamDecl, path: &std::path::Path) -> Result<MicroBatch> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let reader = datafusion::arrow::csv::ReaderBuilder::new(stream.payload_schema.clone()).with_header(true).build(file)?;
+    let rows: Vec<_> = reader.collect::<Result<_, _>>()?;
+    let rows = datafusion::arrow::compute::concat_batches(&stream.payload_schema, &rows)?;
+    let n = rows.num_rows();
+    let origin = RecordOrigin { partitions: vec![0; n], offsets: (0..n as i64).collect(), timestamps: vec![0; n], keys: None };
+    Ok(MicroBatch::new(with_metadata(stream, &rows, origin)?, &[], Default::default(), 0))
+}
+
+/// The process's peak resident set, from Linux's /proc.
+fn peak_rss_mb() -> Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).context("no VmHWM")?.trim().trim_end_matches("kB").trim().parse()?;
+    Ok(kb / 1024.0)
 }
 
 /// The records re-encoded as Confluent-framed Avro (untimed), then decoded into Arrow
