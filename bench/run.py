@@ -48,7 +48,8 @@ TARGETS = {"engine_records_per_s": 1_000_000, "engine_ratio_to_decode": 0.5,
            "batch_ratio_to_duckdb_one_view": 1.0, "batch_pyspark_slowdown": 10.0, "latency_p99_ms": 300, "memory_peak_rss_mb": 300,
            "groups_ratio_to_shipped": 0.5,  # figure 7: records/s with a per-ASIN view / shipped views alone
            "groups_superlinearity": 1.25,  # figure 7: (time for all records / time for a quarter) / 4
-           "checkpoint_delta_to_full": 0.02}  # figure 8: a delta checkpoint's bytes and seconds / a full one's
+           "checkpoint_delta_to_full": 0.02,  # figure 8: a delta checkpoint's bytes and seconds / a full one's
+           "changelog_ratio_to_append": 0.5, "changelog_peak_rss_mb": 400}  # figure 9: upserts and deletes / figure 1
 
 PRICE_STATS = 'pl.len().alias("n"), pl.col("price").mean().alias("avg"), pl.col("price").min().alias("min"), pl.col("price").max().alias("max")'
 LEVEL = ('pl.when(pl.col("price") < 10).then(pl.lit("0-10")).when(pl.col("price") < 25).then(pl.lit("10-25"))'
@@ -171,6 +172,17 @@ class Harness:
         self.figures["checkpoint"] = {"groups": runs[0]["checkpoint"]["groups"], "records_in_delta": runs[0]["checkpoint"]["delta"]["records"],
                                       "full": full, "delta": delta, "ratio_bytes": delta["bytes"] / full["bytes"],
                                       "ratio_seconds": delta["seconds"] / full["seconds"]}
+
+    def changelog(self):
+        self.log("figure 9: changing data: every product inserted, then as many price changes and deletes, against figure 1")
+        runs = self.bench_runs("changelog")
+        records = runs[0]["inserts"] + runs[0]["changes"]
+        rate = statistics.median(records / (r["insert_seconds"] + r["change_seconds"]) for r in runs)
+        changes = statistics.median(r["changes"] / r["change_seconds"] for r in runs)
+        self.figures["changelog"] = {"inserts": runs[0]["inserts"], "changes": runs[0]["changes"], "deletes": runs[0]["deletes"],
+                                     "records_per_s": rate, "change_records_per_s": changes,
+                                     "ratio_to_append": rate / self.figures["engine"]["engine_records_per_s"],
+                                     "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
 
     def one_view_commands(self):
         """{tool: {view: command}}: figure 4's baselines, each running one view's query in its own process."""
@@ -359,7 +371,9 @@ class Harness:
                "memory_peak_rss_mb": max(m.values()) < t["memory_peak_rss_mb"],
                "groups_ratio_to_shipped": f["groups"]["ratio_with_per_asin_to_shipped"] >= t["groups_ratio_to_shipped"],
                "groups_superlinearity": f["groups"]["superlinearity"] <= t["groups_superlinearity"],
-               "checkpoint_delta_to_full": max(f["checkpoint"]["ratio_bytes"], f["checkpoint"]["ratio_seconds"]) <= t["checkpoint_delta_to_full"]}
+               "checkpoint_delta_to_full": max(f["checkpoint"]["ratio_bytes"], f["checkpoint"]["ratio_seconds"]) <= t["checkpoint_delta_to_full"],
+               "changelog_ratio_to_append": f["changelog"]["ratio_to_append"] >= t["changelog_ratio_to_append"],
+               "changelog_peak_rss_mb": f["changelog"]["peak_rss_mb"] < t["changelog_peak_rss_mb"]}
         if b["pyspark"] != SKIPPED:
             met["batch_pyspark_slowdown"] = b["pyspark"]["speedup_trendflow_all_to_pyspark_one"] >= t["batch_pyspark_slowdown"]
         p = f["peers"]
@@ -443,6 +457,13 @@ class Harness:
                      f"full: {c['full']['rows']:,.0f} rows, {c['full']['bytes'] / 1e6:.1f} MB, {c['full']['seconds'] * 1000:.0f} ms | "
                      f"bytes {c['ratio_bytes']:.4f}, time {c['ratio_seconds']:.3f} | ≤ {t['checkpoint_delta_to_full']} in both: "
                      f"{said('checkpoint_delta_to_full')} |")
+        cl = f["changelog"]
+        lines.append(f"| 9 | changing data: {cl['inserts']:,} products inserted, then {cl['changes']:,} changes of random products "
+                     f"({cl['deletes']:,} deletes), the shipped upsert pipeline, no sink | {cl['records_per_s']:,.0f} rec/s "
+                     f"(the changes alone {cl['change_records_per_s']:,.0f} rec/s), peak RSS {cl['peak_rss_mb']:.0f} MB | "
+                     f"figure 1 (append-only) {e['engine_records_per_s']:,.0f} rec/s | {cl['ratio_to_append']:.2f} | "
+                     f"≥ {t['changelog_ratio_to_append']}: {said('changelog_ratio_to_append')}; "
+                     f"RSS < {t['changelog_peak_rss_mb']} MB: {said('changelog_peak_rss_mb')} |")
         lines += ["", "Batch detail (median seconds per command, one process each):", ""]
         lines += [f"- {k}: {v:.3f} s" for k, v in b["seconds"].items()]
         lines += [f"- peak RSS MB: {json.dumps(b['peak_rss_mb'])}"]
@@ -478,6 +499,7 @@ def main():
     (harness.work / "empty.csv").write_text("asin\n")
     harness.data()
     harness.engine_throughput()
+    harness.changelog()
     harness.batch()
     harness.memory()
     harness.groups()

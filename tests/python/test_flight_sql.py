@@ -43,12 +43,13 @@ def test_get_objects_lists_catalog_schemas_tables_and_columns(job):
     catalogs = {c["catalog_name"]: c for c in objects}
     assert "trendflow" in catalogs
     schemas = {s["db_schema_name"]: s for s in catalogs["trendflow"]["catalog_db_schemas"]}
-    assert {"views", "reference", "streams"} <= set(schemas)
+    assert {"views", "streams"} <= set(schemas)
     tables = {t["table_name"]: t for t in schemas["views"]["db_schema_tables"]}
     assert set(VIEWS) <= set(tables)
     columns = [c["column_name"] for c in tables["price_levels"]["table_columns"]]
     assert columns == ["price_level", "products", "avg_price", "min_price", "max_price"]
-    assert [t["table_name"] for t in schemas["reference"]["db_schema_tables"]] == ["categories"]
+    # The shipped pipeline has no reference table: categories is a changelog stream.
+    assert {t["table_name"] for t in schemas["streams"]["db_schema_tables"]} == {"products", "categories"}
 
 
 def test_every_view_as_arrow_and_pandas_equals_trendflow_query(job):

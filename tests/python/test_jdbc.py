@@ -117,12 +117,12 @@ def test_browsing_like_dbeaver(job, browsed):
     calls = browsed
     assert records(calls["getCatalogs"]) == [{"TABLE_CAT": "trendflow"}]
     schemas = {(r["TABLE_CATALOG"], r["TABLE_SCHEM"]) for r in records(calls["getSchemas"])}
-    assert {("trendflow", "views"), ("trendflow", "reference"), ("trendflow", "streams")} <= schemas
+    assert {("trendflow", "views"), ("trendflow", "streams")} <= schemas
     assert [r["TABLE_SCHEM"] for r in records(calls["getSchemas(trendflow,v%)"])] == ["views"]
     assert "VIEW" in {r["TABLE_TYPE"] for r in records(calls["getTableTypes"])}
 
     tables = {(r["TABLE_SCHEM"], r["TABLE_NAME"]): r["TABLE_TYPE"] for r in records(calls["getTables"])}
-    assert {("views", v) for v in VIEWS} | {("reference", "categories")} <= set(tables)
+    assert {("views", v) for v in VIEWS} | {("streams", "products"), ("streams", "categories")} <= set(tables)
     assert sorted(r["TABLE_NAME"] for r in records(calls["getTables(views,VIEW)"])) == sorted(VIEWS)
 
     columns = records(calls["getColumns(views)"])
@@ -175,7 +175,7 @@ def test_every_database_metadata_property_answers(browsed):
 
 
 def test_every_view_equals_adbc_and_trendflow_query(job, probe):
-    statements = [f"SELECT * FROM {view}" for view in VIEWS] + ["SELECT * FROM reference.categories"]
+    statements = [f"SELECT * FROM {view}" for view in VIEWS]
     answers = probe.run(jdbc_url(job), "query", *statements)
     assert [a["sql"] for a in answers] == statements
     for answer in answers:
