@@ -298,7 +298,14 @@ async fn changelog(input: &Input, batch: usize) -> Result<()> {
 }
 
 /// Seconds to step `records` of `stream` through `pipeline` in micro-batches of `batch`.
-async fn timed_phase(pipeline: &mut Pipeline, sink: &mut FanOut<'_>, stream: &StreamDecl, records: &[&[u8]], batch: usize, offset: &mut i64) -> Result<f64> {
+async fn timed_phase(
+    pipeline: &mut Pipeline,
+    sink: &mut FanOut<'_>,
+    stream: &StreamDecl,
+    records: &[&[u8]],
+    batch: usize,
+    offset: &mut i64,
+) -> Result<f64> {
     let started = Instant::now();
     for chunk in records.chunks(batch) {
         let micro = micro_batch(stream, chunk, offset)?;

@@ -13,7 +13,7 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::changelog::TableDelta;
+use crate::changelog::{ChangelogTable, TableDelta};
 use crate::error::{EngineError, Result};
 use crate::keyed::{project_columns, KeyedTable, RowEncoder};
 use crate::slot::{run_plan, run_with, BatchSlot};
@@ -107,38 +107,51 @@ impl IncrementalAggregate {
         Ok(Some(TouchedGroups { before, after }))
     }
 
-    /// Follows one micro-batch of a changelog stream, whose scans read `slot`: the
-    /// groups its replaced and deleted rows (`delta.before`) and its new rows
-    /// (`delta.after`) fall in are recomputed from `whole`, the stream's current rows
-    /// (every aggregate is exact so, MIN, MAX and COUNT(DISTINCT) included); groups
-    /// left without rows are removed. Returns the groups touched, or `None`.
+    /// Follows one micro-batch of a changelog stream, whose scans read `slot`. Groups
+    /// that only gained rows (`delta.after`) merge them into their state, as over an
+    /// append stream. Groups that lost rows (`delta.before`: replaced or deleted) are
+    /// recomputed from `table`, the stream's current rows, which keeps every aggregate
+    /// exact (MIN, MAX and COUNT(DISTINCT) included); groups left without rows are
+    /// removed. Returns the groups touched, or `None`.
     pub async fn apply_changes(
         &mut self,
         slot: &BatchSlot,
         delta: &TableDelta,
-        whole: RecordBatch,
+        table: &ChangelogTable,
         ctx: &Arc<TaskContext>,
     ) -> Result<Option<TouchedGroups>> {
-        let group_columns: Vec<usize> = (0..self.group_columns).collect();
+        let width = self.group_columns;
+        let group_columns: Vec<usize> = (0..width).collect();
         let retracted = run_with(slot, vec![delta.before.clone()], &self.partial, ctx).await?;
         let added = run_with(slot, vec![delta.after.clone()], &self.partial, ctx).await?;
         if retracted.num_rows() == 0 && added.num_rows() == 0 {
             return Ok(None);
         }
+        let (retracted, added) = (project_columns(&retracted, &group_columns)?, added);
         let touched = concat_batches(
             &self.state.schema().project(&group_columns).map(Arc::new)?,
-            &[project_columns(&retracted, &group_columns)?, project_columns(&added, &group_columns)?],
+            &[retracted.clone(), project_columns(&added, &group_columns)?],
         )?;
-        let all = run_with(slot, vec![whole], &self.partial, ctx).await?;
-        let fresh = self.reduce(vec![rows_of_groups(&all, &touched, self.group_columns)?], ctx).await?;
         let before = self.finals.lookup(&touched)?;
-        let gone = without_rows_of(&touched, &project_columns(&fresh, &group_columns)?, self.group_columns)?;
-        if gone.num_rows() > 0 {
-            self.state.remove(&gone)?;
-            self.finals.remove(&gone)?;
-            self.changed.remove(&gone)?;
-            self.removed_groups = true;
+        let mut fresh = Vec::with_capacity(2);
+        let growing = without_rows_of(&added, &retracted, width)?;
+        if growing.num_rows() > 0 {
+            let stored = self.state.lookup(&project_columns(&growing, &group_columns)?)?;
+            fresh.push(self.reduce(vec![stored, growing], ctx).await?);
         }
+        if retracted.num_rows() > 0 {
+            let all = run_with(slot, vec![table.whole()?], &self.partial, ctx).await?;
+            let recomputed = self.reduce(vec![rows_of_groups(&all, &retracted, width)?], ctx).await?;
+            let gone = without_rows_of(&retracted, &project_columns(&recomputed, &group_columns)?, width)?;
+            if gone.num_rows() > 0 {
+                self.state.remove(&gone)?;
+                self.finals.remove(&gone)?;
+                self.changed.remove(&gone)?;
+                self.removed_groups = true;
+            }
+            fresh.push(recomputed);
+        }
+        let fresh = concat_batches(self.state.schema(), &fresh)?;
         self.state.upsert(&fresh)?;
         self.changed.upsert(&fresh)?;
         let after = self.finalize_groups(fresh, ctx).await?;

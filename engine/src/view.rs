@@ -199,10 +199,10 @@ impl IncrementalView {
             }
             ViewKind::Aggregating { stages, upkeep } => (stages, upkeep),
         };
-        let whole = tables.get(driver).ok_or_else(|| EngineError::internal("a changelog stream without its table"))?.whole()?;
+        let table = tables.get(driver).ok_or_else(|| EngineError::internal("a changelog stream without its table"))?;
         let mut touched = Vec::with_capacity(stages.aggregates.len());
         for aggregate in &mut stages.aggregates {
-            touched.push(aggregate.apply_changes(slot, delta, whole.clone(), ctx).await?);
+            touched.push(aggregate.apply_changes(slot, delta, table, ctx).await?);
         }
         if touched.iter().all(Option::is_none) {
             return Ok(self.info.no_change());
