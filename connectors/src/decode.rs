@@ -27,7 +27,8 @@ use crate::schema_registry::{SchemaLookup, SchemaRegistry};
 /// use trendflow_connectors::decode::RecordDecoder;
 ///
 /// let mut decoder = RecordDecoder::for_stream(&stream)?;
-/// let decoded = decoder.decode(&stream, &[br#"{"asin": "B1"}"#.as_slice()], 1 << 20).await?;
+/// // One record, and its Kafka key (what a tombstone, an empty record, would delete).
+/// let decoded = decoder.decode(&stream, &[br#"{"asin": "B1"}"#.as_slice()], &[Some(b"B1".as_slice())], 1 << 20).await?;
 /// println!("{} accepted, {} rejected", decoded.rows.len(), decoded.rejected.len());
 /// # Ok(()) }
 /// ```
