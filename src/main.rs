@@ -30,7 +30,8 @@ enum Command {
     /// Run ad-hoc SQL over the current views and reference tables.
     Query(cmd::query::QueryArgs),
     /// HTTP ingest API: POST /v1/topics/{topic}/records validates records against the
-    /// stream declared on the topic and produces the valid ones to Kafka.
+    /// stream declared on the topic and produces the valid ones to Kafka;
+    /// DELETE /v1/topics/{topic}/records/{key} deletes a key from a changelog stream.
     Ingest(cmd::ingest::IngestArgs),
     /// Replay a file (CSV, NDJSON, Parquet) into a Kafka topic as records of a stream.
     Produce(cmd::produce::ProduceArgs),

@@ -27,7 +27,8 @@ use crate::schema_registry::{SchemaLookup, SchemaRegistry};
 /// use trendflow_connectors::decode::RecordDecoder;
 ///
 /// let mut decoder = RecordDecoder::for_stream(&stream)?;
-/// let decoded = decoder.decode(&stream, &[br#"{"asin": "B1"}"#.as_slice()], 1 << 20).await?;
+/// // One record, and its Kafka key (what a tombstone, an empty record, would delete).
+/// let decoded = decoder.decode(&stream, &[br#"{"asin": "B1"}"#.as_slice()], &[Some(b"B1".as_slice())], 1 << 20).await?;
 /// println!("{} accepted, {} rejected", decoded.rows.len(), decoded.rejected.len());
 /// # Ok(()) }
 /// ```
@@ -92,9 +93,10 @@ impl RecordDecoder {
     /// seen before are fetched from the registry first; an unreachable registry is an
     /// error (nothing is rejected for it).
     ///
-    /// On an `upsert` stream an empty record is a tombstone: it deletes the row whose
-    /// key is its transport key (`keys`, e.g. the Kafka key: the key column's value as
-    /// text, or a JSON object of the key columns when the key has several).
+    /// On a changelog stream an empty record is a tombstone: it deletes the row whose
+    /// key is its transport key (`keys`, e.g. the Kafka key; see [`delete_record`]).
+    /// Debezium writes one after each delete event, so on a `debezium` stream it deletes
+    /// a row already deleted.
     pub async fn decode(
         &mut self,
         stream: &StreamDecl,
@@ -102,7 +104,7 @@ impl RecordDecoder {
         keys: &[Option<&[u8]>],
         max_record_bytes: usize,
     ) -> crate::Result<Decoded> {
-        let tombstones = |i: &usize| stream.options.changelog == Changelog::Upsert && records[*i].is_empty();
+        let tombstones = |i: &usize| stream.options.changelog.is_keyed() && records[*i].is_empty();
         let (deletes, values): (Vec<usize>, Vec<usize>) = (0..records.len()).partition(tombstones);
         let subset: Vec<&[u8]> = values.iter().map(|&i| records[i]).collect();
         let parsed = match self {
@@ -146,12 +148,12 @@ fn tombstone_rows(stream: &StreamDecl, positions: &[usize], keys: &[Option<&[u8]
     let mut unparsed = Vec::new();
     let mut kept = Vec::with_capacity(positions.len());
     for &i in positions {
-        match keys.get(i).copied().flatten().map(|key| key_object(stream, key)) {
+        match keys.get(i).copied().flatten().map(|key| delete_record(stream, key)) {
             Some(Ok(object)) => {
                 objects.push(object);
                 kept.push(i);
             }
-            Some(Err(reason)) => unparsed.push((i, reason, String::new())),
+            Some(Err(reason)) => unparsed.push((i, format!("a tombstone (a record without a value) whose key {reason}"), String::new())),
             None => unparsed.push((i, "a tombstone (a record without a value) needs a key to say which row it deletes".to_string(), String::new())),
         }
     }
@@ -162,19 +164,61 @@ fn tombstone_rows(stream: &StreamDecl, positions: &[usize], keys: &[Option<&[u8]
     parsed
 }
 
-/// A tombstone's key as a JSON delete record: `{"<key column>": "<key>", "_deleted": true}`,
-/// or the key's own JSON object of several key columns.
-fn key_object(stream: &StreamDecl, key: &[u8]) -> Result<String, String> {
-    let text = std::str::from_utf8(key).map_err(|_| "a tombstone whose key is not UTF-8 text".to_string())?;
-    let mut object = match stream.primary_key.as_slice() {
-        [column] => serde_json::Map::from_iter([(stream.payload_schema.field(*column).name().clone(), serde_json::Value::String(text.to_string()))]),
-        _ => match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(serde_json::Value::Object(object)) => object,
-            _ => return Err(format!("a tombstone of a stream keyed by several columns needs a JSON object of them as its key, not `{text}`")),
+/// The JSON delete record (`{…key columns…, "_deleted": true}`) of the row of `stream`
+/// whose key is `key`, as a tombstone's Kafka key or the ingest API's DELETE path gives
+/// it: the key column's value as text when the key is one column, a JSON object of the
+/// key columns when it has several. On a `debezium` stream the key may also be the JSON
+/// object Debezium writes as the Kafka key (`{"id": 1}`, or
+/// `{"schema": …, "payload": {"id": 1}}` from the JSON converter with schemas).
+/// The error completes "whose key …"; the key's values are checked against the
+/// declared types when the record is decoded.
+///
+/// ```
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # std::fs::write(dir.path().join("s.sql"), "CREATE EXTERNAL TABLE t (a VARCHAR NOT NULL, b INT NOT NULL, PRIMARY KEY (a, b)) \
+/// #     STORED AS KAFKA LOCATION 't' OPTIONS ('changelog' 'upsert');")?;
+/// # let stream = trendflow_engine::catalog::Catalog::load_streams(&[dir.path().to_path_buf()]).await?.remove(0);
+/// use trendflow_connectors::decode::delete_record;
+/// let record: serde_json::Value = serde_json::from_str(&delete_record(&stream, br#"{"b": 2, "a": "x"}"#)?)?;
+/// assert_eq!(record, serde_json::json!({"a": "x", "b": 2, "_deleted": true}));
+/// assert!(delete_record(&stream, b"x").unwrap_err().contains("JSON object"));
+/// # Ok(()) }
+/// ```
+pub fn delete_record(stream: &StreamDecl, key: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(key).map_err(|_| "is not UTF-8 text".to_string())?;
+    let json_object = || match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(object)) => Some(unwrapped_debezium_key(object, stream)),
+        _ => None,
+    };
+    let debezium = stream.options.changelog == Changelog::Debezium;
+    let mut object = match (stream.primary_key.as_slice(), debezium.then(json_object).flatten()) {
+        (_, Some(object)) => object,
+        ([column], None) => {
+            serde_json::Map::from_iter([(stream.payload_schema.field(*column).name().clone(), serde_json::Value::String(text.to_string()))])
+        }
+        (columns, None) => match json_object() {
+            Some(object) => object,
+            None => {
+                let names: Vec<&str> = columns.iter().map(|&c| stream.payload_schema.field(c).name().as_str()).collect();
+                return Err(format!("is not a JSON object of the key columns ({}): `{text}`", names.join(", ")));
+            }
         },
     };
     object.insert(DELETED_COLUMN.to_string(), serde_json::Value::Bool(true));
     Ok(serde_json::Value::Object(object).to_string())
+}
+
+/// A Debezium key's fields: the `payload` of `{"schema": …, "payload": {…}}` (the JSON
+/// converter with schemas), unless the stream has columns named so.
+fn unwrapped_debezium_key(mut object: serde_json::Map<String, serde_json::Value>, stream: &StreamDecl) -> serde_json::Map<String, serde_json::Value> {
+    let declared = |name: &str| stream.payload_schema.field_with_name(name).is_ok();
+    if stream.options.changelog == Changelog::Debezium && object.contains_key("schema") && !declared("payload") && !declared("schema") {
+        if let Some(serde_json::Value::Object(payload)) = object.remove("payload") {
+            return payload;
+        }
+    }
+    object
 }
 
 /// Where accepted records came from, to fill the metadata columns.
@@ -205,4 +249,113 @@ pub fn with_metadata(stream: &StreamDecl, payload: &RecordBatch, origin: RecordO
     columns.push(Arc::new(Int64Array::from(origin.offsets)));
     columns.push(Arc::new(TimestampMillisecondArray::from(origin.timestamps).with_timezone("UTC")));
     RecordBatch::try_new(stream.schema.clone(), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Array, Int32Array};
+
+    use super::*;
+
+    async fn stream(columns: &str, changelog: &str) -> StreamDecl {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = format!("CREATE EXTERNAL TABLE t ({columns}) STORED AS KAFKA LOCATION 't' OPTIONS ('changelog' '{changelog}');");
+        std::fs::write(dir.path().join("s.sql"), sql).unwrap();
+        trendflow_engine::catalog::Catalog::load_streams(&[dir.path().to_path_buf()]).await.unwrap().remove(0)
+    }
+
+    async fn decode(stream: &StreamDecl, records: &[&[u8]], keys: &[Option<&[u8]>]) -> Decoded {
+        RecordDecoder::for_stream(stream).unwrap().decode(stream, records, keys, 1 << 20).await.unwrap()
+    }
+
+    fn texts(decoded: &Decoded, column: &str) -> Vec<Option<String>> {
+        let column = cast(decoded.batch.column_by_name(column).unwrap(), &DataType::Utf8).unwrap();
+        let column = column.as_any().downcast_ref::<StringArray>().unwrap();
+        column.iter().map(|v| v.map(str::to_string)).collect()
+    }
+
+    fn reasons(decoded: &Decoded) -> Vec<(usize, &str)> {
+        decoded.rejected.iter().map(|(i, reason, _)| (*i, reason.as_str())).collect()
+    }
+
+    #[tokio::test]
+    async fn a_tombstone_deletes_the_single_column_key_its_kafka_key_holds() {
+        let products = stream("asin VARCHAR NOT NULL, price DOUBLE, PRIMARY KEY (asin)", "upsert").await;
+        let records: [&[u8]; 4] = [br#"{"asin": "A", "price": 1.5}"#, b"", b"", b""];
+        let keys: [Option<&[u8]>; 4] = [Some(b"A"), Some(b"B 2/\"x\""), None, Some(b"A")];
+        let decoded = decode(&products, &records, &keys).await;
+        assert_eq!(decoded.rows, vec![0, 1, 3], "{:?}", decoded.rejected);
+        assert_eq!(decoded.deleted, vec![false, true, true]);
+        assert_eq!(texts(&decoded, "asin"), vec![Some("A".into()), Some("B 2/\"x\"".into()), Some("A".into())], "the key text as it is");
+        assert_eq!(texts(&decoded, "price"), vec![Some("1.5".into()), None, None], "a delete carries only its key");
+        assert_eq!(reasons(&decoded), vec![(2, "a tombstone (a record without a value) needs a key to say which row it deletes")]);
+
+        let categories = stream("id INT NOT NULL, name VARCHAR, PRIMARY KEY (id)", "upsert").await;
+        let decoded = decode(&categories, &[b"", b""], &[Some(b"7"), Some(b"seven")]).await;
+        let ids = decoded.batch.column(0).as_any().downcast_ref::<Int32Array>().unwrap();
+        assert_eq!((decoded.rows.clone(), ids.value(0), decoded.deleted.clone()), (vec![0], 7, vec![true]), "an INT key as text");
+        assert_eq!(decoded.rejected.len(), 1);
+        assert!(decoded.rejected[0].0 == 1 && decoded.rejected[0].1.contains("seven"), "{:?}", decoded.rejected);
+    }
+
+    #[tokio::test]
+    async fn a_tombstone_of_a_composite_key_carries_a_json_object_of_its_columns() {
+        let stock = stream("sku VARCHAR NOT NULL, site INT NOT NULL, qty BIGINT, PRIMARY KEY (sku, site)", "upsert").await;
+        let keys: [Option<&[u8]>; 5] = [
+            Some(br#"{"site": 2, "sku": "A1"}"#),
+            Some(b"A1"),
+            Some(br#"{"sku": "A1"}"#),
+            Some(br#"["A1", 2]"#),
+            Some(br#"{"sku": "B", "site": "3"}"#),
+        ];
+        let decoded = decode(&stock, &[b"".as_slice(); 5], &keys).await;
+        assert_eq!(decoded.rows, vec![0, 4], "{:?}", decoded.rejected);
+        assert_eq!(
+            (texts(&decoded, "sku"), texts(&decoded, "site")),
+            (vec![Some("A1".into()), Some("B".into())], vec![Some("2".into()), Some("3".into())])
+        );
+        assert_eq!(decoded.deleted, vec![true, true]);
+        let rejected = reasons(&decoded);
+        assert_eq!(rejected.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(rejected[0].1, "a tombstone (a record without a value) whose key is not a JSON object of the key columns (sku, site): `A1`");
+        assert!(rejected[1].1.contains("`site` is required"), "{rejected:?}");
+        assert!(rejected[2].1.contains("not a JSON object"), "{rejected:?}");
+    }
+
+    #[tokio::test]
+    async fn a_tombstone_whose_key_is_not_utf8_is_rejected() {
+        let products = stream("asin VARCHAR NOT NULL, price DOUBLE, PRIMARY KEY (asin)", "upsert").await;
+        let decoded = decode(&products, &[b"", br#"{"asin": "A"}"#], &[Some(b"B\xff\xfe"), Some(b"\xff")]).await;
+        assert_eq!((decoded.rows.clone(), decoded.deleted.clone()), (vec![1], vec![false]), "the value says which row, not the key");
+        assert_eq!(reasons(&decoded), vec![(0, "a tombstone (a record without a value) whose key is not UTF-8 text")]);
+        let stock = stream("sku VARCHAR NOT NULL, site INT NOT NULL, PRIMARY KEY (sku, site)", "upsert").await;
+        let decoded = decode(&stock, &[b""], &[Some(b"{\"sku\": \"\xc3\x28\", \"site\": 1}")]).await;
+        assert_eq!(reasons(&decoded), vec![(0, "a tombstone (a record without a value) whose key is not UTF-8 text")]);
+    }
+
+    /// Debezium writes a tombstone after each delete event, keyed by the JSON of the key
+    /// (wrapped in `payload` by the JSON converter with schemas); trendflow's own are keyed
+    /// as an upsert stream's are.
+    #[tokio::test]
+    async fn a_debezium_tombstone_deletes_by_the_key_debezium_writes() {
+        let categories = stream("id INT NOT NULL, name VARCHAR, PRIMARY KEY (id)", "debezium").await;
+        let keys: [Option<&[u8]>; 4] = [
+            Some(br#"{"id": 3}"#),
+            Some(br#"{"schema": {"type": "struct", "fields": [{"field": "id", "type": "int32"}]}, "payload": {"id": 4}}"#),
+            Some(b"5"),
+            Some(br#"{"other": 1}"#),
+        ];
+        let decoded = decode(&categories, &[b"".as_slice(); 4], &keys).await;
+        assert_eq!((texts(&decoded, "id"), decoded.deleted.clone()), (vec![Some("3".into()), Some("4".into()), Some("5".into())], vec![true; 3]));
+        assert_eq!(decoded.rejected.len(), 1);
+        assert!(decoded.rejected[0].0 == 3 && decoded.rejected[0].1.contains("`id` is required"), "{:?}", decoded.rejected);
+    }
+
+    /// On an append stream an empty record is no tombstone: there is no row to delete.
+    #[tokio::test]
+    async fn an_empty_record_of_an_append_stream_is_rejected() {
+        let events = stream("asin VARCHAR NOT NULL", "append").await;
+        let decoded = decode(&events, &[b""], &[Some(b"A")]).await;
+        assert_eq!(reasons(&decoded), vec![(0, "empty record")]);
+    }
 }

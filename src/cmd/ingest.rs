@@ -59,7 +59,11 @@ pub async fn ingest(args: IngestArgs) -> Result<()> {
     }
     let service = IngestService::new(&streams, RecordProducer::new(brokers)?, options).await?;
     let topics: Vec<&str> = service.topics().collect();
-    eprintln!("ingest API listening on http://{} (POST /v1/topics/{{topic}}/records; topics: {})", listener.local_addr()?, topics.join(", "));
+    eprintln!(
+        "ingest API listening on http://{} (POST /v1/topics/{{topic}}/records, DELETE /v1/topics/{{topic}}/records/{{key}}; topics: {})",
+        listener.local_addr()?,
+        topics.join(", ")
+    );
     let app = Arc::new(service).router().into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(ctrl_c()).await?;
     Ok(())

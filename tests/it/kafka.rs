@@ -196,7 +196,9 @@ async fn ingest_api_feeds_the_views_exactly() {
             "--state",
         ])
         .arg(&streamed));
-    assert!(summary.contains("processed 3001 records"), "{summary}");
+    // Every product posted, the one accepted from the mixed request, and every category.
+    let expected_records = 3001 + csv_rows(&data.join("categories.csv"));
+    assert!(summary.contains(&format!("processed {expected_records} records")), "{summary}");
     let from_topic = tmp.path().join("from_topic");
     let products = format!("products=kafka://{}/products", broker.addr);
     ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_topic));
@@ -689,7 +691,8 @@ async fn csv_records_on_kafka_feed_the_views_exactly() {
         .arg(&sql)
         .arg("--state")
         .arg(&streamed));
-    assert!(summary.contains("processed 1500 records") && summary.contains(", 0 rejected"), "{summary}");
+    let expected_records = 1500 + csv_rows(&data.join("categories.csv"));
+    assert!(summary.contains(&format!("processed {expected_records} records")) && summary.contains(", 0 rejected"), "{summary}");
     let from_file = tmp.path().join("from_file");
     let file = format!("products=file:{}", products.display());
     ok(trendflow().args(["batch", "--source", &file, "--source", &categories, "--state"]).arg(&from_file));

@@ -3,6 +3,7 @@
 mod avro;
 mod broker;
 mod changelog;
+mod changelog_kafka;
 mod cli;
 mod errors;
 mod incremental;

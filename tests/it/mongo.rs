@@ -152,7 +152,7 @@ impl MongoServer {
         self.port != 0 && self.backend == Backend::FerretDb
     }
 
-    fn options(&self) -> MongoOptions {
+    pub(crate) fn options(&self) -> MongoOptions {
         MongoOptions { uri: self.uri.clone(), database: self.database.clone(), write_concern: "1".into(), ..Default::default() }
     }
 }
@@ -191,7 +191,7 @@ cases_on!(ferretdb, FerretDb:
 );
 
 /// Every view's collection read back through the MongoDB table provider.
-async fn read_views(options: &MongoOptions, views: &[ViewInfo]) -> std::collections::BTreeMap<String, RecordBatch> {
+pub(crate) async fn read_views(options: &MongoOptions, views: &[ViewInfo]) -> std::collections::BTreeMap<String, RecordBatch> {
     let database = connect(options).await.unwrap();
     let ctx = SessionContext::new();
     let mut out = std::collections::BTreeMap::new();
@@ -203,7 +203,7 @@ async fn read_views(options: &MongoOptions, views: &[ViewInfo]) -> std::collecti
     out
 }
 
-async fn raw_documents(options: &MongoOptions, collection: &str) -> Vec<Document> {
+pub(crate) async fn raw_documents(options: &MongoOptions, collection: &str) -> Vec<Document> {
     use futures::TryStreamExt;
     let database = connect(options).await.unwrap();
     let mut documents: Vec<Document> = database.collection::<Document>(collection).find(doc! {}).await.unwrap().try_collect().await.unwrap();
@@ -288,6 +288,13 @@ async fn a_mongodb_outage_loses_nothing(backend: Backend) {
     let mut sink = MongoSink::new(connect(&options).await.unwrap(), options.clone());
     let health = sink.health();
     sink.open(&pipeline.view_infos()).await.unwrap();
+    // The categories stream first, from the file it is bound to, as `run` would read it.
+    let mut categories = bindings.open_sources(pipeline.catalog(), &file_settings(&tmp.path().join("dl-c"))).await.unwrap();
+    categories.retain(|s| s.stream() == "categories");
+    while let Poll::Batch(micro) = categories[0].poll(1 << 20, Duration::ZERO).await.unwrap() {
+        pipeline.step(vec![("categories".into(), micro)], &mut sink).await.unwrap();
+        pipeline.checkpoint(&mut sink).await.unwrap();
+    }
     let mut source = SplitSource::new("products", data, 3, 600);
     let mut unhealthy_seen = false;
     let mut step = 0;

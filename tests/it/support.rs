@@ -96,6 +96,12 @@ pub fn bindings(products: &Path, categories: &Path) -> Bindings {
     bindings
 }
 
+/// Data rows of a CSV file with a header and no quoted newlines (e.g. a generated
+/// `categories.csv`: a run bound to it counts each of its rows as a record).
+pub fn csv_rows(path: &Path) -> usize {
+    std::fs::read_to_string(path).unwrap().lines().skip(1).filter(|l| !l.is_empty()).count()
+}
+
 /// Waits until something listens on `addr`; fails naming `what` after `seconds`.
 pub fn wait_for_port(addr: &str, what: &str, seconds: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(seconds);

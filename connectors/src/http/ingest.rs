@@ -1,5 +1,7 @@
 //! The HTTP ingest API: `POST /v1/topics/{topic}/records` validates records
-//! against the stream declared on that topic and produces the valid ones to Kafka.
+//! against the stream declared on that topic and produces the valid ones to Kafka;
+//! `DELETE /v1/topics/{topic}/records/{key}` deletes the row of a key from a changelog
+//! stream.
 //!
 //! The body is a JSON array of records or NDJSON (one record per line). The
 //! response counts accepted and rejected records and gives, per rejected record,
@@ -14,6 +16,14 @@
 //! 429 over the per-client request rate, 503 when Kafka does not acknowledge. One long-lived
 //! idempotent producer serves all requests; a request returns once its records
 //! are acknowledged by all in-sync replicas.
+//!
+//! Records marked `"_deleted": true` on an `upsert` stream are produced as tombstones
+//! (the key, no value), on a `debezium` stream as `"op": "d"` events. A DELETE does the
+//! same for the key in its path (URL-encoded): the key column's value, or a JSON object
+//! of the key columns when the key has several (`/v1/topics/stock/records/%7B%22sku%22%3A%22A1%22%2C%22site%22%3A2%7D`).
+//! Its answer is the POST one for one record (`{"accepted": 1, "rejected": 0, "errors": []}`);
+//! 400 for a key that does not fit the key columns or an append-only stream, which has
+//! no rows to delete by key.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -25,12 +35,12 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use serde_json::json;
 use trendflow_engine::contract::StreamDecl;
 
-use crate::decode::{changelog_key, decode_parsed, parse_text, split_body};
+use crate::decode::{changelog_key, decode_parsed, delete_record, parse_records, parse_text, split_body, Decoded, RecordFormat};
 use crate::kafka::{send_rows, RecordEncoder, RecordProducer, BARE_AVRO_READ_ONLY};
 
 /// Settings of the ingest API.
@@ -124,7 +134,11 @@ impl IngestService {
     /// # }
     /// ```
     pub fn router(self: Arc<Self>) -> Router {
-        Router::new().route("/v1/topics/{topic}/records", post(post_records)).route("/healthz", get(|| async { "ok\n" })).with_state(self)
+        Router::new()
+            .route("/v1/topics/{topic}/records", post(post_records))
+            .route("/v1/topics/{topic}/records/{key}", delete(delete_key))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .with_state(self)
     }
 
     /// Checks the client's token and rate; the response to send instead when refused.
@@ -146,11 +160,19 @@ impl IngestService {
         None
     }
 
+    /// The stream declared on `topic` and its encoder.
+    fn stream(&self, topic: &str) -> Option<(&StreamDecl, RecordEncoder)> {
+        self.streams.get(topic).map(|(stream, encoder)| (stream, *encoder))
+    }
+
+    /// The 404 for a topic no stream is declared on.
+    fn unknown_topic(&self, topic: &str) -> Response {
+        let known: Vec<&str> = self.topics().collect();
+        error(StatusCode::NOT_FOUND, format!("no stream is declared on topic `{topic}` (topics: {})", known.join(", ")))
+    }
+
     async fn ingest(&self, topic: &str, body: Body) -> Response {
-        let Some(&(ref stream, encoder)) = self.streams.get(topic) else {
-            let known: Vec<&str> = self.topics().collect();
-            return error(StatusCode::NOT_FOUND, format!("no stream is declared on topic `{topic}` (topics: {})", known.join(", ")));
-        };
+        let Some((stream, encoder)) = self.stream(topic) else { return self.unknown_topic(topic) };
         let Ok(bytes) = axum::body::to_bytes(body, self.options.max_body_bytes).await else {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -168,6 +190,36 @@ impl IngestService {
             Ok(decoded) => decoded,
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
+        self.produce(stream, encoder, topic, &decoded).await
+    }
+
+    /// Deletes the row whose key is `key` (see [`delete_record`]) from the changelog stream on `topic`.
+    async fn delete(&self, topic: &str, key: &str) -> Response {
+        let Some((stream, encoder)) = self.stream(topic) else { return self.unknown_topic(topic) };
+        let Some(key_columns) = changelog_key(stream) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "`{}` on topic `{topic}` is an append-only stream, which has no rows to delete by key; \
+                     declare OPTIONS ('changelog' 'upsert') with a PRIMARY KEY to delete records",
+                    stream.name
+                ),
+            );
+        };
+        let record = match delete_record(stream, key.as_bytes()) {
+            Ok(record) => record,
+            Err(reason) => return answer(0, &[json!({"index": 0, "reason": format!("the key in the path {reason}")})]),
+        };
+        let parsed = parse_records(RecordFormat::Json, &stream.payload_schema, &[record.as_bytes()], stream.options.max_record_bytes);
+        match decode_parsed(parsed, &stream.payload_schema, Some(key_columns)) {
+            Ok(decoded) => self.produce(stream, encoder, topic, &decoded).await,
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    /// Produces the accepted records of `decoded` (deletes as the stream's changelog
+    /// writes them) and answers with the counts and the reasons of the rejected ones.
+    async fn produce(&self, stream: &StreamDecl, encoder: RecordEncoder, topic: &str, decoded: &Decoded) -> Response {
         let errors: Vec<_> = decoded.rejected.iter().map(|(index, reason, _)| json!({"index": index, "reason": reason})).collect();
         let accepted = decoded.batch.num_rows();
         if accepted > 0 {
@@ -175,10 +227,15 @@ impl IngestService {
                 return error(StatusCode::SERVICE_UNAVAILABLE, format!("records not stored, send them again: {e}"));
             }
         }
-        let status = if accepted == 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-        let body = json!({"accepted": accepted, "rejected": errors.len(), "errors": errors});
-        (status, [("content-type", "application/json")], body.to_string()).into_response()
+        answer(accepted, &errors)
     }
+}
+
+/// The answer to a request that produced `accepted` records and rejected those `errors` name.
+fn answer(accepted: usize, errors: &[serde_json::Value]) -> Response {
+    let status = if accepted == 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    let body = json!({"accepted": accepted, "rejected": errors.len(), "errors": errors});
+    (status, [("content-type", "application/json")], body.to_string()).into_response()
 }
 
 async fn post_records(
@@ -191,6 +248,18 @@ async fn post_records(
     match service.refuse(client.ip(), &headers) {
         Some(refused) => refused,
         None => service.ingest(&topic, body).await,
+    }
+}
+
+async fn delete_key(
+    State(service): State<Arc<IngestService>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path((topic, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    match service.refuse(client.ip(), &headers) {
+        Some(refused) => refused,
+        None => service.delete(&topic, &key).await,
     }
 }
 

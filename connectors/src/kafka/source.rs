@@ -73,7 +73,8 @@ impl KafkaSourceOptions {
 #[derive(Default)]
 struct Fetched {
     payloads: Vec<Vec<u8>>,
-    keys: Vec<Option<String>>,
+    /// Record keys as sent (a tombstone's says which row it deletes, so it is not made UTF-8 here).
+    keys: Vec<Option<Vec<u8>>>,
     partitions: Vec<i32>,
     offsets: Vec<i64>,
     timestamps: Vec<i64>,
@@ -237,7 +238,7 @@ impl KafkaSource {
             }
             *next = offset + 1;
             fetched.payloads.push(message.payload().unwrap_or_default().to_vec());
-            fetched.keys.push(message.key().map(|k| String::from_utf8_lossy(k).into_owned()));
+            fetched.keys.push(message.key().map(<[u8]>::to_vec));
             fetched.partitions.push(partition);
             fetched.offsets.push(offset);
             fetched.timestamps.push(message.timestamp().to_millis().unwrap_or_else(now_ms));
@@ -256,7 +257,7 @@ impl KafkaSource {
     /// Decodes fetched records; rejected ones go to the dead-letter topic first.
     async fn decode(&mut self, fetched: Fetched) -> Result<MicroBatch> {
         let records: Vec<&[u8]> = fetched.payloads.iter().map(Vec::as_slice).collect();
-        let keys: Vec<Option<&[u8]>> = fetched.keys.iter().map(|k| k.as_deref().map(str::as_bytes)).collect();
+        let keys: Vec<Option<&[u8]>> = fetched.keys.iter().map(Option::as_deref).collect();
         let decoded = self.decoder.decode(&self.stream, &records, &keys, self.options.max_record_bytes).await?;
         let rejected: Vec<(usize, String)> = decoded.rejected.into_iter().map(|(row, reason, _)| (row, reason)).collect();
         let letters: Vec<Rejected<'_>> = rejected
@@ -264,7 +265,7 @@ impl KafkaSource {
             .map(|(i, reason)| Rejected {
                 partition: fetched.partitions[*i],
                 offset: fetched.offsets[*i],
-                key: fetched.keys[*i].as_deref().map(str::as_bytes),
+                key: fetched.keys[*i].as_deref(),
                 payload: &fetched.payloads[*i],
                 timestamp: fetched.timestamps[*i],
                 reason,
@@ -272,7 +273,7 @@ impl KafkaSource {
             .collect();
         self.dead_letters.write(&letters).await?;
         let accepted = decoded.rows;
-        let keys: StringArray = accepted.iter().map(|&i| fetched.keys[i].as_deref()).collect();
+        let keys: StringArray = accepted.iter().map(|&i| fetched.keys[i].as_deref().map(String::from_utf8_lossy)).collect();
         let keys = if keys.null_count() == keys.len() { None } else { Some(keys) };
         let origin = RecordOrigin {
             partitions: accepted.iter().map(|&i| fetched.partitions[i]).collect(),
