@@ -250,8 +250,8 @@ pub fn changes_schema(payload: &SchemaRef, key: &[usize]) -> SchemaRef {
 /// `key` is `None` for an append stream, where a record marked `"_deleted": true` is
 /// rejected (it would be counted as a row); for a changelog stream it names the key
 /// columns, the only ones a delete must carry, and the batch has [`changes_schema`].
-pub fn decode_parsed(parsed: Parsed, payload: &SchemaRef, key: Option<&[usize]>) -> Result<Decoded, ArrowError> {
-    let deletes = deleted_flags(&parsed.batch)?;
+pub fn decode_parsed(mut parsed: Parsed, payload: &SchemaRef, key: Option<&[usize]>) -> Result<Decoded, ArrowError> {
+    let deletes = deleted_flags(&mut parsed)?;
     let Some(key) = key else {
         let marked: std::collections::HashSet<usize> = (0..deletes.len()).filter(|&r| deletes.value(r)).map(|r| parsed.rows[r]).collect();
         let mut decoded = decode_rows(parsed, payload)?;
@@ -280,11 +280,27 @@ pub fn decode_parsed(parsed: Parsed, payload: &SchemaRef, key: Option<&[usize]>)
 }
 
 /// The `_deleted` mark of each parsed row (false where absent).
-fn deleted_flags(batch: &RecordBatch) -> Result<BooleanArray, ArrowError> {
+/// A `_deleted` value that is neither true nor false rejects its record (it would
+/// otherwise be taken as an upsert in silence).
+fn deleted_flags(parsed: &mut Parsed) -> Result<BooleanArray, ArrowError> {
+    let batch = &parsed.batch;
     let Ok(index) = batch.schema().index_of(DELETED_COLUMN) else { return Ok(BooleanArray::from(vec![false; batch.num_rows()])) };
     let given = blank_strings_as_null(batch.column(index))?;
     let flags = cast_with_options(&given, &DataType::Boolean, &CastOptions { safe: true, ..Default::default() })?;
-    let flags = flags.as_any().downcast_ref::<BooleanArray>().expect("cast gives booleans");
+    let flags = flags.as_any().downcast_ref::<BooleanArray>().expect("cast gives booleans").clone();
+    let invalid: Vec<usize> = (0..flags.len()).filter(|&r| given.is_valid(r) && flags.is_null(r)).collect();
+    if !invalid.is_empty() {
+        for &r in &invalid {
+            let reason = format!("column `{DELETED_COLUMN}`: must be true or false");
+            parsed.unparsed.push((parsed.rows[r], reason, row_as_json(batch, r)));
+        }
+        let keep: BooleanArray = (0..flags.len()).map(|r| Some(!invalid.contains(&r))).collect();
+        parsed.batch = filter_record_batch(&parsed.batch, &keep)?;
+        parsed.rows = kept(&parsed.rows, &keep);
+        parsed.unparsed.sort_by_key(|(i, _, _)| *i);
+        let valid = arrow::compute::filter(&flags, &keep)?;
+        return Ok(valid.as_any().downcast_ref::<BooleanArray>().expect("booleans").iter().map(|f| Some(f == Some(true))).collect());
+    }
     Ok(flags.iter().map(|f| Some(f == Some(true))).collect())
 }
 
@@ -425,4 +441,36 @@ pub fn row_as_json(batch: &RecordBatch, row: usize) -> String {
         object.insert(field.name().clone(), serde_json::Value::String(value));
     }
     serde_json::Value::Object(object).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("asin", DataType::Utf8, false), Field::new("price", DataType::Float64, false)]))
+    }
+
+    fn decode(records: &[&str], key: Option<&[usize]>) -> Decoded {
+        let slices: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
+        decode_parsed(parse_records(RecordFormat::Json, &payload(), &slices, 1 << 20), &payload(), key).unwrap()
+    }
+
+    #[test]
+    fn a_delete_needs_only_its_key_on_a_changelog_stream() {
+        let decoded = decode(&[r#"{"asin": "A", "price": 1}"#, r#"{"asin": "A", "_deleted": true}"#, r#"{"_deleted": true}"#], Some(&[0]));
+        assert_eq!(decoded.rows, vec![0, 1]);
+        assert_eq!(decoded.deleted, vec![false, true]);
+        assert!(decoded.rejected[0].1.contains("`asin` is required"), "{:?}", decoded.rejected);
+    }
+
+    #[test]
+    fn deletes_are_refused_on_an_append_stream_and_bad_marks_everywhere() {
+        let decoded = decode(&[r#"{"asin": "A", "price": 1, "_deleted": true}"#, r#"{"asin": "B", "price": 2, "_deleted": false}"#], None);
+        assert_eq!(decoded.rows, vec![1]);
+        assert!(decoded.rejected[0].1.contains("append-only"), "{:?}", decoded.rejected);
+        let decoded = decode(&[r#"{"asin": "A", "price": 1, "_deleted": "maybe"}"#, r#"{"asin": "B", "price": 2}"#], Some(&[0]));
+        assert_eq!(decoded.rows, vec![1]);
+        assert_eq!(decoded.rejected.len(), 1, "{:?}", decoded.rejected);
+    }
 }
