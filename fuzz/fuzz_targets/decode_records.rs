@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             avro.parse(&records, 4096)
         }
     };
-    let decoded = decode_parts(parts, &payload).expect("decoding reports bad records, it does not fail");
+    let decoded = decode_parts(parts, &payload, None).expect("decoding reports bad records, it does not fail");
     assert_eq!(decoded.batch.schema(), payload);
     assert_eq!(decoded.rows.len(), decoded.batch.num_rows());
     let mut seen: Vec<usize> = decoded.rows.iter().copied().chain(decoded.rejected.iter().map(|r| r.0)).collect();

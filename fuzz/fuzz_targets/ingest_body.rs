@@ -14,7 +14,7 @@ fuzz_target!(|body: &[u8]| {
     let slices: Vec<&[u8]> = records.iter().map(|r| r.as_ref()).collect();
     let payload = products::schema();
     let parsed = parse_records(RecordFormat::Json, &payload, &slices, DEFAULT_MAX_RECORD_BYTES);
-    let decoded = decode_parsed(parsed, &payload).expect("decoding reports bad records, it does not fail");
+    let decoded = decode_parsed(parsed, &payload, None).expect("decoding reports bad records, it does not fail");
     let mut seen: Vec<usize> = decoded.rows.iter().copied().chain(decoded.rejected.iter().map(|r| r.0)).collect();
     seen.sort_unstable();
     assert_eq!(seen, (0..slices.len()).collect::<Vec<_>>(), "every record accepted or rejected once");
