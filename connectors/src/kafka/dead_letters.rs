@@ -12,7 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{blocking, client_config, ensure_topic, kafka_error, KafkaSourceOptions, OutRecord, RecordProducer, STARTUP_TIMEOUT};
+use super::{blocking, client_config, ensure_topic, kafka_error, watermarks, KafkaSourceOptions, OutRecord, RecordProducer, STARTUP_TIMEOUT};
 use crate::error::Result;
 
 /// A record the source rejected, with where it came from and why.
@@ -114,9 +114,7 @@ impl DeadLetterTopic {
             .create()
             .map_err(|e| kafka_error(&brokers, "cannot create a consumer", e))?;
         let seen = blocking(move || {
-            let (_, high) = consumer
-                .fetch_watermarks(&topic, 0, STARTUP_TIMEOUT)
-                .map_err(|e| kafka_error(&brokers, &format!("cannot read the end of `{topic}`"), e))?;
+            let (_, high) = watermarks(&consumer, &topic, 0).map_err(|e| kafka_error(&brokers, &format!("cannot read the end of `{topic}`"), e))?;
             let mut seen = HashSet::new();
             if high <= from {
                 return Ok((seen, high));

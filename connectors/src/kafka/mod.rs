@@ -69,6 +69,27 @@ pub fn client_config(brokers: &str) -> ClientConfig {
     config
 }
 
+/// The low and high watermarks of `topic`'s `partition`. A topic created a moment ago
+/// may not be in the broker's metadata yet (`UnknownPartition`): that is retried until
+/// [`STARTUP_TIMEOUT`], other errors are returned at once.
+fn watermarks<C: rdkafka::consumer::ConsumerContext, T: rdkafka::consumer::Consumer<C>>(
+    consumer: &T,
+    topic: &str,
+    partition: i32,
+) -> rdkafka::error::KafkaResult<(i64, i64)> {
+    let started = std::time::Instant::now();
+    loop {
+        match consumer.fetch_watermarks(topic, partition, STARTUP_TIMEOUT) {
+            Err(rdkafka::error::KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownPartition))
+                if started.elapsed() < STARTUP_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
 fn kafka_error(brokers: &str, what: &str, e: impl std::fmt::Display) -> ConnectorError {
     ConnectorError::Kafka { brokers: brokers.to_string(), message: format!("{what}: {e}") }
 }

@@ -24,7 +24,7 @@ use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source, StreamDecl};
 use trendflow_engine::EngineError;
 
 use super::dead_letters::{DeadLetterTopic, Rejected};
-use super::{blocking, client_config, kafka_error, partition_count, STARTUP_TIMEOUT};
+use super::{blocking, client_config, kafka_error, partition_count, watermarks};
 use crate::decode::{with_metadata, RecordDecoder, RecordOrigin};
 use crate::error::Result;
 
@@ -295,9 +295,8 @@ fn fetch_ends(consumer: &StreamConsumer, brokers: &str, topic: &str, partitions:
     partitions
         .into_iter()
         .map(|p| {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, p, STARTUP_TIMEOUT)
-                .map_err(|e| kafka_error(brokers, &format!("cannot read the end of `{topic}` partition {p}"), e))?;
+            let (_, high) =
+                watermarks(consumer, topic, p).map_err(|e| kafka_error(brokers, &format!("cannot read the end of `{topic}` partition {p}"), e))?;
             Ok((p, high))
         })
         .collect()
