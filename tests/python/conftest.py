@@ -13,6 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS = 20_000
+# The categories the embedded defaults generate beside the products: a stream of their own.
+GENERATED_CATEGORIES = 248
 
 
 def trendflow_bin() -> str:
