@@ -127,7 +127,7 @@ impl IncrementalAggregate {
         if retracted.num_rows() == 0 && added.num_rows() == 0 {
             return Ok(None);
         }
-        let (retracted, added) = (project_columns(&retracted, &group_columns)?, added);
+        let retracted = project_columns(&retracted, &group_columns)?;
         let touched = concat_batches(
             &self.state.schema().project(&group_columns).map(Arc::new)?,
             &[retracted.clone(), project_columns(&added, &group_columns)?],

@@ -79,9 +79,8 @@ impl ChangelogTable {
 
     fn with_slot(name: &str, slot: BatchSlot, key: Vec<usize>, read: &[usize]) -> Result<Self> {
         let schema = slot.schema().clone();
-        let mut kept: Vec<usize> =
+        let kept: Vec<usize> =
             (0..schema.fields().len()).filter(|i| read.contains(i) || key.contains(i) || !schema.field(*i).is_nullable()).collect();
-        kept.dedup();
         let stored = Arc::new(schema.project(&kept)?);
         let stored_key: Vec<usize> = key.iter().map(|k| kept.iter().position(|c| c == k).expect("key columns are kept")).collect();
         let mut flagged: Vec<Field> = stored.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();

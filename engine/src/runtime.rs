@@ -220,9 +220,11 @@ impl Pipeline {
                 stream.slot.set(vec![batch]);
             }
         }
-        let names: Vec<&str> = changed.iter().filter(|(_, m)| m.batch.num_rows() > 0).map(|(n, _)| *n).collect();
+        // A micro-batch without rows changes no table.
+        changed.retain(|(_, m)| m.batch.num_rows() > 0);
+        let names: Vec<&str> = changed.iter().map(|(n, _)| *n).collect();
         let keep_before = views.iter().any(|v| v.recomputes_on(&names));
-        tables.apply(changed.iter().filter(|(_, m)| m.batch.num_rows() > 0).map(|(n, m)| (*n, m)), keep_before)?;
+        tables.apply(changed.iter().map(|(n, m)| (*n, m)), keep_before)?;
         let result = update_views(views, tables, task, sink, &mut report).await;
         for stream in streams {
             stream.slot.clear();

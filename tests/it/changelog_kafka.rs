@@ -412,11 +412,7 @@ async fn debezium_events_through_the_api_and_kafka_equal_batch_over_the_events()
     assert_eq!((reencoded["op"].as_str(), reencoded.get("before")), (Some("c"), None), "the API writes the row each event leaves: {reencoded}");
 
     let state = tmp.path().join("state");
-    let summary = ok(trendflow()
-        .args(["run", "--until-idle", "--flight-addr", "none", "--kafka-brokers", &broker.addr, "--sql"])
-        .arg(&sql)
-        .arg("--state")
-        .arg(&state));
+    let summary = run_until_idle(&broker.addr, &sql, &state);
     assert!(summary.contains(&format!("processed {} records", in_topic.len())) && summary.contains(", 0 rejected"), "{summary}");
     let events_file = write_ndjson(&tmp.path().join("events.ndjson"), &events);
     let from_file = tmp.path().join("from_file");
@@ -618,11 +614,7 @@ CREATE VIEW stock_by_site AS SELECT site, COUNT(*) AS skus, SUM(qty) AS units FR
     }
 
     let state = tmp.path().join("state");
-    let summary = ok(trendflow()
-        .args(["run", "--until-idle", "--flight-addr", "none", "--kafka-brokers", &broker.addr, "--sql"])
-        .arg(&sql)
-        .arg("--state")
-        .arg(&state));
+    let summary = run_until_idle(&broker.addr, &sql, &state);
     let bad = |cases: &[Case]| cases.iter().filter(|c| c.2.is_some()).count();
     let (processed, rejected) = (number_before(&summary, " records in"), number_before(&summary, " rejected"));
     assert_eq!((processed, rejected), (products.len() + stock.len() - bad(&products) - bad(&stock), bad(&products) + bad(&stock)), "{summary}");
@@ -639,4 +631,9 @@ CREATE VIEW stock_by_site AS SELECT site, COUNT(*) AS skus, SUM(qty) AS units FR
     let query = |sql_text: &str| ok(trendflow().args(["query", sql_text, "--format", "csv", "--sql"]).arg(&sql).arg("--state").arg(&state));
     assert_eq!(query("SELECT asin, price FROM live_products ORDER BY asin"), "asin,price\nG3,4.0\n");
     assert_eq!(query("SELECT site, skus, units FROM stock_by_site ORDER BY site"), "site,skus,units\n2,1,7\n");
+}
+
+/// `trendflow run --until-idle` of `sql` over the topics on `brokers`: its summary.
+fn run_until_idle(brokers: &str, sql: &Path, state: &Path) -> String {
+    ok(trendflow().args(["run", "--until-idle", "--flight-addr", "none", "--kafka-brokers", brokers, "--sql"]).arg(sql).arg("--state").arg(state))
 }
