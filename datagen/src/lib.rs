@@ -6,15 +6,40 @@
 //! published statistics: price quartiles 11.99 / 19.95 / 35.99 with 2 % unpriced,
 //! 79 % of products without reviews, 0.6 % best sellers, 248 category ids
 //! between 1 and 270 with the real gaps, skewed category sizes. Names are
-//! synthetic. Output depends only on the row count and the seed.
+//! synthetic. Output depends only on the row count, the seed and the span of days.
+//!
+//! ## Event times
+//!
+//! With `days > 0` every product row gets a last column `date`, its event time in
+//! UTC as `%d/%m/%Y %H:%M` (e.g. `30/12/2023 20:15`, never quoted: it holds no
+//! comma). The times lie in the `days` days that end at 2023-12-31 00:00 UTC
+//! (both ends included), and the rows are written roughly in time order, so that
+//! the file replays as a stream:
+//!
+//! - **Density.** A daily curve, a cosine warped to be quietest at 04:00 and
+//!   busiest at 20:00 (0.4× to 1.6× of its mean level, smooth), times a weekly
+//!   one: Saturdays and Sundays are 25 % busier than weekdays. Row `i` of `n` gets
+//!   the "ideal" time at quantile `(i + 0.5) / n` of this density over the span,
+//!   so ideal times never decrease.
+//! - **Disorder.** Each row's time is its ideal time minus a jitter, rounded to
+//!   the minute: 0–4 minutes for most rows, and 20–90 minutes for about 0.2 % of
+//!   the rows, late stragglers that arrive behind a 10-minute watermark delay.
+//!   Times are never moved before the span's start.
+//!
+//! The event times come from a random stream of their own, so the other columns
+//! are the same for any `days`. `days = 0` writes no `date` column: the files of
+//! the format without event times, byte for byte as before the column existed.
 //!
 //! ```
 //! let dir = tempfile::tempdir().unwrap();
 //! let summary = trendflow_datagen::generate(&trendflow_datagen::GenOptions {
-//!     rows: 1_000, seed: 7, out: dir.path().to_path_buf(),
+//!     rows: 1_000, seed: 7, days: 30, out: dir.path().to_path_buf(),
 //! }).unwrap();
 //! assert_eq!(summary.rows, 1_000);
-//! assert!(dir.path().join("products.csv").exists());
+//! let products = std::fs::read_to_string(dir.path().join("products.csv")).unwrap();
+//! assert!(products.lines().next().unwrap().ends_with(",boughtInLastMonth,date"));
+//! // Rows run in time order towards the span's end, 31/12/2023 00:00.
+//! assert!(products.lines().last().unwrap().contains(",30/12/2023 2"));
 //! ```
 
 use std::fs::File;
@@ -27,15 +52,25 @@ pub enum GenError {
     /// The output could not be written.
     #[error("{}: {error}", path.display())]
     Io { path: PathBuf, error: std::io::Error },
+    /// The span of event times is longer than [`MAX_DAYS`].
+    #[error("days: at most {MAX_DAYS} days of event time, got {0}")]
+    TooManyDays(u32),
 }
+
+/// The longest span of event times, in days (100 years).
+pub const MAX_DAYS: u32 = 36_525;
 
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenOptions {
     /// Number of products.
     pub rows: u64,
-    /// Seed: the same seed and row count give byte-identical files.
+    /// Seed: the same seed, row count and days give byte-identical files.
     pub seed: u64,
+    /// Span of the event times in days, ending at 2023-12-31 00:00 UTC: each row
+    /// gets a last column `date` (see the crate documentation). 0 writes no `date`
+    /// column (the format without event times).
+    pub days: u32,
     /// Output directory (created when missing).
     pub out: PathBuf,
 }
@@ -119,6 +154,9 @@ const BOUGHT_LEVELS: [(u32, u32); 12] =
 
 /// Writes `products.csv` and `categories.csv` into `options.out`.
 pub fn generate(options: &GenOptions) -> Result<GenSummary, GenError> {
+    if options.days > MAX_DAYS {
+        return Err(GenError::TooManyDays(options.days));
+    }
     std::fs::create_dir_all(&options.out).map_err(|error| GenError::Io { path: options.out.clone(), error })?;
     let categories = options.out.join("categories.csv");
     let products = options.out.join("products.csv");
@@ -151,15 +189,112 @@ fn write_categories(w: &mut impl Write, seed: u64) -> std::io::Result<()> {
 }
 
 fn write_products(w: &mut impl Write, options: &GenOptions) -> std::io::Result<()> {
-    writeln!(w, "asin,title,imgUrl,productURL,stars,reviews,price,listPrice,category_id,isBestSeller,boughtInLastMonth")?;
+    write!(w, "asin,title,imgUrl,productURL,stars,reviews,price,listPrice,category_id,isBestSeller,boughtInLastMonth")?;
+    writeln!(w, "{}", if options.days > 0 { ",date" } else { "" })?;
     let mut rng = SplitMix64::new(options.seed);
     let ids = category_ids();
     let weights = category_weights(ids.len(), &mut rng);
+    let mut times = (options.days > 0).then(|| EventTimes::new(options.days, options.rows, options.seed));
     for row in 0..options.rows {
         let product = Product::draw(row, options.seed, &mut rng, &ids, &weights);
         product.write_csv(w)?;
+        if let Some(times) = times.as_mut() {
+            write!(w, ",{}", format_minute(times.next_minute()))?;
+        }
+        writeln!(w)?;
     }
     Ok(())
+}
+
+/// Minutes since the Unix epoch of the end of the event-time span, 2023-12-31 00:00 UTC.
+const SPAN_END_MINUTE: i64 = 19_722 * MINUTES_PER_DAY;
+const MINUTES_PER_DAY: i64 = 1_440;
+/// Share of the rows that are late stragglers.
+const STRAGGLER_SHARE: f64 = 0.002;
+/// How far most rows lie behind their ideal time, in minutes.
+const JITTER_MINUTES: (f64, f64) = (0.0, 4.0);
+/// How far a straggler lies behind its ideal time, in minutes.
+const STRAGGLER_MINUTES: (f64, f64) = (20.0, 90.0);
+
+/// The event times of the rows in order: the density's quantiles, found by walking
+/// its per-minute weights once, minus a jitter (see the crate documentation).
+struct EventTimes {
+    rng: SplitMix64,
+    rows: u64,
+    row: u64,
+    /// Minutes in the span.
+    minutes: i64,
+    start: i64,
+    daily: Vec<f64>,
+    total: f64,
+    /// The minute (from `start`) the walk is at, and the weight of the minutes before it.
+    minute: i64,
+    before: f64,
+}
+
+impl EventTimes {
+    fn new(days: u32, rows: u64, seed: u64) -> Self {
+        let minutes = i64::from(days) * MINUTES_PER_DAY;
+        let start = SPAN_END_MINUTE - minutes;
+        let daily: Vec<f64> = (0..MINUTES_PER_DAY).map(|m| daily_weight((m as f64 + 0.5) / 60.0)).collect();
+        let mut times = Self { rng: SplitMix64::new(seed ^ 0xDA_7E0F_E7E7), rows, row: 0, minutes, start, daily, total: 0.0, minute: 0, before: 0.0 };
+        // Summed in the same order as the walk adds them, so the walk ends on the last minute.
+        times.total = (0..minutes).map(|m| times.weight(m)).sum();
+        times
+    }
+
+    /// The density of minute `m` of the span (starts are at midnight: `m % 1440` is the minute of the day).
+    fn weight(&self, m: i64) -> f64 {
+        let weekday = (self.start + m).div_euclid(MINUTES_PER_DAY).rem_euclid(7); // 0 = Thursday, 1970-01-01
+        let weekend = if weekday == 2 || weekday == 3 { 1.25 } else { 1.0 };
+        self.daily[m.rem_euclid(MINUTES_PER_DAY) as usize] * weekend
+    }
+
+    /// The next row's event time, in minutes since the Unix epoch.
+    fn next_minute(&mut self) -> i64 {
+        let target = (self.row as f64 + 0.5) / self.rows as f64 * self.total;
+        self.row += 1;
+        while self.minute < self.minutes - 1 && self.before + self.weight(self.minute) <= target {
+            self.before += self.weight(self.minute);
+            self.minute += 1;
+        }
+        let within = ((target - self.before) / self.weight(self.minute)).clamp(0.0, 1.0);
+        let ideal = self.minute as f64 + within;
+        let (low, high) = if self.rng.unit() < STRAGGLER_SHARE { STRAGGLER_MINUTES } else { JITTER_MINUTES };
+        let behind = low + (high - low) * self.rng.unit();
+        self.start + ((ideal - behind).round() as i64).clamp(0, self.minutes)
+    }
+}
+
+/// The daily shape at `hour` (0..24): 1 − 0.6·cos(φ), φ rising from 0 at 04:00 to π
+/// at 20:00 over 16 hours and back to 2π at 04:00 over 8: 0.4 at 04:00, 1.6 at 20:00,
+/// with a continuous slope at both turns.
+fn daily_weight(hour: f64) -> f64 {
+    let since_quiet = (hour - 4.0).rem_euclid(24.0);
+    let phase =
+        if since_quiet <= 16.0 { std::f64::consts::PI * since_quiet / 16.0 } else { std::f64::consts::PI * (1.0 + (since_quiet - 16.0) / 8.0) };
+    1.0 - 0.6 * phase.cos()
+}
+
+/// `%d/%m/%Y %H:%M` of a minute since the Unix epoch (UTC).
+fn format_minute(minute: i64) -> String {
+    let (day, of_day) = (minute.div_euclid(MINUTES_PER_DAY), minute.rem_euclid(MINUTES_PER_DAY));
+    let (y, m, d) = civil_from_days(day);
+    format!("{d:02}/{m:02}/{y:04} {:02}:{:02}", of_day / 60, of_day % 60)
+}
+
+/// The proleptic Gregorian date of a day since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// Zipf-like category sizes (a few huge categories, a long tail), in shuffled order.
@@ -210,9 +345,10 @@ impl Product {
         Self { asin, title, image, stars, reviews, price, list_price, category_id, best_seller, bought }
     }
 
+    /// Writes the row's columns, without the line end.
     fn write_csv(&self, w: &mut impl Write) -> std::io::Result<()> {
         let title = if self.title.contains(',') { format!("\"{}\"", self.title) } else { self.title.clone() };
-        writeln!(
+        write!(
             w,
             "{},{},{},https://www.amazon.com/dp/{},{:?},{},{:?},{:?},{},{},{}",
             self.asin,
@@ -323,7 +459,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = |seed| {
             let out = dir.path().join(format!("s{seed}"));
-            generate(&GenOptions { rows: 20_000, seed, out: out.clone() }).unwrap();
+            generate(&GenOptions { rows: 20_000, seed, days: 0, out: out.clone() }).unwrap();
             std::fs::read_to_string(out.join("products.csv")).unwrap()
         };
         let (a, b) = (run(1), run(1));
@@ -338,5 +474,127 @@ mod tests {
         assert!((10.5..13.5).contains(&q(0.25)), "p25 {}", q(0.25));
         assert!((18.0..22.0).contains(&q(0.5)), "p50 {}", q(0.5));
         assert!((32.0..40.0).contains(&q(0.75)), "p75 {}", q(0.75));
+    }
+
+    const OLD_HEADER: &str = "asin,title,imgUrl,productURL,stars,reviews,price,listPrice,category_id,isBestSeller,boughtInLastMonth";
+
+    fn products(rows: u64, seed: u64, days: u32) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        generate(&GenOptions { rows, seed, days, out: dir.path().to_path_buf() }).unwrap();
+        std::fs::read_to_string(dir.path().join("products.csv")).unwrap()
+    }
+
+    /// `%d/%m/%Y %H:%M` back to (day since the epoch, minute of the day), checking each field.
+    fn parse_date(date: &str) -> (i64, i64) {
+        let (day_month_year, hour_minute) = date.split_once(' ').unwrap_or_else(|| panic!("no time in {date:?}"));
+        let dmy: Vec<&str> = day_month_year.split('/').collect();
+        let hm: Vec<&str> = hour_minute.split(':').collect();
+        assert_eq!((dmy.len(), hm.len()), (3, 2), "{date:?}");
+        assert_eq!([dmy[0].len(), dmy[1].len(), dmy[2].len(), hm[0].len(), hm[1].len()], [2, 2, 4, 2, 2], "{date:?}");
+        let num = |s: &str| s.parse::<i64>().unwrap_or_else(|_| panic!("{s:?} in {date:?}"));
+        let (d, m, y, hour, minute) = (num(dmy[0]), num(dmy[1]), num(dmy[2]), num(hm[0]), num(hm[1]));
+        assert!(hour < 24 && minute < 60, "{date:?}");
+        // The day number by the inverse algorithm; the generator's calendar must give the fields back.
+        let (yy, mm) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+        let era = yy.div_euclid(400);
+        let yoe = yy.rem_euclid(400);
+        let day = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + (153 * mm + 2) / 5 + d - 1 - 719_468;
+        assert_eq!(civil_from_days(day), (y, m as u32, d as u32), "no such day {date:?}");
+        (day, hour * 60 + minute)
+    }
+
+    fn minutes(file: &str) -> Vec<i64> {
+        file.lines()
+            .skip(1)
+            .map(|line| {
+                let (day, of_day) = parse_date(line.rsplit(',').next().unwrap());
+                day * MINUTES_PER_DAY + of_day
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_calendar_matches_known_days() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_722), (2023, 12, 31));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(format_minute(SPAN_END_MINUTE), "31/12/2023 00:00");
+        assert_eq!(format_minute(SPAN_END_MINUTE - 1), "30/12/2023 23:59");
+        // 2023-12-30 was a Saturday: the weekend weight applies from its midnight.
+        let times = EventTimes::new(2, 1, 0);
+        assert_eq!((times.weight(0), times.weight(MINUTES_PER_DAY)), (times.daily[0], times.daily[0] * 1.25));
+    }
+
+    #[test]
+    fn dates_parse_and_lie_in_the_span() {
+        let file = products(20_000, 11, 30);
+        assert_eq!(file.lines().next().unwrap(), format!("{OLD_HEADER},date"));
+        let times = minutes(&file);
+        assert_eq!(times.len(), 20_000);
+        let (start, end) = (SPAN_END_MINUTE - 30 * MINUTES_PER_DAY, SPAN_END_MINUTE);
+        assert!(times.iter().all(|t| (start..=end).contains(t)));
+        // The span is used from end to end.
+        assert!(times.iter().min().unwrap() - start < 60 && end - times.iter().max().unwrap() < 10);
+        assert_eq!(file.lines().nth(1).unwrap().rsplit(',').next().unwrap().len(), "31/12/2023 00:00".len());
+    }
+
+    #[test]
+    fn rows_are_nearly_in_time_order_with_a_few_stragglers() {
+        let times = minutes(&products(20_000, 12, 30));
+        let mut running_max = times[0];
+        let mut late = 0;
+        for &t in &times {
+            if t < running_max - 10 {
+                late += 1;
+            }
+            running_max = running_max.max(t);
+        }
+        let share = late as f64 / times.len() as f64;
+        assert!((0.0005..=0.005).contains(&share), "{late} rows more than 10 minutes late: {share}");
+        // Everything else is at most a few minutes out of order.
+        let mut running_max = times[0];
+        let behind: Vec<i64> = times
+            .iter()
+            .map(|&t| {
+                running_max = running_max.max(t);
+                running_max - t
+            })
+            .collect();
+        assert!(behind.iter().filter(|&&b| b > 5).count() == late, "only stragglers are more than 5 minutes behind");
+    }
+
+    #[test]
+    fn evenings_are_busier_than_nights_and_weekends_than_weekdays() {
+        let times = minutes(&products(20_000, 13, 28));
+        let hour = |t: i64| t.rem_euclid(MINUTES_PER_DAY) / 60;
+        let evening = times.iter().filter(|&&t| (18..22).contains(&hour(t))).count();
+        let night = times.iter().filter(|&&t| (2..6).contains(&hour(t))).count();
+        assert!(evening > 2 * night, "18:00-22:00 {evening} rows, 02:00-06:00 {night} rows");
+        // 4 weeks: 8 weekend days against 20 weekdays, 1.25 times as dense.
+        let weekend = times.iter().filter(|&&t| matches!(t.div_euclid(MINUTES_PER_DAY).rem_euclid(7), 2 | 3)).count() as f64;
+        let per_day_ratio = (weekend / 8.0) / ((times.len() as f64 - weekend) / 20.0);
+        assert!((1.15..1.35).contains(&per_day_ratio), "weekend/weekday rows per day {per_day_ratio}");
+    }
+
+    #[test]
+    fn no_days_is_the_old_format_and_days_only_add_the_last_column() {
+        let old = products(5_000, 14, 0);
+        assert_eq!(old.lines().next().unwrap(), OLD_HEADER);
+        assert!(old.lines().all(|l| !l.contains("/2023 ")));
+        let dated = products(5_000, 14, 30);
+        assert_eq!(dated, products(5_000, 14, 30), "byte-identical per seed, rows and days");
+        assert_ne!(dated, products(5_000, 14, 31));
+        for (a, b) in old.lines().zip(dated.lines()).skip(1) {
+            assert_eq!(Some(a), b.rsplit_once(',').map(|(rest, _)| rest));
+        }
+        assert_eq!(old.lines().count(), dated.lines().count());
+    }
+
+    #[test]
+    fn refuses_an_absurd_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = GenOptions { rows: 1, seed: 0, days: MAX_DAYS + 1, out: dir.path().to_path_buf() };
+        assert!(matches!(generate(&options), Err(GenError::TooManyDays(_))));
     }
 }

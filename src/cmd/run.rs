@@ -138,7 +138,7 @@ fn embedded_defaults(sql: &[PathBuf], state: &Path, rows: u64) -> Result<Binding
     let dir = state.join("generated");
     if !dir.join("products.csv").exists() {
         eprintln!("no --source given: generating {rows} products into {} (embedded defaults)", dir.display());
-        trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows, seed: 42, out: dir.clone() })?;
+        trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows, seed: 42, days: 30, out: dir.clone() })?;
     }
     for table in declared.iter().filter(|t| matches!(t.as_str(), "products" | "categories")) {
         bindings.bind_file(table, &dir.join(format!("{table}.csv")));

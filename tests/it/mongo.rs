@@ -230,7 +230,7 @@ async fn stream_into_mongo(
 
 fn fixture(tmp: &Path) -> trendflow_connectors::binding::Bindings {
     // SecantusDB takes milliseconds per statement: keep the volume small but the shape complete.
-    trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows: 3_000, seed: 8, out: tmp.into() }).unwrap();
+    trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows: 3_000, seed: 8, days: 0, out: tmp.into() }).unwrap();
     let timed = with_timestamps(&tmp.join("products.csv"), tmp, 2);
     bindings(&timed, &tmp.join("categories.csv"))
 }

@@ -17,7 +17,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows: 20_000, seed: 3, out: tmp.path().into() }).unwrap();
+        trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows: 20_000, seed: 3, days: 0, out: tmp.path().into() }).unwrap();
         let timed = with_timestamps(&tmp.path().join("products.csv"), tmp.path(), 30);
         let bindings = bindings(&timed, &tmp.path().join("categories.csv"));
         Self { tmp, bindings }

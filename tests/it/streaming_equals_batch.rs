@@ -32,6 +32,6 @@ async fn shipped_views_on_real_sample_stream_like_batch() {
 #[tokio::test]
 async fn shipped_views_on_generated_data_stream_like_batch() {
     let tmp = tempfile::tempdir().unwrap();
-    trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows: 30_000, seed: 5, out: tmp.path().into() }).unwrap();
+    trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows: 30_000, seed: 5, days: 0, out: tmp.path().into() }).unwrap();
     check(&tmp.path().join("products.csv"), &tmp.path().join("categories.csv"), &[11, 12], 4_000).await;
 }
