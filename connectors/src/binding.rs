@@ -7,12 +7,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use datafusion::catalog::TableProvider;
-use datafusion::datasource::MemTable;
+use trendflow_engine::batch::BatchStream;
 use trendflow_engine::catalog::Catalog;
-use trendflow_engine::changelog::final_table;
 use trendflow_engine::contract::{Poll, Source, StreamDecl};
 
 use crate::error::{ConnectorError, Result};
@@ -183,42 +180,35 @@ impl Bindings {
         Ok(sources)
     }
 
-    /// Reads every stream's input completely into a table, for a batch run (a topic is
-    /// read up to its end when reading starts).
-    /// Returns the tables and the number of records rejected while decoding.
-    pub async fn read_streams(&self, catalog: &Catalog, settings: &SourceSettings) -> Result<(Vec<(String, Arc<dyn TableProvider>)>, u64)> {
-        let mut tables = Vec::new();
+    /// Reads every stream's input completely, for a batch run (a topic is read up to
+    /// the end offsets it has when reading starts), as a streaming run would read it:
+    /// late records go to the dead-letter destination of an append stream. Returns the
+    /// streams and how many records were rejected (undecodable or late).
+    pub async fn read_streams(&self, catalog: &Catalog, settings: &SourceSettings) -> Result<(Vec<BatchStream>, u64)> {
+        let mut streams = Vec::new();
         let mut rejected = 0;
         let bounded = SourceSettings { bounded: true, ..settings.clone() };
         for (stream, mut source) in catalog.streams().iter().zip(self.open_sources(catalog, &bounded).await?) {
+            let failed = |e: &dyn std::fmt::Display| ConnectorError::Binding { binding: stream.name.clone(), message: e.to_string() };
             let mut batches = Vec::new();
-            let mut deletes = Vec::new();
             loop {
-                let poll = source
-                    .poll(65_536, std::time::Duration::from_millis(200))
-                    .await
-                    .map_err(|e| ConnectorError::Binding { binding: stream.name.clone(), message: e.to_string() })?;
-                match poll {
+                match source.poll(65_536, std::time::Duration::from_millis(200)).await.map_err(|e| failed(&e))? {
                     Poll::Batch(micro) => {
                         rejected += micro.rejected;
-                        batches.push(micro.batch);
-                        deletes.push(micro.deleted);
+                        batches.push((micro.batch, micro.deleted));
                     }
                     Poll::Idle => continue,
                     Poll::Finished => break,
                 }
             }
-            if stream.options.changelog.is_keyed() {
-                // A changelog is computed over its final table, as the stream leaves it.
-                let changes = batches.iter().zip(&deletes).map(|(b, d)| (b, d.as_ref()));
-                batches =
-                    vec![final_table(stream, changes).map_err(|e| ConnectorError::Binding { binding: stream.name.clone(), message: e.to_string() })?];
+            let read = BatchStream::new(stream, batches).map_err(|e| failed(&e))?;
+            if !stream.options.changelog.is_keyed() && read.late.rows.num_rows() > 0 {
+                source.reject(&read.late.rows, &read.late.reasons).await.map_err(|e| failed(&e))?;
+                rejected += read.late.rows.num_rows() as u64;
             }
-            let table = MemTable::try_new(stream.schema.clone(), vec![batches])
-                .map_err(|e| ConnectorError::Binding { binding: stream.name.clone(), message: e.to_string() })?;
-            tables.push((stream.name.clone(), Arc::new(table) as Arc<dyn TableProvider>));
+            streams.push(read);
         }
-        Ok((tables, rejected))
+        Ok((streams, rejected))
     }
 }
 

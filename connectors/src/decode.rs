@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{new_null_array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::array::{new_null_array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::error::ArrowError;
@@ -249,6 +249,49 @@ pub fn with_metadata(stream: &StreamDecl, payload: &RecordBatch, origin: RecordO
     columns.push(Arc::new(Int64Array::from(origin.offsets)));
     columns.push(Arc::new(TimestampMillisecondArray::from(origin.timestamps).with_timezone("UTC")));
     RecordBatch::try_new(stream.schema.clone(), columns)
+}
+
+/// Records the engine turned away (late ones), as dead letters are written: where each
+/// came from, and its declared columns as a JSON object.
+#[derive(Debug)]
+pub struct TurnedAway {
+    /// Partition of each record.
+    pub partitions: Vec<i32>,
+    /// Offset of each record.
+    pub offsets: Vec<i64>,
+    /// Arrival time of each record, ms since the epoch.
+    pub timestamps: Vec<i64>,
+    /// Key of each record, as text.
+    pub keys: Vec<Option<String>>,
+    /// Each record's declared columns, as a JSON object.
+    pub records: Vec<String>,
+}
+
+impl TurnedAway {
+    /// Reads `rows` (with `stream`'s full schema) back into what a dead letter holds.
+    pub fn of(stream: &StreamDecl, rows: &RecordBatch) -> Result<Self, ArrowError> {
+        let column = |name: &str| rows.column_by_name(name).ok_or_else(|| ArrowError::SchemaError(format!("no column `{name}`")));
+        let partitions =
+            column(trendflow_engine::stream_table::PARTITION_COLUMN)?.as_primitive::<datafusion::arrow::datatypes::Int32Type>().values().to_vec();
+        let offsets =
+            column(trendflow_engine::stream_table::OFFSET_COLUMN)?.as_primitive::<datafusion::arrow::datatypes::Int64Type>().values().to_vec();
+        let timestamps = cast(column(trendflow_formats::TIMESTAMP_COLUMN)?, &DataType::Int64)?
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .values()
+            .to_vec();
+        let keys = cast(column(trendflow_engine::stream_table::KEY_COLUMN)?, &DataType::Utf8)?
+            .as_string::<i32>()
+            .iter()
+            .map(|k| k.map(String::from))
+            .collect();
+        let payload = rows.project(&(0..stream.payload_schema.fields().len()).collect::<Vec<_>>())?;
+        let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+        writer.write(&payload)?;
+        writer.finish()?;
+        let text = String::from_utf8(writer.into_inner()).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+        let records = text.lines().map(String::from).collect();
+        Ok(Self { partitions, offsets, timestamps, keys, records })
+    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::BooleanArray;
-use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::array::{AsArray, BooleanArray};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
@@ -17,6 +18,7 @@ use crate::changelog::{ChangelogTable, TableDelta};
 use crate::error::{EngineError, Result};
 use crate::keyed::{project_columns, KeyedTable, RowEncoder};
 use crate::slot::{run_plan, run_with, BatchSlot};
+use crate::stream_table::timestamp_type;
 
 /// State and plans of one incrementally maintained `AggregateExec`.
 #[derive(Debug)]
@@ -171,6 +173,42 @@ impl IncrementalAggregate {
         self.changed.upsert(&state)?;
         self.finalize_groups(state, ctx).await?;
         Ok(())
+    }
+
+    /// The finalized rows of the groups whose window has ended by `watermark`: group
+    /// column `column` holds a window's end, or its start when `offset_ms` (the window's
+    /// size) is added.
+    pub fn closed_groups(&self, column: usize, offset_ms: i64, watermark: i64) -> Result<RecordBatch> {
+        if self.finals.is_empty() {
+            return Ok(RecordBatch::new_empty(self.finals.schema().clone()));
+        }
+        let finals = self.finals.to_batch()?;
+        let times = cast(finals.column(column), &timestamp_type())?;
+        let closed: BooleanArray = times
+            .as_primitive::<TimestampMillisecondType>()
+            .iter()
+            .map(|t| Some(t.is_some_and(|t| t.saturating_add(offset_ms) <= watermark)))
+            .collect();
+        Ok(filter_record_batch(&finals, &closed)?)
+    }
+
+    /// Forgets `groups` (finalized rows, e.g. of windows that closed): they leave the
+    /// state, and the next checkpoint is a full one.
+    pub fn evict(&mut self, groups: &RecordBatch) -> Result<()> {
+        if groups.num_rows() == 0 {
+            return Ok(());
+        }
+        let keys = project_columns(groups, &(0..self.group_columns).collect::<Vec<_>>())?;
+        self.state.remove(&keys)?;
+        self.finals.remove(&keys)?;
+        self.changed.remove(&keys)?;
+        self.removed_groups = true;
+        Ok(())
+    }
+
+    /// Names of the group columns, in order.
+    pub fn group_names(&self) -> Vec<String> {
+        self.finals.schema().fields().iter().take(self.group_columns).map(|f| f.name().clone()).collect()
     }
 
     /// Whether groups were removed since the last checkpoint, which a delta checkpoint

@@ -2,22 +2,83 @@
 //! with the same SQL as the streaming run (`trendflow batch`, a backfill; and the
 //! answer a streaming run must reach over the same records).
 //!
-//! The engine does not read inputs: the connectors read each stream's whole
-//! input into a table (`Bindings::read_streams`), and [`compute_views`] runs the
-//! views over those tables.
+//! The engine does not read inputs: the connectors read each stream's micro-batches
+//! (`Bindings::read_streams`), [`BatchStream::new`] applies what a streaming run
+//! would (the watermark's lateness rule, a changelog's final table), and
+//! [`compute_views`] runs the views over the results.
 
 use std::sync::Arc;
 
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::array::{AsArray, BooleanArray};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
+use datafusion::datasource::MemTable;
 use datafusion::prelude::DataFrame;
 
-use crate::catalog::Catalog;
-use crate::contract::ViewInfo;
+use crate::catalog::{Catalog, ViewDef};
+use crate::changelog::final_table;
+use crate::contract::{StreamDecl, ViewInfo};
 use crate::error::EngineError;
+use crate::event_time::Watermark;
+use crate::runtime::LateRecords;
+use crate::sql_file::Emit;
+use crate::stream_table::timestamp_type;
 use crate::subquery::inline_reference_subqueries;
+use crate::window::{WINDOW_END, WINDOW_START};
 use crate::Result;
+
+/// A stream's whole input as a batch run reads it.
+#[derive(Debug, Clone)]
+pub struct BatchStream {
+    /// The stream's name.
+    pub name: String,
+    /// What its views read: the on-time records of an append stream, the final table of
+    /// a changelog stream.
+    pub table: RecordBatch,
+    /// What windows read: the on-time records (of a changelog stream: inserts and updates).
+    pub events: RecordBatch,
+    /// The watermark after the last record (`None`: no record had an event time).
+    pub watermark: Option<i64>,
+    /// The records a streaming run would dead-letter as late (append streams), or only
+    /// count (changelog streams, whose table they still change).
+    pub late: LateRecords,
+}
+
+impl BatchStream {
+    /// Reads `micro_batches` of `stream` (records in source order, with their delete
+    /// marks) as a streaming run would: record by record, through the watermark.
+    pub fn new(stream: &StreamDecl, micro_batches: impl IntoIterator<Item = (RecordBatch, Option<BooleanArray>)>) -> Result<Self> {
+        let keyed = stream.options.changelog.is_keyed();
+        let mut watermark = Watermark::new(stream.event_time.clone());
+        let (mut rows, mut events, mut late, mut reasons) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (batch, deleted) in micro_batches {
+            let timed = watermark.split(keyed, &batch, deleted.as_ref())?;
+            rows.push((timed.rows, deleted));
+            events.push(timed.events);
+            late.push(timed.late);
+            reasons.extend(timed.reasons);
+        }
+        let table = if keyed {
+            final_table(stream, rows.iter().map(|(b, d)| (b, d.as_ref())))?
+        } else {
+            concat_batches(&stream.schema, rows.iter().map(|(b, _)| b))?
+        };
+        Ok(Self {
+            name: stream.name.clone(),
+            table,
+            events: concat_batches(&stream.schema, &events)?,
+            watermark: watermark.current(),
+            late: LateRecords { stream: stream.name.clone(), rows: concat_batches(&stream.schema, &late)?, reasons },
+        })
+    }
+
+    /// A stream whose records are all on time, without deletes: `rows` as they are.
+    pub fn of_rows(stream: &StreamDecl, rows: RecordBatch) -> Result<Self> {
+        Self::new(stream, [(rows, None)])
+    }
+}
 
 /// A view's rows as a batch run computes them.
 #[derive(Debug, Clone)]
@@ -30,8 +91,9 @@ pub struct ViewResult {
     pub rows: RecordBatch,
 }
 
-/// Computes every view of `catalog`, in declaration order, over `streams`: each declared
-/// stream (by name) with its whole input as a table.
+/// Computes every view of `catalog`, in declaration order, over `streams` (every
+/// declared stream's whole input). A view that emits on window close gives the windows
+/// the last watermark closed, as a streaming run over the same records has emitted.
 ///
 /// Load the catalog with [`batch_session_config`](crate::session::batch_session_config):
 /// the incremental configuration plans every query on one partition, which a batch run
@@ -40,10 +102,9 @@ pub struct ViewResult {
 /// ```
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use std::{collections::HashMap, sync::Arc};
+/// use std::collections::HashMap;
 /// use datafusion::arrow::json::ReaderBuilder;
-/// use datafusion::datasource::MemTable;
-/// use trendflow_engine::batch::compute_views;
+/// use trendflow_engine::batch::{compute_views, BatchStream};
 /// use trendflow_engine::catalog::Catalog;
 /// use trendflow_engine::session::batch_session_config;
 ///
@@ -56,36 +117,59 @@ pub struct ViewResult {
 /// let catalog = Catalog::load(&[dir.path().into()], batch_session_config(), &HashMap::new()).await?;
 ///
 /// // The whole input of `clicks`: its declared column and the metadata columns of a stream.
-/// let schema = catalog.streams()[0].schema.clone();
+/// let stream = &catalog.streams()[0];
 /// let records = r#"{"user_id": "ann", "_partition": 0, "_offset": 0, "_timestamp": 0}
 ///                  {"user_id": "bob", "_partition": 0, "_offset": 1, "_timestamp": 0}
 ///                  {"user_id": "ann", "_partition": 0, "_offset": 2, "_timestamp": 0}"#;
-/// let batches = ReaderBuilder::new(schema.clone()).build(records.as_bytes())?.collect::<Result<Vec<_>, _>>()?;
-/// let clicks = Arc::new(MemTable::try_new(schema, vec![batches])?);
+/// let mut reader = ReaderBuilder::new(stream.schema.clone()).build(records.as_bytes())?;
+/// let clicks = BatchStream::of_rows(stream, reader.next().unwrap()?)?;
 ///
-/// let views = compute_views(&catalog, vec![("clicks".to_string(), clicks)]).await?;
+/// let views = compute_views(&catalog, vec![clicks]).await?;
 /// assert_eq!(views[0].info.name, "clicks_per_user");
 /// assert_eq!(views[0].rows.num_rows(), 2);
 /// # Ok(())
 /// # }
 /// ```
-pub async fn compute_views(catalog: &Catalog, streams: Vec<(String, Arc<dyn TableProvider>)>) -> Result<Vec<ViewResult>> {
-    catalog.replace_streams(streams).await?;
+pub async fn compute_views(catalog: &Catalog, streams: Vec<BatchStream>) -> Result<Vec<ViewResult>> {
+    let table = |rows: &RecordBatch| -> Result<Arc<dyn TableProvider>> { Ok(Arc::new(MemTable::try_new(rows.schema(), vec![vec![rows.clone()]])?)) };
+    let tables = streams.iter().map(|s| Ok((s.name.clone(), table(&s.table)?))).collect::<Result<Vec<_>>>()?;
+    let events = streams.iter().map(|s| Ok((s.name.clone(), table(&s.events)?))).collect::<Result<Vec<_>>>()?;
+    catalog.replace_streams(tables, events).await?;
     let mut results = Vec::new();
     let ctx = catalog.session();
     // `view_infos` lists the views in declaration order, as `views` does.
     for (info, def) in catalog.view_infos().await?.into_iter().zip(catalog.views()) {
         let plan = ctx.table(info.name.as_str()).await?.into_unoptimized_plan();
+        let sql_error = |message: String| EngineError::Sql { file: def.origin.file.clone(), line: def.origin.line, message };
         // As the streaming run plans it: DataFusion 55 drops every row of
         // `WHERE x = COALESCE((SELECT … no row …), 1)` when it plans the subquery itself.
-        let plan = inline_reference_subqueries(ctx, &plan, catalog.streams()).await.map_err(|message| EngineError::Sql {
-            file: def.origin.file.clone(),
-            line: def.origin.line,
-            message,
-        })?;
+        let plan = inline_reference_subqueries(ctx, &plan, catalog.streams()).await.map_err(sql_error)?;
         let batches = DataFrame::new(ctx.state(), plan).collect().await?;
-        let rows = concat_batches(&info.schema, &batches)?;
+        let mut rows = concat_batches(&info.schema, &batches)?;
+        if def.emit == Emit::OnWindowClose {
+            rows = closed_windows(def, &rows, &streams).map_err(sql_error)?;
+        }
         results.push(ViewResult { info, rows });
     }
     Ok(results)
+}
+
+/// The rows of `rows` (of `def`, which emits on window close) whose windows the last
+/// watermark of their stream closed.
+fn closed_windows(def: &ViewDef, rows: &RecordBatch, streams: &[BatchStream]) -> std::result::Result<RecordBatch, String> {
+    let [window] = def.windows.as_slice() else { return Err("EMIT ON WINDOW CLOSE needs one TUMBLE(…) or HOP(…)".into()) };
+    let watermark = streams.iter().find(|s| s.name == window.stream).and_then(|s| s.watermark);
+    let schema = rows.schema();
+    let (column, offset) = match (schema.index_of(WINDOW_END), schema.index_of(WINDOW_START)) {
+        (Ok(end), _) => (end, 0),
+        (_, Ok(start)) => (start, window.size_ms),
+        _ => return Err("a view that emits on window close outputs window_start or window_end".into()),
+    };
+    let times = cast(rows.column(column), &timestamp_type()).map_err(|e| e.to_string())?;
+    let closed: BooleanArray = times
+        .as_primitive::<TimestampMillisecondType>()
+        .iter()
+        .map(|t| Some(matches!((t, watermark), (Some(t), Some(w)) if t.saturating_add(offset) <= w)))
+        .collect();
+    filter_record_batch(rows, &closed).map_err(|e| e.to_string())
 }

@@ -18,8 +18,9 @@ use crate::contract::{StreamDecl, ViewInfo};
 use crate::error::{EngineError, Result};
 use crate::file_format::FileFormat;
 use crate::session::{batch_session_config, new_session};
-use crate::sql_file::{file_positions, split_statements, sql_files, SqlStatementText};
+use crate::sql_file::{file_positions, split_statements, sql_files, Emit, SqlStatementText};
 use crate::stream_table::{StreamRegistry, STREAM_FILE_TYPE};
+use crate::window::WindowSpec;
 
 /// A continuous view declared by `CREATE VIEW name AS SELECT …`.
 #[derive(Debug, Clone)]
@@ -28,6 +29,10 @@ pub struct ViewDef {
     pub name: String,
     /// Where it was declared.
     pub origin: SqlStatementText,
+    /// When it emits its rows (`EMIT ON UPDATE`, the default, or `EMIT ON WINDOW CLOSE`).
+    pub emit: Emit,
+    /// The windows (`TUMBLE`, `HOP`) its query reads.
+    pub windows: Vec<WindowSpec>,
 }
 
 /// A reference table declared by `CREATE EXTERNAL TABLE … STORED AS CSV|PARQUET|JSON`.
@@ -44,6 +49,7 @@ pub struct ReferenceDef {
 /// Everything the SQL files declared, planned in one DataFusion session.
 pub struct Catalog {
     ctx: SessionContext,
+    registry: StreamRegistry,
     streams: Vec<StreamDecl>,
     references: Vec<ReferenceDef>,
     views: Vec<ViewDef>,
@@ -77,7 +83,7 @@ impl Catalog {
             statements.extend(split_statements(&file)?);
         }
         check_binding_names(&ctx, &statements, bindings)?;
-        let mut catalog = Catalog { ctx, streams: Vec::new(), references: Vec::new(), views: Vec::new() };
+        let mut catalog = Catalog { ctx, registry: registry.clone(), streams: Vec::new(), references: Vec::new(), views: Vec::new() };
         for statement in statements {
             catalog.execute(statement, bindings).await?;
         }
@@ -90,7 +96,7 @@ impl Catalog {
     pub async fn load_streams(paths: &[PathBuf]) -> Result<Vec<StreamDecl>> {
         let registry = StreamRegistry::default();
         let ctx = new_session(batch_session_config(), registry.clone());
-        let mut catalog = Catalog { ctx, streams: Vec::new(), references: Vec::new(), views: Vec::new() };
+        let mut catalog = Catalog { ctx, registry: registry.clone(), streams: Vec::new(), references: Vec::new(), views: Vec::new() };
         for file in sql_files(paths)? {
             for statement in split_statements(&file)? {
                 if is_stream_declaration(&statement.text) {
@@ -137,12 +143,19 @@ impl Catalog {
         &self.views
     }
 
-    /// Replaces stream tables by other tables (whole files, for a batch run) and
-    /// re-plans every view over them.
-    pub async fn replace_streams(&self, tables: Vec<(String, Arc<dyn TableProvider>)>) -> Result<()> {
+    /// Replaces stream tables by other tables (whole files, for a batch run), and what
+    /// windows read of them by `events` (stream name → its on-time records; by default
+    /// the stream's table), and re-plans every view over them.
+    pub async fn replace_streams(&self, tables: Vec<(String, Arc<dyn TableProvider>)>, events: Vec<(String, Arc<dyn TableProvider>)>) -> Result<()> {
         for (name, table) in tables {
+            if !events.iter().any(|(n, _)| *n == name) {
+                self.registry.replace_events(&name, table.clone());
+            }
             self.ctx.deregister_table(name.as_str())?;
             self.ctx.register_table(name.as_str(), table)?;
+        }
+        for (name, table) in events {
+            self.registry.replace_events(&name, table);
         }
         for view in &self.views {
             let origin = &view.origin;
@@ -162,6 +175,10 @@ impl Catalog {
         let sql_error = |message: String| EngineError::Sql { file: stmt.file.clone(), line: stmt.line, message: file_positions(&message, stmt.line) };
         let state = self.ctx.state();
         let parsed = state.sql_to_statement(&stmt.text, &datafusion::config::Dialect::Generic).map_err(|e| sql_error(e.to_string()))?;
+        let is_view = matches!(&parsed, Statement::Statement(inner) if matches!(inner.as_ref(), SqlStatement::CreateView(_)));
+        if stmt.emit.is_some() && !is_view {
+            return Err(sql_error("an EMIT clause ends a CREATE VIEW (… GROUP BY … EMIT ON WINDOW CLOSE), not another statement".into()));
+        }
         match parsed {
             Statement::CreateExternalTable(cmd) if cmd.file_type.eq_ignore_ascii_case(STREAM_FILE_TYPE) => {
                 self.run(Statement::CreateExternalTable(cmd)).await.map_err(sql_error)
@@ -186,8 +203,10 @@ impl Catalog {
             Statement::Statement(inner) if matches!(inner.as_ref(), SqlStatement::CreateView(_)) => {
                 let SqlStatement::CreateView(view) = inner.as_ref() else { unreachable!() };
                 let name = view.name.to_string();
+                self.registry.take_windows();
                 self.run(Statement::Statement(inner)).await.map_err(sql_error)?;
-                self.views.push(ViewDef { name, origin: stmt });
+                let (emit, windows) = (stmt.emit.unwrap_or_default(), self.registry.take_windows());
+                self.views.push(ViewDef { name, origin: stmt, emit, windows });
                 Ok(())
             }
             other => Err(sql_error(format!(

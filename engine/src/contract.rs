@@ -16,6 +16,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+pub use crate::event_time::WatermarkState;
 pub use crate::stream_options::{AvroSchemas, Changelog, StreamFormat, StreamOptions};
 pub use crate::stream_table::StreamDecl;
 
@@ -75,6 +76,17 @@ pub trait Source: Send {
     fn lag(&self) -> Option<u64> {
         None
     }
+    /// Sends `rows`, records this source delivered that the engine turned away (late:
+    /// behind the stream's watermark), to the dead-letter destination with `reasons`
+    /// (one per row). Returns positions to checkpoint with the micro-batch's (where the
+    /// dead letters end), so that a replay neither loses nor repeats them.
+    async fn reject(&mut self, rows: &RecordBatch, reasons: &[String]) -> Result<Offsets> {
+        let _ = reasons;
+        Err(crate::error::EngineError::Source {
+            source_name: self.stream().to_string(),
+            cause: format!("{} records are late, and this source has no dead-letter destination", rows.num_rows()).into(),
+        })
+    }
     /// Called after a checkpoint holding `offsets` is durable.
     async fn commit(&mut self, _offsets: &Offsets) -> Result<()> {
         Ok(())
@@ -116,6 +128,9 @@ pub struct CheckpointMeta {
     /// empty when this one holds the full state.
     #[serde(default)]
     pub base: Vec<String>,
+    /// Stream → its watermark's state, to resume it exactly.
+    #[serde(default)]
+    pub watermarks: BTreeMap<String, WatermarkState>,
 }
 
 /// Rows a view gained or changed (`upserts`, full rows) and lost (`deletes`, key columns only).

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use datafusion::common::JoinType;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::coop::CooperativeExec;
@@ -29,6 +30,7 @@ use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::slot::{reads_any, BatchSlot};
+use crate::window::{WINDOW_END, WINDOW_START};
 
 /// How an aggregating view's plan above its aggregates is evaluated after a micro-batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +65,7 @@ pub(crate) enum Classified {
 
 /// Classifies `plan`, whose leaves read the finalized groups from `finals`.
 pub(crate) fn classify(plan: &Arc<dyn ExecutionPlan>, finals: &[BatchSlot]) -> Classified {
-    let classifier = Classifier { finals };
+    let classifier = Classifier { finals, windows_apart: false };
     match classifier.whole_because(plan) {
         None => Classified::TouchedGroups,
         Some(because) => match classifier.top_n_sort(plan) {
@@ -75,6 +77,35 @@ pub(crate) fn classify(plan: &Arc<dyn ExecutionPlan>, finals: &[BatchSlot]) -> C
 
 struct Classifier<'a> {
     finals: &'a [BatchSlot],
+    /// Whether window functions partitioned by `window_start` or `window_end` count as
+    /// row-local: over groups that are windows closing together, they are.
+    windows_apart: bool,
+}
+
+/// What in `plan` (above the groups in `finals`, which are event-time windows) relates
+/// groups of different windows to each other; `None` when every output row follows from
+/// the groups of one window (row-local operators, and window functions `PARTITION BY
+/// window_start` or `window_end`), so that closed windows can be evaluated on their own.
+pub(crate) fn relates_windows(plan: &Arc<dyn ExecutionPlan>, finals: &[BatchSlot]) -> Option<String> {
+    Classifier { finals, windows_apart: true }.whole_because(plan)
+}
+
+/// True when every window function of `plan` (a window operator) is partitioned by a
+/// window's start or end.
+fn partitioned_by_window(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let exprs = if let Some(window) = plan.downcast_ref::<BoundedWindowAggExec>() {
+        window.window_expr()
+    } else if let Some(window) = plan.downcast_ref::<WindowAggExec>() {
+        window.window_expr()
+    } else {
+        return false;
+    };
+    let schema = plan.children()[0].schema();
+    exprs.iter().all(|e| {
+        e.partition_by()
+            .iter()
+            .any(|p| p.downcast_ref::<Column>().is_some_and(|c| matches!(schema.field(c.index()).name().as_str(), WINDOW_START | WINDOW_END)))
+    })
 }
 
 impl Classifier<'_> {
@@ -108,7 +139,8 @@ impl Classifier<'_> {
         }
         // A branch that does not read the groups would give the same rows before and
         // after every micro-batch, which the diff would cancel.
-        if plan.is::<UnionExec>() && reading.len() == children.len() || passes_rows_through(plan) {
+        let window_local = self.windows_apart && partitioned_by_window(plan);
+        if plan.is::<UnionExec>() && reading.len() == children.len() || passes_rows_through(plan) || window_local {
             return recurse();
         }
         if let Some(join_type) = join_type(plan) {

@@ -35,6 +35,7 @@ pub mod contract;
 mod diff;
 pub mod error;
 mod evaluation;
+pub mod event_time;
 pub mod fan_out;
 pub mod file_format;
 pub mod key;
@@ -52,5 +53,6 @@ pub mod stream_table;
 mod subquery;
 mod top_n;
 pub mod view;
+pub mod window;
 
 pub use error::{EngineError, Result};

@@ -15,6 +15,8 @@ use crate::changelog::{ChangelogTable, ChangelogTables};
 use crate::checkpoint::{Checkpointer, StateFiles, Written};
 use crate::contract::{CheckpointMeta, MicroBatch, Offsets, Poll, Sink, Source, StreamDecl, ViewInfo};
 use crate::error::{EngineError, Result};
+use crate::event_time::Watermark;
+use crate::sql_file::Emit;
 use crate::view::IncrementalView;
 
 /// Knobs of the micro-batch loop.
@@ -57,10 +59,26 @@ pub struct StepReport {
     pub streams: BTreeMap<String, (u64, u64)>,
     /// View name → (rows upserted, rows deleted).
     pub changes: BTreeMap<String, (usize, usize)>,
+    /// Records behind their stream's watermark (or without an event time): dead-lettered
+    /// on an append stream; on a changelog stream they change its table but no window.
+    pub late: u64,
+    /// The late records of append streams, for their sources' dead-letter destinations.
+    pub dead_letters: Vec<LateRecords>,
     /// Stream name → records waiting in the source after this micro-batch (sources that can tell).
     pub lag: BTreeMap<String, u64>,
     /// Wall time spent on the micro-batch, sink included.
     pub elapsed: Duration,
+}
+
+/// Late records of one stream, to be dead-lettered.
+#[derive(Debug, Clone)]
+pub struct LateRecords {
+    /// The stream.
+    pub stream: String,
+    /// The records, with the stream's schema.
+    pub rows: RecordBatch,
+    /// Why each is late.
+    pub reasons: Vec<String>,
 }
 
 /// Totals of one `run`.
@@ -72,6 +90,8 @@ pub struct RunSummary {
     pub rows: u64,
     /// Records rejected by this run.
     pub rejected: u64,
+    /// Late records of this run (see [`StepReport::late`]).
+    pub late: u64,
     /// Whether the run started from a checkpoint.
     pub resumed: bool,
     /// Wall time of the run.
@@ -85,6 +105,8 @@ pub struct Pipeline {
     views: Vec<IncrementalView>,
     /// The current rows of the changelog streams.
     tables: ChangelogTables,
+    /// Stream → its watermark.
+    watermarks: BTreeMap<String, Watermark>,
     task: Arc<TaskContext>,
     checkpointer: Checkpointer,
     batch_id: u64,
@@ -101,12 +123,14 @@ impl Pipeline {
         let mut inputs = BTreeMap::new();
         for def in catalog.views() {
             views.push(IncrementalView::compile(catalog.session(), def, catalog.streams()).await?);
-            inputs.insert(format!("view:{}", def.name), format!("{:016x}", fnv1a(def.origin.text.as_bytes())));
+            let text = if def.emit == Emit::OnWindowClose { format!("{} {}", def.origin.text, def.emit.clause()) } else { def.origin.text.clone() };
+            inputs.insert(format!("view:{}", def.name), format!("{:016x}", fnv1a(text.as_bytes())));
         }
         let task = catalog.session().task_ctx();
         let checkpointer = Checkpointer::new(state_dir.join("checkpoints"))?;
         let tables = changelog_tables(catalog.streams(), &views)?;
-        Ok(Self { catalog, views, tables, task, checkpointer, batch_id: 0, offsets: BTreeMap::new(), inputs, resumed: false })
+        let watermarks = catalog.streams().iter().map(|s| (s.name.clone(), Watermark::new(s.event_time.clone()))).collect();
+        Ok(Self { catalog, views, tables, watermarks, task, checkpointer, batch_id: 0, offsets: BTreeMap::new(), inputs, resumed: false })
     }
 
     /// The catalog the pipeline was compiled from.
@@ -190,6 +214,11 @@ impl Pipeline {
             view.restore(state, &self.task).await?;
         }
         self.tables.hide_all();
+        for (name, state) in checkpoint.meta.watermarks {
+            if let Some(watermark) = self.watermarks.get_mut(&name) {
+                watermark.restore(state);
+            }
+        }
         self.batch_id = checkpoint.meta.batch_id;
         self.offsets = checkpoint.meta.sources;
         self.resumed = true;
@@ -202,7 +231,7 @@ impl Pipeline {
         let started = Instant::now();
         let mut report = StepReport { batch_id: self.batch_id + 1, ..Default::default() };
         // Disjoint borrows: the streams are read while the views are updated.
-        let Self { catalog, views, tables, task, .. } = self;
+        let Self { catalog, views, tables, watermarks, task, .. } = self;
         let streams = catalog.streams();
         let mut changed = Vec::new();
         for (name, micro) in &batches {
@@ -213,21 +242,31 @@ impl Pipeline {
             counts.0 += micro.batch.num_rows() as u64;
             counts.1 += micro.rejected;
             let batch = conform(stream, &micro.batch)?;
-            stream.recent.push(batch.clone());
-            if stream.options.changelog.is_keyed() {
-                changed.push((name.as_str(), MicroBatch { batch, ..micro.clone() }));
+            let keyed = stream.options.changelog.is_keyed();
+            let watermark = watermarks.get_mut(name).ok_or_else(|| EngineError::internal("a stream without its watermark"))?;
+            let timed = watermark.split(keyed, &batch, micro.deleted.as_ref())?;
+            report.late += timed.reasons.len() as u64;
+            if !keyed && !timed.reasons.is_empty() {
+                report.dead_letters.push(LateRecords { stream: name.clone(), rows: timed.late, reasons: timed.reasons });
+            }
+            stream.recent.push(timed.rows.clone());
+            if keyed {
+                stream.events.set(vec![timed.events]);
+                changed.push((name.as_str(), MicroBatch { batch: timed.rows, ..micro.clone() }));
             } else {
-                stream.slot.set(vec![batch]);
+                stream.slot.set(vec![timed.rows]);
             }
         }
+        let current: BTreeMap<String, i64> = watermarks.iter().filter_map(|(name, w)| Some((name.clone(), w.current()?))).collect();
         // A micro-batch without rows changes no table.
         changed.retain(|(_, m)| m.batch.num_rows() > 0);
         let names: Vec<&str> = changed.iter().map(|(n, _)| *n).collect();
         let keep_before = views.iter().any(|v| v.recomputes_on(&names));
         tables.apply(changed.iter().map(|(n, m)| (*n, m)), keep_before)?;
-        let result = update_views(views, tables, task, sink, &mut report).await;
+        let result = update_views(views, tables, &current, task, sink, &mut report).await;
         for stream in streams {
             stream.slot.clear();
+            stream.events.clear();
         }
         result?;
         for (name, micro) in batches {
@@ -248,6 +287,7 @@ impl Pipeline {
             views: BTreeMap::new(),
             inputs: self.inputs.clone(),
             base: Vec::new(),
+            watermarks: self.watermarks.iter().map(|(name, w)| (name.clone(), w.state().clone())).collect(),
         };
         sink.flush(&meta).await?;
         let changed =
@@ -307,10 +347,12 @@ impl Pipeline {
             let (batches, finished) = poll_all(&mut sources, options).await?;
             if !batches.is_empty() {
                 let mut report = self.step(batches, sink).await?;
+                self.dead_letter(&mut sources, std::mem::take(&mut report.dead_letters)).await?;
                 report.lag = sources.iter().filter_map(|s| Some((s.stream().to_string(), s.lag()?))).collect();
                 summary.batches += 1;
                 summary.rows += report.rows;
                 summary.rejected += report.rejected;
+                summary.late += report.late;
                 dirty = true;
                 on_step(&report);
             }
@@ -337,6 +379,20 @@ impl Pipeline {
         }
         summary.elapsed = started.elapsed();
         Ok(summary)
+    }
+
+    /// Hands late records to their sources' dead-letter destinations; where those end is
+    /// checkpointed with the micro-batch.
+    async fn dead_letter(&mut self, sources: &mut [Box<dyn Source>], late: Vec<LateRecords>) -> Result<()> {
+        for records in late {
+            let source = sources
+                .iter_mut()
+                .find(|s| s.stream() == records.stream)
+                .ok_or_else(|| EngineError::internal("late records without their source"))?;
+            let positions = source.reject(&records.rows, &records.reasons).await?;
+            self.offsets.entry(records.stream).or_default().extend(positions);
+        }
+        Ok(())
     }
 
     async fn checkpoint_and_commit(&mut self, sources: &mut [Box<dyn Source>], sink: &mut dyn Sink) -> Result<()> {
@@ -375,12 +431,13 @@ impl Pipeline {
 async fn update_views(
     views: &mut [IncrementalView],
     tables: &ChangelogTables,
+    watermarks: &BTreeMap<String, i64>,
     task: &Arc<TaskContext>,
     sink: &mut dyn Sink,
     report: &mut StepReport,
 ) -> Result<()> {
     for view in views {
-        let changes = view.apply(task, tables).await?;
+        let changes = view.apply(task, tables, watermarks).await?;
         report.changes.insert(view.info().name.clone(), (changes.upserts.num_rows(), changes.deletes.num_rows()));
         if !changes.is_empty() {
             sink.apply(view.info(), &changes).await?;

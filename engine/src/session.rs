@@ -7,6 +7,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::stream_table::{StreamRegistry, StreamTableFactory, STREAM_FILE_TYPE};
+use crate::window::WindowFunction;
 
 /// The session configuration of batch runs and queries.
 ///
@@ -37,12 +38,21 @@ pub fn incremental_session_config() -> SessionConfig {
     config
 }
 
-/// A session that understands `STORED AS KAFKA`, recording streams into `registry`.
+/// A session that understands `STORED AS KAFKA`, recording streams into `registry`, and
+/// the window functions `TUMBLE` and `HOP` over them.
 pub fn new_session(config: SessionConfig, registry: StreamRegistry) -> SessionContext {
     let state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
-        .with_table_factory(STREAM_FILE_TYPE.to_string(), Arc::new(StreamTableFactory::new(registry)))
+        .with_table_factory(STREAM_FILE_TYPE.to_string(), Arc::new(StreamTableFactory::new(registry.clone())))
         .build();
-    SessionContext::new_with_state(state)
+    let ctx = SessionContext::new_with_state(state);
+    // Table function names are matched as written: register both spellings people use.
+    for name in ["tumble", "TUMBLE"] {
+        ctx.register_udtf(name, Arc::new(WindowFunction::tumble(registry.clone())));
+    }
+    for name in ["hop", "HOP"] {
+        ctx.register_udtf(name, Arc::new(WindowFunction::hop(registry.clone())));
+    }
+    ctx
 }

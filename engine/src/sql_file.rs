@@ -15,8 +15,44 @@ pub struct SqlStatementText {
     pub file: PathBuf,
     /// 1-based line of its first token.
     pub line: usize,
-    /// Its text, without the closing semicolon.
+    /// Its text, without the closing semicolon (nor an `EMIT` clause).
     pub text: String,
+    /// The `EMIT ON UPDATE` / `EMIT ON WINDOW CLOSE` clause it ends with, if any: when a
+    /// view's rows are emitted. DataFusion's SQL has no such clause, so it is taken off here.
+    pub emit: Option<Emit>,
+}
+
+/// When a view emits its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Emit {
+    /// Every change, as soon as a micro-batch makes it (the default).
+    #[default]
+    OnUpdate,
+    /// A window's row once, final, when the watermark passes the window's end.
+    OnWindowClose,
+}
+
+impl Emit {
+    /// The clause as written.
+    pub fn clause(self) -> &'static str {
+        match self {
+            Self::OnUpdate => "EMIT ON UPDATE",
+            Self::OnWindowClose => "EMIT ON WINDOW CLOSE",
+        }
+    }
+}
+
+/// The `EMIT` clause `words` (a statement's last words, upper case) end with, and how
+/// many words it has.
+fn emit_clause(words: &[String]) -> Option<(Emit, usize)> {
+    let ends_with = |clause: &[&str]| words.len() >= clause.len() && words[words.len() - clause.len()..].iter().zip(clause).all(|(w, c)| w == c);
+    if ends_with(&["EMIT", "ON", "WINDOW", "CLOSE"]) {
+        Some((Emit::OnWindowClose, 4))
+    } else if ends_with(&["EMIT", "ON", "UPDATE"]) {
+        Some((Emit::OnUpdate, 3))
+    } else {
+        None
+    }
 }
 
 /// Rewrites the parser's statement-relative `Line: N, Column: C` as file positions.
@@ -80,28 +116,43 @@ fn split_sql(sql: &str, file: &Path) -> Result<Vec<SqlStatementText>> {
         message: e.message.clone(),
     })?;
     let mut statements = Vec::new();
-    let mut text = String::new();
+    // The current statement's pieces of text; `words` holds the unquoted words among them
+    // (upper case, with their piece's index) to find an EMIT clause at its end.
+    let mut pieces: Vec<String> = Vec::new();
+    let mut words: Vec<(String, usize)> = Vec::new();
     let mut line = None;
     for token in tokens {
         match &token.token {
             Token::SemiColon | Token::EOF => {
                 if let Some(line) = line.take() {
-                    statements.push(SqlStatementText { file: file.to_path_buf(), line, text: std::mem::take(&mut text) });
+                    let upper: Vec<String> = words.iter().map(|(w, _)| w.clone()).collect();
+                    let emit = emit_clause(&upper).map(|(emit, n)| {
+                        pieces.truncate(words[words.len() - n].1);
+                        emit
+                    });
+                    statements.push(SqlStatementText { file: file.to_path_buf(), line, text: pieces.concat(), emit });
                 }
-                text.clear();
+                pieces.clear();
+                words.clear();
             }
             Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)) => {
                 // Comments are dropped so that a trailing comment cannot swallow the next line.
-                text.push(' ');
+                pieces.push(" ".into());
             }
             // Text starts at the statement's first token, so the parser's "Line: N" is
             // line N of the statement, i.e. file line `line + N - 1`.
             Token::Whitespace(_) if line.is_none() => {}
+            Token::Whitespace(_) => pieces.push(token.token.to_string()),
             other => {
                 if line.is_none() {
                     line = Some(token.span.start.line as usize);
                 }
-                text.push_str(&other.to_string());
+                match other {
+                    Token::Word(word) if word.quote_style.is_none() => words.push((word.value.to_ascii_uppercase(), pieces.len())),
+                    // Only the statement's last words can be its EMIT clause.
+                    _ => words.clear(),
+                }
+                pieces.push(other.to_string());
             }
         }
     }
@@ -121,5 +172,16 @@ mod tests {
         assert!(statements[0].text.contains("';'"));
         assert_eq!(statements[1].line, 4);
         assert!(statements[1].text.trim().starts_with("CREATE VIEW b"));
+    }
+
+    #[test]
+    fn an_emit_clause_at_the_end_is_taken_off() {
+        let sql = "CREATE VIEW a AS SELECT 1 AS emit EMIT ON WINDOW CLOSE;\nCREATE VIEW b AS SELECT 'EMIT ON UPDATE' AS x;\nCREATE VIEW c AS SELECT 1 emit on update -- now\n;";
+        let statements = split_sql(sql, Path::new("t.sql")).unwrap();
+        assert_eq!(statements[0].emit, Some(Emit::OnWindowClose));
+        assert_eq!(statements[0].text.trim(), "CREATE VIEW a AS SELECT 1 AS emit");
+        assert_eq!(statements[1].emit, None);
+        assert_eq!(statements[2].emit, Some(Emit::OnUpdate));
+        assert_eq!(statements[2].text.trim(), "CREATE VIEW c AS SELECT 1");
     }
 }

@@ -2,13 +2,92 @@
 //! these typed fields and never an option string.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use trendflow_formats::RecordFormat;
 
 use crate::recent::DEFAULT_RECENT_ROWS;
 
 /// Every option name a stream may declare.
-const NAMES: [&str; 7] = ["format", "schema_registry_url", "avro_schema", "dead_letter_topic", "max_record_bytes", "recent_rows", "changelog"];
+const NAMES: [&str; 11] = [
+    "format",
+    "schema_registry_url",
+    "avro_schema",
+    "dead_letter_topic",
+    "max_record_bytes",
+    "recent_rows",
+    "changelog",
+    "event_time",
+    "event_time_format",
+    "watermark_delay",
+    "idle_timeout",
+];
+
+/// How long a partition may deliver nothing before it stops holding the watermark back.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// When a stream's records happened: `OPTIONS ('event_time' 'date', 'event_time_format'
+/// '%d/%m/%Y %H:%M', 'watermark_delay' '10 minutes', 'idle_timeout' '30 seconds')`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTimeOptions {
+    /// A column or an SQL expression over the stream's columns (`None`: `_timestamp`).
+    pub expression: Option<String>,
+    /// A chrono format (`%d/%m/%Y %H:%M`) the column's strings are read with.
+    pub format: Option<String>,
+    /// Allowed lateness: how far the watermark trails the largest event time.
+    pub watermark_delay: Duration,
+    /// See [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+}
+
+impl Default for EventTimeOptions {
+    fn default() -> Self {
+        Self { expression: None, format: None, watermark_delay: Duration::ZERO, idle_timeout: DEFAULT_IDLE_TIMEOUT }
+    }
+}
+
+impl EventTimeOptions {
+    fn parse(options: &HashMap<String, String>) -> Result<Self, String> {
+        let expression = options.get("event_time").cloned();
+        let format = options.get("event_time_format").cloned();
+        if format.is_some() && expression.is_none() {
+            return Err("'event_time_format' reads the 'event_time' column: declare it too, e.g. ('event_time' 'date')".into());
+        }
+        let duration =
+            |name: &str, default: Duration| options.get(name).map_or(Ok(default), |text| parse_duration(text).map_err(|e| format!("{name}: {e}")));
+        Ok(Self {
+            expression,
+            format,
+            watermark_delay: duration("watermark_delay", Duration::ZERO)?,
+            idle_timeout: duration("idle_timeout", DEFAULT_IDLE_TIMEOUT)?,
+        })
+    }
+}
+
+/// Reads `'10 minutes'`, `'30 s'`, `'1 hour'`, `'500 ms'`, `'2 days'` (or `'0'`).
+///
+/// ```
+/// use std::time::Duration;
+/// use trendflow_engine::stream_options::parse_duration;
+/// assert_eq!(parse_duration("10 minutes"), Ok(Duration::from_secs(600)));
+/// assert!(parse_duration("ten minutes").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration (e.g. '10 minutes', '30 seconds')"))?;
+    let millis = match unit.trim().to_ascii_lowercase().as_str() {
+        "" if number == 0 => 0,
+        "ms" | "millisecond" | "milliseconds" => 1,
+        "s" | "sec" | "second" | "seconds" => 1_000,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+        "h" | "hour" | "hours" => 3_600_000,
+        "d" | "day" | "days" => 86_400_000,
+        other => return Err(format!("unknown unit `{other}` in `{text}` (ms, seconds, minutes, hours, days)")),
+    };
+    Ok(Duration::from_millis(number.saturating_mul(millis)))
+}
 
 /// How a stream's records change it: `OPTIONS ('changelog' 'append' | 'upsert' | 'debezium')`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,6 +179,8 @@ pub struct StreamOptions {
     pub recent_rows: usize,
     /// How records change the stream (`'changelog'`).
     pub changelog: Changelog,
+    /// When its records happened, and how late they may come.
+    pub event_time: EventTimeOptions,
 }
 
 impl Default for StreamOptions {
@@ -110,6 +191,7 @@ impl Default for StreamOptions {
             dead_letter_topic: None,
             recent_rows: DEFAULT_RECENT_ROWS,
             changelog: Changelog::Append,
+            event_time: EventTimeOptions::default(),
         }
     }
 }
@@ -132,6 +214,7 @@ impl StreamOptions {
         Ok(Self {
             format,
             changelog,
+            event_time: EventTimeOptions::parse(options)?,
             max_record_bytes: match options.get("max_record_bytes") {
                 None => defaults.max_record_bytes,
                 Some(bytes) => {

@@ -9,6 +9,7 @@
 //! way its output is diffed by the view's key. A view without aggregates is
 //! stateless: its plan runs on each micro-batch and every output row is an upsert.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -34,12 +35,14 @@ use crate::contract::{Changeset, StreamDecl, ViewInfo};
 use crate::diff::{Differ, IndexedRows};
 use crate::error::{EngineError, Result};
 pub use crate::evaluation::Evaluation;
-use crate::evaluation::{classify, join_name, join_type, keeps_only_side, Classified};
+use crate::evaluation::{classify, join_name, join_type, keeps_only_side, relates_windows, Classified};
 use crate::key::require_view_key;
 use crate::plan_search::find_in_plan;
 use crate::slot::{columns_read, reads_any, run_plan, run_with, BatchSlot};
+use crate::sql_file::Emit;
 use crate::subquery::inline_reference_subqueries;
 use crate::top_n::TopN;
+use crate::window::{WINDOW_END, WINDOW_START};
 
 /// A view compiled for incremental maintenance.
 #[derive(Debug)]
@@ -53,6 +56,93 @@ pub struct IncrementalView {
     reads: Vec<(String, Vec<usize>)>,
     /// How the view follows its changelog streams, when it reads any.
     changelog: Option<ChangelogInputs>,
+    /// When its groups are windows that close, which and how.
+    windowing: Option<Windowing>,
+}
+
+/// What a view reads of a stream: its rows as a changelog's changes (`keyed`), or as
+/// records (an append stream's rows, a changelog stream's events under a window).
+#[derive(Debug)]
+struct Input {
+    name: String,
+    slot: BatchSlot,
+    keyed: bool,
+}
+
+/// Every stream input `physical` reads.
+fn inputs_read(physical: &Arc<dyn ExecutionPlan>, streams: &[StreamDecl]) -> Vec<Input> {
+    let mut inputs = Vec::new();
+    for stream in streams {
+        let keyed = stream.options.changelog.is_keyed();
+        if reads_any(physical, std::slice::from_ref(&stream.slot)) {
+            inputs.push(Input { name: stream.name.clone(), slot: stream.slot.clone(), keyed });
+        }
+        if keyed && reads_any(physical, std::slice::from_ref(&stream.events)) {
+            inputs.push(Input { name: stream.name.clone(), slot: stream.events.clone(), keyed: false });
+        }
+    }
+    inputs
+}
+
+/// How the groups of a view over a window close: once the watermark of `stream`
+/// passes a window's end, its groups are final; they are emitted then (`EMIT ON WINDOW
+/// CLOSE`) and leave the state.
+#[derive(Debug)]
+struct Windowing {
+    stream: String,
+    emit: Emit,
+    /// Per aggregate: the group column holding the window, and what to add to it for
+    /// the window's end (the size when it holds the start).
+    columns: Vec<(usize, i64)>,
+}
+
+impl Windowing {
+    /// How `def`'s groups close, if they are windows whose closing the view can follow.
+    fn of(def: &ViewDef, kind: &ViewKind, output: &SchemaRef) -> std::result::Result<Option<Self>, String> {
+        let on_close = def.emit == Emit::OnWindowClose;
+        let needs = |why: &str| {
+            if on_close {
+                Err(format!("EMIT ON WINDOW CLOSE {why}"))
+            } else {
+                Ok(None)
+            }
+        };
+        let [window] = def.windows.as_slice() else {
+            return needs("needs one window: GROUP BY window_start (or window_end) of one TUMBLE(…) or HOP(…)");
+        };
+        let ViewKind::Aggregating { stages, upkeep } = kind else { return needs("needs an aggregate: GROUP BY window_start, …") };
+        if output.index_of(WINDOW_START).is_err() && output.index_of(WINDOW_END).is_err() {
+            return needs("needs window_start or window_end among the view's columns");
+        }
+        let mut columns = Vec::new();
+        for aggregate in &stages.aggregates {
+            let names = aggregate.group_names();
+            let column = match (names.iter().position(|n| n == WINDOW_END), names.iter().position(|n| n == WINDOW_START)) {
+                (Some(end), _) => (end, 0),
+                (None, Some(start)) => (start, window.size_ms),
+                (None, None) => return needs("needs GROUP BY window_start (or window_end) of the window"),
+            };
+            columns.push(column);
+        }
+        if !on_close && !matches!(upkeep, Upkeep::TouchedGroups) {
+            // Its result is re-evaluated over every group: those of closed windows stay.
+            return Ok(None);
+        }
+        // A result that relates windows to each other needs the closed ones to stay.
+        let finals: Vec<BatchSlot> = stages.aggregates.iter().map(|a| a.finals_slot().clone()).collect();
+        let apart = match upkeep {
+            Upkeep::TouchedGroups => Ok(()),
+            Upkeep::TopN { .. } => {
+                Err("ORDER BY … LIMIT ranks every window's groups together (rank within windows: ROW_NUMBER() OVER (PARTITION BY window_start …))"
+                    .to_string())
+            }
+            Upkeep::WholeResult { .. } => relates_windows(&stages.output, &finals).map_or(Ok(()), Err),
+        };
+        if let Err(because) = apart {
+            return needs(&format!("needs each row to follow from the groups of one window, and {because} relates windows"));
+        }
+        Ok(Some(Self { stream: window.stream.clone(), emit: def.emit, columns }))
+    }
 }
 
 /// The changelog streams a view reads: the one whose changed rows drive it, and the
@@ -126,16 +216,17 @@ impl IncrementalView {
         }
         let key = require_view_key(df.logical_plan(), streams);
         let physical = df.create_physical_plan().await.map_err(|e| sql_error(e.to_string()))?;
-        let read: Vec<&StreamDecl> = streams.iter().filter(|s| reads_any(&physical, std::slice::from_ref(&s.slot))).collect();
+        let read = inputs_read(&physical, streams);
         if read.is_empty() {
             return Err(unsupported("it reads no stream; declare reference-only queries as plain SQL instead".into()));
         }
-        let reads = read.iter().map(|s| (s.name.clone(), columns_read(&physical, &s.slot))).collect();
+        let reads = read.iter().filter(|i| i.keyed).map(|i| (i.name.clone(), columns_read(&physical, &i.slot))).collect();
         let key = key.map_err(unsupported)?;
         let info = ViewInfo { name: def.name.clone(), schema: physical.schema(), key };
         let differ = Differ::new(&info)?;
         let (kind, changelog) = compile_kind(physical, &read, &differ).map_err(unsupported)?;
-        Ok(Self { info, origin: (def.origin.file.clone(), def.origin.line), differ, kind, reads, changelog })
+        let windowing = Windowing::of(def, &kind, &info.schema).map_err(unsupported)?;
+        Ok(Self { info, origin: (def.origin.file.clone(), def.origin.line), differ, kind, reads, changelog, windowing })
     }
 
     /// Stream → the columns of it the view reads (indices into the stream's schema).
@@ -167,8 +258,44 @@ impl IncrementalView {
 
     /// Processes the micro-batch now in the stream slots (append streams) and in
     /// `tables` (changelog streams).
-    pub async fn apply(&mut self, ctx: &Arc<TaskContext>, tables: &ChangelogTables) -> Result<Changeset> {
-        let changes = match &self.changelog {
+    /// `watermarks` (stream → watermark, milliseconds) say which windows have closed.
+    pub async fn apply(&mut self, ctx: &Arc<TaskContext>, tables: &ChangelogTables, watermarks: &BTreeMap<String, i64>) -> Result<Changeset> {
+        let changes = match self.apply_changes(ctx, tables).await {
+            Ok(changes) => self.close_windows(changes, watermarks, ctx).await,
+            Err(e) => Err(e),
+        };
+        changes.map_err(|e| self.error(e))
+    }
+
+    /// Emits (`EMIT ON WINDOW CLOSE`) and forgets the groups of the windows the
+    /// watermark has passed; `changes` are the micro-batch's other changes.
+    async fn close_windows(&mut self, changes: Changeset, watermarks: &BTreeMap<String, i64>, ctx: &Arc<TaskContext>) -> Result<Changeset> {
+        let (Some(windowing), ViewKind::Aggregating { stages, .. }) = (&self.windowing, &mut self.kind) else { return Ok(changes) };
+        let Some(&watermark) = watermarks.get(&windowing.stream) else { return Ok(changes) };
+        let closed = stages
+            .aggregates
+            .iter()
+            .zip(&windowing.columns)
+            .map(|(a, (column, offset))| a.closed_groups(*column, *offset, watermark))
+            .collect::<Result<Vec<_>>>()?;
+        if closed.iter().all(|c| c.num_rows() == 0) {
+            return Ok(changes);
+        }
+        let changes = match windowing.emit {
+            Emit::OnUpdate => changes,
+            Emit::OnWindowClose => {
+                let rows = stages.evaluate(closed.iter().cloned().map(Some).collect(), ctx).await?;
+                Changeset { upserts: last_row_per_key(&rows, &self.info.key)?, deletes: RecordBatch::new_empty(self.info.key_schema()) }
+            }
+        };
+        for (aggregate, groups) in stages.aggregates.iter_mut().zip(&closed) {
+            aggregate.evict(groups)?;
+        }
+        Ok(changes)
+    }
+
+    async fn apply_changes(&mut self, ctx: &Arc<TaskContext>, tables: &ChangelogTables) -> Result<Changeset> {
+        match &self.changelog {
             None => self.apply_batch(ctx).await,
             Some(inputs) => {
                 let changed: Vec<&str> = inputs.streams.iter().map(|(n, _)| n.as_str()).filter(|n| tables.changed(n)).collect();
@@ -181,8 +308,7 @@ impl IncrementalView {
                     self.apply_delta(ctx, tables).await
                 }
             }
-        };
-        changes.map_err(|e| self.error(e))
+        }
     }
 
     /// Follows the changed rows of the driving changelog stream.
@@ -249,6 +375,10 @@ impl IncrementalView {
             ViewKind::Aggregating { stages, upkeep } => (stages, upkeep),
         };
         let Some(touched) = stages.apply(ctx).await? else { return Ok(self.info.no_change()) };
+        if self.windowing.as_ref().is_some_and(|w| w.emit == Emit::OnWindowClose) {
+            // Nothing before a window closes.
+            return Ok(self.info.no_change());
+        }
         follow_touched(&self.differ, stages, upkeep, touched, ctx).await
     }
 
@@ -297,6 +427,10 @@ impl IncrementalView {
     /// micro-batch.
     pub async fn current_result(&self, ctx: &Arc<TaskContext>) -> Result<Option<RecordBatch>> {
         let ViewKind::Aggregating { stages, upkeep } = &self.kind else { return Ok(None) };
+        if self.windowing.is_some() {
+            // The rows of closed windows are no longer in the state, but stay in the sinks.
+            return Ok(None);
+        }
         match upkeep {
             Upkeep::TouchedGroups => Ok(Some(stages.evaluate_all(ctx).await?)),
             Upkeep::TopN { current, .. } | Upkeep::WholeResult { current, .. } => Ok(Some(current.batch.clone())),
@@ -370,10 +504,10 @@ fn diff_rows(differ: &Differ, info: &ViewInfo, before: RecordBatch, after: Recor
 /// (the others are read as whole tables, whose changes make it recompute).
 fn compile_kind(
     physical: Arc<dyn ExecutionPlan>,
-    read: &[&StreamDecl],
+    read: &[Input],
     differ: &Differ,
 ) -> std::result::Result<(ViewKind, Option<ChangelogInputs>), String> {
-    let (keyed, append): (Vec<&StreamDecl>, Vec<&StreamDecl>) = read.iter().partition(|s| s.options.changelog.is_keyed());
+    let (keyed, append): (Vec<&Input>, Vec<&Input>) = read.iter().partition(|s| s.keyed);
     if keyed.is_empty() {
         let slots: Vec<BatchSlot> = read.iter().map(|s| s.slot.clone()).collect();
         return Ok((stages_of(physical, &slots, differ)?, None));

@@ -10,9 +10,8 @@ use std::path::Path;
 use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use trendflow_connectors::decode::{changelog_key, decode_parsed, parse_records, with_metadata, RecordFormat, RecordOrigin};
 use trendflow_connectors::store::EmbeddedStore;
-use trendflow_engine::batch::compute_views;
+use trendflow_engine::batch::{compute_views, BatchStream};
 use trendflow_engine::catalog::Catalog;
-use trendflow_engine::changelog::final_table;
 use trendflow_engine::contract::{Source, StreamDecl};
 use trendflow_engine::runtime::Pipeline;
 use trendflow_engine::session::{batch_session_config, incremental_session_config};
@@ -116,14 +115,10 @@ async fn catalog(sql: &Path, config: datafusion::prelude::SessionConfig) -> Cata
 /// Every view over the final tables, as `trendflow batch` computes them.
 async fn batch(sql: &Path, history: &History) -> BTreeMap<String, RecordBatch> {
     let catalog = catalog(sql, batch_session_config()).await;
-    let mut tables: Vec<(String, std::sync::Arc<dyn datafusion::catalog::TableProvider>)> = Vec::new();
+    let mut tables = Vec::new();
     for stream in catalog.streams() {
         let (rows, deleted) = decoded(stream, history.records(&stream.name));
-        let table = final_table(stream, [(&rows, Some(&deleted))]).unwrap();
-        tables.push((
-            stream.name.clone(),
-            std::sync::Arc::new(datafusion::datasource::MemTable::try_new(stream.schema.clone(), vec![vec![table]]).unwrap()),
-        ));
+        tables.push(BatchStream::new(stream, [(rows, Some(deleted))]).unwrap());
     }
     last_row_per_key(compute_views(&catalog, tables).await.unwrap())
 }

@@ -34,9 +34,8 @@ use datafusion::prelude::SessionContext;
 use sqllogictest::{DBOutput, DefaultColumnType};
 use trendflow_connectors::decode::{changelog_key, with_metadata, RecordOrigin};
 use trendflow_connectors::store::EmbeddedStore;
-use trendflow_engine::batch::compute_views;
+use trendflow_engine::batch::{compute_views, BatchStream};
 use trendflow_engine::catalog::Catalog;
-use trendflow_engine::changelog::final_table;
 use trendflow_engine::contract::{CheckpointMeta, MicroBatch, Offsets, Poll, Sink, Source, StreamDecl};
 use trendflow_engine::error::EngineError;
 use trendflow_engine::runtime::{Pipeline, RunOptions};
@@ -310,15 +309,10 @@ impl Script {
     async fn batch_results(&mut self) -> SltResult<BTreeMap<String, RecordBatch>> {
         let dir = self.fresh_dir()?;
         let catalog = self.catalog(&dir, batch_session_config()).await?;
-        let mut tables: Vec<(String, Arc<dyn datafusion::catalog::TableProvider>)> = Vec::new();
+        let mut tables = Vec::new();
         for stream in catalog.streams() {
             let batches = self.micro_batches(stream, Mode::AsGiven)?;
-            let all = if stream.options.changelog.is_keyed() {
-                final_table(stream, batches.iter().map(|m| (&m.batch, m.deleted.as_ref())))?
-            } else {
-                concat_batches(&stream.schema, batches.iter().map(|m| &m.batch))?
-            };
-            tables.push((stream.name.clone(), Arc::new(MemTable::try_new(stream.schema.clone(), vec![vec![all]])?)));
+            tables.push(BatchStream::new(stream, batches.into_iter().map(|m| (m.batch, m.deleted)))?);
         }
         Ok(last_row_per_key(compute_views(&catalog, tables).await?))
     }

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use datafusion::arrow::csv;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use trendflow_engine::file_format::FileFormat;
 
@@ -24,7 +25,7 @@ use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source, StreamDecl};
 use trendflow_engine::EngineError;
 
 use super::dead_letters::{DeadLetter, DeadLetterFile};
-use crate::decode::{changelog_key, decode_parsed, parse_text, with_metadata, Parsed, RecordOrigin};
+use crate::decode::{changelog_key, decode_parsed, parse_text, with_metadata, Parsed, RecordOrigin, TurnedAway};
 use crate::error::{ConnectorError, Result};
 
 /// A chunk of records read from the file, parsed but not yet converted.
@@ -176,6 +177,23 @@ impl Source for FileSource {
 
     fn identity(&self) -> String {
         format!("file:{}", std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone()).display())
+    }
+
+    async fn reject(&mut self, rows: &RecordBatch, reasons: &[String]) -> trendflow_engine::Result<Offsets> {
+        let source_error = |e: ConnectorError| EngineError::Source { source_name: self.stream.name.clone(), cause: Box::new(e) };
+        let away = TurnedAway::of(&self.stream, rows).map_err(|e| source_error(e.into()))?;
+        let letters: Vec<DeadLetter> = (0..away.records.len())
+            .map(|i| DeadLetter {
+                stream: self.stream.name.clone(),
+                partition: away.partitions[i],
+                offset: away.offsets[i],
+                reason: reasons[i].clone(),
+                record: away.records[i].clone(),
+            })
+            .collect();
+        self.dead_letters.write(&letters).map_err(source_error)?;
+        let bytes = self.dead_letters.len().map_err(source_error)? as i64;
+        Ok(Offsets::from([(DEAD_LETTER_BYTES_PARTITION, bytes)]))
     }
 
     async fn poll(&mut self, max_rows: usize, _max_delay: Duration) -> trendflow_engine::Result<Poll> {

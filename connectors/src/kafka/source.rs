@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::record_batch::RecordBatch;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -25,7 +26,7 @@ use trendflow_engine::EngineError;
 
 use super::dead_letters::{DeadLetterTopic, Rejected};
 use super::{blocking, client_config, kafka_error, partition_count, watermarks};
-use crate::decode::{with_metadata, RecordDecoder, RecordOrigin};
+use crate::decode::{with_metadata, RecordDecoder, RecordOrigin, TurnedAway};
 use crate::error::Result;
 
 /// The pseudo-partition under which a Kafka source checkpoints the end of its
@@ -310,6 +311,22 @@ impl Source for KafkaSource {
 
     fn identity(&self) -> String {
         format!("kafka:{}", self.options.topic)
+    }
+
+    async fn reject(&mut self, rows: &RecordBatch, reasons: &[String]) -> trendflow_engine::Result<Offsets> {
+        let away = TurnedAway::of(&self.stream, rows).map_err(|e| self.source_error(e))?;
+        let letters: Vec<Rejected<'_>> = (0..away.records.len())
+            .map(|i| Rejected {
+                partition: away.partitions[i],
+                offset: away.offsets[i],
+                key: away.keys[i].as_deref().map(str::as_bytes),
+                payload: away.records[i].as_bytes(),
+                timestamp: away.timestamps[i],
+                reason: &reasons[i],
+            })
+            .collect();
+        self.dead_letters.write(&letters).await.map_err(|e| self.source_error(e))?;
+        Ok(self.dead_letters.end().map(|end| Offsets::from([(DEAD_LETTER_POSITION, end)])).unwrap_or_default())
     }
 
     async fn poll(&mut self, max_rows: usize, max_delay: Duration) -> trendflow_engine::Result<Poll> {

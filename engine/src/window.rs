@@ -1,0 +1,192 @@
+//! Event-time windows as table functions: `TUMBLE(stream, size)` and
+//! `HOP(stream, slide, size)` read a stream's events with two more columns,
+//! `window_start` and `window_end`, one row per window a record falls in (one for
+//! `TUMBLE`, `size / slide` for `HOP`). Windows are aligned to the Unix epoch and
+//! include their start, not their end.
+//!
+//! ```sql
+//! SELECT window_start, window_end, category_id, COUNT(*) AS products
+//! FROM HOP(products, INTERVAL '5 minutes', INTERVAL '1 hour')
+//! GROUP BY window_start, window_end, category_id
+//! ```
+//!
+//! Both are built from DataFusion's own operators (`date_bin`, `make_array`, `unnest`),
+//! so a window is a row-local step a micro-batch evaluates on its own. A view that
+//! groups by `window_start` or `window_end` knows when each group is final: once the
+//! stream's watermark passes the window's end (see [`crate::event_time`]).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{plan_err, Column, ScalarValue};
+use datafusion::datasource::{provider_as_source, TableType, ViewTable};
+use datafusion::error::Result as DfResult;
+use datafusion::functions::datetime::expr_fn::date_bin;
+use datafusion::functions_nested::expr_fn::make_array;
+use datafusion::logical_expr::{col, lit, Expr, LogicalPlanBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::stream_table::StreamRegistry;
+
+/// The column holding a window's first instant.
+pub const WINDOW_START: &str = "window_start";
+/// The column holding the instant after a window's last.
+pub const WINDOW_END: &str = "window_end";
+/// Most windows one record may fall in (`size / slide` of a `HOP`).
+const MAX_WINDOWS_PER_RECORD: i64 = 1_000;
+
+/// A window a query planned over a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSpec {
+    /// The stream whose events it reads.
+    pub stream: String,
+    /// Length of a window (milliseconds).
+    pub size_ms: i64,
+    /// Distance between window starts (milliseconds; `size_ms` for `TUMBLE`).
+    pub slide_ms: i64,
+}
+
+/// Which table function.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Tumble,
+    Hop,
+}
+
+/// `TUMBLE` or `HOP`, over the streams of a registry.
+#[derive(Debug)]
+pub struct WindowFunction {
+    kind: Kind,
+    streams: StreamRegistry,
+}
+
+impl WindowFunction {
+    /// `TUMBLE(stream, size)`.
+    pub fn tumble(streams: StreamRegistry) -> Self {
+        Self { kind: Kind::Tumble, streams }
+    }
+
+    /// `HOP(stream, slide, size)`.
+    pub fn hop(streams: StreamRegistry) -> Self {
+        Self { kind: Kind::Hop, streams }
+    }
+
+    fn usage(&self) -> &'static str {
+        match self.kind {
+            Kind::Tumble => "TUMBLE(stream, INTERVAL '1 hour')",
+            Kind::Hop => "HOP(stream, INTERVAL '5 minutes', INTERVAL '1 hour') (slide, then size)",
+        }
+    }
+
+    fn spec(&self, args: &[Expr]) -> DfResult<WindowSpec> {
+        let usage = self.usage();
+        let (stream, intervals) = match (self.kind, args) {
+            (Kind::Tumble, [stream, size]) => (stream, vec![size]),
+            (Kind::Hop, [stream, slide, size]) => (stream, vec![slide, size]),
+            _ => return plan_err!("write {usage}"),
+        };
+        let stream = match stream {
+            Expr::Column(column) => column.name.clone(),
+            Expr::Literal(ScalarValue::Utf8(Some(name)), _) => name.clone(),
+            other => return plan_err!("{usage}: the first argument names a stream, not `{other}`"),
+        };
+        let intervals = intervals
+            .into_iter()
+            .map(|e| interval_ms(e).map_err(|m| datafusion::error::DataFusionError::Plan(format!("{usage}: {m}"))))
+            .collect::<DfResult<Vec<_>>>()?;
+        let (slide_ms, size_ms) = match intervals.as_slice() {
+            [size] => (*size, *size),
+            [slide, size] => (*slide, *size),
+            _ => unreachable!("one or two intervals"),
+        };
+        if size_ms % slide_ms != 0 || size_ms / slide_ms > MAX_WINDOWS_PER_RECORD {
+            return plan_err!("{usage}: the size must be a multiple of the slide, at most {MAX_WINDOWS_PER_RECORD} times it");
+        }
+        Ok(WindowSpec { stream, size_ms, slide_ms })
+    }
+}
+
+impl TableFunctionImpl for WindowFunction {
+    fn call_with_args(&self, args: TableFunctionArgs<'_, '_>) -> DfResult<Arc<dyn TableProvider>> {
+        let spec = self.spec(args.exprs())?;
+        let Some(stream) = self.streams.stream(&spec.stream) else {
+            let declared: Vec<String> = self.streams.streams().into_iter().map(|s| s.name).collect();
+            return plan_err!("{}: `{}` is not a stream (streams: {})", self.usage(), spec.stream, declared.join(", "));
+        };
+        let events = Arc::new(EventsTable { stream: stream.name.clone(), schema: stream.schema.clone(), streams: self.streams.clone() });
+        let scan = LogicalPlanBuilder::scan(stream.name.as_str(), provider_as_source(events), None)?;
+        let columns: Vec<Expr> = stream.schema.fields().iter().map(|f| Expr::Column(Column::new_unqualified(f.name()))).collect();
+        let time = stream.event_time.expr.clone();
+        let starts: Vec<Expr> = (0..spec.size_ms / spec.slide_ms)
+            .map(|i| date_bin(interval(spec.slide_ms), time.clone(), epoch()) - interval(i * spec.slide_ms))
+            .collect();
+        const STARTS: &str = "__window_starts";
+        let plan = match starts.as_slice() {
+            [start] => scan.project(columns.iter().cloned().chain([start.clone().alias(STARTS)]))?,
+            _ => scan.project(columns.iter().cloned().chain([make_array(starts.clone()).alias(STARTS)]))?.unnest_column(STARTS)?,
+        };
+        let windows = [col(STARTS).alias(WINDOW_START), (col(STARTS) + interval(spec.size_ms)).alias(WINDOW_END)];
+        let plan = plan.project(columns.into_iter().chain(windows))?.build()?;
+        self.streams.add_window(spec);
+        Ok(Arc::new(ViewTable::new(plan, None)))
+    }
+}
+
+/// The events of a stream: its `events` slot, or what replaced it (a batch run's input).
+#[derive(Debug)]
+struct EventsTable {
+    stream: String,
+    schema: SchemaRef,
+    streams: StreamRegistry,
+}
+
+#[async_trait]
+impl TableProvider for EventsTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if let Some(table) = self.streams.replaced_events(&self.stream) {
+            return table.scan(state, projection, filters, limit).await;
+        }
+        let Some(stream) = self.streams.stream(&self.stream) else { return plan_err!("stream `{}` is gone", self.stream) };
+        Ok(stream.events.exec(projection.cloned())?)
+    }
+}
+
+/// `ms` milliseconds as an interval literal.
+fn interval(ms: i64) -> Expr {
+    lit(ScalarValue::new_interval_mdn(0, 0, ms * 1_000_000))
+}
+
+/// The Unix epoch, which windows are aligned to.
+fn epoch() -> Expr {
+    lit(ScalarValue::TimestampMillisecond(Some(0), Some("UTC".into())))
+}
+
+/// The length of an interval literal, in milliseconds (months have no fixed length).
+fn interval_ms(expr: &Expr) -> Result<i64, String> {
+    let ms = match expr {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(i)), _) if i.months == 0 => i64::from(i.days) * 86_400_000 + i.nanoseconds / 1_000_000,
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(i)), _) => i64::from(i.days) * 86_400_000 + i64::from(i.milliseconds),
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(_)), _) => return Err("months and years have no fixed length; give days".into()),
+        other => return Err(format!("`{other}` is not an interval such as INTERVAL '1 hour'")),
+    };
+    if ms <= 0 {
+        return Err(format!("`{expr}` is not a positive interval"));
+    }
+    Ok(ms)
+}
