@@ -63,6 +63,10 @@ VIEWS = {
                       "ORDER BY window_start, category_id",
     "top_categories_by_demand": "SELECT category_id, category_name, bought_last_month FROM top_categories_by_demand "
                                 "ORDER BY bought_last_month DESC, category_id",
+    # The latest closed hour of event time (windows slide every 5 minutes).
+    "trending_now": "SELECT t.window_start, t.window_end, t.rank, t.category_id, c.category_name, t.products "
+                    "FROM trending_now t LEFT JOIN streams.categories c ON t.category_id = c.id "
+                    "WHERE t.window_end = (SELECT MAX(window_end) FROM trending_now) ORDER BY t.rank",
 }
 
 
@@ -113,20 +117,31 @@ def render(uri, token, status_url, top_n):
 
     left, right = st.columns(2)
     with left:
-        st.subheader("Products per minute, top categories")
-        st.caption(f"updated {last_updated(status, 'category_trend')}")
+        st.subheader("Products per day, top categories")
+        st.caption(f"updated {last_updated(status, 'category_trend')} · days of the records' own time")
         trend = data["category_trend"]
         leaders = data["category_distribution"].head(5)["category_id"]
         shown = trend[trend["category_id"].isin(leaders)]
         if shown.empty:
             st.info("No trend data yet.")
         else:
-            # Points as well as lines: a stream younger than a minute has one window per category.
+            # Points as well as lines: a stream younger than a day has one window per category.
             chart = alt.Chart(shown).mark_line(point=True).encode(
-                x=alt.X("window_start:T", title="minute"), y=alt.Y("products:Q"), color=alt.Color("category_id:N", title="category"))
+                x=alt.X("window_start:T", title="day"), y=alt.Y("products:Q"), color=alt.Color("category_id:N", title="category"))
             st.altair_chart(chart, use_container_width=True)
         st.dataframe(trend, hide_index=True, key="category_trend")
     with right:
+        st.subheader("Trending now")
+        trending = data["trending_now"]
+        if trending.empty:
+            st.info("No hour of event time has closed yet.")
+        else:
+            st.caption(f"the hour up to {trending['window_end'].iloc[0]} (closed windows, sliding every 5 minutes)")
+            st.bar_chart(trending, x="category_name", y="products", horizontal=True, sort=False)
+            st.dataframe(trending, hide_index=True, key="trending_now")
+
+    left, right = st.columns(2)
+    with left:
         st.subheader("Top categories by demand")
         st.caption(f"updated {last_updated(status, 'top_categories_by_demand')}")
         st.bar_chart(data["top_categories_by_demand"], x="category_name", y="bought_last_month", horizontal=True, sort=False)

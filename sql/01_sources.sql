@@ -7,6 +7,11 @@
 -- products. Re-bind it at run time without editing this file, e.g.
 --   trendflow run --source products=file:data/amazon_products.csv
 -- Every stream also has the metadata columns _key, _partition, _offset, _timestamp.
+--
+-- Event time: a record happened at its `date` ("31/12/2023 00:00", as the seed
+-- pipeline's API client writes it), or when it arrived if it has none. Records may
+-- come up to 10 minutes out of order; a record further behind the watermark is late:
+-- it still changes the product, but counts in no time window (see /metrics).
 CREATE EXTERNAL TABLE products (
     asin                VARCHAR NOT NULL,
     title               VARCHAR,
@@ -19,11 +24,14 @@ CREATE EXTERNAL TABLE products (
     category_id         INT,
     "isBestSeller"      BOOLEAN,
     "boughtInLastMonth" BIGINT,
+    date                VARCHAR,
     PRIMARY KEY (asin)
 )
 STORED AS KAFKA
 LOCATION 'products'
-OPTIONS ('format' 'json', 'changelog' 'upsert');
+OPTIONS ('format' 'json', 'changelog' 'upsert',
+         'event_time' 'COALESCE(to_timestamp_millis(date, ''%d/%m/%Y %H:%M''), _timestamp)',
+         'watermark_delay' '10 minutes');
 
 -- `categories` is a changelog stream too, on its own topic, one JSON object per
 -- category ({"id": 1, "category_name": "Beading & Jewelry Making"}): a renamed or late

@@ -60,13 +60,34 @@ GROUP BY p.category_id, c.category_name
 ORDER BY bought_last_month DESC, p.category_id
 LIMIT 10;
 
--- Trend over time: products and average price per category per minute of arrival.
+-- Trend over time: product records and their average price per category per day of
+-- the records' own time (TUMBLE over the event time declared in 01_sources.sql). A day's
+-- rows are updated as its records arrive; once the watermark passes its end, the day is
+-- final and leaves the engine's state (its rows stay in the store).
 CREATE VIEW category_trend AS
 SELECT
-    date_bin(INTERVAL '1 minute', _timestamp) AS window_start,
+    window_start,
     category_id,
-    COUNT(*)                                  AS products,
-    AVG(price)                                AS avg_price
-FROM products
+    COUNT(*)   AS products,
+    AVG(price) AS avg_price
+FROM TUMBLE(products, INTERVAL '1 day')
 WHERE price > 0
-GROUP BY 1, 2;
+GROUP BY window_start, category_id;
+
+-- Trending now: the ten categories with the most product records in each hour of
+-- event time, sliding every 5 minutes (HOP), each window emitted once, final, when it
+-- closes.
+CREATE VIEW trending_now AS
+SELECT window_start, window_end, category_id, products, rank
+FROM (
+    SELECT
+        window_start,
+        window_end,
+        category_id,
+        COUNT(*) AS products,
+        ROW_NUMBER() OVER (PARTITION BY window_start ORDER BY COUNT(*) DESC, category_id) AS rank
+    FROM HOP(products, INTERVAL '5 minutes', INTERVAL '1 hour')
+    GROUP BY window_start, window_end, category_id
+)
+WHERE rank <= 10
+EMIT ON WINDOW CLOSE;

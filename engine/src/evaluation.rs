@@ -43,6 +43,9 @@ pub enum Evaluation {
         /// The LIMIT.
         n: usize,
     },
+    /// Over the groups of the windows the watermark has closed, once (`EMIT ON WINDOW
+    /// CLOSE`): each output row follows from the groups of one window.
+    ClosedWindows,
     /// Over every group, because of the named construct, which relates groups to each other.
     WholeResult {
         /// The construct, e.g. `ORDER BY … LIMIT`.

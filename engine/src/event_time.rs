@@ -18,11 +18,12 @@ use datafusion::arrow::array::{Array, AsArray, BooleanArray, Int32Array};
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, TimestampMillisecondType};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::Session;
 use datafusion::common::DFSchema;
-use datafusion::execution::context::ExecutionProps;
-use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::Expr;
-use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::physical_expr::PhysicalExpr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
@@ -44,10 +45,14 @@ pub struct EventTime {
 }
 
 impl EventTime {
-    /// Compiles `expr` (written as `text`) against `schema`, a stream's full schema.
-    pub fn new(text: String, expr: Expr, schema: &DFSchema, delay: Duration, idle_timeout: Duration) -> Result<Self> {
+    /// Compiles `expr` (written as `text`) against `schema`, a stream's full schema, in
+    /// `session` (which coerces its types, e.g. of a COALESCE over two time types).
+    pub fn new(text: String, expr: Expr, schema: &DFSchema, delay: Duration, idle_timeout: Duration, session: &dyn Session) -> Result<Self> {
         let expr = Expr::Cast(datafusion::logical_expr::Cast::new(Box::new(expr), timestamp_type()));
-        let physical = create_physical_expr(&expr, schema, &ExecutionProps::new(), &PhysicalPlanningContext::default())?;
+        // Physical planning expects simplified expressions (COALESCE rewritten to CASE…).
+        let simplifier = ExprSimplifier::new(SimplifyContext::builder().with_schema(Arc::new(schema.clone())).build());
+        let simplified = simplifier.simplify(simplifier.coerce(expr.clone(), schema)?)?;
+        let physical = session.create_physical_expr(simplified, schema)?;
         let partition = schema.index_of_column_by_name(None, PARTITION_COLUMN).ok_or_else(|| EngineError::internal("a stream without _partition"))?;
         Ok(Self { text, expr, physical, delay, idle_timeout, partition })
     }
@@ -107,7 +112,7 @@ impl Timed {
 /// use datafusion::arrow::array::{Int32Array, RecordBatch, TimestampMillisecondArray};
 /// use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 /// use datafusion::common::DFSchema;
-/// use datafusion::prelude::col;
+/// use datafusion::prelude::{col, SessionContext};
 /// use trendflow_engine::event_time::{EventTime, Watermark};
 ///
 /// let schema = Arc::new(Schema::new(vec![
@@ -115,7 +120,8 @@ impl Timed {
 ///     Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
 /// ]));
 /// let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-/// let time = EventTime::new("t".into(), col("t"), &df_schema, Duration::from_millis(10), Duration::from_secs(60))?;
+/// let session = SessionContext::new().state();
+/// let time = EventTime::new("t".into(), col("t"), &df_schema, Duration::from_millis(10), Duration::from_secs(60), &session)?;
 /// let batch = RecordBatch::try_new(schema, vec![
 ///     Arc::new(Int32Array::from(vec![0, 0, 0])),
 ///     Arc::new(TimestampMillisecondArray::from(vec![100, 95, 80]).with_timezone("UTC")),

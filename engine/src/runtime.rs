@@ -59,9 +59,12 @@ pub struct StepReport {
     pub streams: BTreeMap<String, (u64, u64)>,
     /// View name → (rows upserted, rows deleted).
     pub changes: BTreeMap<String, (usize, usize)>,
-    /// Records behind their stream's watermark (or without an event time): dead-lettered
-    /// on an append stream; on a changelog stream they change its table but no window.
-    pub late: u64,
+    /// Stream name → records behind its watermark (or without an event time):
+    /// dead-lettered on an append stream; on a changelog stream they change its table but
+    /// count in no window.
+    pub late: BTreeMap<String, u64>,
+    /// Stream name → its watermark after this micro-batch (milliseconds since the epoch).
+    pub watermarks: BTreeMap<String, i64>,
     /// The late records of append streams, for their sources' dead-letter destinations.
     pub dead_letters: Vec<LateRecords>,
     /// Stream name → records waiting in the source after this micro-batch (sources that can tell).
@@ -245,7 +248,7 @@ impl Pipeline {
             let keyed = stream.options.changelog.is_keyed();
             let watermark = watermarks.get_mut(name).ok_or_else(|| EngineError::internal("a stream without its watermark"))?;
             let timed = watermark.split(keyed, &batch, micro.deleted.as_ref())?;
-            report.late += timed.reasons.len() as u64;
+            *report.late.entry(name.clone()).or_default() += timed.reasons.len() as u64;
             if !keyed && !timed.reasons.is_empty() {
                 report.dead_letters.push(LateRecords { stream: name.clone(), rows: timed.late, reasons: timed.reasons });
             }
@@ -257,13 +260,13 @@ impl Pipeline {
                 stream.slot.set(vec![timed.rows]);
             }
         }
-        let current: BTreeMap<String, i64> = watermarks.iter().filter_map(|(name, w)| Some((name.clone(), w.current()?))).collect();
+        report.watermarks = watermarks.iter().filter_map(|(name, w)| Some((name.clone(), w.current()?))).collect();
         // A micro-batch without rows changes no table.
         changed.retain(|(_, m)| m.batch.num_rows() > 0);
         let names: Vec<&str> = changed.iter().map(|(n, _)| *n).collect();
         let keep_before = views.iter().any(|v| v.recomputes_on(&names));
         tables.apply(changed.iter().map(|(n, m)| (*n, m)), keep_before)?;
-        let result = update_views(views, tables, &current, task, sink, &mut report).await;
+        let result = update_views(views, tables, task, sink, &mut report).await;
         for stream in streams {
             stream.slot.clear();
             stream.events.clear();
@@ -352,7 +355,7 @@ impl Pipeline {
                 summary.batches += 1;
                 summary.rows += report.rows;
                 summary.rejected += report.rejected;
-                summary.late += report.late;
+                summary.late += report.late.values().sum::<u64>();
                 dirty = true;
                 on_step(&report);
             }
@@ -431,13 +434,12 @@ impl Pipeline {
 async fn update_views(
     views: &mut [IncrementalView],
     tables: &ChangelogTables,
-    watermarks: &BTreeMap<String, i64>,
     task: &Arc<TaskContext>,
     sink: &mut dyn Sink,
     report: &mut StepReport,
 ) -> Result<()> {
     for view in views {
-        let changes = view.apply(task, tables, watermarks).await?;
+        let changes = view.apply(task, tables, &report.watermarks).await?;
         report.changes.insert(view.info().name.clone(), (changes.upserts.num_rows(), changes.deletes.num_rows()));
         if !changes.is_empty() {
             sink.apply(view.info(), &changes).await?;

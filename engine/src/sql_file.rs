@@ -152,7 +152,11 @@ fn split_sql(sql: &str, file: &Path) -> Result<Vec<SqlStatementText>> {
                     // Only the statement's last words can be its EMIT clause.
                     _ => words.clear(),
                 }
-                pieces.push(other.to_string());
+                pieces.push(match other {
+                    // The token's text would not double the quotes inside the string again.
+                    Token::SingleQuotedString(text) => format!("'{}'", text.replace('\'', "''")),
+                    other => other.to_string(),
+                });
             }
         }
     }
@@ -175,13 +179,14 @@ mod tests {
     }
 
     #[test]
-    fn an_emit_clause_at_the_end_is_taken_off() {
-        let sql = "CREATE VIEW a AS SELECT 1 AS emit EMIT ON WINDOW CLOSE;\nCREATE VIEW b AS SELECT 'EMIT ON UPDATE' AS x;\nCREATE VIEW c AS SELECT 1 emit on update -- now\n;";
+    fn an_emit_clause_at_the_end_is_taken_off_and_quotes_stay_doubled() {
+        let sql = "CREATE VIEW q AS SELECT 'it''s';\nCREATE VIEW a AS SELECT 1 AS emit EMIT ON WINDOW CLOSE;\nCREATE VIEW b AS SELECT 'EMIT ON UPDATE' AS x;\nCREATE VIEW c AS SELECT 1 emit on update -- now\n;";
         let statements = split_sql(sql, Path::new("t.sql")).unwrap();
-        assert_eq!(statements[0].emit, Some(Emit::OnWindowClose));
-        assert_eq!(statements[0].text.trim(), "CREATE VIEW a AS SELECT 1 AS emit");
-        assert_eq!(statements[1].emit, None);
-        assert_eq!(statements[2].emit, Some(Emit::OnUpdate));
-        assert_eq!(statements[2].text.trim(), "CREATE VIEW c AS SELECT 1");
+        assert_eq!(statements[0].text.trim(), "CREATE VIEW q AS SELECT 'it''s'");
+        assert_eq!(statements[1].emit, Some(Emit::OnWindowClose));
+        assert_eq!(statements[1].text.trim(), "CREATE VIEW a AS SELECT 1 AS emit");
+        assert_eq!(statements[2].emit, None);
+        assert_eq!(statements[3].emit, Some(Emit::OnUpdate));
+        assert_eq!(statements[3].text.trim(), "CREATE VIEW c AS SELECT 1");
     }
 }

@@ -239,7 +239,7 @@ fn event_time(state: &dyn Session, stream: &str, schema: &SchemaRef, options: &S
     if !can_be_event_time(&data_type) {
         return Err(event_time_error(&format!("it is {data_type}, not a time")));
     }
-    EventTime::new(text.clone(), expr, &df_schema, declared.watermark_delay, declared.idle_timeout).map_err(|e| event_time_error(&e))
+    EventTime::new(text.clone(), expr, &df_schema, declared.watermark_delay, declared.idle_timeout, state).map_err(|e| event_time_error(&e))
 }
 
 /// A stream as a DataFusion table: its content is the current micro-batch. It gives

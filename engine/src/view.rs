@@ -249,6 +249,9 @@ impl IncrementalView {
     /// which evaluate each micro-batch on its own).
     pub fn evaluation(&self) -> Option<Evaluation> {
         let ViewKind::Aggregating { upkeep, .. } = &self.kind else { return None };
+        if self.windowing.as_ref().is_some_and(|w| w.emit == Emit::OnWindowClose) {
+            return Some(Evaluation::ClosedWindows);
+        }
         Some(match upkeep {
             Upkeep::TouchedGroups => Evaluation::TouchedGroups,
             Upkeep::TopN { top, .. } => Evaluation::TopN { n: top.n() },

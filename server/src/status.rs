@@ -33,6 +33,10 @@ pub struct StreamCounts {
     pub records: u64,
     /// Records sent to dead letters.
     pub dead_letters: u64,
+    /// Records behind the stream's watermark (see `StepReport::late`).
+    pub late: u64,
+    /// The stream's watermark (ms since the epoch), once a record had an event time.
+    pub watermark_ms: Option<i64>,
     /// Records waiting in the source (Kafka consumer lag), when the source can tell.
     pub lag: Option<u64>,
 }
@@ -137,6 +141,12 @@ impl JobStatus {
             counts.records += records;
             counts.dead_letters += rejected;
         }
+        for (stream, late) in &report.late {
+            state.streams.entry(stream.clone()).or_default().late += late;
+        }
+        for (stream, watermark) in &report.watermarks {
+            state.streams.entry(stream.clone()).or_default().watermark_ms = Some(*watermark);
+        }
         for (stream, lag) in &report.lag {
             state.streams.entry(stream.clone()).or_default().lag = Some(*lag);
         }
@@ -199,6 +209,9 @@ impl JobStatus {
         let per_stream = |f: fn(&StreamCounts) -> u64| s.streams.iter().map(|(n, c)| (label("stream", n), f(c).to_string())).collect();
         metric("trendflow_records_total", "counter", "Records processed, per stream.", per_stream(|c| c.records));
         metric("trendflow_dead_letters_total", "counter", "Records sent to dead letters, per stream.", per_stream(|c| c.dead_letters));
+        metric("trendflow_late_records_total", "counter", "Records behind the stream's watermark, per stream.", per_stream(|c| c.late));
+        let watermarks = s.streams.iter().filter_map(|(n, c)| Some((label("stream", n), (c.watermark_ms? as f64 / 1000.0).to_string()))).collect();
+        metric("trendflow_watermark_seconds", "gauge", "The stream's watermark, in seconds since the epoch.", watermarks);
         let lags = s.streams.iter().filter_map(|(n, c)| Some((label("stream", n), c.lag?.to_string()))).collect();
         metric("trendflow_consumer_lag_records", "gauge", "Records waiting in the source (Kafka end offsets minus positions).", lags);
         let per_view = |f: fn(&ViewCounts) -> String| s.views.iter().map(|(n, c)| (label("view", n), f(c))).collect();

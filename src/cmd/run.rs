@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// Rows of generated data when no --source is given (embedded defaults).
     #[arg(long, default_value_t = 200_000)]
     gen_rows: u64,
+    /// Days of event time the generated data spans (embedded defaults; 0: no `date` column).
+    #[arg(long, default_value_t = 30)]
+    gen_days: u32,
     #[command(flatten)]
     flight: FlightArgs,
     #[command(flatten)]
@@ -77,7 +80,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     sql_files(&args.pipeline.sql)?;
     check_listen(&args.flight.flight_addr, "--flight-addr")?;
     check_listen(&args.http_addr, "--http-addr")?;
-    let bindings = bindings_or_embedded_defaults(&args.pipeline, args.gen_rows)?;
+    let bindings = bindings_or_embedded_defaults(&args.pipeline, args.gen_rows, args.gen_days)?;
     let catalog = load_catalog(&args.pipeline, &bindings, incremental_session_config()).await?;
     let sources = bindings.open_sources(&catalog, &args.pipeline.source_settings(options.until_idle)).await?;
     bindings.save(state)?;
@@ -119,17 +122,17 @@ fn check_listen(addr: &str, flag: &str) -> Result<()> {
 }
 
 /// The bindings to use; with none and no Kafka brokers, the embedded defaults.
-fn bindings_or_embedded_defaults(args: &PipelineArgs, gen_rows: u64) -> Result<Bindings> {
+fn bindings_or_embedded_defaults(args: &PipelineArgs, gen_rows: u64, gen_days: u32) -> Result<Bindings> {
     let bindings = resolve_bindings(args)?;
     if bindings.is_empty() && args.kafka_brokers.is_none() {
-        return embedded_defaults(&args.sql, &args.state, gen_rows);
+        return embedded_defaults(&args.sql, &args.state, gen_rows, gen_days);
     }
     Ok(bindings)
 }
 
 /// Generated data for a first run with no flags, written once into the state directory,
 /// for the tables of the shipped pipeline (`products`, `categories`) that the SQL declares.
-fn embedded_defaults(sql: &[PathBuf], state: &Path, rows: u64) -> Result<Bindings> {
+fn embedded_defaults(sql: &[PathBuf], state: &Path, rows: u64, days: u32) -> Result<Bindings> {
     let declared = declared_tables(sql)?;
     let mut bindings = Bindings::default();
     if !declared.iter().any(|t| t == "products") {
@@ -138,7 +141,7 @@ fn embedded_defaults(sql: &[PathBuf], state: &Path, rows: u64) -> Result<Binding
     let dir = state.join("generated");
     if !dir.join("products.csv").exists() {
         eprintln!("no --source given: generating {rows} products into {} (embedded defaults)", dir.display());
-        trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows, seed: 42, days: 30, out: dir.clone() })?;
+        trendflow_datagen::generate(&trendflow_datagen::GenOptions { rows, seed: 42, days, out: dir.clone() })?;
     }
     for table in declared.iter().filter(|t| matches!(t.as_str(), "products" | "categories")) {
         bindings.bind_file(table, &dir.join(format!("{table}.csv")));
@@ -181,12 +184,13 @@ async fn start_status(state: &Path, http_addr: &str, store: &EmbeddedStore, mong
 fn print_summary(summary: &RunSummary, state: &Path) {
     let rate = summary.rows as f64 / summary.elapsed.as_secs_f64().max(1e-9);
     println!(
-        "processed {} records in {} micro-batches ({:.0} records/s){}, {} rejected (see {})",
+        "processed {} records in {} micro-batches ({:.0} records/s){}, {} rejected, {} late (see {})",
         summary.rows,
         summary.batches,
         rate,
         if summary.resumed { ", resumed from checkpoint" } else { "" },
         summary.rejected,
+        summary.late,
         state.join("dead_letters").display()
     );
 }

@@ -31,7 +31,7 @@ async fn avro_topics_work_with_confluent_serializers_both_ways() {
     let broker = Broker::start();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    ok(trendflow().args(["gen", "--rows", "3000", "--seed", "11", "--out"]).arg(&data));
+    ok(trendflow().args(["gen", "--days", "0", "--rows", "3000", "--seed", "11", "--out"]).arg(&data));
     let records = json_records(&data, tmp.path()).await;
     let (by_confluent, rest) = records.split_at(2000);
     let (by_ingest, by_produce) = rest.split_at(600);

@@ -141,7 +141,7 @@ async fn changing_products_and_categories_reach_mongodb_as_batch_computes() {
     let mongo = MongoServer::start_on(Backend::FerretDb, "changelog", &tmp.path().join("mongo"));
     let on = mongo.name();
     let data = tmp.path().join("data");
-    ok(trendflow().args(["gen", "--rows", "1500", "--seed", "13", "--out"]).arg(&data));
+    ok(trendflow().args(["gen", "--days", "0", "--rows", "1500", "--seed", "13", "--out"]).arg(&data));
     let produce = |file: &Path| {
         ok(trendflow()
             .args(["produce", "--partitions", "3", "--kafka-brokers", &broker.addr, "--file"])

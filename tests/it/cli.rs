@@ -46,7 +46,7 @@ fn run_and_batch_agree_through_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = repo();
     let data = tmp.path().join("data");
-    ok(&["gen", "--rows", "15000", "--seed", "9", "--out", data.to_str().unwrap()], &repo);
+    ok(&["gen", "--days", "0", "--rows", "15000", "--seed", "9", "--out", data.to_str().unwrap()], &repo);
     let products = format!("products=file:{}", data.join("products.csv").display());
     let categories = format!("categories=file:{}", data.join("categories.csv").display());
     let query = "SELECT price_level, products, ROUND(avg_price, 6) AS avg FROM price_levels ORDER BY price_level";
@@ -125,7 +125,7 @@ fn killed_runs_resume_to_exact_results() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = repo();
     let data = tmp.path().join("data");
-    ok(&["gen", "--rows", "60000", "--seed", "4", "--out", data.to_str().unwrap()], &repo);
+    ok(&["gen", "--days", "0", "--rows", "60000", "--seed", "4", "--out", data.to_str().unwrap()], &repo);
     let timed = with_timestamps(&data.join("products.csv"), tmp.path(), 30);
     let products = format!("products=file:{}", timed.display());
     let categories = format!("categories=file:{}", data.join("categories.csv").display());

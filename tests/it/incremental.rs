@@ -173,6 +173,7 @@ async fn row_local_views_evaluate_touched_groups_and_the_rest_say_why_not() {
             ("avg_price_by_category", Evaluation::TouchedGroups),
             ("top_categories_by_demand", Evaluation::TopN { n: 10 }),
             ("category_trend", Evaluation::TouchedGroups),
+            ("trending_now", Evaluation::ClosedWindows),
         ]
     );
 }

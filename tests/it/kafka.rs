@@ -161,7 +161,7 @@ async fn ingest_api_feeds_the_views_exactly() {
     let broker = Broker::start();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    ok(trendflow().args(["gen", "--rows", "3000", "--seed", "7", "--out"]).arg(&data));
+    ok(trendflow().args(["gen", "--days", "0", "--rows", "3000", "--seed", "7", "--out"]).arg(&data));
     let records = json_records(&data, tmp.path()).await;
     let args = ["--partitions", "3", "--max-body-bytes", "1000000", "--kafka-brokers", &broker.addr];
     let (_ingest, api) = spawn_ingest(args);
@@ -270,7 +270,7 @@ async fn killed_kafka_job_resumes_exactly() {
     let broker = Broker::start();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    ok(trendflow().args(["gen", "--rows", &ROWS.to_string(), "--seed", "11", "--out"]).arg(&data));
+    ok(trendflow().args(["gen", "--days", "0", "--rows", &ROWS.to_string(), "--seed", "11", "--out"]).arg(&data));
     let produced = ok(trendflow()
         .args(["produce", "--partitions", "3", "--kafka-brokers", &broker.addr, "--file"])
         .arg(data.join("products.csv"))
@@ -327,7 +327,7 @@ async fn a_broker_restart_loses_nothing() {
     let mut broker = Broker::start();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    ok(trendflow().args(["gen", "--rows", &ROWS.to_string(), "--seed", "5", "--out"]).arg(&data));
+    ok(trendflow().args(["gen", "--days", "0", "--rows", &ROWS.to_string(), "--seed", "5", "--out"]).arg(&data));
     let [first, second] = <[PathBuf; 2]>::try_from(split_csv(&data.join("products.csv"), tmp.path(), 2)).unwrap();
     let produce = |file: &Path, brokers: &str| {
         ok(trendflow()
@@ -676,7 +676,7 @@ async fn csv_records_on_kafka_feed_the_views_exactly() {
     let broker = Broker::start();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    ok(trendflow().args(["gen", "--rows", "1500", "--seed", "5", "--out"]).arg(&data));
+    ok(trendflow().args(["gen", "--days", "0", "--rows", "1500", "--seed", "5", "--out"]).arg(&data));
     let sql = sql_with_products_options(tmp.path(), "'format' 'csv'");
     let products = data.join("products.csv");
     let produced = ok(trendflow().args(["produce", "--kafka-brokers", &broker.addr, "--sql"]).arg(&sql).arg("--file").arg(&products));

@@ -6,6 +6,7 @@ mod changelog;
 mod changelog_kafka;
 mod cli;
 mod errors;
+mod event_time;
 mod incremental;
 mod kafka;
 mod mongo;

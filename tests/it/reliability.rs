@@ -71,7 +71,7 @@ async fn crashes_while_ingesting_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let mongo = MongoServer::start("crashes", &tmp.path().join("mongo"));
     let data = tmp.path().join("data");
-    ok(trendflow().args(["gen", "--rows", &total.to_string(), "--seed", "23", "--out"]).arg(&data));
+    ok(trendflow().args(["gen", "--days", "0", "--rows", &total.to_string(), "--seed", "23", "--out"]).arg(&data));
     let records = json_records(&data, tmp.path()).await;
     let accepted_file = tmp.path().join("accepted.ndjson");
     std::fs::write(&accepted_file, records.join(&b'\n')).unwrap();
@@ -245,7 +245,7 @@ async fn hostile_records_are_accounted_for() {
         send(&producer, "products", None, &hostile.record).await;
     }
     let data = tmp.path().join("data");
-    ok(trendflow().args(["gen", "--rows", "10", "--out"]).arg(&data));
+    ok(trendflow().args(["gen", "--days", "0", "--rows", "10", "--out"]).arg(&data));
     let categories = format!("categories=file:{}", data.join("categories.csv").display());
     let state = tmp.path().join("state");
     let summary = ok(trendflow()
@@ -330,7 +330,7 @@ fn ingest_holds_up_under_sustained_load() {
     let broker = Broker::start();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    ok(trendflow().args(["gen", "--rows", "20000", "--seed", "3", "--out"]).arg(&data));
+    ok(trendflow().args(["gen", "--days", "0", "--rows", "20000", "--seed", "3", "--out"]).arg(&data));
     let records = tokio::runtime::Runtime::new().unwrap().block_on(json_records(&data, tmp.path()));
     let bodies: Arc<Vec<(Vec<u8>, u64)>> = Arc::new(records.chunks(500).map(|c| (c.join(&b'\n'), c.len() as u64)).collect());
     let (ingest, api) = spawn_ingest(&broker, &["--partitions", "4"]);
@@ -444,7 +444,7 @@ async fn a_lost_partition_leader_loses_nothing() {
     let mut cluster = Broker::cluster(3);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    ok(trendflow().args(["gen", "--rows", &ROWS.to_string(), "--seed", "31", "--out"]).arg(&data));
+    ok(trendflow().args(["gen", "--days", "0", "--rows", &ROWS.to_string(), "--seed", "31", "--out"]).arg(&data));
     let parts = split_csv(&data.join("products.csv"), tmp.path(), 3);
     let brokers = cluster.addr.clone();
     let produce = |file: &Path| {

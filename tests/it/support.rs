@@ -51,7 +51,7 @@ pub fn sources_with_reference_categories() -> String {
 }
 
 /// How the shipped SQL declares the options of its streams (`products` first).
-const SHIPPED_OPTIONS: &str = "OPTIONS ('format' 'json', 'changelog' 'upsert');";
+const SHIPPED_OPTIONS: &str = "OPTIONS ('format' 'json', 'changelog' 'upsert',";
 
 /// A SQL directory: the shipped pipeline with `products` declared with `options` (an
 /// upsert stream still).
@@ -60,7 +60,7 @@ pub fn sql_with_products_options(dir: &Path, options: &str) -> std::path::PathBu
     std::fs::create_dir_all(&sql).unwrap();
     let sources = std::fs::read_to_string(shipped_sql().join("01_sources.sql")).unwrap();
     assert!(sources.contains(SHIPPED_OPTIONS), "the shipped products stream changed: update this test");
-    let sources = sources.replacen(SHIPPED_OPTIONS, &format!("OPTIONS ({options}, 'changelog' 'upsert');"), 1);
+    let sources = sources.replacen(SHIPPED_OPTIONS, &format!("OPTIONS ({options}, 'changelog' 'upsert',"), 1);
     std::fs::write(sql.join("01_sources.sql"), sources).unwrap();
     std::fs::copy(shipped_sql().join("02_trends.sql"), sql.join("02_trends.sql")).unwrap();
     sql

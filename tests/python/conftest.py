@@ -54,7 +54,7 @@ class Job:
     def __init__(self, *extra_args: str, rows: int = ROWS, max_rows: int = 4000):
         self.tmp = tempfile.TemporaryDirectory()
         self.state = Path(self.tmp.name) / "state"
-        args = [trendflow_bin(), "run", "--state", str(self.state), "--gen-rows", str(rows), "--max-rows", str(max_rows),
+        args = [trendflow_bin(), "run", "--state", str(self.state), "--gen-rows", str(rows), "--gen-days", "2", "--max-rows", str(max_rows),
                 "--checkpoint-interval-ms", "0", "--flight-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", *extra_args]
         self.process = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self.uri, self.status_url = self._read_addresses()
