@@ -299,7 +299,7 @@ async fn a_restart_resumes_the_watermark() {
         trendflow_engine::contract::MicroBatch::new(batch, &[false], Offsets::from([(0, offset + 1)]), 0)
     };
     let mut sink = EmbeddedStore::new(state.join("store"));
-    let load = || async { Catalog::load(&[sql.clone()], incremental_session_config(), &Default::default()).await.unwrap() };
+    let load = || async { Catalog::load(std::slice::from_ref(&sql), incremental_session_config(), &Default::default()).await.unwrap() };
     let mut first = Pipeline::compile(load().await, state.clone()).await.unwrap();
     sink.open(&first.view_infos()).await.unwrap();
     let batch = micro(&first.catalog().streams()[0], 0, "01/03/2024 12:00");
