@@ -4,7 +4,8 @@
 //! …)`, by default `_timestamp`, the arrival time). Its watermark is the least, over
 //! the partitions that delivered records, of the largest event time seen minus the
 //! declared delay; partitions silent for longer than the idle timeout stop holding it
-//! back. The watermark moves record by record, in arrival order, so the same records
+//! back, and so do partitions the source reads that have not delivered a record yet.
+//! The watermark moves record by record, in arrival order, so the same records
 //! give the same watermark before each of them whatever the micro-batch cuts. A record
 //! whose event time is behind the watermark before it is *late*; one without an event
 //! time (a null, a string the format does not read) cannot be placed in time. Neither
@@ -138,12 +139,15 @@ pub struct Watermark {
     state: WatermarkState,
     /// When each partition last delivered a record (this process's clock; not checkpointed).
     last_seen: BTreeMap<i32, Instant>,
+    /// Partitions the source reads that have delivered no record yet, and since when
+    /// they are known: they hold the watermark back until they deliver or prove idle.
+    pending: BTreeMap<i32, Instant>,
 }
 
 impl Watermark {
     /// A watermark before any record.
     pub fn new(time: EventTime) -> Self {
-        Self { time, state: WatermarkState::default(), last_seen: BTreeMap::new() }
+        Self { time, state: WatermarkState::default(), last_seen: BTreeMap::new(), pending: BTreeMap::new() }
     }
 
     /// The event time it follows.
@@ -165,6 +169,19 @@ impl Watermark {
     pub fn restore(&mut self, state: WatermarkState) {
         self.state = state;
         self.last_seen.clear();
+        self.pending.clear();
+    }
+
+    /// Makes the partitions a source reads (say, every partition of a topic) hold the
+    /// watermark back until each delivers a record or stays silent for the idle timeout:
+    /// otherwise the first partition read would move it past another's backlog.
+    pub fn expect_partitions(&mut self, partitions: impl IntoIterator<Item = i32>) {
+        let now = Instant::now();
+        for partition in partitions {
+            if !self.state.partitions.contains_key(&partition) {
+                self.pending.entry(partition).or_insert(now);
+            }
+        }
     }
 
     /// Moves the watermark over the rows of `batch`, in order, and says which are late.
@@ -188,6 +205,7 @@ impl Watermark {
             match verdict {
                 Ok(t) => {
                     let partition = partitions.value(row);
+                    self.pending.remove(&partition);
                     let max = self.state.partitions.entry(partition).or_insert(t);
                     *max = (*max).max(t);
                     self.last_seen.insert(partition, now);
@@ -204,9 +222,12 @@ impl Watermark {
     }
 
     fn advance(&mut self, delay: i64, now: Instant) {
+        if self.pending.values().any(|known| now.duration_since(*known) <= self.time.idle_timeout) {
+            return;
+        }
         let active = self.state.partitions.iter().filter(|(p, _)| {
             // A partition not seen by this process since it started is active until it proves idle.
-            self.last_seen.get(p).is_none_or(|seen| now.duration_since(*seen) < self.time.idle_timeout)
+            self.last_seen.get(p).is_none_or(|seen| now.duration_since(*seen) <= self.time.idle_timeout)
         });
         let Some(least) = active.map(|(_, max)| *max).min() else { return };
         let candidate = least.saturating_sub(delay);
@@ -261,5 +282,52 @@ impl Watermark {
         let reasons = timed.late.into_iter().map(|(_, reason)| reason).collect();
         let rows = if keyed { batch.clone() } else { events.clone() };
         Ok(TimedBatch { rows, events, late, reasons })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int32Array, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::prelude::{col, SessionContext};
+
+    use super::*;
+
+    fn watermark(idle: Duration) -> (Watermark, Arc<Schema>) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("_partition", DataType::Int32, false),
+            Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
+        ]));
+        let df_schema = DFSchema::try_from(schema.as_ref().clone()).unwrap();
+        let time = EventTime::new("t".into(), col("t"), &df_schema, Duration::ZERO, idle, &SessionContext::new().state()).unwrap();
+        (Watermark::new(time), schema)
+    }
+
+    fn rows(schema: &Arc<Schema>, partitions: Vec<i32>, times: Vec<Option<i64>>) -> RecordBatch {
+        let times = TimestampMillisecondArray::from(times).with_timezone("UTC");
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(partitions)), Arc::new(times)]).unwrap()
+    }
+
+    #[test]
+    fn a_partition_that_has_not_delivered_holds_the_watermark_back() {
+        let (mut watermark, schema) = watermark(Duration::from_secs(60));
+        watermark.expect_partitions([0, 1]);
+        watermark.observe(&rows(&schema, vec![0, 0], vec![Some(500), Some(900)])).unwrap();
+        assert_eq!(watermark.current(), None, "partition 1 may still hold older records");
+        let timed = watermark.observe(&rows(&schema, vec![1, 0], vec![Some(100), Some(50)])).unwrap();
+        assert_eq!(watermark.current(), Some(100), "the least of the partitions' largest times");
+        assert_eq!(timed.late.len(), 1, "50 is behind 100");
+        assert!(timed.late[0].1.starts_with("late: event time 1970-01-01T00:00:00.050Z"), "{:?}", timed.late);
+    }
+
+    #[test]
+    fn an_idle_partition_stops_holding_it_back_and_a_null_time_is_refused() {
+        let (mut watermark, schema) = watermark(Duration::ZERO);
+        watermark.expect_partitions([0, 1]);
+        let timed = watermark.observe(&rows(&schema, vec![0, 0], vec![Some(500), None])).unwrap();
+        assert_eq!(watermark.current(), Some(500), "partition 1 is idle at once with a zero timeout");
+        assert!(timed.late[0].1.starts_with("no event time"), "{:?}", timed.late);
     }
 }

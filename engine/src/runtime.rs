@@ -247,6 +247,8 @@ impl Pipeline {
             let batch = conform(stream, &micro.batch)?;
             let keyed = stream.options.changelog.is_keyed();
             let watermark = watermarks.get_mut(name).ok_or_else(|| EngineError::internal("a stream without its watermark"))?;
+            // Non-negative positions are partitions (connectors keep other state below 0).
+            watermark.expect_partitions(micro.offsets.keys().copied().filter(|p| *p >= 0));
             let timed = watermark.split(keyed, &batch, micro.deleted.as_ref())?;
             *report.late.entry(name.clone()).or_default() += timed.reasons.len() as u64;
             if !keyed && !timed.reasons.is_empty() {

@@ -313,3 +313,45 @@ async fn a_restart_resumes_the_watermark() {
     assert_eq!(report.late["clicks"], 1, "11:30 is behind the watermark 11:50 the checkpoint holds");
     assert_eq!(report.watermarks["clicks"], 1_709_294_400_000 - 600_000, "12:00 minus the 10-minute delay");
 }
+
+/// The seed pipeline's product lines, with their `date`, through the ingest API and
+/// Kafka: per-day windows of the records' own time, and a record behind the watermark
+/// counted late (it still updates its product).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_lines_with_dates_make_per_day_windows_through_the_api_and_kafka() {
+    use crate::kafka::{http_post, ok, spawn_ingest, trendflow};
+    let broker = crate::broker::Broker::start();
+    let tmp = tempfile::tempdir().unwrap();
+    // One partition: the records arrive in the order sent, so one of them is late.
+    let (_ingest, api) = spawn_ingest(["--partitions", "1", "--kafka-brokers", &broker.addr]);
+    let line = |asin: &str, category: u32, date: &str| {
+        format!(r#"{{"asin": "{asin}", "title": "t", "price": 10.0, "category_id": {category}, "date": "{date}"}}"#)
+    };
+    let lines = [
+        line("S1", 1, "30/12/2023 10:00"),
+        line("S2", 1, "30/12/2023 23:59"),
+        line("S3", 2, "31/12/2023 00:00"),
+        line("S4", 1, "31/12/2023 12:00"),
+        line("S5", 2, "02/01/2024 08:00"),
+        // Behind the watermark (02/01 07:50): late for the windows.
+        line("S6", 2, "31/12/2023 13:00"),
+    ];
+    let (status, body) = http_post(&api, "/v1/topics/products/records", lines.join("\n").as_bytes());
+    assert_eq!((status, body["accepted"].as_u64()), (200, Some(6)), "{body}");
+    let categories = format!("categories=file:{}", crate::support::shared_data("amazon_categories.csv").display());
+    let state = tmp.path().join("state");
+    let summary = ok(trendflow()
+        .args(["run", "--until-idle", "--flight-addr", "none", "--http-addr", "none"])
+        .args(["--kafka-brokers", &broker.addr, "--source", &categories, "--state"])
+        .arg(&state));
+    assert!(summary.contains(", 1 late"), "{summary}");
+    let query = |sql: &str| ok(trendflow().args(["query", sql, "--format", "csv", "--state"]).arg(&state));
+    let days = query("SELECT CAST(window_start AS VARCHAR) AS day, category_id, products FROM category_trend ORDER BY 1, 2");
+    assert_eq!(
+        days.lines().collect::<Vec<_>>(),
+        ["day,category_id,products", "2023-12-30T00:00:00Z,1,2", "2023-12-31T00:00:00Z,1,1", "2023-12-31T00:00:00Z,2,1", "2024-01-02T00:00:00Z,2,1"],
+        "{days}"
+    );
+    let distribution = query("SELECT CAST(SUM(products) AS BIGINT) AS n FROM category_distribution");
+    assert_eq!(distribution.lines().nth(1), Some("6"), "every product counts, the late one too: {distribution}");
+}

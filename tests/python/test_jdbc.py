@@ -26,6 +26,7 @@ VIEWS = {
     "category_trend": ["window_start", "category_id"],
     "price_levels": ["price_level"],
     "top_categories_by_demand": ["category_id", "category_name"],
+    "trending_now": ["window_start", "window_end", "category_id"],
 }
 # java.sql.Types codes of the views' Arrow types.
 VARCHAR, INTEGER, BIGINT, DOUBLE, TIMESTAMP_WITH_TIMEZONE = 12, 4, -5, 8, 2014

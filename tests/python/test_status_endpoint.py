@@ -43,7 +43,7 @@ def test_status_json_matches_the_views(job):
     report = json.loads(body)
     assert report["ready"] is True
     assert report["streams"]["products"]["records"] == ROWS
-    for view in ["price_levels", "category_distribution", "avg_price_by_category", "top_categories_by_demand", "category_trend"]:
+    for view in ["price_levels", "category_distribution", "avg_price_by_category", "top_categories_by_demand", "category_trend", "trending_now"]:
         rows = job.query(f"SELECT COUNT(*) AS n FROM {view}")[0]["n"]
         assert report["views"][view]["rows"] == rows, view
         assert report["views"][view]["updated_at_ms"] > 0
