@@ -120,7 +120,8 @@ class Harness:
     def data(self):
         out = self.work / "data"
         self.log(f"generating {self.args.rows} products (seed 42)")
-        run([self.trendflow, "gen", "--rows", self.args.rows, "--seed", "42", "--out", out])
+        # Arrival-time data (no `date`), as every figure has been measured with.
+        run([self.trendflow, "gen", "--days", "0", "--rows", self.args.rows, "--seed", "42", "--out", out])
         self.products, self.categories = out / "products.csv", out / "categories.csv"
         self.messages = self.work / "messages.ndjson"
         import duckdb

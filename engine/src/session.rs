@@ -7,7 +7,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::stream_table::{StreamRegistry, StreamTableFactory, STREAM_FILE_TYPE};
-use crate::window::WindowFunction;
+use crate::window::{SessionRefused, WindowFunction};
 
 /// The session configuration of batch runs and queries.
 ///
@@ -53,6 +53,9 @@ pub fn new_session(config: SessionConfig, registry: StreamRegistry) -> SessionCo
     }
     for name in ["hop", "HOP"] {
         ctx.register_udtf(name, Arc::new(WindowFunction::hop(registry.clone())));
+    }
+    for name in ["session", "SESSION"] {
+        ctx.register_udtf(name, Arc::new(SessionRefused));
     }
     ctx
 }

@@ -134,6 +134,20 @@ impl TableFunctionImpl for WindowFunction {
     }
 }
 
+/// `SESSION(…)`, refused with the reason: a session's end moves with every record that
+/// extends it, so no group is known to be final when the watermark passes a fixed end.
+#[derive(Debug)]
+pub struct SessionRefused;
+
+impl TableFunctionImpl for SessionRefused {
+    fn call_with_args(&self, _args: TableFunctionArgs<'_, '_>) -> DfResult<Arc<dyn TableProvider>> {
+        plan_err!(
+            "SESSION windows are not supported: a session's end moves with every record that extends it, \
+             so its groups could not close at a fixed time; use TUMBLE(stream, size) or HOP(stream, slide, size)"
+        )
+    }
+}
+
 /// The events of a stream: its `events` slot, or what replaced it (a batch run's input).
 #[derive(Debug)]
 struct EventsTable {

@@ -243,6 +243,7 @@ async fn emit_on_window_close_needs_windows_that_close_on_their_own() {
         ("CREATE VIEW v AS SELECT window_start, COUNT(*) AS n FROM HOP(clicks, INTERVAL '7 minutes', INTERVAL '1 hour') GROUP BY window_start", "multiple of the slide"),
         ("CREATE VIEW v AS SELECT window_start, COUNT(*) AS n FROM TUMBLE(clicks, INTERVAL '1 month') GROUP BY window_start", "no fixed length"),
         ("CREATE VIEW v AS SELECT window_start, COUNT(*) AS n FROM TUMBLE(nope, INTERVAL '1 hour') GROUP BY window_start", "`nope` is not a stream"),
+        ("CREATE VIEW v AS SELECT COUNT(*) AS n FROM SESSION(clicks, INTERVAL '5 minutes')", "SESSION windows are not supported"),
         ("CREATE EXTERNAL TABLE r (id INT) STORED AS CSV LOCATION 'r.csv' EMIT ON WINDOW CLOSE", "ends a CREATE VIEW"),
     ];
     let source = SQL.split("-- Updated").next().unwrap();
