@@ -269,7 +269,7 @@ pub struct TurnedAway {
 
 impl TurnedAway {
     /// Reads `rows` (with `stream`'s full schema) back into what a dead letter holds.
-    pub fn of(stream: &StreamDecl, rows: &RecordBatch) -> Result<Self, ArrowError> {
+    pub fn of(stream: &StreamDecl, rows: &RecordBatch) -> crate::Result<Self> {
         let column = |name: &str| rows.column_by_name(name).ok_or_else(|| ArrowError::SchemaError(format!("no column `{name}`")));
         let partitions =
             column(trendflow_engine::stream_table::PARTITION_COLUMN)?.as_primitive::<datafusion::arrow::datatypes::Int32Type>().values().to_vec();
@@ -285,11 +285,8 @@ impl TurnedAway {
             .map(|k| k.map(String::from))
             .collect();
         let payload = rows.project(&(0..stream.payload_schema.fields().len()).collect::<Vec<_>>())?;
-        let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
-        writer.write(&payload)?;
-        writer.finish()?;
-        let text = String::from_utf8(writer.into_inner()).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
-        let records = text.lines().map(String::from).collect();
+        let encoded = crate::kafka::encode_rows(RecordFormat::Json, &payload)?;
+        let records = (0..payload.num_rows()).map(|i| String::from_utf8_lossy(encoded.get(i)).into_owned()).collect();
         Ok(Self { partitions, offsets, timestamps, keys, records })
     }
 }

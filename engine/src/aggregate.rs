@@ -5,10 +5,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, BooleanArray};
-use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
+use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
@@ -18,7 +17,7 @@ use crate::changelog::{ChangelogTable, TableDelta};
 use crate::error::{EngineError, Result};
 use crate::keyed::{project_columns, KeyedTable, RowEncoder};
 use crate::slot::{run_plan, run_with, BatchSlot};
-use crate::stream_table::timestamp_type;
+use crate::window::closed_rows;
 
 /// State and plans of one incrementally maintained `AggregateExec`.
 #[derive(Debug)]
@@ -182,14 +181,7 @@ impl IncrementalAggregate {
         if self.finals.is_empty() {
             return Ok(RecordBatch::new_empty(self.finals.schema().clone()));
         }
-        let finals = self.finals.to_batch()?;
-        let times = cast(finals.column(column), &timestamp_type())?;
-        let closed: BooleanArray = times
-            .as_primitive::<TimestampMillisecondType>()
-            .iter()
-            .map(|t| Some(t.is_some_and(|t| t.saturating_add(offset_ms) <= watermark)))
-            .collect();
-        Ok(filter_record_batch(&finals, &closed)?)
+        Ok(closed_rows(&self.finals.to_batch()?, column, offset_ms, Some(watermark))?)
     }
 
     /// Forgets `groups` (finalized rows, e.g. of windows that closed): they leave the

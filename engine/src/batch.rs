@@ -9,9 +9,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, BooleanArray};
-use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
-use datafusion::arrow::datatypes::TimestampMillisecondType;
+use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
@@ -24,9 +23,8 @@ use crate::error::EngineError;
 use crate::event_time::Watermark;
 use crate::runtime::LateRecords;
 use crate::sql_file::Emit;
-use crate::stream_table::timestamp_type;
 use crate::subquery::inline_reference_subqueries;
-use crate::window::{WINDOW_END, WINDOW_START};
+use crate::window::{closed_rows, window_end_column};
 use crate::Result;
 
 /// A stream's whole input as a batch run reads it.
@@ -160,16 +158,7 @@ fn closed_windows(def: &ViewDef, rows: &RecordBatch, streams: &[BatchStream]) ->
     let [window] = def.windows.as_slice() else { return Err("EMIT ON WINDOW CLOSE needs one TUMBLE(…) or HOP(…)".into()) };
     let watermark = streams.iter().find(|s| s.name == window.stream).and_then(|s| s.watermark);
     let schema = rows.schema();
-    let (column, offset) = match (schema.index_of(WINDOW_END), schema.index_of(WINDOW_START)) {
-        (Ok(end), _) => (end, 0),
-        (_, Ok(start)) => (start, window.size_ms),
-        _ => return Err("a view that emits on window close outputs window_start or window_end".into()),
-    };
-    let times = cast(rows.column(column), &timestamp_type()).map_err(|e| e.to_string())?;
-    let closed: BooleanArray = times
-        .as_primitive::<TimestampMillisecondType>()
-        .iter()
-        .map(|t| Some(matches!((t, watermark), (Some(t), Some(w)) if t.saturating_add(offset) <= w)))
-        .collect();
-    filter_record_batch(rows, &closed).map_err(|e| e.to_string())
+    let names = schema.fields().iter().map(|f| f.name().as_str());
+    let (column, offset) = window_end_column(names, window.size_ms).ok_or("a view that emits on window close outputs window_start or window_end")?;
+    closed_rows(rows, column, offset, watermark).map_err(|e| e.to_string())
 }

@@ -144,13 +144,10 @@ impl Catalog {
     }
 
     /// Replaces stream tables by other tables (whole files, for a batch run), and what
-    /// windows read of them by `events` (stream name → its on-time records; by default
-    /// the stream's table), and re-plans every view over them.
+    /// windows read of them by `events` (stream name → its on-time records; a stream left
+    /// out keeps its events slot, empty outside a micro-batch), and re-plans every view.
     pub async fn replace_streams(&self, tables: Vec<(String, Arc<dyn TableProvider>)>, events: Vec<(String, Arc<dyn TableProvider>)>) -> Result<()> {
         for (name, table) in tables {
-            if !events.iter().any(|(n, _)| *n == name) {
-                self.registry.replace_events(&name, table.clone());
-            }
             self.ctx.deregister_table(name.as_str())?;
             self.ctx.register_table(name.as_str(), table)?;
         }

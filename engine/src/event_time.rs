@@ -150,11 +150,6 @@ impl Watermark {
         Self { time, state: WatermarkState::default(), last_seen: BTreeMap::new(), pending: BTreeMap::new() }
     }
 
-    /// The event time it follows.
-    pub fn event_time(&self) -> &EventTime {
-        &self.time
-    }
-
     /// The watermark (milliseconds), `None` before the first record.
     pub fn current(&self) -> Option<i64> {
         self.state.watermark

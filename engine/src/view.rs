@@ -42,7 +42,7 @@ use crate::slot::{columns_read, reads_any, run_plan, run_with, BatchSlot};
 use crate::sql_file::Emit;
 use crate::subquery::inline_reference_subqueries;
 use crate::top_n::TopN;
-use crate::window::{WINDOW_END, WINDOW_START};
+use crate::window::{window_end_column, WINDOW_END, WINDOW_START};
 
 /// A view compiled for incremental maintenance.
 #[derive(Debug)]
@@ -117,12 +117,10 @@ impl Windowing {
         let mut columns = Vec::new();
         for aggregate in &stages.aggregates {
             let names = aggregate.group_names();
-            let column = match (names.iter().position(|n| n == WINDOW_END), names.iter().position(|n| n == WINDOW_START)) {
-                (Some(end), _) => (end, 0),
-                (None, Some(start)) => (start, window.size_ms),
-                (None, None) => return needs("needs GROUP BY window_start (or window_end) of the window"),
-            };
-            columns.push(column);
+            match window_end_column(names.iter().map(String::as_str), window.size_ms) {
+                Some(column) => columns.push(column),
+                None => return needs("needs GROUP BY window_start (or window_end) of the window"),
+            }
         }
         if !on_close && !matches!(upkeep, Upkeep::TouchedGroups) {
             // Its result is re-evaluated over every group: those of closed windows stay.

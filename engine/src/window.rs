@@ -18,7 +18,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::error::ArrowError;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{plan_err, Column, ScalarValue};
 use datafusion::datasource::{provider_as_source, TableType, ViewTable};
@@ -28,7 +31,7 @@ use datafusion::functions_nested::expr_fn::make_array;
 use datafusion::logical_expr::{col, lit, Expr, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::stream_table::StreamRegistry;
+use crate::stream_table::{timestamp_type, StreamRegistry};
 
 /// The column holding a window's first instant.
 pub const WINDOW_START: &str = "window_start";
@@ -179,6 +182,29 @@ impl TableProvider for EventsTable {
         let Some(stream) = self.streams.stream(&self.stream) else { return plan_err!("stream `{}` is gone", self.stream) };
         Ok(stream.events.exec(projection.cloned())?)
     }
+}
+
+/// Where the end of a window of `size_ms` is found among the columns `names`:
+/// `window_end` itself (add 0), or `window_start` (add the size).
+pub(crate) fn window_end_column<'a>(names: impl IntoIterator<Item = &'a str>, size_ms: i64) -> Option<(usize, i64)> {
+    let names: Vec<&str> = names.into_iter().collect();
+    match (names.iter().position(|n| *n == WINDOW_END), names.iter().position(|n| *n == WINDOW_START)) {
+        (Some(end), _) => Some((end, 0)),
+        (None, Some(start)) => Some((start, size_ms)),
+        (None, None) => None,
+    }
+}
+
+/// The rows of `rows` whose window ended by `watermark` (none without one): column
+/// `column` plus `offset_ms` (see [`window_end_column`]) is at or before it.
+pub(crate) fn closed_rows(rows: &RecordBatch, column: usize, offset_ms: i64, watermark: Option<i64>) -> Result<RecordBatch, ArrowError> {
+    let times = cast(rows.column(column), &timestamp_type())?;
+    let closed: BooleanArray = times
+        .as_primitive::<TimestampMillisecondType>()
+        .iter()
+        .map(|t| Some(matches!((t, watermark), (Some(t), Some(w)) if t.saturating_add(offset_ms) <= w)))
+        .collect();
+    filter_record_batch(rows, &closed)
 }
 
 /// `ms` milliseconds as an interval literal.

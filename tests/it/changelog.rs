@@ -40,13 +40,8 @@ struct History {
 
 impl History {
     fn new(seed: u64, changes: usize) -> Self {
-        let mut rng = seed.max(1);
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
+        let mut rng = Xorshift::new(seed);
+        let mut next = move |n: u64| rng.below(n);
         let mut products = Vec::new();
         let mut categories = Vec::new();
         for _ in 0..changes {

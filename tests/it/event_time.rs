@@ -14,7 +14,7 @@ use trendflow_engine::contract::{Changeset, CheckpointMeta, Offsets, Poll, Sink,
 use trendflow_engine::runtime::Pipeline;
 use trendflow_engine::session::incremental_session_config;
 
-use crate::support::{assert_same_views, drain_options, file_settings, pipeline_dir, run_batch};
+use crate::support::{assert_same_views, drain_options, file_settings, pipeline_dir, run_batch, Xorshift};
 
 /// Clicks on pages, each at its own time ("%d/%m/%Y %H:%M" like the seed pipeline's
 /// `date`), up to 10 minutes out of order.
@@ -55,13 +55,8 @@ CREATE VIEW per_page AS SELECT page, COUNT(*) AS clicks FROM clicks GROUP BY pag
 /// many records are late or without a time at most (an upper bound: a straggler can
 /// still be on time if the watermark has not passed it).
 fn clicks(dir: &Path, n: usize, hours: u64, seed: u64) -> (PathBuf, usize) {
-    let mut rng = seed.max(1);
-    let mut next = move |m: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % m
-    };
+    let mut rng = Xorshift::new(seed);
+    let mut next = move |m: u64| rng.below(m);
     let mut lines = Vec::with_capacity(n);
     let mut odd = 0;
     for i in 0..n {
@@ -92,7 +87,7 @@ fn clicks(dir: &Path, n: usize, hours: u64, seed: u64) -> (PathBuf, usize) {
 /// a number of polls, around a real one (whose dead letters and positions it keeps).
 struct Chaos {
     inner: Box<dyn Source>,
-    rng: u64,
+    rng: Xorshift,
     polls_left: Option<usize>,
 }
 
@@ -113,10 +108,7 @@ impl Source for Chaos {
             }
             *left -= 1;
         }
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.inner.poll(1 + (self.rng % 97) as usize, max_delay).await
+        self.inner.poll(1 + self.rng.below(97) as usize, max_delay).await
     }
 
     async fn seek(&mut self, offsets: &Offsets) -> trendflow_engine::Result<()> {
@@ -176,7 +168,7 @@ async fn stream(
     for (run, polls) in crashes.iter().map(|&c| Some(c)).chain([None]).enumerate() {
         let catalog = Catalog::load(&[sql.to_path_buf()], incremental_session_config(), &bindings.files()).await.unwrap();
         let inner = bindings.open_sources(&catalog, &file_settings(&dead_letters)).await.unwrap().pop().unwrap();
-        let source = Chaos { inner, rng: seed * 31 + run as u64 + 1, polls_left: polls };
+        let source = Chaos { inner, rng: Xorshift::new(seed * 31 + run as u64 + 1), polls_left: polls };
         let mut pipeline = Pipeline::compile(catalog, state.to_path_buf()).await.unwrap();
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let result = pipeline.run(vec![Box::new(source)], &mut sink, &drain_options(), shutdown, &mut |_| {}).await;

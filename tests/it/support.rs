@@ -142,14 +142,14 @@ pub struct SplitSource {
     /// Which rows of `data` delete their key (a changelog stream's), if any do.
     deleted: Option<BooleanArray>,
     position: usize,
-    rng: u64,
+    rng: Xorshift,
     max_split: usize,
     fail_after_polls: Option<usize>,
 }
 
 impl SplitSource {
     pub fn new(stream: &str, data: RecordBatch, seed: u64, max_split: usize) -> Self {
-        Self { stream: stream.into(), data, deleted: None, position: 0, rng: seed.max(1), max_split, fail_after_polls: None }
+        Self { stream: stream.into(), data, deleted: None, position: 0, rng: Xorshift::new(seed), max_split, fail_after_polls: None }
     }
 
     /// Marks the rows of the data that delete their key (one flag per row).
@@ -165,11 +165,7 @@ impl SplitSource {
     }
 
     fn next_size(&mut self) -> usize {
-        // xorshift: reproducible splits per seed.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        1 + (self.rng % self.max_split as u64) as usize
+        1 + self.rng.below(self.max_split as u64) as usize
     }
 }
 
@@ -199,6 +195,26 @@ impl Source for SplitSource {
     async fn seek(&mut self, offsets: &Offsets) -> trendflow_engine::Result<()> {
         self.position = offsets.get(&0).copied().unwrap_or(0) as usize;
         Ok(())
+    }
+}
+
+/// Reproducible pseudo-random numbers (xorshift) for test data and micro-batch cuts:
+/// the same seed gives the same numbers.
+#[derive(Debug, Clone)]
+pub struct Xorshift(u64);
+
+impl Xorshift {
+    /// A sequence from `seed` (0 counts as 1: xorshift never leaves 0).
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    /// The next number, below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
     }
 }
 

@@ -181,7 +181,7 @@ impl Source for FileSource {
 
     async fn reject(&mut self, rows: &RecordBatch, reasons: &[String]) -> trendflow_engine::Result<Offsets> {
         let source_error = |e: ConnectorError| EngineError::Source { source_name: self.stream.name.clone(), cause: Box::new(e) };
-        let away = TurnedAway::of(&self.stream, rows).map_err(|e| source_error(e.into()))?;
+        let away = TurnedAway::of(&self.stream, rows).map_err(source_error)?;
         let letters: Vec<DeadLetter> = (0..away.records.len())
             .map(|i| DeadLetter {
                 stream: self.stream.name.clone(),
