@@ -33,10 +33,11 @@ pub struct BatchStream {
     /// The stream's name.
     pub name: String,
     /// What its views read: the on-time records of an append stream, the final table of
-    /// a changelog stream.
-    pub table: RecordBatch,
+    /// a changelog stream. Batches as read, not concatenated: a copy of every record
+    /// would cost more than the views over them.
+    pub table: Vec<RecordBatch>,
     /// What windows read: the on-time records (of a changelog stream: inserts and updates).
-    pub events: RecordBatch,
+    pub events: Vec<RecordBatch>,
     /// The watermark after the last record (`None`: no record had an event time).
     pub watermark: Option<i64>,
     /// The records a streaming run would dead-letter as late (append streams), or only
@@ -58,15 +59,12 @@ impl BatchStream {
             late.push(timed.late);
             reasons.extend(timed.reasons);
         }
-        let table = if keyed {
-            final_table(stream, rows.iter().map(|(b, d)| (b, d.as_ref())))?
-        } else {
-            concat_batches(&stream.schema, rows.iter().map(|(b, _)| b))?
-        };
+        let table =
+            if keyed { vec![final_table(stream, rows.iter().map(|(b, d)| (b, d.as_ref())))?] } else { rows.into_iter().map(|(b, _)| b).collect() };
         Ok(Self {
             name: stream.name.clone(),
             table,
-            events: concat_batches(&stream.schema, &events)?,
+            events,
             watermark: watermark.current(),
             late: LateRecords { stream: stream.name.clone(), rows: concat_batches(&stream.schema, &late)?, reasons },
         })
@@ -129,9 +127,19 @@ pub struct ViewResult {
 /// # }
 /// ```
 pub async fn compute_views(catalog: &Catalog, streams: Vec<BatchStream>) -> Result<Vec<ViewResult>> {
-    let table = |rows: &RecordBatch| -> Result<Arc<dyn TableProvider>> { Ok(Arc::new(MemTable::try_new(rows.schema(), vec![vec![rows.clone()]])?)) };
-    let tables = streams.iter().map(|s| Ok((s.name.clone(), table(&s.table)?))).collect::<Result<Vec<_>>>()?;
-    let events = streams.iter().map(|s| Ok((s.name.clone(), table(&s.events)?))).collect::<Result<Vec<_>>>()?;
+    // One partition, in record order: a view whose rows repeat a key (over a stream
+    // keyed by its PRIMARY KEY) keeps the last, as a streaming run does.
+    let table = |stream: &BatchStream, rows: &[RecordBatch]| -> Result<Arc<dyn TableProvider>> {
+        let schema = catalog
+            .streams()
+            .iter()
+            .find(|s| s.name == stream.name)
+            .map(|s| s.schema.clone())
+            .ok_or_else(|| EngineError::internal("a batch stream that is not declared"))?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![rows.to_vec()])?))
+    };
+    let tables = streams.iter().map(|s| Ok((s.name.clone(), table(s, &s.table)?))).collect::<Result<Vec<_>>>()?;
+    let events = streams.iter().map(|s| Ok((s.name.clone(), table(s, &s.events)?))).collect::<Result<Vec<_>>>()?;
     catalog.replace_streams(tables, events).await?;
     let mut results = Vec::new();
     let ctx = catalog.session();

@@ -8,12 +8,12 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{filter_record_batch, not};
+use datafusion::arrow::compute::{filter_record_batch, interleave_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::contract::{MicroBatch, StreamDecl};
 use crate::error::Result;
-use crate::keyed::{last_row_per_key, project_columns, take_rows, KeyedTable};
+use crate::keyed::{last_row_per_key, project_columns, take_rows, EncodedRows, KeyedTable, RowEncoder, RowMap};
 use crate::slot::BatchSlot;
 
 /// The flag column of a changelog table's checkpointed changes: true for a deleted key.
@@ -295,12 +295,26 @@ impl ChangelogTables {
 
 /// What a batch run computes a changelog stream's views over: the stream's rows after
 /// `batches` (in source order, with their delete marks), the last change of each key
-/// winning and deleted keys gone.
+/// winning and deleted keys gone. Rows come in the order of their keys' last changes,
+/// as [`ChangelogTable::whole`] gives them after the same changes.
 pub fn final_table<'a>(stream: &StreamDecl, batches: impl IntoIterator<Item = (&'a RecordBatch, Option<&'a BooleanArray>)>) -> Result<RecordBatch> {
-    let every_column: Vec<usize> = (0..stream.schema.fields().len()).collect();
-    let mut table = ChangelogTable::for_stream(stream, &every_column)?;
-    for (batch, deleted) in batches {
-        table.apply(batch, deleted)?;
+    let batches: Vec<(&RecordBatch, Option<&BooleanArray>)> = batches.into_iter().collect();
+    // One pass over the keys, then one gather: no per-batch table maintenance (deltas,
+    // replaced rows), which a batch run never reads.
+    let encoder = RowEncoder::new(&stream.schema, stream.primary_key.clone())?;
+    let keys = batches.iter().map(|(batch, _)| encoder.encode(batch)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut last: RowMap<&[u8], (usize, usize)> = RowMap::with_capacity_and_hasher(keys.iter().map(EncodedRows::len).sum(), Default::default());
+    for (b, keys) in keys.iter().enumerate() {
+        for row in 0..keys.len() {
+            last.insert(keys.get(row), (b, row));
+        }
     }
-    table.whole()
+    let is_deleted = |(b, row): (usize, usize)| batches[b].1.is_some_and(|deleted| deleted.value(row));
+    let mut live: Vec<(usize, usize)> = last.into_values().filter(|&place| !is_deleted(place)).collect();
+    live.sort_unstable();
+    let sources: Vec<&RecordBatch> = batches.iter().map(|(batch, _)| *batch).collect();
+    if sources.is_empty() {
+        return Ok(RecordBatch::new_empty(stream.schema.clone()));
+    }
+    Ok(interleave_record_batch(&sources, &live)?)
 }

@@ -10,7 +10,7 @@
 //! GROUP BY window_start, window_end, category_id
 //! ```
 //!
-//! Both are built from DataFusion's own operators (`date_bin`, `make_array`, `unnest`),
+//! Both are built from DataFusion's own operators (arithmetic, `make_array`, `unnest`),
 //! so a window is a row-local step a micro-batch evaluates on its own. A view that
 //! groups by `window_start` or `window_end` knows when each group is final: once the
 //! stream's watermark passes the window's end (see [`crate::event_time`]).
@@ -20,15 +20,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{cast, filter_record_batch};
-use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::error::ArrowError;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{plan_err, Column, ScalarValue};
 use datafusion::datasource::{provider_as_source, TableType, ViewTable};
 use datafusion::error::Result as DfResult;
-use datafusion::functions::datetime::expr_fn::date_bin;
 use datafusion::functions_nested::expr_fn::make_array;
-use datafusion::logical_expr::{col, lit, Expr, LogicalPlanBuilder};
+use datafusion::logical_expr::{cast as cast_expr, col, lit, Expr, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::stream_table::{timestamp_type, StreamRegistry};
@@ -121,16 +120,23 @@ impl TableFunctionImpl for WindowFunction {
         let events = Arc::new(EventsTable { stream: stream.name.clone(), schema: stream.schema.clone(), streams: self.streams.clone() });
         let scan = LogicalPlanBuilder::scan(stream.name.as_str(), provider_as_source(events), None)?;
         let columns: Vec<Expr> = stream.schema.fields().iter().map(|f| Expr::Column(Column::new_unqualified(f.name()))).collect();
-        let time = stream.event_time.expr.clone();
-        let starts: Vec<Expr> = (0..spec.size_ms / spec.slide_ms)
-            .map(|i| date_bin(interval(spec.slide_ms), time.clone(), epoch()) - interval(i * spec.slide_ms))
-            .collect();
+        // On epoch milliseconds (BIGINT), not timestamps: interval arithmetic on a
+        // timestamp with a time zone goes through chrono-tz row by row, and was most of
+        // a HOP view's time.
+        const EVENT_MS: &str = "__event_ms";
         const STARTS: &str = "__window_starts";
+        let plan = scan.project(columns.iter().cloned().chain([cast_expr(stream.event_time.expr.clone(), DataType::Int64).alias(EVENT_MS)]))?;
+        let (t, slide) = (col(EVENT_MS), lit(spec.slide_ms));
+        let first = t.clone() - ((t % slide.clone()) + slide.clone()) % slide;
+        let starts: Vec<Expr> = (0..spec.size_ms / spec.slide_ms).map(|i| first.clone() - lit(i * spec.slide_ms)).collect();
         let plan = match starts.as_slice() {
-            [start] => scan.project(columns.iter().cloned().chain([start.clone().alias(STARTS)]))?,
-            _ => scan.project(columns.iter().cloned().chain([make_array(starts.clone()).alias(STARTS)]))?.unnest_column(STARTS)?,
+            [start] => plan.project(columns.iter().cloned().chain([start.clone().alias(STARTS)]))?,
+            _ => plan.project(columns.iter().cloned().chain([make_array(starts.clone()).alias(STARTS)]))?.unnest_column(STARTS)?,
         };
-        let windows = [col(STARTS).alias(WINDOW_START), (col(STARTS) + interval(spec.size_ms)).alias(WINDOW_END)];
+        let windows = [
+            cast_expr(col(STARTS), timestamp_type()).alias(WINDOW_START),
+            cast_expr(col(STARTS) + lit(spec.size_ms), timestamp_type()).alias(WINDOW_END),
+        ];
         let plan = plan.project(columns.into_iter().chain(windows))?.build()?;
         self.streams.add_window(spec);
         Ok(Arc::new(ViewTable::new(plan, None)))
@@ -205,16 +211,6 @@ pub(crate) fn closed_rows(rows: &RecordBatch, column: usize, offset_ms: i64, wat
         .map(|t| Some(matches!((t, watermark), (Some(t), Some(w)) if t.saturating_add(offset_ms) <= w)))
         .collect();
     filter_record_batch(rows, &closed)
-}
-
-/// `ms` milliseconds as an interval literal.
-fn interval(ms: i64) -> Expr {
-    lit(ScalarValue::new_interval_mdn(0, 0, ms * 1_000_000))
-}
-
-/// The Unix epoch, which windows are aligned to.
-fn epoch() -> Expr {
-    lit(ScalarValue::TimestampMillisecond(Some(0), Some("UTC".into())))
 }
 
 /// The length of an interval literal, in milliseconds (months have no fixed length).

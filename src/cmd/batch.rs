@@ -32,7 +32,9 @@ pub async fn batch(args: BatchArgs) -> Result<()> {
     bindings.save(&pipeline.state)?;
     let store_dir = pipeline.state.join("store");
     clear_stale_state(&store_dir, &pipeline.state.join("checkpoints"))?;
+    let started = std::time::Instant::now();
     let views = compute_views(&catalog, streams).await?;
+    tracing::info!("computed {} views in {:.2} s", views.len(), started.elapsed().as_secs_f64());
     let store = store_results(EmbeddedStore::new(store_dir), &views).await?;
     let infos: Vec<ViewInfo> = views.into_iter().map(|view| view.info).collect();
     println!("batch: computed {} views, {rejected} records rejected", infos.len());

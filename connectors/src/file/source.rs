@@ -9,7 +9,8 @@
 //! record exactly as the first pass did.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Take};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,6 +24,7 @@ use trendflow_engine::file_format::FileFormat;
 
 use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source, StreamDecl};
 use trendflow_engine::EngineError;
+use trendflow_formats::Decoded;
 
 use super::dead_letters::{DeadLetter, DeadLetterFile};
 use crate::decode::{changelog_key, decode_parsed, parse_text, with_metadata, Parsed, RecordOrigin, TurnedAway};
@@ -40,8 +42,8 @@ struct RawChunk {
 
 #[allow(clippy::large_enum_variant)] // one per source
 enum Reader {
-    Csv(csv::Reader<File>),
-    Json(std::io::Split<BufReader<File>>),
+    Csv(csv::Reader<Take<File>>),
+    Json(std::io::Split<BufReader<Take<File>>>),
     Parquet(ParquetRecordBatchReader),
 }
 
@@ -77,72 +79,61 @@ impl FileSource {
         Ok(Self { stream, path, format, reader: None, position: 0, skip: 0, dead_letters, finished: false, replay_start: None })
     }
 
-    fn open(&self, batch_size: usize) -> Result<Reader> {
-        let file = File::open(&self.path).map_err(|e| ConnectorError::io(&self.path, e))?;
-        let format_error = |e: &dyn std::fmt::Display| ConnectorError::Format { path: self.path.clone(), message: e.to_string() };
-        Ok(match self.format {
-            FileFormat::Csv => {
-                let header = csv_header(&self.path)?;
-                let text = Schema::new(header.iter().map(|h| Field::new(h, DataType::Utf8, true)).collect::<Vec<_>>());
-                let reader = csv::ReaderBuilder::new(Arc::new(text))
-                    .with_header(true)
-                    .with_truncated_rows(true)
-                    .with_batch_size(batch_size)
-                    .build(file)
-                    .map_err(|e| format_error(&e))?;
-                Reader::Csv(reader)
-            }
-            FileFormat::NdJson => Reader::Json(BufReader::new(file).split(b'\n')),
-            FileFormat::Parquet => {
-                let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                    .and_then(|b| b.with_batch_size(batch_size).build())
-                    .map_err(|e| format_error(&e))?;
-                Reader::Parquet(reader)
-            }
-        })
-    }
-
     fn read_chunk(&mut self, max_rows: usize) -> Result<Option<RawChunk>> {
         if self.reader.is_none() {
-            self.reader = Some(self.open(max_rows)?);
+            self.reader = Some(open(&self.path, self.format, max_rows, None)?);
         }
-        let start = self.position;
-        let path = self.path.clone();
-        let format_error = |e: &dyn std::fmt::Display| ConnectorError::Format { path: path.clone(), message: e.to_string() };
-        let chunk = match self.reader.as_mut().expect("opened above") {
-            Reader::Csv(reader) => match reader.next() {
-                None => None,
-                Some(batch) => {
-                    let batch = batch.map_err(|e| {
-                        format_error(&format!("in records {}..{} (CSV lines after the header): {e}", start + 1, start + max_rows as i64))
-                    })?;
-                    Some(RawChunk { first: start, records: batch.num_rows(), parsed: Parsed::all(batch) })
-                }
-            },
-            Reader::Parquet(reader) => match reader.next() {
-                None => None,
-                Some(batch) => {
-                    let batch = batch.map_err(|e| format_error(&e))?;
-                    Some(RawChunk { first: start, records: batch.num_rows(), parsed: Parsed::all(batch) })
-                }
-            },
-            Reader::Json(lines) => read_json_lines(lines, &self.stream, max_rows, start).map_err(|e| format_error(&e))?,
-        };
+        let reader = self.reader.as_mut().expect("opened above");
+        let chunk = next_chunk(reader, &self.stream, &self.path, max_rows, self.position, 0)?;
         if let Some(chunk) = &chunk {
             self.position += chunk.records as i64;
         }
         Ok(chunk)
     }
 
+    /// Reads the whole file, for a batch run: the byte ranges of a CSV or NDJSON file
+    /// ([`super::record_ranges`]) are parsed and decoded on `threads` threads, then
+    /// stamped in file order. The micro-batches, their offsets and arrival times, and
+    /// the dead letters are those that polling the source to its end gives.
+    pub fn read_all(&mut self, max_rows: usize, threads: usize) -> Result<Vec<MicroBatch>> {
+        let ranges = super::record_ranges(&self.path, self.format, threads)?;
+        let (stream, path, format) = (&self.stream, &self.path, self.format);
+        let parts: Vec<Result<Vec<(Decoded, i64, usize)>>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = ranges.iter().map(|range| scope.spawn(move || decode_range(stream, path, format, range, max_rows))).collect();
+            threads
+                .into_iter()
+                .map(|t| {
+                    t.join().unwrap_or_else(|_| Err(ConnectorError::Format { path: path.clone(), message: "a decoding thread panicked".into() }))
+                })
+                .collect()
+        });
+        let mut batches = Vec::new();
+        for part in parts {
+            let base = self.position;
+            for (decoded, first, records) in part? {
+                self.position = base + first + records as i64;
+                batches.push(self.stamp(decoded, base + first)?);
+            }
+        }
+        self.finished = true;
+        Ok(batches)
+    }
+
     /// Converts a raw chunk to the stream schema; writes rejected records as dead letters.
     fn decode(&mut self, chunk: RawChunk) -> Result<MicroBatch> {
-        let decoded = decode_parsed(chunk.parsed, &self.stream.payload_schema, changelog_key(&self.stream))?;
+        let decoded = convert(&self.stream, chunk.parsed)?;
+        self.stamp(decoded, chunk.first)
+    }
+
+    /// Gives decoded records whose first is record `first` of the file their metadata
+    /// (offsets, arrival times) and writes the rejected ones as dead letters.
+    fn stamp(&mut self, decoded: Decoded, first: i64) -> Result<MicroBatch> {
         let start =
             *self.replay_start.get_or_insert_with(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default());
         let letters: Vec<DeadLetter> =
-            decoded.rejected.into_iter().map(|(row, reason, record)| self.letter(chunk.first + row as i64, reason, record)).collect();
+            decoded.rejected.into_iter().map(|(row, reason, record)| self.letter(first + row as i64, reason, record)).collect();
         self.dead_letters.write(&letters)?;
-        let offsets: Vec<i64> = decoded.rows.iter().map(|&r| chunk.first + r as i64).collect();
+        let offsets: Vec<i64> = decoded.rows.iter().map(|&r| first + r as i64).collect();
         let timestamps = decoded.arrivals.iter().zip(&offsets).map(|(given, offset)| given.unwrap_or(start + offset)).collect();
         let origin = RecordOrigin { partitions: vec![0; offsets.len()], offsets, timestamps, keys: None };
         let batch = with_metadata(&self.stream, &decoded.batch, origin)?;
@@ -227,6 +218,80 @@ impl Source for FileSource {
     }
 }
 
+/// Converts parsed records to the stream's payload schema (no side effects: ranges of a
+/// file convert on several threads).
+fn convert(stream: &StreamDecl, parsed: Parsed) -> Result<Decoded> {
+    Ok(decode_parsed(parsed, &stream.payload_schema, changelog_key(stream))?)
+}
+
+/// Opens `path` for reading records, from the start of `bytes` to its end (the whole file
+/// without). A range after the start of a CSV file has no header line of its own.
+fn open(path: &Path, format: FileFormat, batch_size: usize, bytes: Option<&Range<u64>>) -> Result<Reader> {
+    let mut file = File::open(path).map_err(|e| ConnectorError::io(path, e))?;
+    let format_error = |e: &dyn std::fmt::Display| ConnectorError::Format { path: path.to_path_buf(), message: e.to_string() };
+    let (start, end) = bytes.map_or((0, u64::MAX), |r| (r.start, r.end));
+    file.seek(SeekFrom::Start(start)).map_err(|e| ConnectorError::io(path, e))?;
+    let range = file.take(end - start);
+    Ok(match format {
+        FileFormat::Csv => {
+            let header = csv_header(path)?;
+            let text = Schema::new(header.iter().map(|h| Field::new(h, DataType::Utf8, true)).collect::<Vec<_>>());
+            let reader = csv::ReaderBuilder::new(Arc::new(text))
+                .with_header(start == 0)
+                .with_truncated_rows(true)
+                .with_batch_size(batch_size)
+                .build(range)
+                .map_err(|e| format_error(&e))?;
+            Reader::Csv(reader)
+        }
+        FileFormat::NdJson => Reader::Json(BufReader::new(range).split(b'\n')),
+        FileFormat::Parquet => {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(range.into_inner())
+                .and_then(|b| b.with_batch_size(batch_size).build())
+                .map_err(|e| format_error(&e))?;
+            Reader::Parquet(reader)
+        }
+    })
+}
+
+/// The next chunk of up to `max_rows` records from `reader`, the first of which is
+/// record `start` of the records after byte `byte_start` of the file.
+fn next_chunk(reader: &mut Reader, stream: &StreamDecl, path: &Path, max_rows: usize, start: i64, byte_start: u64) -> Result<Option<RawChunk>> {
+    let format_error = |e: &dyn std::fmt::Display| ConnectorError::Format { path: path.to_path_buf(), message: e.to_string() };
+    let counted_from = if byte_start == 0 { String::new() } else { format!(", counted from byte {byte_start}") };
+    Ok(match reader {
+        Reader::Csv(reader) => match reader.next() {
+            None => None,
+            Some(batch) => {
+                let batch = batch.map_err(|e| {
+                    format_error(&format!("in records {}..{} (CSV lines after the header{counted_from}): {e}", start + 1, start + max_rows as i64))
+                })?;
+                Some(RawChunk { first: start, records: batch.num_rows(), parsed: Parsed::all(batch) })
+            }
+        },
+        Reader::Parquet(reader) => match reader.next() {
+            None => None,
+            Some(batch) => {
+                let batch = batch.map_err(|e| format_error(&e))?;
+                Some(RawChunk { first: start, records: batch.num_rows(), parsed: Parsed::all(batch) })
+            }
+        },
+        Reader::Json(lines) => read_json_lines(lines, stream, max_rows, start).map_err(|e| format_error(&e))?,
+    })
+}
+
+/// Parses and converts the records in `bytes` of `path`: each with its index counted
+/// from the start of the range, and how many records its chunk consumed.
+fn decode_range(stream: &StreamDecl, path: &Path, format: FileFormat, bytes: &Range<u64>, max_rows: usize) -> Result<Vec<(Decoded, i64, usize)>> {
+    let mut reader = open(path, format, max_rows, Some(bytes))?;
+    let (mut decoded, mut position) = (Vec::new(), 0);
+    while let Some(chunk) = next_chunk(&mut reader, stream, path, max_rows, position, bytes.start)? {
+        position += chunk.records as i64;
+        decoded.push((convert(stream, chunk.parsed)?, chunk.first, chunk.records));
+    }
+    Ok(decoded)
+}
+
 fn csv_header(path: &Path) -> Result<Vec<String>> {
     let file = File::open(path).map_err(|e| ConnectorError::io(path, e))?;
     let mut line = String::new();
@@ -241,7 +306,7 @@ fn csv_header(path: &Path) -> Result<Vec<String>> {
 /// Reads up to `max_rows` JSON lines; a line that is too long, not UTF-8 or does not
 /// decode is reported, not fatal.
 fn read_json_lines(
-    lines: &mut std::io::Split<BufReader<File>>,
+    lines: &mut std::io::Split<BufReader<Take<File>>>,
     stream: &StreamDecl,
     max_rows: usize,
     start: i64,
@@ -261,4 +326,75 @@ fn read_json_lines(
     // Blank lines separate records in NDJSON; they are not records that failed.
     parsed.unparsed.retain(|(row, _, _)| !texts[*row].trim_ascii().is_empty());
     Ok(Some(RawChunk { parsed, first: start, records: texts.len() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::compute::concat_batches;
+
+    use super::*;
+
+    async fn stream(dir: &Path) -> StreamDecl {
+        let sql = "CREATE EXTERNAL TABLE p (asin VARCHAR NOT NULL, title VARCHAR, price DOUBLE) STORED AS KAFKA LOCATION 'p';";
+        std::fs::write(dir.join("p.sql"), sql).unwrap();
+        trendflow_engine::catalog::Catalog::load_streams(&[dir.to_path_buf()]).await.unwrap().remove(0)
+    }
+
+    /// A CSV file of `rows` records over several megabytes, with every quoting case
+    /// the split-point scan must follow, and a bad price in every 97th record. Most
+    /// records hold newlines all through a quoted title, so a split at a newline
+    /// inside one would cut a record in two. Returns the byte offset of each record.
+    fn csv_file(path: &Path, rows: usize) -> Vec<u64> {
+        let lines = "xxxxxxxxx\n".repeat(15);
+        let mut text = String::from("asin,title,price\n");
+        let mut starts = Vec::with_capacity(rows);
+        for i in 0..rows {
+            let title = match i % 50 {
+                0 => format!("plain {}", lines.replace('\n', " ")),
+                1 => format!("literal 5\" tv {}", lines.replace('\n', " ")),
+                k if k % 3 == 0 => format!("\"with, comma {lines}\""),
+                k if k % 3 == 1 => format!("\"a 5\"\" tv\n{lines}\""),
+                _ => format!("\"{lines}\""),
+            };
+            let price = if i % 97 == 0 { "abc".to_string() } else { format!("{}.5", i % 1000) };
+            starts.push(text.len() as u64);
+            text.push_str(&format!("A{i},{title},{price}\n"));
+        }
+        std::fs::write(path, text).unwrap();
+        starts
+    }
+
+    /// Every micro-batch of `source`, polled to its end, with the replay clock at 1000.
+    async fn polled(mut source: FileSource) -> Vec<MicroBatch> {
+        source.seek(&Offsets::from([(REPLAY_CLOCK_PARTITION, 1000)])).await.unwrap();
+        let mut batches = Vec::new();
+        while let Poll::Batch(micro) = source.poll(4096, Duration::ZERO).await.unwrap() {
+            batches.push(micro);
+        }
+        batches
+    }
+
+    #[tokio::test]
+    async fn reading_byte_ranges_in_parallel_gives_what_polling_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = stream(dir.path()).await;
+        let path = dir.path().join("p.csv");
+        let starts = csv_file(&path, 60_000);
+        let ranges = super::super::record_ranges(&path, FileFormat::Csv, 3).unwrap();
+        assert_eq!(ranges.len(), 3, "the file must be read as several ranges: {ranges:?}");
+        assert!(ranges[1..].iter().all(|r| starts.binary_search(&r.start).is_ok()), "ranges start at records: {ranges:?}");
+
+        let polled = polled(FileSource::new(stream.clone(), path.clone(), &dir.path().join("polled")).unwrap()).await;
+        let mut parallel = FileSource::new(stream.clone(), path.clone(), &dir.path().join("parallel")).unwrap();
+        parallel.seek(&Offsets::from([(REPLAY_CLOCK_PARTITION, 1000)])).await.unwrap();
+        let read = parallel.read_all(4096, 3).unwrap();
+
+        let whole = |batches: &[MicroBatch]| concat_batches(&stream.schema, batches.iter().map(|m| &m.batch)).unwrap();
+        assert_eq!(whole(&read), whole(&polled));
+        assert_eq!(whole(&read).num_rows(), 60_000 - 619, "every record but the bad prices");
+        assert_eq!(read.iter().map(|m| m.rejected).sum::<u64>(), 619);
+        assert_eq!(read.last().unwrap().offsets, polled.last().unwrap().offsets);
+        let letters = |sub: &str| std::fs::read_to_string(dir.path().join(sub).join("p.ndjson")).unwrap();
+        assert_eq!(letters("parallel"), letters("polled"));
+    }
 }
