@@ -49,7 +49,8 @@ TARGETS = {"engine_records_per_s": 1_000_000, "engine_ratio_to_decode": 0.5,
            "groups_ratio_to_shipped": 0.5,  # figure 7: records/s with a per-ASIN view / shipped views alone
            "groups_superlinearity": 1.25,  # figure 7: (time for all records / time for a quarter) / 4
            "checkpoint_delta_to_full": 0.02,  # figure 8: a delta checkpoint's bytes and seconds / a full one's
-           "changelog_ratio_to_append": 0.5, "changelog_peak_rss_mb": 400}  # figure 9: upserts and deletes / figure 1
+           "changelog_ratio_to_append": 0.5, "changelog_peak_rss_mb": 400,  # figure 9: upserts and deletes / figure 1
+           "event_time_ratio_to_engine": 0.8, "event_time_peak_rss_mb": 300}  # figure 10: windowed views over 30 days / figure 1
 
 PRICE_STATS = 'pl.len().alias("n"), pl.col("price").mean().alias("avg"), pl.col("price").min().alias("min"), pl.col("price").max().alias("max")'
 LEVEL = ('pl.when(pl.col("price") < 10).then(pl.lit("0-10")).when(pl.col("price") < 25).then(pl.lit("10-25"))'
@@ -360,6 +361,50 @@ class Harness:
                 job.wait()
             broker.kill()
 
+    def event_time(self):
+        self.log("figure 10: event time over 30 days: the shipped views with their TUMBLE and HOP windows at 1/4, 1/2 and "
+                 "all of the records, against the same views without the windows")
+        out = self.work / "data-30-days"
+        run([self.trendflow, "gen", "--days", "30", "--rows", self.args.rows, "--seed", "42", "--out", out])
+        lines = (out / "products.csv").read_text().splitlines(keepends=True)
+        sql = {"windows": self.append_sql(windows=True), "no_windows": self.append_sql(windows=False)}
+        points = {}
+        for fraction in (0.25, 0.5, 1.0):
+            count = int(self.args.rows * fraction)
+            part = self.work / f"products_30_days_{count}.csv"
+            part.write_text("".join(lines[: count + 1]))
+            for kind in ("windows", "no_windows") if fraction == 1.0 else ("windows",):
+                runs = []
+                for i in range(self.args.repeat):
+                    state = self.work / f"event-time-{kind}-{count}-{i}"
+                    _, _, peak, out_text = run([self.trendflow, "run", "--until-idle", "--max-rows", "50000", "--flight-addr", "none",
+                                                "--http-addr", "none", "--source", f"products=file:{part}",
+                                                "--source", f"categories=file:{self.categories}", "--state", state, "--sql", sql[kind]])
+                    rate = float(re.search(r"\(([\d.]+) records/s\)", out_text).group(1))
+                    checkpoint = sum(f.stat().st_size for f in (state / "checkpoints").rglob("*") if f.is_file())
+                    runs.append({"records_per_s": rate, "peak_rss_mb": peak, "checkpoint_bytes": checkpoint})
+                points[(kind, count)] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        n = self.args.rows
+        windows = {count: points[("windows", count)] for kind, count in points if kind == "windows"}
+        rate = windows[n]["records_per_s"]
+        self.figures["event_time"] = {"records": n, "windows_by_records": windows, "no_windows": points[("no_windows", n)],
+                                      "ratio_to_no_windows": rate / points[("no_windows", n)]["records_per_s"],
+                                      "ratio_to_engine": rate / self.figures["engine"]["engine_records_per_s"],
+                                      "rss_all_to_quarter": windows[n]["peak_rss_mb"] / windows[min(windows)]["peak_rss_mb"]}
+
+    def append_sql(self, windows):
+        """The shipped SQL with `products` declared append-only (as figure 1 measures it), without the windowed
+        views unless `windows`; returns the directory."""
+        directory = self.work / ("sql-windows" if windows else "sql-no-windows")
+        directory.mkdir(exist_ok=True)
+        sources = (REPO / "sql" / "01_sources.sql").read_text()
+        assert "'changelog' 'upsert',\n" in sources, "01_sources.sql no longer declares products as below"
+        (directory / "01_sources.sql").write_text(sources.replace("'changelog' 'upsert',\n", "", 1))
+        trends = (REPO / "sql" / "02_trends.sql").read_text()
+        assert "-- Trend over time" in trends, "02_trends.sql no longer starts its windowed views as below"
+        (directory / "02_trends.sql").write_text(trends if windows else trends[: trends.index("-- Trend over time")])
+        return directory
+
     def targets(self):
         """{target: met?} for every figure the run produced (bench/README.md gives the targets)."""
         f, t = self.figures, TARGETS
@@ -374,7 +419,10 @@ class Harness:
                "groups_superlinearity": f["groups"]["superlinearity"] <= t["groups_superlinearity"],
                "checkpoint_delta_to_full": max(f["checkpoint"]["ratio_bytes"], f["checkpoint"]["ratio_seconds"]) <= t["checkpoint_delta_to_full"],
                "changelog_ratio_to_append": f["changelog"]["ratio_to_append"] >= t["changelog_ratio_to_append"],
-               "changelog_peak_rss_mb": f["changelog"]["peak_rss_mb"] < t["changelog_peak_rss_mb"]}
+               "changelog_peak_rss_mb": f["changelog"]["peak_rss_mb"] < t["changelog_peak_rss_mb"],
+               "event_time_ratio_to_engine": f["event_time"]["ratio_to_engine"] >= t["event_time_ratio_to_engine"],
+               "event_time_peak_rss_mb": max(p["peak_rss_mb"] for p in f["event_time"]["windows_by_records"].values())
+               < t["event_time_peak_rss_mb"]}
         if b["pyspark"] != SKIPPED:
             met["batch_pyspark_slowdown"] = b["pyspark"]["speedup_trendflow_all_to_pyspark_one"] >= t["batch_pyspark_slowdown"]
         p = f["peers"]
@@ -465,6 +513,17 @@ class Harness:
                      f"figure 1 (append-only) {e['engine_records_per_s']:,.0f} rec/s | {cl['ratio_to_append']:.2f} | "
                      f"≥ {t['changelog_ratio_to_append']}: {said('changelog_ratio_to_append')}; "
                      f"RSS < {t['changelog_peak_rss_mb']} MB: {said('changelog_peak_rss_mb')} |")
+        et = f["event_time"]
+        w = et["windows_by_records"]
+        lines.append(f"| 10 | event time: {et['records']:,} products over 30 days, products append-only, the shipped views with "
+                     f"`category_trend` (TUMBLE 1 day) and `trending_now` (HOP 5 min / 1 h, emit on close), `run` in micro-batches of 50,000 | "
+                     f"{w[et['records']]['records_per_s']:,.0f} rec/s; peak RSS " + " / ".join(f"{v['peak_rss_mb']:.0f}" for v in w.values())
+                     + " MB and checkpoint " + " / ".join(f"{v['checkpoint_bytes'] / 1e3:.0f}" for v in w.values())
+                     + f" KB at {' / '.join(f'{k:,}' for k in w)} rec | the same views without windows "
+                     f"{et['no_windows']['records_per_s']:,.0f} rec/s; figure 1 {e['engine_records_per_s']:,.0f} rec/s | "
+                     f"{et['ratio_to_no_windows']:.2f} of no windows, {et['ratio_to_engine']:.2f} of figure 1; RSS all / a quarter "
+                     f"{et['rss_all_to_quarter']:.2f} | ≥ {t['event_time_ratio_to_engine']} × figure 1: {said('event_time_ratio_to_engine')}; "
+                     f"RSS < {t['event_time_peak_rss_mb']} MB and flat: {said('event_time_peak_rss_mb')} |")
         lines += ["", "Batch detail (median seconds per command, one process each):", ""]
         lines += [f"- {k}: {v:.3f} s" for k, v in b["seconds"].items()]
         lines += [f"- peak RSS MB: {json.dumps(b['peak_rss_mb'])}"]
@@ -504,6 +563,7 @@ def main():
     harness.batch()
     harness.memory()
     harness.groups()
+    harness.event_time()
     harness.end_to_end()
     harness.latency()
     harness.report()

@@ -59,8 +59,7 @@ impl BatchStream {
             late.push(timed.late);
             reasons.extend(timed.reasons);
         }
-        let table =
-            if keyed { vec![final_table(stream, rows.iter().map(|(b, d)| (b, d.as_ref())))?] } else { rows.into_iter().map(|(b, _)| b).collect() };
+        let table = if keyed { final_table(stream, rows.iter().map(|(b, d)| (b, d.as_ref())))? } else { rows.into_iter().map(|(b, _)| b).collect() };
         Ok(Self {
             name: stream.name.clone(),
             table,

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{filter_record_batch, interleave_record_batch, not};
+use datafusion::arrow::compute::{filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::contract::{MicroBatch, StreamDecl};
@@ -297,10 +297,14 @@ impl ChangelogTables {
 /// `batches` (in source order, with their delete marks), the last change of each key
 /// winning and deleted keys gone. Rows come in the order of their keys' last changes,
 /// as [`ChangelogTable::whole`] gives them after the same changes.
-pub fn final_table<'a>(stream: &StreamDecl, batches: impl IntoIterator<Item = (&'a RecordBatch, Option<&'a BooleanArray>)>) -> Result<RecordBatch> {
+pub fn final_table<'a>(
+    stream: &StreamDecl,
+    batches: impl IntoIterator<Item = (&'a RecordBatch, Option<&'a BooleanArray>)>,
+) -> Result<Vec<RecordBatch>> {
     let batches: Vec<(&RecordBatch, Option<&BooleanArray>)> = batches.into_iter().collect();
-    // One pass over the keys, then one gather: no per-batch table maintenance (deltas,
-    // replaced rows), which a batch run never reads.
+    // One pass over the keys, then a filter per batch (no copy of a batch that keeps
+    // every row): no per-batch table maintenance (deltas, replaced rows), which a batch
+    // run never reads.
     let encoder = RowEncoder::new(&stream.schema, stream.primary_key.clone())?;
     let keys = batches.iter().map(|(batch, _)| encoder.encode(batch)).collect::<std::result::Result<Vec<_>, _>>()?;
     let mut last: RowMap<&[u8], (usize, usize)> = RowMap::with_capacity_and_hasher(keys.iter().map(EncodedRows::len).sum(), Default::default());
@@ -309,12 +313,9 @@ pub fn final_table<'a>(stream: &StreamDecl, batches: impl IntoIterator<Item = (&
             last.insert(keys.get(row), (b, row));
         }
     }
-    let is_deleted = |(b, row): (usize, usize)| batches[b].1.is_some_and(|deleted| deleted.value(row));
-    let mut live: Vec<(usize, usize)> = last.into_values().filter(|&place| !is_deleted(place)).collect();
-    live.sort_unstable();
-    let sources: Vec<&RecordBatch> = batches.iter().map(|(batch, _)| *batch).collect();
-    if sources.is_empty() {
-        return Ok(RecordBatch::new_empty(stream.schema.clone()));
+    let mut live: Vec<Vec<bool>> = batches.iter().map(|(batch, _)| vec![false; batch.num_rows()]).collect();
+    for (b, row) in last.into_values() {
+        live[b][row] = !batches[b].1.is_some_and(|deleted| deleted.value(row));
     }
-    Ok(interleave_record_batch(&sources, &live)?)
+    batches.iter().zip(live).map(|((batch, _), live)| Ok(filter_record_batch(batch, &BooleanArray::from(live))?)).collect()
 }
