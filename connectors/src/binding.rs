@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use datafusion::arrow::record_batch::RecordBatch;
 use trendflow_engine::batch::BatchStream;
 use trendflow_engine::catalog::Catalog;
-use trendflow_engine::contract::{MicroBatch, Poll, Source, StreamDecl};
+use trendflow_engine::contract::{Source, StreamDecl};
 
 use crate::error::{ConnectorError, Result};
 use crate::file::FileSource;
@@ -182,7 +182,8 @@ impl Bindings {
     }
 
     /// Reads every stream's input completely, for a batch run (a topic is read up to
-    /// the end offsets it has when reading starts, a file on every core), as a streaming
+    /// the end offsets it has when reading starts, a file on every core:
+    /// [`Source::read_to_end`]), as a streaming
     /// run would read it: late records go to the dead-letter destination of an append
     /// stream. Returns the streams and how many records were rejected (undecodable or late).
     pub async fn read_streams(&self, catalog: &Catalog, settings: &SourceSettings) -> Result<(Vec<BatchStream>, u64)> {
@@ -192,16 +193,7 @@ impl Bindings {
         for (stream, mut source) in catalog.streams().iter().zip(self.open_sources(catalog, &bounded).await?) {
             let failed = |e: &dyn std::fmt::Display| ConnectorError::Binding { binding: stream.name.clone(), message: e.to_string() };
             let started = std::time::Instant::now();
-            let micro_batches = match self.file(&stream.name) {
-                Some(path) => {
-                    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-                    let mut file = FileSource::new(stream.clone(), path, &settings.dead_letter_dir).map_err(|e| failed(&e))?;
-                    let batches = file.read_all(BATCH_ROWS, threads).map_err(|e| failed(&e))?;
-                    source = Box::new(file);
-                    batches
-                }
-                None => poll_to_end(source.as_mut()).await.map_err(|e| failed(&e))?,
-            };
+            let micro_batches = source.read_to_end(BATCH_ROWS).await.map_err(|e| failed(&e))?;
             rejected += micro_batches.iter().map(|micro| micro.rejected).sum::<u64>();
             let batches: Vec<_> = micro_batches.into_iter().map(|micro| (micro.batch, micro.deleted)).collect();
             let (records, decoded) = (batches.iter().map(|(b, _)| b.num_rows()).sum::<usize>(), started.elapsed());
@@ -225,18 +217,6 @@ impl Bindings {
 
 /// Records per micro-batch a batch run reads (the cut does not change its results).
 const BATCH_ROWS: usize = 65_536;
-
-/// Every micro-batch `source` gives until it is finished.
-async fn poll_to_end(source: &mut dyn Source) -> trendflow_engine::Result<Vec<MicroBatch>> {
-    let mut batches = Vec::new();
-    loop {
-        match source.poll(BATCH_ROWS, std::time::Duration::from_millis(200)).await? {
-            Poll::Batch(micro) => batches.push(micro),
-            Poll::Idle => continue,
-            Poll::Finished => return Ok(batches),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

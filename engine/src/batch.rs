@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
@@ -32,6 +33,8 @@ use crate::Result;
 pub struct BatchStream {
     /// The stream's name.
     pub name: String,
+    /// Its full schema (declared and metadata columns), that of every batch below.
+    pub schema: SchemaRef,
     /// What its views read: the on-time records of an append stream, the final table of
     /// a changelog stream. Batches as read, not concatenated: a copy of every record
     /// would cost more than the views over them.
@@ -62,6 +65,7 @@ impl BatchStream {
         let table = if keyed { final_table(stream, rows.iter().map(|(b, d)| (b, d.as_ref())))? } else { rows.into_iter().map(|(b, _)| b).collect() };
         Ok(Self {
             name: stream.name.clone(),
+            schema: stream.schema.clone(),
             table,
             events,
             watermark: watermark.current(),
@@ -129,13 +133,7 @@ pub async fn compute_views(catalog: &Catalog, streams: Vec<BatchStream>) -> Resu
     // One partition, in record order: a view whose rows repeat a key (over a stream
     // keyed by its PRIMARY KEY) keeps the last, as a streaming run does.
     let table = |stream: &BatchStream, rows: &[RecordBatch]| -> Result<Arc<dyn TableProvider>> {
-        let schema = catalog
-            .streams()
-            .iter()
-            .find(|s| s.name == stream.name)
-            .map(|s| s.schema.clone())
-            .ok_or_else(|| EngineError::internal("a batch stream that is not declared"))?;
-        Ok(Arc::new(MemTable::try_new(schema, vec![rows.to_vec()])?))
+        Ok(Arc::new(MemTable::try_new(stream.schema.clone(), vec![rows.to_vec()])?))
     };
     let tables = streams.iter().map(|s| Ok((s.name.clone(), table(s, &s.table)?))).collect::<Result<Vec<_>>>()?;
     let events = streams.iter().map(|s| Ok((s.name.clone(), table(s, &s.events)?))).collect::<Result<Vec<_>>>()?;

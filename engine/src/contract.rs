@@ -91,6 +91,24 @@ pub trait Source: Send {
     async fn commit(&mut self, _offsets: &Offsets) -> Result<()> {
         Ok(())
     }
+    /// Every micro-batch of up to `max_rows` records from here until the source is
+    /// finished, for a batch run of a bounded source. By default: [`poll_to_end`]; a
+    /// source that can read faster at once (a file, on every core) gives the same batches.
+    async fn read_to_end(&mut self, max_rows: usize) -> Result<Vec<MicroBatch>> {
+        poll_to_end(self, max_rows).await
+    }
+}
+
+/// Polls `source` until it is finished, keeping every micro-batch.
+pub async fn poll_to_end<S: Source + ?Sized>(source: &mut S, max_rows: usize) -> Result<Vec<MicroBatch>> {
+    let mut batches = Vec::new();
+    loop {
+        match source.poll(max_rows, Duration::from_millis(200)).await? {
+            Poll::Batch(micro) => batches.push(micro),
+            Poll::Idle => continue,
+            Poll::Finished => return Ok(batches),
+        }
+    }
 }
 
 /// Where view changes go. Implemented by connectors; must be idempotent, since

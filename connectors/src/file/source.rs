@@ -22,7 +22,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use trendflow_engine::file_format::FileFormat;
 
-use trendflow_engine::contract::{MicroBatch, Offsets, Poll, Source, StreamDecl};
+use trendflow_engine::contract::{poll_to_end, MicroBatch, Offsets, Poll, Source, StreamDecl};
 use trendflow_engine::EngineError;
 use trendflow_formats::Decoded;
 
@@ -94,8 +94,9 @@ impl FileSource {
     /// Reads the whole file, for a batch run: the byte ranges of a CSV or NDJSON file
     /// ([`super::record_ranges`]) are parsed and decoded on `threads` threads, then
     /// stamped in file order. The micro-batches, their offsets and arrival times, and
-    /// the dead letters are those that polling the source to its end gives.
-    pub fn read_all(&mut self, max_rows: usize, threads: usize) -> Result<Vec<MicroBatch>> {
+    /// the dead letters are those that polling the source to its end gives. Reads from
+    /// the start: a source that has been polled or sought is polled on.
+    fn read_all(&mut self, max_rows: usize, threads: usize) -> Result<Vec<MicroBatch>> {
         let ranges = super::record_ranges(&self.path, self.format, threads)?;
         let (stream, path, format) = (&self.stream, &self.path, self.format);
         let parts: Vec<Result<Vec<(Decoded, i64, usize)>>> = std::thread::scope(|scope| {
@@ -206,6 +207,14 @@ impl Source for FileSource {
             }
             return self.decode(chunk).map(Poll::Batch).map_err(source_error);
         }
+    }
+
+    async fn read_to_end(&mut self, max_rows: usize) -> trendflow_engine::Result<Vec<MicroBatch>> {
+        if self.position > 0 || self.skip > 0 || self.finished {
+            return poll_to_end(self, max_rows).await;
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.read_all(max_rows, threads).map_err(|e| EngineError::Source { source_name: self.stream.name.clone(), cause: Box::new(e) })
     }
 
     async fn seek(&mut self, offsets: &Offsets) -> trendflow_engine::Result<()> {
