@@ -11,6 +11,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::udaf::AggregateFunctionExpr;
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::changelog::{ChangelogTable, TableDelta};
@@ -18,6 +19,18 @@ use crate::error::{EngineError, Result};
 use crate::keyed::{project_columns, KeyedTable, RowEncoder};
 use crate::slot::{run_plan, run_with, BatchSlot};
 use crate::window::closed_rows;
+
+/// The expression that merges the partial states of `expr`. The planner may reverse an
+/// ordered aggregate to reuse the sort another one needs (`array_agg(x ORDER BY y)` as a
+/// reversed `array_agg(x ORDER BY y DESC)`), and a reversed `array_agg` states its values
+/// in the order asked for, so only the unreversed one merges them in order. (First and
+/// last values reverse into each other and state in their own order: kept.)
+fn merging_expr(expr: &Arc<AggregateFunctionExpr>) -> Arc<AggregateFunctionExpr> {
+    match expr.reverse_expr() {
+        Some(unreversed) if expr.is_reversed() && unreversed.fun().name() == expr.fun().name() => Arc::new(unreversed),
+        _ => expr.clone(),
+    }
+}
 
 /// State and plans of one incrementally maintained `AggregateExec`.
 #[derive(Debug)]
@@ -55,11 +68,12 @@ impl IncrementalAggregate {
             input_schema.clone(),
         )?);
         let state_schema = partial.schema();
+        let merging: Vec<_> = aggregate.aggr_expr().iter().map(merging_expr).collect();
         let stage = |mode, input: &BatchSlot| -> Result<Arc<dyn ExecutionPlan>> {
             Ok(Arc::new(AggregateExec::try_new(
                 mode,
                 group_by.as_final(),
-                aggregate.aggr_expr().to_vec(),
+                merging.clone(),
                 aggregate.filter_expr().to_vec(),
                 input.exec(None)?,
                 input_schema.clone(),

@@ -15,7 +15,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
-use datafusion::prelude::DataFrame;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::catalog::{Catalog, ViewDef};
 use crate::changelog::final_table;
@@ -23,8 +24,10 @@ use crate::contract::{StreamDecl, ViewInfo};
 use crate::error::EngineError;
 use crate::event_time::Watermark;
 use crate::runtime::LateRecords;
+use crate::session::incremental_session_config;
 use crate::sql_file::Emit;
 use crate::subquery::inline_reference_subqueries;
+use crate::view::IncrementalView;
 use crate::window::{closed_rows, window_end_column};
 use crate::Result;
 
@@ -130,6 +133,7 @@ pub struct ViewResult {
 /// # }
 /// ```
 pub async fn compute_views(catalog: &Catalog, streams: Vec<BatchStream>) -> Result<Vec<ViewResult>> {
+    refuse_unmaintainable(catalog).await?;
     // One partition, in record order: a view whose rows repeat a key (over a stream
     // keyed by its PRIMARY KEY) keeps the last, as a streaming run does.
     let table = |stream: &BatchStream, rows: &[RecordBatch]| -> Result<Arc<dyn TableProvider>> {
@@ -155,6 +159,23 @@ pub async fn compute_views(catalog: &Catalog, streams: Vec<BatchStream>) -> Resu
         results.push(ViewResult { info, rows });
     }
     Ok(results)
+}
+
+/// Refuses, as a streaming run would and with its message, every view of `catalog` that
+/// cannot be maintained incrementally: a batch run is the answer a streaming run must
+/// reach, so both accept the same views. Each view is compiled in a session of the
+/// incremental configuration over the catalog's own tables (a batch session plans other
+/// operators).
+async fn refuse_unmaintainable(catalog: &Catalog) -> Result<()> {
+    // The catalog list is shared: a config that creates the default catalog would
+    // replace the one holding the views.
+    let config = incremental_session_config().with_create_default_catalog_and_schema(false);
+    let state = SessionStateBuilder::new_from_existing(catalog.session().state()).with_config(config).build();
+    let streaming = SessionContext::new_with_state(state);
+    for def in catalog.views() {
+        IncrementalView::compile(&streaming, def, catalog.streams()).await?;
+    }
+    Ok(())
 }
 
 /// The rows of `rows` (of `def`, which emits on window close) whose windows the last

@@ -5,7 +5,9 @@
 //! column), which are unique by construction. Without an aggregate it is the stream's
 //! declared PRIMARY KEY, by which each micro-batch's rows are upserted; it survives a
 //! join that meets each row once (on the whole key of a changelog stream, e.g.
-//! `products p LEFT JOIN categories c ON p.category_id = c.id`). A declared key is not
+//! `products p LEFT JOIN categories c ON p.category_id = c.id`, or on the whole GROUP BY
+//! of an aggregate), and a UNION ALL whose inputs share it and differ in a literal
+//! column, which joins the key. A declared key is not
 //! taken as a uniqueness guarantee on an append stream, which repeats it, so streams do
 //! not give it to DataFusion as a constraint, whose functional dependencies would
 //! otherwise "key" `GROUP BY asin, category_id` by `asin` and merge its groups.
@@ -27,10 +29,16 @@ pub fn require_view_key(plan: &LogicalPlan, streams: &[StreamDecl]) -> Result<Ve
             "it has no key: select the stream's PRIMARY KEY columns (declared with the stream, and selected \
              straight from it, not through a join), or aggregate with GROUP BY"
                 .into()
+        } else if contains(plan, &|node| matches!(node, LogicalPlan::Union(_))) {
+            "it has no key: the inputs of a UNION ALL need the same key columns (every GROUP BY column, in \
+             the same place) and a literal column that tells them apart \
+             (`SELECT 'count' AS what, category_id, … UNION ALL SELECT 'avg' AS what, category_id, …`)"
+                .into()
         } else if contains(plan, &|node| matches!(node, LogicalPlan::Join(_))) {
             "it has no key: select every GROUP BY column; a join above the GROUP BY can repeat a group's row \
              (a reference table's join column need not be unique), so join below it and group by the joined \
-             columns too (`FROM products p LEFT JOIN categories c ON … GROUP BY p.category_id, c.category_name`)"
+             columns too (`FROM products p LEFT JOIN categories c ON … GROUP BY p.category_id, c.category_name`), \
+             or join two aggregates on the whole GROUP BY of the right one"
                 .into()
         } else {
             "it has no key: select every GROUP BY column".into()
@@ -74,6 +82,7 @@ fn trace(plan: &LogicalPlan, source: &dyn Fn(&LogicalPlan) -> Option<Vec<usize>>
         LogicalPlan::Join(join) if matches!(join.join_type, JoinType::Inner | JoinType::Left) && matches_at_most_once(join, streams) => {
             trace(&join.left, source, streams)
         }
+        LogicalPlan::Union(union) => union_key(&union.inputs, source, streams),
         // Each keeps its input's columns in place (a window appends its own after them).
         LogicalPlan::Filter(_) | LogicalPlan::Sort(_) | LogicalPlan::Limit(_) | LogicalPlan::Window(_) | LogicalPlan::SubqueryAlias(_) => {
             trace(plan.inputs()[0], source, streams)
@@ -82,12 +91,48 @@ fn trace(plan: &LogicalPlan, source: &dyn Fn(&LogicalPlan) -> Option<Vec<usize>>
     }
 }
 
+/// The key of a UNION ALL whose inputs share a key at the same columns and also differ in
+/// a literal column (`SELECT 'count' AS what, category_id, … UNION ALL SELECT 'avg' AS
+/// what, category_id, …`), which keeps their rows apart: that column and the shared key.
+fn union_key(
+    inputs: &[std::sync::Arc<LogicalPlan>],
+    source: &dyn Fn(&LogicalPlan) -> Option<Vec<usize>>,
+    streams: &[StreamDecl],
+) -> Option<Vec<usize>> {
+    let keys = inputs.iter().map(|input| trace(input, source, streams)).collect::<Option<Vec<_>>>()?;
+    let (first, rest) = keys.split_first()?;
+    if rest.iter().any(|key| key != first) {
+        return None;
+    }
+    let width = inputs[0].schema().fields().len();
+    let apart = (0..width).find(|&column| {
+        let literals: Option<Vec<_>> = inputs.iter().map(|input| literal_column(input, column)).collect();
+        literals.is_some_and(|values| values.iter().collect::<HashSet<_>>().len() == values.len())
+    })?;
+    sorted(first.iter().copied().chain([apart]).collect::<HashSet<_>>().into_iter().collect())
+}
+
+/// The literal `plan` outputs in `column` for every row, when it is a projection of one.
+fn literal_column(plan: &LogicalPlan, column: usize) -> Option<datafusion::common::ScalarValue> {
+    match plan {
+        LogicalPlan::Projection(projection) => match projection.expr.get(column)?.clone().unalias() {
+            Expr::Literal(value, _) => Some(value),
+            _ => None,
+        },
+        LogicalPlan::SubqueryAlias(alias) => literal_column(&alias.input, column),
+        _ => None,
+    }
+}
+
 /// True when `join` meets each left row with at most one right row: its equality
-/// conditions cover the PRIMARY KEY of a changelog stream on the right (which, unlike
-/// an append stream's, is unique).
+/// conditions cover a key of the right side that is unique: the PRIMARY KEY of a
+/// changelog stream (unlike an append stream's), or the GROUP BY columns of an
+/// aggregate (`… JOIN (SELECT category_id, AVG(price) … GROUP BY category_id) b ON
+/// a.category_id = b.category_id`).
 fn matches_at_most_once(join: &Join, streams: &[StreamDecl]) -> bool {
     let keyed: Vec<StreamDecl> = streams.iter().filter(|s| s.options.changelog.is_keyed()).cloned().collect();
-    let Some(key) = trace(&join.right, &|node| primary_key_columns(node, &keyed), &keyed) else { return false };
+    let unique = trace(&join.right, &|node| primary_key_columns(node, &keyed), &keyed).or_else(|| trace(&join.right, &grouping_columns, streams));
+    let Some(key) = unique else { return false };
     let right = join.right.schema();
     // Before optimization, `ON a = b` is the join's filter, not yet its equi-join pairs.
     let filter_pairs = join.filter.iter().flat_map(split_conjunction).filter_map(|e| match e {

@@ -214,6 +214,7 @@ impl IncrementalView {
         }
         let key = require_view_key(df.logical_plan(), streams);
         let physical = df.create_physical_plan().await.map_err(|e| sql_error(e.to_string()))?;
+        check_accumulators(&physical).map_err(|e| sql_error(e.to_string()))?;
         let read = inputs_read(&physical, streams);
         if read.is_empty() {
             return Err(unsupported("it reads no stream; declare reference-only queries as plain SQL instead".into()));
@@ -646,7 +647,7 @@ impl StreamFinder<'_> {
         }
         if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
             if let Some(stage) = self.incremental_stage(aggregate)? {
-                self.check_stream_operators(stage.input())?;
+                self.check_stream_operators(below_ordering_sort(stage))?;
                 let incremental = IncrementalAggregate::try_new(stage, plan.schema()).map_err(|e| e.to_string())?;
                 let read = incremental.finals_slot().exec(None).map_err(|e| e.to_string())?;
                 aggregates.push(incremental);
@@ -755,6 +756,30 @@ fn unmaintainable_expression(plan: &LogicalPlan) -> Option<String> {
         });
         found
     })
+}
+
+/// The input of `stage` below the sort that orders it for its ordered aggregates
+/// (`array_agg(x ORDER BY y)`): each micro-batch's rows are sorted on their own, and
+/// the partial states keep their sort values, so merging them gives the order of all
+/// the group's rows.
+fn below_ordering_sort(stage: &AggregateExec) -> &Arc<dyn ExecutionPlan> {
+    let ordered = stage.aggr_expr().iter().any(|a| !a.order_bys().is_empty());
+    match stage.input().downcast_ref::<SortExec>() {
+        Some(sort) if ordered && sort.fetch().is_none() => sort.input(),
+        _ => stage.input(),
+    }
+}
+
+/// Builds an accumulator of every aggregate in `plan`, as a run builds them for each
+/// group: DataFusion plans some that it cannot build (`approx_distinct` of a DOUBLE),
+/// which would otherwise fail at the first record, not at start-up.
+fn check_accumulators(plan: &Arc<dyn ExecutionPlan>) -> datafusion::error::Result<()> {
+    if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
+        for expr in aggregate.aggr_expr() {
+            expr.create_accumulator()?;
+        }
+    }
+    plan.children().into_iter().try_for_each(check_accumulators)
 }
 
 /// The `Partial` aggregate under a `Final` one, through repartitioning and coalescing.

@@ -47,9 +47,14 @@ fn run_and_batch_agree_through_the_cli() {
     let repo = repo();
     let data = tmp.path().join("data");
     ok(&["gen", "--days", "0", "--rows", "15000", "--seed", "9", "--out", data.to_str().unwrap()], &repo);
+    // Records without a time arrive on the replay clock, which starts when the file was
+    // written: both commands put them in that day's window, whenever they run.
+    let written = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_709_294_400); // 2024-03-01T12:00:00Z
+    std::fs::File::options().append(true).open(data.join("products.csv")).unwrap().set_modified(written).unwrap();
     let products = format!("products=file:{}", data.join("products.csv").display());
     let categories = format!("categories=file:{}", data.join("categories.csv").display());
     let query = "SELECT price_level, products, ROUND(avg_price, 6) AS avg FROM price_levels ORDER BY price_level";
+    let trend = "SELECT CAST(window_start AS VARCHAR) AS day, SUM(products) AS n FROM category_trend GROUP BY 1";
     let mut answers = Vec::new();
     for (command, state) in [("run", "s-run"), ("batch", "s-batch")] {
         let state = tmp.path().join(state);
@@ -60,6 +65,8 @@ fn run_and_batch_agree_through_the_cli() {
         }
         ok(&args, &repo);
         answers.push(ok(&["query", query, "--state", state, "--format", "csv"], &repo));
+        let days = ok(&["query", trend, "--state", state, "--format", "csv"], &repo);
+        assert!(days.starts_with("day,n\n2024-03-01T00:00:00") && days.lines().count() == 2, "{command}: {days}");
     }
     assert_eq!(answers[0], answers[1]);
     assert!(answers[0].lines().count() > 6, "header and the populated bands: {}", answers[0]);

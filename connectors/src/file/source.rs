@@ -3,8 +3,9 @@
 //! The file is read in chunks of `max_rows` records; each record gets the
 //! metadata a Kafka record would have: partition 0, its index as offset, and
 //! as arrival time the file's own `_timestamp` column when it has one, or else
-//! a replay clock: the time the replay started plus one millisecond per record
-//! (a nominal 1,000 records per second). The start time is part of the
+//! a replay clock: the time the file was last written plus one millisecond per
+//! record (a nominal 1,000 records per second), so that a streaming and a batch run
+//! over the same file give the same windows. The start time is part of the
 //! source's checkpointed position, so a replay after a crash stamps every
 //! record exactly as the first pass did.
 
@@ -61,6 +62,14 @@ pub struct FileSource {
     finished: bool,
     /// Start of the replay clock, ms since the epoch (set on the first poll or by a seek).
     replay_start: Option<i64>,
+}
+
+/// Where the replay clock of the file at `path` starts: when the file was last written
+/// (ms since the epoch), so every replay of the same file, `run` or `batch`, today or
+/// tomorrow, stamps its records alike; now when the file system keeps no such time.
+fn replay_clock_start(path: &Path) -> i64 {
+    let written = std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
+    written.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
 
 /// The pseudo-partition under which a file source checkpoints its replay clock.
@@ -129,8 +138,8 @@ impl FileSource {
     /// Gives decoded records whose first is record `first` of the file their metadata
     /// (offsets, arrival times) and writes the rejected ones as dead letters.
     fn stamp(&mut self, decoded: Decoded, first: i64) -> Result<MicroBatch> {
-        let start =
-            *self.replay_start.get_or_insert_with(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default());
+        let path = &self.path;
+        let start = *self.replay_start.get_or_insert_with(|| replay_clock_start(path));
         let letters: Vec<DeadLetter> =
             decoded.rejected.into_iter().map(|(row, reason, record)| self.letter(first + row as i64, reason, record)).collect();
         self.dead_letters.write(&letters)?;
