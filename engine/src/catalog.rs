@@ -4,11 +4,15 @@
 //! created by [`StreamTableFactory`], reference tables by DataFusion's listing
 //! tables (then snapshotted into memory), views by `CREATE VIEW`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::catalog::TableProvider;
+use datafusion::common::Constraint;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{CreateExternalTable, Statement};
@@ -17,6 +21,7 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use crate::contract::{StreamDecl, ViewInfo};
 use crate::error::{EngineError, Result};
 use crate::file_format::FileFormat;
+use crate::keyed::RowEncoder;
 use crate::session::{batch_session_config, new_session};
 use crate::sql_file::{file_positions, split_statements, sql_files, Emit, SqlStatementText};
 use crate::stream_table::{StreamRegistry, STREAM_FILE_TYPE};
@@ -221,16 +226,52 @@ impl Catalog {
     }
 
     /// Replaces a file-backed table by an in-memory copy: reference tables are read once.
-    async fn snapshot_reference(&self, name: &str) -> datafusion::error::Result<usize> {
-        let df = self.ctx.table(name).await?;
+    /// A declared PRIMARY KEY is checked against the rows, and kept as the copy's
+    /// constraint: a join on it meets each row at most once, which keeps a view's key.
+    async fn snapshot_reference(&self, name: &str) -> std::result::Result<usize, String> {
+        let df = self.ctx.table(name).await.map_err(|e| e.to_string())?;
+        let constraints = self.ctx.table_provider(name).await.map_err(|e| e.to_string())?.constraints().cloned().unwrap_or_default();
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
+        let batches = df.collect().await.map_err(|e| e.to_string())?;
         let rows = batches.iter().map(|b| b.num_rows()).sum();
-        let table = MemTable::try_new(schema, vec![batches])?;
-        self.ctx.deregister_table(name)?;
-        self.ctx.register_table(name, Arc::new(table))?;
+        for constraint in constraints.iter() {
+            if let Constraint::PrimaryKey(columns) = constraint {
+                check_unique(&schema, &batches, columns)?;
+            }
+        }
+        let table = MemTable::try_new(schema, vec![batches]).map_err(|e| e.to_string())?.with_constraints(constraints);
+        self.ctx.deregister_table(name).map_err(|e| e.to_string())?;
+        self.ctx.register_table(name, Arc::new(table)).map_err(|e| e.to_string())?;
         Ok(rows)
     }
+}
+
+/// Refuses rows of a reference table whose PRIMARY KEY `columns` are null or repeat,
+/// naming the first such key.
+fn check_unique(schema: &SchemaRef, batches: &[RecordBatch], columns: &[usize]) -> std::result::Result<(), String> {
+    let names: Vec<&str> = columns.iter().map(|&c| schema.field(c).name().as_str()).collect();
+    let key_text = |batch: &RecordBatch, row: usize| {
+        let values = columns.iter().map(|&c| array_value_to_string(batch.column(c), row).unwrap_or_default());
+        values.collect::<Vec<_>>().join(", ")
+    };
+    let encoder = RowEncoder::new(schema, columns.to_vec()).map_err(|e| e.to_string())?;
+    let mut seen = HashSet::new();
+    for batch in batches {
+        let keys = encoder.encode(batch).map_err(|e| e.to_string())?;
+        for row in 0..batch.num_rows() {
+            if columns.iter().any(|&c| batch.column(c).is_null(row)) {
+                return Err(format!("its PRIMARY KEY ({}) is null in a row", names.join(", ")));
+            }
+            if !seen.insert(keys.get(row).to_vec()) {
+                return Err(format!(
+                    "its PRIMARY KEY ({}) repeats ({}): a reference table's key must be unique; drop the PRIMARY KEY or the duplicates",
+                    names.join(", "),
+                    key_text(batch, row)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Names of the tables (streams and reference tables) that `paths` declare, read

@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 
 use datafusion::common::JoinType;
-use datafusion::common::{Column, DFSchema, Dependency};
+use datafusion::common::{Column, Constraint, DFSchema, Dependency};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Distinct, Expr, Join, LogicalPlan, Operator};
 
@@ -126,12 +126,14 @@ fn literal_column(plan: &LogicalPlan, column: usize) -> Option<datafusion::commo
 
 /// True when `join` meets each left row with at most one right row: its equality
 /// conditions cover a key of the right side that is unique: the PRIMARY KEY of a
-/// changelog stream (unlike an append stream's), or the GROUP BY columns of an
-/// aggregate (`… JOIN (SELECT category_id, AVG(price) … GROUP BY category_id) b ON
+/// changelog stream (unlike an append stream's) or of a reference table, or the GROUP
+/// BY columns of an aggregate (`… JOIN (SELECT category_id, AVG(price) … GROUP BY category_id) b ON
 /// a.category_id = b.category_id`).
 fn matches_at_most_once(join: &Join, streams: &[StreamDecl]) -> bool {
     let keyed: Vec<StreamDecl> = streams.iter().filter(|s| s.options.changelog.is_keyed()).cloned().collect();
-    let unique = trace(&join.right, &|node| primary_key_columns(node, &keyed), &keyed).or_else(|| trace(&join.right, &grouping_columns, streams));
+    let unique = trace(&join.right, &|node| primary_key_columns(node, &keyed), &keyed)
+        .or_else(|| trace(&join.right, &grouping_columns, streams))
+        .or_else(|| trace(&join.right, &reference_key_columns, streams));
     let Some(key) = unique else { return false };
     let right = join.right.schema();
     // Before optimization, `ON a = b` is the join's filter, not yet its equi-join pairs.
@@ -167,6 +169,17 @@ fn primary_key_columns(plan: &LogicalPlan, streams: &[StreamDecl]) -> Option<Vec
         return None;
     }
     through_scan_projection(stream.primary_key.clone(), scan.projection.as_deref())
+}
+
+/// The PRIMARY KEY columns of a scanned reference table, which the catalog checked are
+/// unique when it loaded the table (streams give DataFusion no constraint).
+fn reference_key_columns(plan: &LogicalPlan) -> Option<Vec<usize>> {
+    let LogicalPlan::TableScan(scan) = plan else { return None };
+    let key = scan.source.constraints()?.iter().find_map(|c| match c {
+        Constraint::PrimaryKey(columns) => Some(columns.clone()),
+        Constraint::Unique(_) => None,
+    })?;
+    through_scan_projection(key, scan.projection.as_deref())
 }
 
 fn through_scan_projection(key: Vec<usize>, projection: Option<&[usize]>) -> Option<Vec<usize>> {
