@@ -122,6 +122,22 @@ impl IncrementalAggregate {
         Ok(Some(TouchedGroups { before, after }))
     }
 
+    /// Takes the groups an input without records has: the one group of a global
+    /// aggregate (`SELECT COUNT(*) FROM products` is 0 before the first product, as in
+    /// a batch run over nothing); none when it groups by columns. The stream slots are
+    /// empty outside a micro-batch.
+    pub async fn start(&mut self, ctx: &Arc<TaskContext>) -> Result<()> {
+        if self.group_columns > 0 {
+            return Ok(());
+        }
+        let empty = run_plan(&self.partial, ctx).await?;
+        let state = self.reduce(vec![empty], ctx).await?;
+        self.state.upsert(&state)?;
+        self.changed.upsert(&state)?;
+        self.finalize_groups(state, ctx).await?;
+        Ok(())
+    }
+
     /// Follows one micro-batch of a changelog stream, whose scans read `slot`. Groups
     /// that only gained rows (`delta.after`) merge them into their state, as over an
     /// append stream. Groups that lost rows (`delta.before`: replaced or deleted) are

@@ -27,7 +27,8 @@ pub fn require_view_key(plan: &LogicalPlan, streams: &[StreamDecl]) -> Result<Ve
     view_key(plan, streams).ok_or_else(|| {
         if !contains(plan, &|node| matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_))) {
             "it has no key: select the stream's PRIMARY KEY columns (declared with the stream, and selected \
-             straight from it, not through a join), or aggregate with GROUP BY"
+             straight from it; a join keeps them only on the whole PRIMARY KEY of the other side, a \
+             changelog stream or a reference table declared with one), or aggregate with GROUP BY"
                 .into()
         } else if contains(plan, &|node| matches!(node, LogicalPlan::Union(_))) {
             "it has no key: the inputs of a UNION ALL need the same key columns (every GROUP BY column, in \
@@ -38,7 +39,8 @@ pub fn require_view_key(plan: &LogicalPlan, streams: &[StreamDecl]) -> Result<Ve
             "it has no key: select every GROUP BY column; a join above the GROUP BY can repeat a group's row \
              (a reference table's join column need not be unique), so join below it and group by the joined \
              columns too (`FROM products p LEFT JOIN categories c ON … GROUP BY p.category_id, c.category_name`), \
-             or join two aggregates on the whole GROUP BY of the right one"
+             or LEFT / INNER JOIN two aggregates on the whole GROUP BY of the right one and select the left \
+             one's GROUP BY columns"
                 .into()
         } else {
             "it has no key: select every GROUP BY column".into()
@@ -91,34 +93,42 @@ fn trace(plan: &LogicalPlan, source: &dyn Fn(&LogicalPlan) -> Option<Vec<usize>>
     }
 }
 
-/// The key of a UNION ALL whose inputs share a key at the same columns and also differ in
-/// a literal column (`SELECT 'count' AS what, category_id, … UNION ALL SELECT 'avg' AS
-/// what, category_id, …`), which keeps their rows apart: that column and the shared key.
+/// The key of a UNION ALL whose inputs differ in a literal column (`SELECT 'count' AS
+/// what, category_id, … UNION ALL SELECT 'avg' AS what, category_id, …`), which keeps
+/// their rows apart: that column and every input's key, where each input is constant
+/// in the key columns it does not key by (a `'total'` row of a global aggregate beside
+/// per-category rows, with `CAST(NULL AS INT)` for its category).
 fn union_key(
     inputs: &[std::sync::Arc<LogicalPlan>],
     source: &dyn Fn(&LogicalPlan) -> Option<Vec<usize>>,
     streams: &[StreamDecl],
 ) -> Option<Vec<usize>> {
     let keys = inputs.iter().map(|input| trace(input, source, streams)).collect::<Option<Vec<_>>>()?;
-    let (first, rest) = keys.split_first()?;
-    if rest.iter().any(|key| key != first) {
-        return None;
-    }
-    let width = inputs[0].schema().fields().len();
+    let width = inputs.first()?.schema().fields().len();
     let apart = (0..width).find(|&column| {
         let literals: Option<Vec<_>> = inputs.iter().map(|input| literal_column(input, column)).collect();
         literals.is_some_and(|values| values.iter().collect::<HashSet<_>>().len() == values.len())
     })?;
-    sorted(first.iter().copied().chain([apart]).collect::<HashSet<_>>().into_iter().collect())
+    let combined: HashSet<usize> = keys.iter().flatten().copied().chain([apart]).collect();
+    let constant_elsewhere =
+        inputs.iter().zip(&keys).all(|(input, key)| combined.iter().filter(|c| !key.contains(c)).all(|&c| literal_column(input, c).is_some()));
+    constant_elsewhere.then(|| sorted(combined.into_iter().collect())).flatten()
 }
 
-/// The literal `plan` outputs in `column` for every row, when it is a projection of one.
+/// The literal `plan` outputs in `column` for every row, when it is a projection of one
+/// (possibly cast, as `CAST(NULL AS INT)`).
 fn literal_column(plan: &LogicalPlan, column: usize) -> Option<datafusion::common::ScalarValue> {
     match plan {
-        LogicalPlan::Projection(projection) => match projection.expr.get(column)?.clone().unalias() {
-            Expr::Literal(value, _) => Some(value),
-            _ => None,
-        },
+        LogicalPlan::Projection(projection) => {
+            let mut expr = projection.expr.get(column)?.clone().unalias();
+            while let Expr::Cast(cast) = expr {
+                expr = *cast.expr;
+            }
+            match expr {
+                Expr::Literal(value, _) => Some(value),
+                _ => None,
+            }
+        }
         LogicalPlan::SubqueryAlias(alias) => literal_column(&alias.input, column),
         _ => None,
     }

@@ -71,6 +71,39 @@ pub struct StepReport {
     pub lag: BTreeMap<String, u64>,
     /// Wall time spent on the micro-batch, sink included.
     pub elapsed: Duration,
+    /// Where the time of the micro-batch went, stage by stage.
+    pub stages: StageTimes,
+}
+
+/// Time spent per stage of the micro-batch loop.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// Waiting for and fetching the records, and decoding them (in the source).
+    pub poll: Duration,
+    /// Watermarks, lateness, and the changelog tables' new rows.
+    pub prepare: Duration,
+    /// Updating the views (state, the plan above the aggregates, diffs).
+    pub views: Duration,
+    /// Handing the changes to the sinks.
+    pub sink: Duration,
+    /// The checkpoint that followed the micro-batch: sink flush, state, positions.
+    pub checkpoint: Duration,
+}
+
+impl StageTimes {
+    /// Every stage with its name, in loop order.
+    pub fn named(&self) -> [(&'static str, Duration); 5] {
+        [("poll", self.poll), ("prepare", self.prepare), ("views", self.views), ("sink", self.sink), ("checkpoint", self.checkpoint)]
+    }
+
+    /// Adds `other`'s times to these.
+    pub fn add(&mut self, other: &StageTimes) {
+        self.poll += other.poll;
+        self.prepare += other.prepare;
+        self.views += other.views;
+        self.sink += other.sink;
+        self.checkpoint += other.checkpoint;
+    }
 }
 
 /// Late records of one stream, to be dead-lettered.
@@ -99,6 +132,8 @@ pub struct RunSummary {
     pub resumed: bool,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// Time per stage, over the run's micro-batches.
+    pub stages: StageTimes,
 }
 
 /// A compiled pipeline: its views, their state, and the positions they reflect.
@@ -131,6 +166,9 @@ impl Pipeline {
         }
         let task = catalog.session().task_ctx();
         let checkpointer = Checkpointer::new(state_dir.join("checkpoints"))?;
+        for view in &mut views {
+            view.start(&task).await?;
+        }
         let tables = changelog_tables(catalog.streams(), &views)?;
         let watermarks = catalog.streams().iter().map(|s| (s.name.clone(), Watermark::new(s.event_time.clone()))).collect();
         Ok(Self { catalog, views, tables, watermarks, task, checkpointer, batch_id: 0, offsets: BTreeMap::new(), inputs, resumed: false })
@@ -268,6 +306,7 @@ impl Pipeline {
         let names: Vec<&str> = changed.iter().map(|(n, _)| *n).collect();
         let keep_before = views.iter().any(|v| v.recomputes_on(&names));
         tables.apply(changed.iter().map(|(n, m)| (*n, m)), keep_before)?;
+        report.stages.prepare = started.elapsed();
         let result = update_views(views, tables, task, sink, &mut report).await;
         for stream in streams {
             stream.slot.clear();
@@ -349,9 +388,13 @@ impl Pipeline {
             if *shutdown.borrow() {
                 break;
             }
+            let polling = Instant::now();
             let (batches, finished) = poll_all(&mut sources, options).await?;
+            let mut stepped = None;
             if !batches.is_empty() {
+                let poll = polling.elapsed();
                 let mut report = self.step(batches, sink).await?;
+                report.stages.poll = poll;
                 self.dead_letter(&mut sources, std::mem::take(&mut report.dead_letters)).await?;
                 report.lag = sources.iter().filter_map(|s| Some((s.stream().to_string(), s.lag()?))).collect();
                 summary.batches += 1;
@@ -359,12 +402,20 @@ impl Pipeline {
                 summary.rejected += report.rejected;
                 summary.late += report.late.values().sum::<u64>();
                 dirty = true;
-                on_step(&report);
+                stepped = Some(report);
             }
             if dirty && last_checkpoint.elapsed() >= options.checkpoint_interval {
+                let checkpointing = Instant::now();
                 self.checkpoint_and_commit(&mut sources, sink).await?;
                 last_checkpoint = Instant::now();
                 dirty = false;
+                if let Some(report) = stepped.as_mut() {
+                    report.stages.checkpoint = checkpointing.elapsed();
+                }
+            }
+            if let Some(report) = stepped {
+                summary.stages.add(&report.stages);
+                on_step(&report);
             }
             if finished == sources.len() {
                 if options.until_idle {
@@ -441,10 +492,14 @@ async fn update_views(
     report: &mut StepReport,
 ) -> Result<()> {
     for view in views {
+        let updating = Instant::now();
         let changes = view.apply(task, tables, &report.watermarks).await?;
+        report.stages.views += updating.elapsed();
         report.changes.insert(view.info().name.clone(), (changes.upserts.num_rows(), changes.deletes.num_rows()));
         if !changes.is_empty() {
+            let sinking = Instant::now();
             sink.apply(view.info(), &changes).await?;
+            report.stages.sink += sinking.elapsed();
         }
     }
     Ok(())

@@ -214,7 +214,7 @@ impl IncrementalView {
         }
         let key = require_view_key(df.logical_plan(), streams);
         let physical = df.create_physical_plan().await.map_err(|e| sql_error(e.to_string()))?;
-        check_accumulators(&physical).map_err(|e| sql_error(e.to_string()))?;
+        check_accumulators(&physical).map_err(sql_error)?;
         let read = inputs_read(&physical, streams);
         if read.is_empty() {
             return Err(unsupported("it reads no stream; declare reference-only queries as plain SQL instead".into()));
@@ -439,6 +439,21 @@ impl IncrementalView {
         }
     }
 
+    /// Takes the state of an input without records (see [`IncrementalAggregate::start`]),
+    /// before the first micro-batch of a job that resumes no checkpoint.
+    pub async fn start(&mut self, ctx: &Arc<TaskContext>) -> Result<()> {
+        let started = self.start_state(ctx).await;
+        started.map_err(|e| self.error(e))
+    }
+
+    async fn start_state(&mut self, ctx: &Arc<TaskContext>) -> Result<()> {
+        let ViewKind::Aggregating { stages, upkeep } = &mut self.kind else { return Ok(()) };
+        for aggregate in &mut stages.aggregates {
+            aggregate.start(ctx).await?;
+        }
+        rebuild(&self.differ, stages, upkeep, ctx).await
+    }
+
     /// Restores checkpointed state (one batch per aggregate; where a group appears twice
     /// the later row wins) without emitting anything: the pipeline resets the sink to
     /// [`Self::current_result`], see [`crate::contract::Sink::reset`].
@@ -517,8 +532,9 @@ fn compile_kind(
     if let (Some(append), Some(keyed)) = (append.first(), keyed.first()) {
         return Err(format!(
             "it reads the append stream `{}` and the changelog stream `{}`: when `{}` changes, the rows of `{}` it met \
-             would have to be met again, but an append stream keeps none; declare `{}` OPTIONS ('changelog' 'upsert') with a PRIMARY KEY",
-            append.name, keyed.name, keyed.name, append.name, append.name
+             would have to be met again, but an append stream keeps none; declare `{}` OPTIONS ('changelog' 'upsert') with a PRIMARY KEY \
+             if a repeated key is an update, or read `{}` as a reference table (STORED AS CSV / PARQUET / JSON), read once",
+            append.name, keyed.name, keyed.name, append.name, append.name, keyed.name
         ));
     }
     let streams: Vec<(String, BatchSlot)> = keyed.iter().map(|s| (s.name.clone(), s.slot.clone())).collect();
@@ -730,8 +746,9 @@ impl StreamFinder<'_> {
 }
 
 /// Why an expression in `plan` (or in the views it reads) cannot be maintained: a
-/// function whose value does not follow from its arguments (`now()`, `random()`…), or
-/// a scalar subquery, whose value the engine would have to maintain beside the view.
+/// function whose value does not follow from its arguments (`now()`, `random()`…), an
+/// aggregate whose value follows from the micro-batch cuts, or a scalar subquery,
+/// whose value the engine would have to maintain beside the view.
 fn unmaintainable_expression(plan: &LogicalPlan) -> Option<String> {
     find_in_plan(plan, &|node| {
         let mut found = None;
@@ -743,6 +760,7 @@ fn unmaintainable_expression(plan: &LogicalPlan) -> Option<String> {
                          not on the records; derive times from `_timestamp` instead (e.g. date_bin(INTERVAL '1 minute', _timestamp))",
                         call.func.name()
                     )),
+                    Expr::AggregateFunction(call) => split_dependent(call),
                     Expr::ScalarSubquery(_) => Some(
                         "a scalar subquery (a `(SELECT …)` used as a value) over a stream, or one that refers to the \
                          outer query, is not maintained as records arrive; join to the table it reads instead (one over \
@@ -770,13 +788,35 @@ fn below_ordering_sort(stage: &AggregateExec) -> &Arc<dyn ExecutionPlan> {
     }
 }
 
+/// Why the aggregate `call` would give a result that depends on how the records were
+/// cut into micro-batches, so that no streaming run would equal a batch run: a t-digest
+/// (its merged summary depends on the order of the merges), or a DISTINCT list in no
+/// defined order.
+fn split_dependent(call: &datafusion::logical_expr::expr::AggregateFunction) -> Option<String> {
+    let name = call.func.name();
+    if matches!(name, "approx_median" | "approx_percentile_cont" | "approx_percentile_cont_with_weight") {
+        return Some(format!(
+            "`{name}` merges t-digest summaries, whose value depends on how the records were cut into micro-batches, \
+             so no stream would equal a batch; use the exact `median(x)` or `percentile_cont(p) WITHIN GROUP (ORDER BY x)`"
+        ));
+    }
+    let params = &call.params;
+    (name == "array_agg" && params.distinct && params.order_by.is_empty()).then(|| {
+        "`array_agg(DISTINCT x)` without ORDER BY lists its values in an order no run reproduces; \
+         write `array_agg(DISTINCT x ORDER BY x)`"
+            .to_string()
+    })
+}
+
 /// Builds an accumulator of every aggregate in `plan`, as a run builds them for each
 /// group: DataFusion plans some that it cannot build (`approx_distinct` of a DOUBLE),
 /// which would otherwise fail at the first record, not at start-up.
-fn check_accumulators(plan: &Arc<dyn ExecutionPlan>) -> datafusion::error::Result<()> {
+fn check_accumulators(plan: &Arc<dyn ExecutionPlan>) -> std::result::Result<(), String> {
     if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
         for expr in aggregate.aggr_expr() {
-            expr.create_accumulator()?;
+            expr.create_accumulator().map_err(|e| {
+                format!("{e}: `{}` cannot be computed for this argument type; cast the argument (e.g. CAST(x AS VARCHAR))", expr.fun().name())
+            })?;
         }
     }
     plan.children().into_iter().try_for_each(check_accumulators)

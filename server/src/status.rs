@@ -77,6 +77,9 @@ pub struct StatusSnapshot {
     pub latency_sum_seconds: f64,
     /// Cumulative counts per bucket of [`LATENCY_BUCKETS`].
     pub latency_buckets: Vec<u64>,
+    /// Seconds spent per stage of the micro-batch loop (poll, prepare, views, sink,
+    /// checkpoint), since the job started.
+    pub stage_seconds: BTreeMap<String, f64>,
 }
 
 /// The job's figures, shared between the micro-batch loop and the endpoint.
@@ -88,6 +91,7 @@ pub struct StatusSnapshot {
 /// status.record(&StepReport { batch_id: 1, rows: 10, ..Default::default() });
 /// assert_eq!(status.snapshot().micro_batches, 1);
 /// assert!(status.prometheus().contains("trendflow_micro_batches_total 1"));
+/// assert!(status.prometheus().contains("trendflow_stage_seconds_total{stage=\"views\"}"));
 /// ```
 pub struct JobStatus {
     state: Mutex<StatusSnapshot>,
@@ -158,6 +162,9 @@ impl JobStatus {
                 counts.updated_at_ms = now;
             }
         }
+        for (stage, time) in report.stages.named() {
+            *state.stage_seconds.entry(stage.to_string()).or_default() += time.as_secs_f64();
+        }
         let seconds = report.elapsed.as_secs_f64();
         state.latency_count += 1;
         state.latency_sum_seconds += seconds;
@@ -226,6 +233,13 @@ impl JobStatus {
         buckets.push(("_sum".into(), format!("{:.6}", s.latency_sum_seconds)));
         buckets.push(("_count".into(), s.latency_count.to_string()));
         metric("trendflow_micro_batch_seconds", "histogram", "Wall time of a micro-batch, sink included.", buckets);
+        let stages = s.stage_seconds.iter().map(|(stage, seconds)| (label("stage", stage), format!("{seconds:.6}"))).collect();
+        metric(
+            "trendflow_stage_seconds_total",
+            "counter",
+            "Seconds spent per stage of the micro-batch loop: poll (wait, fetch, decode), prepare, views, sink, checkpoint.",
+            stages,
+        );
         out
     }
 

@@ -193,4 +193,6 @@ fn print_summary(summary: &RunSummary, state: &Path) {
         summary.late,
         state.join("dead_letters").display()
     );
+    let stages: Vec<String> = summary.stages.named().iter().map(|(stage, time)| format!("{stage} {:.2} s", time.as_secs_f64())).collect();
+    tracing::info!(target: LOG_TARGET, "time by stage: {}", stages.join(", "));
 }

@@ -32,6 +32,10 @@ def test_metrics_count_every_record_and_view_row(job):
     assert samples["trendflow_micro_batch_seconds_count"] == samples["trendflow_micro_batches_total"] >= ROWS / 4000
     assert samples['trendflow_micro_batch_seconds_bucket{le="+Inf"}'] == samples["trendflow_micro_batch_seconds_count"]
     assert 0 <= samples["trendflow_checkpoint_age_seconds"] < 600
+    stages = {stage: samples[f'trendflow_stage_seconds_total{{stage="{stage}"}}'] for stage in ["poll", "prepare", "views", "sink", "checkpoint"]}
+    assert stages["views"] > 0 and stages["poll"] > 0 and stages["checkpoint"] > 0, stages
+    # The stages of a micro-batch lie within its wall time (poll and checkpoint lie outside it).
+    assert stages["prepare"] + stages["views"] + stages["sink"] <= samples["trendflow_micro_batch_seconds_sum"] + 1e-3, stages
     categories = job.query("SELECT COUNT(*) AS n FROM category_distribution")[0]["n"]
     assert samples['trendflow_view_rows{view="category_distribution"}'] == categories
     assert all(re.fullmatch(r"[a-z_]+(\{.*\})? \S+", line) for line in text.splitlines() if not line.startswith("#"))
