@@ -100,6 +100,11 @@ impl IncrementalAggregate {
         })
     }
 
+    /// Whether the aggregate's input reads one of `slots`.
+    pub fn reads(&self, slots: &[BatchSlot]) -> bool {
+        crate::slot::reads_any(&self.partial, slots)
+    }
+
     /// The slot the view's remaining plan reads the finalized groups from.
     pub fn finals_slot(&self) -> &BatchSlot {
         &self.finals_slot

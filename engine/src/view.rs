@@ -56,6 +56,10 @@ pub struct IncrementalView {
     reads: Vec<(String, Vec<usize>)>,
     /// How the view follows its changelog streams, when it reads any.
     changelog: Option<ChangelogInputs>,
+    /// The changelog streams an append-driven view reads above its aggregates only
+    /// (`(SELECT category_id, COUNT(*) … GROUP BY category_id) a LEFT JOIN categories c`):
+    /// shown whole while it evaluates, which it does over every group when they change.
+    lookups: Vec<(String, BatchSlot)>,
     /// When its groups are windows that close, which and how.
     windowing: Option<Windowing>,
 }
@@ -223,9 +227,9 @@ impl IncrementalView {
         let key = key.map_err(unsupported)?;
         let info = ViewInfo { name: def.name.clone(), schema: physical.schema(), key };
         let differ = Differ::new(&info)?;
-        let (kind, changelog) = compile_kind(physical, &read, &differ).map_err(unsupported)?;
+        let (kind, changelog, lookups) = compile_kind(physical, &read, &differ).map_err(unsupported)?;
         let windowing = Windowing::of(def, &kind, &info.schema).map_err(unsupported)?;
-        Ok(Self { info, origin: (def.origin.file.clone(), def.origin.line), differ, kind, reads, changelog, windowing })
+        Ok(Self { info, origin: (def.origin.file.clone(), def.origin.line), differ, kind, reads, changelog, lookups, windowing })
     }
 
     /// Stream → the columns of it the view reads (indices into the stream's schema).
@@ -298,7 +302,8 @@ impl IncrementalView {
 
     async fn apply_changes(&mut self, ctx: &Arc<TaskContext>, tables: &ChangelogTables) -> Result<Changeset> {
         match &self.changelog {
-            None => self.apply_batch(ctx).await,
+            None if !self.lookups.is_empty() => self.apply_with_lookups(ctx, tables).await,
+            None => self.apply_batch(ctx, false).await,
             Some(inputs) => {
                 let changed: Vec<&str> = inputs.streams.iter().map(|(n, _)| n.as_str()).filter(|n| tables.changed(n)).collect();
                 if changed.is_empty() {
@@ -367,7 +372,23 @@ impl IncrementalView {
         EngineError::View { file, line, view: self.info.name.clone(), source: Box::new(error) }
     }
 
-    async fn apply_batch(&mut self, ctx: &Arc<TaskContext>) -> Result<Changeset> {
+    /// Follows a micro-batch of an append-driven view that reads changelog streams above
+    /// its aggregates: with their whole tables shown, and over every group when one of
+    /// them changed.
+    async fn apply_with_lookups(&mut self, ctx: &Arc<TaskContext>, tables: &ChangelogTables) -> Result<Changeset> {
+        let changed = self.lookups.iter().any(|(name, _)| tables.changed(name));
+        for (name, slot) in &self.lookups {
+            let table = tables.get(name).ok_or_else(|| EngineError::internal("a changelog stream without its table"))?;
+            slot.set(vec![table.whole()?]);
+        }
+        let changes = self.apply_batch(ctx, changed).await;
+        self.lookups.iter().for_each(|(_, slot)| slot.clear());
+        changes
+    }
+
+    /// Folds the micro-batch now in the stream slots into the view; `reevaluate` makes it
+    /// evaluate even when no group changed.
+    async fn apply_batch(&mut self, ctx: &Arc<TaskContext>, reevaluate: bool) -> Result<Changeset> {
         let (stages, upkeep) = match &mut self.kind {
             ViewKind::Stateless { plan } => {
                 let rows = run_plan(plan, ctx).await?;
@@ -376,7 +397,11 @@ impl IncrementalView {
             }
             ViewKind::Aggregating { stages, upkeep } => (stages, upkeep),
         };
-        let Some(touched) = stages.apply(ctx).await? else { return Ok(self.info.no_change()) };
+        let touched = match stages.apply(ctx).await? {
+            Some(touched) => touched,
+            None if reevaluate => Vec::new(),
+            None => return Ok(self.info.no_change()),
+        };
         if self.windowing.as_ref().is_some_and(|w| w.emit == Emit::OnWindowClose) {
             // Nothing before a window closes.
             return Ok(self.info.no_change());
@@ -516,32 +541,41 @@ fn diff_rows(differ: &Differ, info: &ViewInfo, before: RecordBatch, after: Recor
 }
 
 /// Splits a view's physical plan into its incremental stages. Over append streams only,
-/// every stream is treated alike. A view that reads changelog streams reads no append
-/// stream, and is driven by the first of its changelog streams that it is row-local in
-/// (the others are read as whole tables, whose changes make it recompute).
-fn compile_kind(
-    physical: Arc<dyn ExecutionPlan>,
-    read: &[Input],
-    differ: &Differ,
-) -> std::result::Result<(ViewKind, Option<ChangelogInputs>), String> {
+/// every stream is treated alike. A view that reads changelog streams is driven by the
+/// first of them that it is row-local in (the others are read as whole tables, whose
+/// changes make it recompute), unless it also reads append streams: then it is driven by
+/// those, and may read the changelog streams above its aggregates only (their groups
+/// are kept, so a changed table re-evaluates the rest of the plan over every group).
+fn compile_kind(physical: Arc<dyn ExecutionPlan>, read: &[Input], differ: &Differ) -> std::result::Result<CompiledKind, String> {
     let (keyed, append): (Vec<&Input>, Vec<&Input>) = read.iter().partition(|s| s.keyed);
     if keyed.is_empty() {
         let slots: Vec<BatchSlot> = read.iter().map(|s| s.slot.clone()).collect();
-        return Ok((stages_of(physical, &slots, differ)?, None));
+        return Ok((stages_of(physical, &slots, differ, None)?, None, Vec::new()));
     }
-    if let (Some(append), Some(keyed)) = (append.first(), keyed.first()) {
+    if let (Some(append), Some(keyed_first)) = (append.first(), keyed.first()) {
+        let append_slots: Vec<BatchSlot> = read.iter().filter(|s| !s.keyed).map(|s| s.slot.clone()).collect();
+        let lookups: Vec<(String, BatchSlot)> = keyed.iter().map(|s| (s.name.clone(), s.slot.clone())).collect();
+        let lookup_slots: Vec<BatchSlot> = lookups.iter().map(|(_, slot)| slot.clone()).collect();
+        let because = format!("it reads the changelog stream `{}` above its aggregates", keyed_first.name);
+        if let Ok(kind @ ViewKind::Aggregating { .. }) = stages_of(physical, &append_slots, differ, Some(because)) {
+            if !kind.aggregates_read(&lookup_slots) {
+                return Ok((kind, None, lookups));
+            }
+        }
         return Err(format!(
-            "it reads the append stream `{}` and the changelog stream `{}`: when `{}` changes, the rows of `{}` it met \
-             would have to be met again, but an append stream keeps none; declare `{}` OPTIONS ('changelog' 'upsert') with a PRIMARY KEY \
-             if a repeated key is an update, or read `{}` as a reference table (STORED AS CSV / PARQUET / JSON), read once",
-            append.name, keyed.name, keyed.name, append.name, append.name, keyed.name
+            "it reads the append stream `{}` and the changelog stream `{}` below an aggregate (or without one): when `{}` changes, \
+             the rows of `{}` it met would have to be met again, but an append stream keeps none; join `{}` above the aggregate \
+             (`(SELECT category_id, COUNT(*) AS n FROM products GROUP BY category_id) a LEFT JOIN {} c ON …`), declare `{}` \
+             OPTIONS ('changelog' 'upsert') with a PRIMARY KEY if a repeated key is an update, or read `{}` as a reference table \
+             (STORED AS CSV / PARQUET / JSON), read once",
+            append.name, keyed_first.name, keyed_first.name, append.name, keyed_first.name, keyed_first.name, append.name, keyed_first.name
         ));
     }
     let streams: Vec<(String, BatchSlot)> = keyed.iter().map(|s| (s.name.clone(), s.slot.clone())).collect();
     let mut first_error = None;
     for driver in &streams {
-        match stages_of(physical.clone(), std::slice::from_ref(&driver.1), differ) {
-            Ok(kind) => return Ok((kind, Some(ChangelogInputs { driver: driver.clone(), streams }))),
+        match stages_of(physical.clone(), std::slice::from_ref(&driver.1), differ, None) {
+            Ok(kind) => return Ok((kind, Some(ChangelogInputs { driver: driver.clone(), streams }), Vec::new())),
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -550,8 +584,18 @@ fn compile_kind(
     Err(first_error.expect("a view over changelog streams reads one"))
 }
 
-/// The stages of a view whose streams (those it is maintained by) read `slots`.
-fn stages_of(physical: Arc<dyn ExecutionPlan>, slots: &[BatchSlot], differ: &Differ) -> std::result::Result<ViewKind, String> {
+/// A compiled view: its stages, how it follows the changelog streams that drive it, and
+/// the changelog streams it reads above its aggregates (see [`IncrementalView`]).
+type CompiledKind = (ViewKind, Option<ChangelogInputs>, Vec<(String, BatchSlot)>);
+
+/// The stages of a view whose streams (those it is maintained by) read `slots`;
+/// `whole_result` (why) re-evaluates the plan above the aggregates over every group.
+fn stages_of(
+    physical: Arc<dyn ExecutionPlan>,
+    slots: &[BatchSlot],
+    differ: &Differ,
+    whole_result: Option<String>,
+) -> std::result::Result<ViewKind, String> {
     let schema = physical.schema();
     let finder = StreamFinder { streams: slots };
     let mut aggregates = Vec::new();
@@ -565,7 +609,11 @@ fn stages_of(physical: Arc<dyn ExecutionPlan>, slots: &[BatchSlot], differ: &Dif
     }
     let finals: Vec<BatchSlot> = aggregates.iter().map(|a| a.finals_slot().clone()).collect();
     let empty = || differ.index(RecordBatch::new_empty(schema.clone())).map_err(|e| e.to_string());
-    let (output, upkeep) = match classify(&output, &finals) {
+    let classified = match whole_result {
+        Some(because) => Classified::WholeResult { because },
+        None => classify(&output, &finals),
+    };
+    let (output, upkeep) = match classified {
         Classified::TouchedGroups => (output, Upkeep::TouchedGroups),
         Classified::TopN { sort } => {
             let (top, below) = TopN::split(&output, &sort).map_err(|e| e.to_string())?;
@@ -582,6 +630,16 @@ fn replace_current(differ: &Differ, current: &mut IndexedRows, result: RecordBat
     let changes = differ.diff(current, &result)?;
     *current = result;
     Ok(changes)
+}
+
+impl ViewKind {
+    /// Whether an aggregate's input reads one of `slots`.
+    fn aggregates_read(&self, slots: &[BatchSlot]) -> bool {
+        match self {
+            ViewKind::Stateless { .. } => false,
+            ViewKind::Aggregating { stages, .. } => stages.aggregates.iter().any(|a| a.reads(slots)),
+        }
+    }
 }
 
 impl ViewInfo {
