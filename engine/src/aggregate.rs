@@ -23,11 +23,13 @@ use crate::window::closed_rows;
 /// The expression that merges the partial states of `expr`. The planner may reverse an
 /// ordered aggregate to reuse the sort another one needs (`array_agg(x ORDER BY y)` as a
 /// reversed `array_agg(x ORDER BY y DESC)`), and a reversed `array_agg` states its values
-/// in the order asked for, so only the unreversed one merges them in order. (First and
-/// last values reverse into each other and state in their own order: kept.)
+/// in the order asked for, so only the unreversed one merges them in order; so does
+/// `string_agg`, built on it. (First and last values reverse into each other, and a
+/// reversed `nth_value` counts from the other end: both state in their own order, kept.)
 fn merging_expr(expr: &Arc<AggregateFunctionExpr>) -> Arc<AggregateFunctionExpr> {
+    let states_as_asked = matches!(expr.fun().name(), "array_agg" | "string_agg");
     match expr.reverse_expr() {
-        Some(unreversed) if expr.is_reversed() && unreversed.fun().name() == expr.fun().name() => Arc::new(unreversed),
+        Some(unreversed) if expr.is_reversed() && states_as_asked => Arc::new(unreversed),
         _ => expr.clone(),
     }
 }

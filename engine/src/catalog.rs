@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::catalog::TableProvider;
-use datafusion::common::Constraint;
+use datafusion::common::{Constraint, Constraints};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{CreateExternalTable, Statement};
@@ -234,12 +234,16 @@ impl Catalog {
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.map_err(|e| e.to_string())?;
         let rows = batches.iter().map(|b| b.num_rows()).sum();
-        for constraint in constraints.iter() {
-            if let Constraint::PrimaryKey(columns) = constraint {
-                check_unique(&schema, &batches, columns)?;
-            }
+        // Only the checked key is kept: DataFusion would trust any constraint it is given.
+        let key = constraints.iter().find_map(|c| match c {
+            Constraint::PrimaryKey(columns) => Some(columns.clone()),
+            Constraint::Unique(_) => None,
+        });
+        if let Some(columns) = &key {
+            check_unique(&schema, &batches, columns)?;
         }
-        let table = MemTable::try_new(schema, vec![batches]).map_err(|e| e.to_string())?.with_constraints(constraints);
+        let checked = Constraints::new_unverified(key.map(Constraint::PrimaryKey).into_iter().collect());
+        let table = MemTable::try_new(schema, vec![batches]).map_err(|e| e.to_string())?.with_constraints(checked);
         self.ctx.deregister_table(name).map_err(|e| e.to_string())?;
         self.ctx.register_table(name, Arc::new(table)).map_err(|e| e.to_string())?;
         Ok(rows)

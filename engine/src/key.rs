@@ -30,6 +30,11 @@ pub fn require_view_key(plan: &LogicalPlan, streams: &[StreamDecl]) -> Result<Ve
              straight from it; a join keeps them only on the whole PRIMARY KEY of the other side, a \
              changelog stream or a reference table declared with one), or aggregate with GROUP BY"
                 .into()
+        } else if contains(plan, &|node| matches!(node, LogicalPlan::Aggregate(a) if a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_)))))
+        {
+            "GROUPING SETS / ROLLUP / CUBE over a stream: its rows have no key (a rolled-up row holds NULL where \
+             it sums over a column); group each level in a view of its own"
+                .into()
         } else if contains(plan, &|node| matches!(node, LogicalPlan::Union(_))) {
             "it has no key: the inputs of a UNION ALL need the same key columns (every GROUP BY column, in \
              the same place) and a literal column that tells them apart \
@@ -105,8 +110,11 @@ fn union_key(
 ) -> Option<Vec<usize>> {
     let keys = inputs.iter().map(|input| trace(input, source, streams)).collect::<Option<Vec<_>>>()?;
     let width = inputs.first()?.schema().fields().len();
+    let schema = inputs.first()?.schema();
+    // Compared as the union outputs them: `1` and `1.0` are one value there.
+    let output_literal = |input: &LogicalPlan, column: usize| literal_column(input, column)?.cast_to(schema.field(column).data_type()).ok();
     let apart = (0..width).find(|&column| {
-        let literals: Option<Vec<_>> = inputs.iter().map(|input| literal_column(input, column)).collect();
+        let literals: Option<Vec<_>> = inputs.iter().map(|input| output_literal(input, column)).collect();
         literals.is_some_and(|values| values.iter().collect::<HashSet<_>>().len() == values.len())
     })?;
     let combined: HashSet<usize> = keys.iter().flatten().copied().chain([apart]).collect();
@@ -119,17 +127,17 @@ fn union_key(
 /// (possibly cast, as `CAST(NULL AS INT)`).
 fn literal_column(plan: &LogicalPlan, column: usize) -> Option<datafusion::common::ScalarValue> {
     match plan {
-        LogicalPlan::Projection(projection) => {
-            let mut expr = projection.expr.get(column)?.clone().unalias();
-            while let Expr::Cast(cast) = expr {
-                expr = *cast.expr;
-            }
-            match expr {
-                Expr::Literal(value, _) => Some(value),
-                _ => None,
-            }
-        }
+        LogicalPlan::Projection(projection) => cast_literal(&projection.expr.get(column)?.clone().unalias()),
         LogicalPlan::SubqueryAlias(alias) => literal_column(&alias.input, column),
+        _ => None,
+    }
+}
+
+/// The value of a literal, through the casts around it.
+fn cast_literal(expr: &Expr) -> Option<datafusion::common::ScalarValue> {
+    match expr {
+        Expr::Literal(value, _) => Some(value.clone()),
+        Expr::Cast(cast) => cast_literal(&cast.expr)?.cast_to(cast.field.data_type()).ok(),
         _ => None,
     }
 }
@@ -153,7 +161,13 @@ fn matches_at_most_once(join: &Join, streams: &[StreamDecl]) -> bool {
     });
     let pairs = join.on.iter().map(|(l, r)| (l, r)).chain(filter_pairs);
     let right_column = |e: &Expr| e.try_as_col().and_then(|c| right.index_of_column(c).ok());
-    let matched: Vec<usize> = pairs.flat_map(|(l, r)| [right_column(l), right_column(r)]).flatten().collect();
+    let reads_right = |e: &Expr| e.column_refs().iter().any(|c| right.index_of_column(c).is_ok());
+    // A right key column counts when it equals something of the left (or a constant),
+    // not another right column (`ON b.k = b.m` meets every such group).
+    let matched: Vec<usize> = pairs
+        .flat_map(|(l, r)| [(right_column(l), r), (right_column(r), l)])
+        .filter_map(|(column, other)| column.filter(|_| !reads_right(other)))
+        .collect();
     key.iter().all(|k| matched.contains(k))
 }
 
@@ -161,7 +175,8 @@ fn matches_at_most_once(join: &Join, streams: &[StreamDecl]) -> bool {
 /// columns of a `SELECT DISTINCT ON (…)`.
 fn grouping_columns(plan: &LogicalPlan) -> Option<Vec<usize>> {
     match plan {
-        LogicalPlan::Aggregate(aggregate) => Some((0..aggregate.group_expr.len()).collect()),
+        // With GROUPING SETS, one expression stands for several columns and the grouping id.
+        LogicalPlan::Aggregate(aggregate) => Some((0..aggregate.group_expr_len().ok()?).collect()),
         LogicalPlan::Distinct(Distinct::All(input)) => Some((0..input.schema().fields().len()).collect()),
         LogicalPlan::Distinct(Distinct::On(on)) => {
             let position = |key: &Expr| on.select_expr.iter().position(|e| e.clone().unalias() == *key);

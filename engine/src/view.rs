@@ -228,6 +228,12 @@ impl IncrementalView {
         let info = ViewInfo { name: def.name.clone(), schema: physical.schema(), key };
         let differ = Differ::new(&info)?;
         let (kind, changelog, lookups) = compile_kind(physical, &read, &differ).map_err(unsupported)?;
+        if let (Some((lookup, _)), Emit::OnWindowClose) = (lookups.first(), def.emit) {
+            return Err(unsupported(format!(
+                "EMIT ON WINDOW CLOSE emits a window once, final, but the changelog stream `{lookup}` joined above its \
+                 aggregate could change it after; emit on update, or read `{lookup}` as a reference table"
+            )));
+        }
         let windowing = Windowing::of(def, &kind, &info.schema).map_err(unsupported)?;
         Ok(Self { info, origin: (def.origin.file.clone(), def.origin.line), differ, kind, reads, changelog, lookups, windowing })
     }
@@ -266,11 +272,27 @@ impl IncrementalView {
     /// `tables` (changelog streams).
     /// `watermarks` (stream → watermark, milliseconds) say which windows have closed.
     pub async fn apply(&mut self, ctx: &Arc<TaskContext>, tables: &ChangelogTables, watermarks: &BTreeMap<String, i64>) -> Result<Changeset> {
-        let changes = match self.apply_changes(ctx, tables).await {
-            Ok(changes) => self.close_windows(changes, watermarks, ctx).await,
+        // Whatever evaluates the plan above the aggregates (closing windows too) reads
+        // the lookups' whole tables.
+        let changes = match self.show_lookups(tables) {
+            Ok(()) => match self.apply_changes(ctx, tables).await {
+                Ok(changes) => self.close_windows(changes, watermarks, ctx).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
+        self.lookups.iter().for_each(|(_, slot)| slot.clear());
         changes.map_err(|e| self.error(e))
+    }
+
+    /// Fills the slots of the changelog streams read above the aggregates (of an
+    /// append-driven view) with their whole tables.
+    fn show_lookups(&self, tables: &ChangelogTables) -> Result<()> {
+        for (name, slot) in &self.lookups {
+            let table = tables.get(name).ok_or_else(|| EngineError::internal("a changelog stream without its table"))?;
+            slot.set(vec![table.whole()?]);
+        }
+        Ok(())
     }
 
     /// Emits (`EMIT ON WINDOW CLOSE`) and forgets the groups of the windows the
@@ -302,8 +324,11 @@ impl IncrementalView {
 
     async fn apply_changes(&mut self, ctx: &Arc<TaskContext>, tables: &ChangelogTables) -> Result<Changeset> {
         match &self.changelog {
-            None if !self.lookups.is_empty() => self.apply_with_lookups(ctx, tables).await,
-            None => self.apply_batch(ctx, false).await,
+            None => {
+                // A changed lookup table re-evaluates the view over every group.
+                let reevaluate = self.lookups.iter().any(|(name, _)| tables.changed(name));
+                self.apply_batch(ctx, reevaluate).await
+            }
             Some(inputs) => {
                 let changed: Vec<&str> = inputs.streams.iter().map(|(n, _)| n.as_str()).filter(|n| tables.changed(n)).collect();
                 if changed.is_empty() {
@@ -370,20 +395,6 @@ impl IncrementalView {
     fn error(&self, error: EngineError) -> EngineError {
         let (file, line) = self.origin.clone();
         EngineError::View { file, line, view: self.info.name.clone(), source: Box::new(error) }
-    }
-
-    /// Follows a micro-batch of an append-driven view that reads changelog streams above
-    /// its aggregates: with their whole tables shown, and over every group when one of
-    /// them changed.
-    async fn apply_with_lookups(&mut self, ctx: &Arc<TaskContext>, tables: &ChangelogTables) -> Result<Changeset> {
-        let changed = self.lookups.iter().any(|(name, _)| tables.changed(name));
-        for (name, slot) in &self.lookups {
-            let table = tables.get(name).ok_or_else(|| EngineError::internal("a changelog stream without its table"))?;
-            slot.set(vec![table.whole()?]);
-        }
-        let changes = self.apply_batch(ctx, changed).await;
-        self.lookups.iter().for_each(|(_, slot)| slot.clear());
-        changes
     }
 
     /// Folds the micro-batch now in the stream slots into the view; `reevaluate` makes it
@@ -557,10 +568,9 @@ fn compile_kind(physical: Arc<dyn ExecutionPlan>, read: &[Input], differ: &Diffe
         let lookups: Vec<(String, BatchSlot)> = keyed.iter().map(|s| (s.name.clone(), s.slot.clone())).collect();
         let lookup_slots: Vec<BatchSlot> = lookups.iter().map(|(_, slot)| slot.clone()).collect();
         let because = format!("it reads the changelog stream `{}` above its aggregates", keyed_first.name);
-        if let Ok(kind @ ViewKind::Aggregating { .. }) = stages_of(physical, &append_slots, differ, Some(because)) {
-            if !kind.aggregates_read(&lookup_slots) {
-                return Ok((kind, None, lookups));
-            }
+        let kind = stages_of(physical, &append_slots, differ, Some(because))?;
+        if matches!(kind, ViewKind::Aggregating { .. }) && !kind.aggregates_read(&lookup_slots) {
+            return Ok((kind, None, lookups));
         }
         return Err(format!(
             "it reads the append stream `{}` and the changelog stream `{}` below an aggregate (or without one): when `{}` changes, \
@@ -859,10 +869,8 @@ fn split_dependent(call: &datafusion::logical_expr::expr::AggregateFunction) -> 
         ));
     }
     let params = &call.params;
-    (name == "array_agg" && params.distinct && params.order_by.is_empty()).then(|| {
-        "`array_agg(DISTINCT x)` without ORDER BY lists its values in an order no run reproduces; \
-         write `array_agg(DISTINCT x ORDER BY x)`"
-            .to_string()
+    (matches!(name, "array_agg" | "string_agg") && params.distinct && params.order_by.is_empty()).then(|| {
+        format!("`{name}(DISTINCT x …)` without ORDER BY lists its values in an order no run reproduces; write `{name}(DISTINCT x … ORDER BY x)`")
     })
 }
 
