@@ -235,10 +235,7 @@ impl Catalog {
         let batches = df.collect().await.map_err(|e| e.to_string())?;
         let rows = batches.iter().map(|b| b.num_rows()).sum();
         // Only the checked key is kept: DataFusion would trust any constraint it is given.
-        let key = constraints.iter().find_map(|c| match c {
-            Constraint::PrimaryKey(columns) => Some(columns.clone()),
-            Constraint::Unique(_) => None,
-        });
+        let key = primary_key(&constraints);
         if let Some(columns) = &key {
             check_unique(&schema, &batches, columns)?;
         }
@@ -248,6 +245,14 @@ impl Catalog {
         self.ctx.register_table(name, Arc::new(table)).map_err(|e| e.to_string())?;
         Ok(rows)
     }
+}
+
+/// The PRIMARY KEY columns among `constraints`.
+pub(crate) fn primary_key(constraints: &Constraints) -> Option<Vec<usize>> {
+    constraints.iter().find_map(|c| match c {
+        Constraint::PrimaryKey(columns) => Some(columns.clone()),
+        Constraint::Unique(_) => None,
+    })
 }
 
 /// Refuses rows of a reference table whose PRIMARY KEY `columns` are null or repeat,

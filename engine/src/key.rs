@@ -15,10 +15,11 @@
 use std::collections::HashSet;
 
 use datafusion::common::JoinType;
-use datafusion::common::{Column, Constraint, DFSchema, Dependency};
+use datafusion::common::{Column, DFSchema, Dependency};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Distinct, Expr, Join, LogicalPlan, Operator};
 
+use crate::catalog::primary_key;
 use crate::contract::StreamDecl;
 use crate::plan_search::contains;
 
@@ -109,11 +110,10 @@ fn union_key(
     streams: &[StreamDecl],
 ) -> Option<Vec<usize>> {
     let keys = inputs.iter().map(|input| trace(input, source, streams)).collect::<Option<Vec<_>>>()?;
-    let width = inputs.first()?.schema().fields().len();
     let schema = inputs.first()?.schema();
     // Compared as the union outputs them: `1` and `1.0` are one value there.
     let output_literal = |input: &LogicalPlan, column: usize| literal_column(input, column)?.cast_to(schema.field(column).data_type()).ok();
-    let apart = (0..width).find(|&column| {
+    let apart = (0..schema.fields().len()).find(|&column| {
         let literals: Option<Vec<_>> = inputs.iter().map(|input| output_literal(input, column)).collect();
         literals.is_some_and(|values| values.iter().collect::<HashSet<_>>().len() == values.len())
     })?;
@@ -200,11 +200,7 @@ fn primary_key_columns(plan: &LogicalPlan, streams: &[StreamDecl]) -> Option<Vec
 /// unique when it loaded the table (streams give DataFusion no constraint).
 fn reference_key_columns(plan: &LogicalPlan) -> Option<Vec<usize>> {
     let LogicalPlan::TableScan(scan) = plan else { return None };
-    let key = scan.source.constraints()?.iter().find_map(|c| match c {
-        Constraint::PrimaryKey(columns) => Some(columns.clone()),
-        Constraint::Unique(_) => None,
-    })?;
-    through_scan_projection(key, scan.projection.as_deref())
+    through_scan_projection(primary_key(scan.source.constraints()?)?, scan.projection.as_deref())
 }
 
 fn through_scan_projection(key: Vec<usize>, projection: Option<&[usize]>) -> Option<Vec<usize>> {

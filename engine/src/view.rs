@@ -274,13 +274,12 @@ impl IncrementalView {
     pub async fn apply(&mut self, ctx: &Arc<TaskContext>, tables: &ChangelogTables, watermarks: &BTreeMap<String, i64>) -> Result<Changeset> {
         // Whatever evaluates the plan above the aggregates (closing windows too) reads
         // the lookups' whole tables.
-        let changes = match self.show_lookups(tables) {
-            Ok(()) => match self.apply_changes(ctx, tables).await {
-                Ok(changes) => self.close_windows(changes, watermarks, ctx).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
+        let changes = async {
+            self.show_lookups(tables)?;
+            let changes = self.apply_changes(ctx, tables).await?;
+            self.close_windows(changes, watermarks, ctx).await
+        }
+        .await;
         self.lookups.iter().for_each(|(_, slot)| slot.clear());
         changes.map_err(|e| self.error(e))
     }
