@@ -28,7 +28,7 @@ use crate::session::incremental_session_config;
 use crate::sql_file::Emit;
 use crate::subquery::inline_reference_subqueries;
 use crate::view::IncrementalView;
-use crate::window::{closed_rows, window_end_column};
+use crate::window::{closed_rows, retained_rows, window_end_column, WindowSpec};
 use crate::Result;
 
 /// A stream's whole input as a batch run reads it.
@@ -156,6 +156,7 @@ pub async fn compute_views(catalog: &Catalog, streams: Vec<BatchStream>) -> Resu
         if def.emit == Emit::OnWindowClose {
             rows = closed_windows(def, &rows, &streams).map_err(sql_error)?;
         }
+        rows = retained_windows(def, &rows, &streams).map_err(sql_error)?;
         results.push(ViewResult { info, rows });
     }
     Ok(results)
@@ -182,9 +183,25 @@ async fn refuse_unmaintainable(catalog: &Catalog) -> Result<()> {
 /// watermark of their stream closed.
 fn closed_windows(def: &ViewDef, rows: &RecordBatch, streams: &[BatchStream]) -> std::result::Result<RecordBatch, String> {
     let [window] = def.windows.as_slice() else { return Err("EMIT ON WINDOW CLOSE needs one TUMBLE(…) or HOP(…)".into()) };
+    let (column, offset, watermark) =
+        window_end(window, rows, streams).ok_or("a view that emits on window close outputs window_start or window_end")?;
+    closed_rows(rows, column, offset, watermark).map_err(|e| e.to_string())
+}
+
+/// The rows of `rows` (of `def`) that the retention of its window keeps at the last
+/// watermark of its stream: all of them when the window has none.
+fn retained_windows(def: &ViewDef, rows: &RecordBatch, streams: &[BatchStream]) -> std::result::Result<RecordBatch, String> {
+    let Some((window, retention_ms)) = def.windows.iter().find_map(|w| w.retention_ms.map(|r| (w, r))) else { return Ok(rows.clone()) };
+    let (column, offset, watermark) =
+        window_end(window, rows, streams).ok_or("a window's retention needs window_start or window_end among the view's columns")?;
+    retained_rows(rows, column, offset, retention_ms, watermark).map_err(|e| e.to_string())
+}
+
+/// Where `window`'s end is among the columns of `rows` (see [`window_end_column`]), and
+/// the last watermark of its stream.
+fn window_end(window: &WindowSpec, rows: &RecordBatch, streams: &[BatchStream]) -> Option<(usize, i64, Option<i64>)> {
     let watermark = streams.iter().find(|s| s.name == window.stream).and_then(|s| s.watermark);
     let schema = rows.schema();
-    let names = schema.fields().iter().map(|f| f.name().as_str());
-    let (column, offset) = window_end_column(names, window.size_ms).ok_or("a view that emits on window close outputs window_start or window_end")?;
-    closed_rows(rows, column, offset, watermark).map_err(|e| e.to_string())
+    let (column, offset) = window_end_column(schema.fields().iter().map(|f| f.name().as_str()), window.size_ms)?;
+    Some((column, offset, watermark))
 }

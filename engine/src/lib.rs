@@ -42,6 +42,7 @@ pub mod key;
 pub mod keyed;
 mod plan_search;
 pub mod recent;
+mod retention;
 pub mod runtime;
 pub mod serving;
 pub mod session;

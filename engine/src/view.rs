@@ -38,6 +38,7 @@ pub use crate::evaluation::Evaluation;
 use crate::evaluation::{classify, join_name, join_type, keeps_only_side, relates_windows, Classified};
 use crate::key::require_view_key;
 use crate::plan_search::find_in_plan;
+use crate::retention::Retention;
 use crate::slot::{columns_read, reads_any, run_plan, run_with, BatchSlot};
 use crate::sql_file::Emit;
 use crate::subquery::inline_reference_subqueries;
@@ -62,6 +63,8 @@ pub struct IncrementalView {
     lookups: Vec<(String, BatchSlot)>,
     /// When its groups are windows that close, which and how.
     windowing: Option<Windowing>,
+    /// How long the rows of closed windows stay, when not for good.
+    retention: Option<Retention>,
 }
 
 /// What a view reads of a stream: its rows as a changelog's changes (`keyed`), or as
@@ -145,6 +148,21 @@ impl Windowing {
         }
         Ok(Some(Self { stream: window.stream.clone(), emit: def.emit, columns }))
     }
+}
+
+/// The retention `def`'s window declares, for the view `info` whose windows close as
+/// `windowing` says; refused when they never close.
+fn retention_of(def: &ViewDef, info: &ViewInfo, windowing: Option<&Windowing>) -> std::result::Result<Option<Retention>, String> {
+    let Some(window) = def.windows.iter().find(|w| w.retention_ms.is_some()) else { return Ok(None) };
+    let retention_ms = window.retention_ms.expect("found by its retention");
+    if windowing.is_none() || def.windows.len() > 1 {
+        return Err("a window's retention (its last interval) deletes the rows of closed windows, but this view's windows never close: \
+                    GROUP BY window_start (or window_end) of one TUMBLE(…) or HOP(…), each row following from one window's groups"
+            .into());
+    }
+    let names = info.schema.fields().iter().map(|f| f.name().as_str());
+    let end = window_end_column(names, window.size_ms).ok_or("a window's retention needs window_start or window_end among the view's columns")?;
+    Retention::new(info, end, retention_ms).map(Some).map_err(|e| e.to_string())
 }
 
 /// The changelog streams a view reads: the one whose changed rows drive it, and the
@@ -235,7 +253,8 @@ impl IncrementalView {
             )));
         }
         let windowing = Windowing::of(def, &kind, &info.schema).map_err(unsupported)?;
-        Ok(Self { info, origin: (def.origin.file.clone(), def.origin.line), differ, kind, reads, changelog, lookups, windowing })
+        let retention = retention_of(def, &info, windowing.as_ref()).map_err(unsupported)?;
+        Ok(Self { info, origin: (def.origin.file.clone(), def.origin.line), differ, kind, reads, changelog, lookups, windowing, retention })
     }
 
     /// Stream → the columns of it the view reads (indices into the stream's schema).
@@ -295,7 +314,8 @@ impl IncrementalView {
     }
 
     /// Emits (`EMIT ON WINDOW CLOSE`) and forgets the groups of the windows the
-    /// watermark has passed; `changes` are the micro-batch's other changes.
+    /// watermark has passed, then deletes the rows whose retention ran out; `changes`
+    /// are the micro-batch's other changes.
     async fn close_windows(&mut self, changes: Changeset, watermarks: &BTreeMap<String, i64>, ctx: &Arc<TaskContext>) -> Result<Changeset> {
         let (Some(windowing), ViewKind::Aggregating { stages, .. }) = (&self.windowing, &mut self.kind) else { return Ok(changes) };
         let Some(&watermark) = watermarks.get(&windowing.stream) else { return Ok(changes) };
@@ -305,20 +325,27 @@ impl IncrementalView {
             .zip(&windowing.columns)
             .map(|(a, (column, offset))| a.closed_groups(*column, *offset, watermark))
             .collect::<Result<Vec<_>>>()?;
-        if closed.iter().all(|c| c.num_rows() == 0) {
-            return Ok(changes);
-        }
-        let changes = match windowing.emit {
-            Emit::OnUpdate => changes,
-            Emit::OnWindowClose => {
-                let rows = stages.evaluate(closed.iter().cloned().map(Some).collect(), ctx).await?;
-                Changeset { upserts: last_row_per_key(&rows, &self.info.key)?, deletes: RecordBatch::new_empty(self.info.key_schema()) }
+        let mut changes = changes;
+        if closed.iter().any(|c| c.num_rows() > 0) {
+            // The closed windows' rows, as the sinks hold them (only needed to emit them, or to delete them later).
+            let rows = match (windowing.emit, &self.retention) {
+                (Emit::OnUpdate, None) => None,
+                _ => Some(last_row_per_key(&stages.evaluate(closed.iter().cloned().map(Some).collect(), ctx).await?, &self.info.key)?),
+            };
+            if let (Emit::OnWindowClose, Some(rows)) = (windowing.emit, &rows) {
+                changes = Changeset { upserts: rows.clone(), deletes: RecordBatch::new_empty(self.info.key_schema()) };
             }
-        };
-        for (aggregate, groups) in stages.aggregates.iter_mut().zip(&closed) {
-            aggregate.evict(groups)?;
+            if let (Some(retention), Some(rows)) = (&mut self.retention, &rows) {
+                retention.remember(rows)?;
+            }
+            for (aggregate, groups) in stages.aggregates.iter_mut().zip(&closed) {
+                aggregate.evict(groups)?;
+            }
         }
-        Ok(changes)
+        match &mut self.retention {
+            Some(retention) => retention.expire(changes, watermark, &self.info),
+            None => Ok(changes),
+        }
     }
 
     async fn apply_changes(&mut self, ctx: &Arc<TaskContext>, tables: &ChangelogTables) -> Result<Changeset> {
@@ -426,15 +453,18 @@ impl IncrementalView {
         }
     }
 
-    /// The whole state, for a full checkpoint: one batch per aggregate.
+    /// The whole state, for a full checkpoint: one batch per aggregate, then the rows
+    /// of closed windows held under a retention.
     pub fn state(&self) -> Result<Vec<RecordBatch>> {
-        self.aggregates().iter().map(|a| a.state_batch()).collect()
+        self.aggregates().iter().map(|a| a.state_batch()).chain(self.retention.iter().map(Retention::state)).collect()
     }
 
     /// The state of the groups changed since the last checkpoint, for a delta checkpoint:
-    /// one batch per aggregate.
+    /// one batch per aggregate, then none of the rows held under a retention: they change
+    /// only when windows close or expire, which makes the next checkpoint a full one.
     pub fn changed_state(&self) -> Result<Vec<RecordBatch>> {
-        self.aggregates().iter().map(|a| a.changed_state()).collect()
+        let unchanged = self.retention.iter().map(|r| Ok(RecordBatch::new_empty(r.state_schema().clone())));
+        self.aggregates().iter().map(|a| a.changed_state()).chain(unchanged).collect()
     }
 
     /// Groups changed since the last checkpoint, and groups in all, over every aggregate.
@@ -444,7 +474,7 @@ impl IncrementalView {
 
     /// Whether groups were removed since the last checkpoint: the next must be full.
     pub fn removed_groups(&self) -> bool {
-        self.aggregates().iter().any(IncrementalAggregate::removed_groups)
+        self.aggregates().iter().any(IncrementalAggregate::removed_groups) || self.retention.as_ref().is_some_and(Retention::expired_since_checkpoint)
     }
 
     /// Forgets which groups changed: a checkpoint now holds them.
@@ -452,11 +482,13 @@ impl IncrementalView {
         if let ViewKind::Aggregating { stages, .. } = &mut self.kind {
             stages.aggregates.iter_mut().for_each(IncrementalAggregate::mark_checkpointed);
         }
+        self.retention.iter_mut().for_each(Retention::mark_checkpointed);
     }
 
     /// Schemas of [`Self::state`]'s batches.
     pub fn state_schemas(&self) -> Vec<SchemaRef> {
-        self.aggregates().iter().map(|a| a.state_schema().clone()).collect()
+        let aggregates = self.aggregates().iter().map(|a| a.state_schema().clone());
+        aggregates.chain(self.retention.iter().map(|r| r.state_schema().clone())).collect()
     }
 
     /// The view's whole current result, for views that keep state (those with
@@ -499,8 +531,12 @@ impl IncrementalView {
 
     async fn restore_state(&mut self, state: Vec<RecordBatch>, ctx: &Arc<TaskContext>) -> Result<()> {
         let ViewKind::Aggregating { stages, upkeep } = &mut self.kind else { return Ok(()) };
-        for (aggregate, batch) in stages.aggregates.iter_mut().zip(state) {
+        let mut state = state.into_iter();
+        for (aggregate, batch) in stages.aggregates.iter_mut().zip(state.by_ref()) {
             aggregate.restore(batch, ctx).await?;
+        }
+        if let (Some(retention), Some(batch)) = (&mut self.retention, state.next()) {
+            retention.restore(&batch)?;
         }
         rebuild(&self.differ, stages, upkeep, ctx).await
     }

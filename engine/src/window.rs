@@ -14,6 +14,11 @@
 //! so a window is a row-local step a micro-batch evaluates on its own. A view that
 //! groups by `window_start` or `window_end` knows when each group is final: once the
 //! stream's watermark passes the window's end (see [`crate::event_time`]).
+//!
+//! An optional last interval is the windows' retention: `TUMBLE(products, INTERVAL
+//! '1 day', INTERVAL '90 days')` keeps a day's rows in the view (and so in every sink)
+//! until the watermark is 90 days past the day's end, then deletes them; without it,
+//! closed windows' rows stay for good.
 
 use std::sync::Arc;
 
@@ -48,6 +53,9 @@ pub struct WindowSpec {
     pub size_ms: i64,
     /// Distance between window starts (milliseconds; `size_ms` for `TUMBLE`).
     pub slide_ms: i64,
+    /// How long after a window closes its rows stay in the view (milliseconds of the
+    /// watermark; `None`: for good). Then they leave it, and every sink deletes them.
+    pub retention_ms: Option<i64>,
 }
 
 /// Which table function.
@@ -77,16 +85,16 @@ impl WindowFunction {
 
     fn usage(&self) -> &'static str {
         match self.kind {
-            Kind::Tumble => "TUMBLE(stream, INTERVAL '1 hour')",
-            Kind::Hop => "HOP(stream, INTERVAL '5 minutes', INTERVAL '1 hour') (slide, then size)",
+            Kind::Tumble => "TUMBLE(stream, INTERVAL '1 hour'[, INTERVAL '30 days'])  (size, then how long closed windows' rows are kept)",
+            Kind::Hop => "HOP(stream, INTERVAL '5 minutes', INTERVAL '1 hour'[, INTERVAL '30 days'])  (slide, size, then how long closed windows' rows are kept)",
         }
     }
 
     fn spec(&self, args: &[Expr]) -> DfResult<WindowSpec> {
         let usage = self.usage();
-        let (stream, intervals) = match (self.kind, args) {
-            (Kind::Tumble, [stream, size]) => (stream, vec![size]),
-            (Kind::Hop, [stream, slide, size]) => (stream, vec![slide, size]),
+        let (stream, intervals, retention) = match (self.kind, args) {
+            (Kind::Tumble, [stream, size, retention @ ..]) if retention.len() <= 1 => (stream, vec![size], retention.first()),
+            (Kind::Hop, [stream, slide, size, retention @ ..]) if retention.len() <= 1 => (stream, vec![slide, size], retention.first()),
             _ => return plan_err!("write {usage}"),
         };
         let stream = match stream {
@@ -94,10 +102,9 @@ impl WindowFunction {
             Expr::Literal(ScalarValue::Utf8(Some(name)), _) => name.clone(),
             other => return plan_err!("{usage}: the first argument names a stream, not `{other}`"),
         };
-        let intervals = intervals
-            .into_iter()
-            .map(|e| interval_ms(e).map_err(|m| datafusion::error::DataFusionError::Plan(format!("{usage}: {m}"))))
-            .collect::<DfResult<Vec<_>>>()?;
+        let in_usage = |m: String| datafusion::error::DataFusionError::Plan(format!("{usage}: {m}"));
+        let intervals = intervals.into_iter().map(|e| interval_ms(e).map_err(in_usage)).collect::<DfResult<Vec<_>>>()?;
+        let retention_ms = retention.map(|e| interval_ms(e).map_err(in_usage)).transpose()?;
         let (slide_ms, size_ms) = match intervals.as_slice() {
             [size] => (*size, *size),
             [slide, size] => (*slide, *size),
@@ -106,7 +113,7 @@ impl WindowFunction {
         if size_ms % slide_ms != 0 || size_ms / slide_ms > MAX_WINDOWS_PER_RECORD {
             return plan_err!("{usage}: the size must be a multiple of the slide, at most {MAX_WINDOWS_PER_RECORD} times it");
         }
-        Ok(WindowSpec { stream, size_ms, slide_ms })
+        Ok(WindowSpec { stream, size_ms, slide_ms, retention_ms })
     }
 }
 
@@ -204,13 +211,30 @@ pub(crate) fn window_end_column<'a>(names: impl IntoIterator<Item = &'a str>, si
 /// The rows of `rows` whose window ended by `watermark` (none without one): column
 /// `column` plus `offset_ms` (see [`window_end_column`]) is at or before it.
 pub(crate) fn closed_rows(rows: &RecordBatch, column: usize, offset_ms: i64, watermark: Option<i64>) -> Result<RecordBatch, ArrowError> {
+    filter_record_batch(rows, &ended_by(rows, column, offset_ms, watermark)?)
+}
+
+/// The rows of `rows` whose window had not ended `retention_ms` before `watermark`
+/// (all of them without one): the rows a view with that retention still holds.
+pub(crate) fn retained_rows(
+    rows: &RecordBatch,
+    column: usize,
+    offset_ms: i64,
+    retention_ms: i64,
+    watermark: Option<i64>,
+) -> Result<RecordBatch, ArrowError> {
+    let expired = ended_by(rows, column, offset_ms.saturating_add(retention_ms), watermark)?;
+    filter_record_batch(rows, &datafusion::arrow::compute::not(&expired)?)
+}
+
+/// Per row of `rows`: whether column `column` plus `offset_ms` is at or before `watermark`.
+fn ended_by(rows: &RecordBatch, column: usize, offset_ms: i64, watermark: Option<i64>) -> Result<BooleanArray, ArrowError> {
     let times = cast(rows.column(column), &timestamp_type())?;
-    let closed: BooleanArray = times
+    Ok(times
         .as_primitive::<TimestampMillisecondType>()
         .iter()
         .map(|t| Some(matches!((t, watermark), (Some(t), Some(w)) if t.saturating_add(offset_ms) <= w)))
-        .collect();
-    filter_record_batch(rows, &closed)
+        .collect())
 }
 
 /// The length of an interval literal, in milliseconds (months have no fixed length).
