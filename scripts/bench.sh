@@ -27,7 +27,9 @@ echo "== building trendflow and trendflow-bench ($profile)"
 if [ "$profile" = release ]; then
     cargo build --locked --release -p trendflow -p trendflow-bench
 else
-    cargo build --locked -p trendflow -p trendflow-bench
+    # Every target of the workspace: the dependencies' features then match what
+    # `cargo test --workspace` built, so a smoke run after the tests rebuilds nothing.
+    cargo build --locked --workspace --all-targets
 fi
 target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
 "$venv/bin/python" bench/run.py --bin-dir "$target_dir/$profile" "${args[@]}" "$@"

@@ -3,8 +3,9 @@
 //! Sources and sinks for the trendflow engine, one folder per system:
 //!
 //! - [`kafka`]: the exactly-once stream source ([`kafka::KafkaSource`]) and its
-//!   dead-letter topic, the batched producer ([`kafka::RecordProducer`]), topic
-//!   administration, and replaying files into a topic;
+//!   dead-letter topic, the batched producer ([`kafka::RecordProducer`]), views
+//!   written as changelog topics ([`kafka::KafkaSink`]), topic administration, and
+//!   replaying files into a topic;
 //! - [`mongo`]: the idempotent upsert sink ([`mongo::MongoSink`]), collections as
 //!   DataFusion tables ([`mongo::MongoTable`]), Arrow ⇄ BSON;
 //! - [`file`](mod@file): replaying files as streams ([`file::FileSource`]) and their dead-letter

@@ -86,7 +86,8 @@ pub struct StageTimes {
     pub views: Duration,
     /// Handing the changes to the sinks.
     pub sink: Duration,
-    /// The checkpoint that followed the micro-batch: sink flush, state, positions.
+    /// The checkpoint that followed the micro-batch: sink flush, state, positions (in a
+    /// run's summary: every checkpoint, those after passes without records and the last included).
     pub checkpoint: Duration,
 }
 
@@ -409,8 +410,10 @@ impl Pipeline {
                 self.checkpoint_and_commit(&mut sources, sink).await?;
                 last_checkpoint = Instant::now();
                 dirty = false;
-                if let Some(report) = stepped.as_mut() {
-                    report.stages.checkpoint = checkpointing.elapsed();
+                // A checkpoint after a pass without records is the job's time too.
+                match stepped.as_mut() {
+                    Some(report) => report.stages.checkpoint = checkpointing.elapsed(),
+                    None => summary.stages.checkpoint += checkpointing.elapsed(),
                 }
             }
             if let Some(report) = stepped {
@@ -431,7 +434,9 @@ impl Pipeline {
             }
         }
         if dirty || !self.resumed && summary.batches == 0 {
+            let checkpointing = Instant::now();
             self.checkpoint_and_commit(&mut sources, sink).await?;
+            summary.stages.checkpoint += checkpointing.elapsed();
         }
         summary.elapsed = started.elapsed();
         Ok(summary)

@@ -23,8 +23,9 @@ pub struct PipelineArgs {
     /// binding read their LOCATION topic there.
     #[arg(long, env = "TRENDFLOW_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
-    /// Consumer group the job commits its Kafka progress to (for lag tools; positions
-    /// themselves live in the checkpoint).
+    /// The job's name on Kafka: the consumer group it commits its progress to (for lag
+    /// tools; positions themselves live in the checkpoint) and, with --kafka-sink, its
+    /// transactional id (`<group>.sink`). Two jobs need two groups.
     #[arg(long, env = "TRENDFLOW_KAFKA_GROUP", default_value = "trendflow")]
     pub kafka_group: String,
 }

@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use tokio::sync::watch;
 use trendflow_connectors::binding::Bindings;
+use trendflow_connectors::kafka::{KafkaSink, KafkaSinkOptions};
 use trendflow_connectors::mongo::{self, MongoSink};
 use trendflow_connectors::store::EmbeddedStore;
 use trendflow_engine::catalog::declared_tables;
@@ -56,6 +57,14 @@ pub struct RunArgs {
     flight: FlightArgs,
     #[command(flatten)]
     mongo: MongoArgs,
+    /// Also write a view to a Kafka topic as its changelog: VIEW=TOPIC (keyed upserts and
+    /// tombstones, one transaction per checkpoint; readable as an `upsert` stream). Needs
+    /// --kafka-brokers. Repeatable.
+    #[arg(long = "kafka-sink", env = "TRENDFLOW_KAFKA_SINKS", value_delimiter = ',')]
+    kafka_sinks: Vec<String>,
+    /// Partitions of the compacted topics --kafka-sink creates (existing ones are kept).
+    #[arg(long, env = "TRENDFLOW_KAFKA_SINK_PARTITIONS", default_value_t = 1)]
+    kafka_sink_partitions: i32,
 }
 
 impl RunArgs {
@@ -71,6 +80,44 @@ impl RunArgs {
             until_idle: self.until_idle,
         })
     }
+
+    /// The Kafka sink's settings, when --kafka-sink is given: the transactional id is
+    /// the job's consumer group's, so a restart of the job fences the run it replaces.
+    fn kafka_sink_options(&self) -> Result<Option<KafkaSinkOptions>> {
+        if self.kafka_sinks.is_empty() {
+            return Ok(None);
+        }
+        let brokers = self.pipeline.brokers("--kafka-sink")?;
+        if self.kafka_sink_partitions < 1 {
+            bail!("--kafka-sink-partitions must be at least 1");
+        }
+        let mut topics = std::collections::BTreeMap::new();
+        for mapping in &self.kafka_sinks {
+            let (view, topic) = mapping
+                .split_once('=')
+                .filter(|(v, t)| !v.is_empty() && !t.is_empty())
+                .with_context(|| format!("--kafka-sink `{mapping}`: expected VIEW=TOPIC"))?;
+            if let Some(other) = topics.insert(view.to_string(), topic.to_string()) {
+                bail!("--kafka-sink: view `{view}` is given twice (to `{other}` and `{topic}`)");
+            }
+        }
+        Ok(Some(KafkaSinkOptions {
+            brokers: brokers.to_string(),
+            topics,
+            partitions: self.kafka_sink_partitions,
+            transactional_id: format!("{}.sink", self.pipeline.kafka_group),
+        }))
+    }
+}
+
+/// Refuses a job that would read a topic it writes (its views would feed themselves).
+fn check_no_loop(sink: &KafkaSinkOptions, sources: &[Box<dyn trendflow_engine::contract::Source>]) -> Result<()> {
+    for source in sources {
+        if let Some((view, topic)) = sink.topics.iter().find(|(_, topic)| source.identity() == format!("kafka:{topic}")) {
+            bail!("--kafka-sink {view}={topic}: stream `{}` reads topic `{topic}`; a job must not read what it writes", source.stream());
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -80,11 +127,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
     sql_files(&args.pipeline.sql)?;
     check_listen(&args.flight.flight_addr, "--flight-addr")?;
     check_listen(&args.http_addr, "--http-addr")?;
+    let kafka_sink_options = args.kafka_sink_options()?;
     let bindings = bindings_or_embedded_defaults(&args.pipeline, args.gen_rows, args.gen_days)?;
     let catalog = load_catalog(&args.pipeline, &bindings, incremental_session_config()).await?;
     let sources = bindings.open_sources(&catalog, &args.pipeline.source_settings(options.until_idle)).await?;
     bindings.save(state)?;
+    if let Some(options) = &kafka_sink_options {
+        check_no_loop(options, &sources)?;
+    }
     let mut mongo_sink = connect_mongo_sink(&args.mongo).await?;
+    let mut kafka_sink = match kafka_sink_options {
+        Some(options) => Some(KafkaSink::connect(options).await?),
+        None => None,
+    };
     let mut store = EmbeddedStore::new(state.join("store"));
     let mut pipeline = Pipeline::compile(catalog, state.clone()).await?;
     let live_views = serving_context(pipeline.catalog(), &pipeline.view_infos(), Streams::Recent, |view| store.live_table(view)).await?;
@@ -103,11 +158,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if let Some(mongo_sink) = mongo_sink.as_mut() {
         sinks.push(mongo_sink);
     }
+    if let Some(kafka_sink) = kafka_sink.as_mut() {
+        sinks.push(kafka_sink);
+    }
     let summary = pipeline.run(sources, &mut FanOut::new(sinks), &options, shutdown, &mut on_step).await;
     status.set_ready(false);
     let summary = summary?;
     progress.finish_and_clear();
     print_summary(&summary, state);
+    if let Some(kafka_sink) = &kafka_sink {
+        println!("committed {} view changes to Kafka ({})", kafka_sink.written(), kafka_sink.describe());
+    }
     print_views(&pipeline.view_infos(), |name| Ok(store.rows(name).transpose()?))
 }
 

@@ -9,6 +9,7 @@ mod errors;
 mod event_time;
 mod incremental;
 mod kafka;
+mod kafka_sink;
 mod mongo;
 mod reliability;
 mod restart;

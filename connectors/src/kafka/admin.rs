@@ -27,9 +27,18 @@ pub fn partition_count<C: ConsumerContext>(consumer: &impl Consumer<C>, brokers:
 /// cluster's `default.replication.factor` says (so a topic trendflow creates on a
 /// three-broker cluster survives the loss of a broker like the user's other topics).
 pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    ensure_topic_with(brokers, topic, partitions, &[]).await
+}
+
+/// [`ensure_topic`], creating the topic with the topic `configs` given (e.g.
+/// `cleanup.policy=compact`); a topic that exists is left as it is.
+pub async fn ensure_topic_with(brokers: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) -> Result<()> {
     let admin = admin_client(brokers)?;
     // -1: the broker's default (KIP-464, Kafka 2.4+).
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    for (name, value) in configs {
+        new = new.set(name, value);
+    }
     let options = AdminOptions::new().operation_timeout(Some(STARTUP_TIMEOUT));
     let results = admin.create_topics([&new], &options).await.map_err(|e| kafka_error(brokers, "cannot create topics", e))?;
     for result in results {

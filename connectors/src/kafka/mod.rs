@@ -1,26 +1,30 @@
 //! Kafka: the stream source ([`KafkaSource`]), a batched producer for ingest and
-//! replay ([`RecordProducer`]), and topic administration.
+//! replay ([`RecordProducer`]), views written as changelog topics ([`KafkaSink`]), and
+//! topic administration.
 //!
 //! Everything goes through `rdkafka` with its bundled librdkafka. Clients share
 //! one configuration ([`client_config`]) so that timeouts and logging agree.
 //!
 //! Files: `admin.rs` (partition counts, topic creation), `producer.rs`
 //! ([`RecordProducer`]), `source.rs` ([`KafkaSource`]), `dead_letters.rs` (the
-//! source's dead-letter topic), `replay.rs` (files and rows encoded into a topic).
+//! source's dead-letter topic), `replay.rs` (files and rows encoded into a topic),
+//! `sink.rs` ([`KafkaSink`]).
 
 mod admin;
 mod dead_letters;
 mod producer;
 mod replay;
+mod sink;
 mod source;
 
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
-pub use admin::{ensure_topic, partition_count};
+pub use admin::{ensure_topic, ensure_topic_with, partition_count};
 pub use producer::{OutRecord, RecordProducer};
 pub use replay::{encode_rows, record_keys, replay_file, send_rows, EncodedRecords, RecordEncoder, ReplaySummary, BARE_AVRO_READ_ONLY};
+pub use sink::{KafkaSink, KafkaSinkOptions};
 pub use source::{KafkaSource, KafkaSourceOptions, DEAD_LETTER_POSITION};
 
 use crate::error::{ConnectorError, Result};

@@ -117,17 +117,19 @@ impl RecordEncoder {
     }
 }
 
-/// Each row's record key: the stream's primary key as text when it has one column, a
-/// JSON object of the key columns when it has several (the key a tombstone must carry).
-pub fn record_keys(stream: &StreamDecl, payload: &RecordBatch) -> Result<Option<StringArray>> {
-    match stream.primary_key[..] {
+/// Each row's record key: its `key` columns' value as text when the key is one column,
+/// a JSON object of the key columns (nulls left out) when it has several: the key a
+/// tombstone of an `upsert` stream must carry (see [`crate::decode::delete_record`]).
+/// None when `key` is empty.
+pub fn record_keys(payload: &RecordBatch, key: &[usize]) -> Result<Option<StringArray>> {
+    match key {
         [] => Ok(None),
         [column] => {
-            let keys = cast(payload.column(column), &DataType::Utf8)?;
+            let keys = cast(payload.column(*column), &DataType::Utf8)?;
             Ok(keys.as_any().downcast_ref::<StringArray>().cloned())
         }
         _ => {
-            let key = payload.project(&stream.primary_key)?;
+            let key = payload.project(key)?;
             let encoded = encode_rows(RecordFormat::Json, &key)?;
             Ok(Some((0..key.num_rows()).map(|i| std::str::from_utf8(encoded.get(i)).ok()).collect()))
         }
@@ -153,7 +155,7 @@ pub async fn send_rows(
     let encoded = encoder.encode(&live_rows)?;
     let debezium = stream.options.changelog == Changelog::Debezium;
     let deletes = if debezium { Some(encode_rows(RecordFormat::Json, &payload.project(&stream.primary_key)?)?) } else { None };
-    let keys = record_keys(stream, payload)?;
+    let keys = record_keys(payload, &stream.primary_key)?;
     let mut values: Vec<Vec<u8>> = Vec::with_capacity(payload.num_rows());
     let mut next_live = 0;
     for i in 0..payload.num_rows() {

@@ -111,6 +111,9 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // Records of aborted transactions (a crashed writer's, e.g. a trendflow job's
+            // `--kafka-sink`) are never read; librdkafka's default, stated.
+            .set("isolation.level", "read_committed")
             // Large fetches: the broker, not the client, should be the limit.
             .set("fetch.max.bytes", "67108864")
             .set("max.partition.fetch.bytes", "16777216")
@@ -247,6 +250,21 @@ impl KafkaSource {
         fetched
     }
 
+    /// Moves positions past records the consumer passed over without delivering them:
+    /// transaction markers, and the records of aborted transactions. The consumer's own
+    /// position is past them; ours, taken from delivered records, is not, and a bounded
+    /// read of a transactionally written topic (a `--kafka-sink`'s) would wait for them
+    /// forever.
+    fn skip_undelivered(&mut self) {
+        let Ok(list) = self.consumer.position() else { return };
+        for element in list.elements_for_topic(&self.options.topic) {
+            if let Offset::Offset(next) = element.offset() {
+                let position = self.positions.entry(element.partition()).or_insert(0);
+                *position = (*position).max(next);
+            }
+        }
+    }
+
     /// Logs a consumer error at most every 10 s; librdkafka reconnects with backoff by itself.
     fn warn_transient(&mut self, e: &dyn std::fmt::Display) {
         if self.last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
@@ -347,6 +365,7 @@ impl Source for KafkaSource {
         }
         let fetched = self.fetch(max_rows.max(1), max_delay).await;
         if fetched.offsets.is_empty() {
+            self.skip_undelivered();
             return Ok(if self.caught_up() { Poll::Finished } else { Poll::Idle });
         }
         self.decode(fetched).await.map(Poll::Batch).map_err(|e| self.source_error(e))
