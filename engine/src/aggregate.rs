@@ -5,8 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::BooleanArray;
-use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::TaskContext;
@@ -16,7 +15,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::changelog::{ChangelogTable, TableDelta};
 use crate::error::{EngineError, Result};
-use crate::keyed::{project_columns, KeyedTable, RowEncoder};
+use crate::keyed::{filter_by_keys, project_columns, KeyedTable, RowEncoder};
 use crate::slot::{run_plan, run_with, BatchSlot};
 use crate::window::closed_rows;
 
@@ -332,21 +331,12 @@ impl IncrementalAggregate {
 
 /// The rows of `rows` whose first `width` columns are a row of `groups` (key columns only).
 fn rows_of_groups(rows: &RecordBatch, groups: &RecordBatch, width: usize) -> Result<RecordBatch> {
-    select_by_groups(rows, groups, width, true)
+    Ok(filter_by_keys(rows, &(0..width).collect::<Vec<_>>(), groups, true)?)
 }
 
 /// The rows of `rows` whose first `width` columns are not a row of `groups`.
 fn without_rows_of(rows: &RecordBatch, groups: &RecordBatch, width: usize) -> Result<RecordBatch> {
-    select_by_groups(rows, groups, width, false)
-}
-
-fn select_by_groups(rows: &RecordBatch, groups: &RecordBatch, width: usize, member: bool) -> Result<RecordBatch> {
-    let columns: Vec<usize> = (0..width).collect();
-    let wanted = RowEncoder::new(&groups.schema(), columns.clone())?.encode(groups)?;
-    let wanted: HashSet<&[u8], ahash::RandomState> = (0..wanted.len()).map(|i| wanted.get(i)).collect();
-    let keys = RowEncoder::new(&rows.schema(), columns)?.encode(rows)?;
-    let keep: BooleanArray = (0..keys.len()).map(|i| Some(wanted.contains(keys.get(i)) == member)).collect();
-    Ok(filter_record_batch(rows, &keep)?)
+    Ok(filter_by_keys(rows, &(0..width).collect::<Vec<_>>(), groups, false)?)
 }
 
 /// The finalized rows of the groups one micro-batch touched, before it (groups that

@@ -5,11 +5,11 @@
 //! index, so an update costs O(rows changed), not O(table). Dead rows are
 //! dropped by compaction once they outnumber the live ones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
-use datafusion::arrow::compute::{interleave_record_batch, take_record_batch};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::compute::{filter_record_batch, interleave_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
@@ -94,6 +94,16 @@ pub fn project_columns(batch: &RecordBatch, columns: &[usize]) -> Result<RecordB
     let schema = Arc::new(batch.schema().project(columns)?);
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
     RecordBatch::try_new_with_options(schema, columns.iter().map(|&c| batch.column(c).clone()).collect(), &options)
+}
+
+/// The rows of `rows` whose `key` columns are (`member`), or are not (`!member`), a row of
+/// `keys`, whose first `key.len()` columns are those key columns.
+pub fn filter_by_keys(rows: &RecordBatch, key: &[usize], keys: &RecordBatch, member: bool) -> Result<RecordBatch, ArrowError> {
+    let wanted = RowEncoder::new(&keys.schema(), (0..key.len()).collect())?.encode(keys)?;
+    let wanted: HashSet<&[u8], ahash::RandomState> = (0..wanted.len()).map(|i| wanted.get(i)).collect();
+    let encoded = RowEncoder::new(&rows.schema(), key.to_vec())?.encode(rows)?;
+    let keep: BooleanArray = (0..encoded.len()).map(|i| Some(wanted.contains(encoded.get(i)) == member)).collect();
+    filter_record_batch(rows, &keep)
 }
 
 /// The rows of `batch` at `indices`, also when it has no columns (arrow's

@@ -5,17 +5,15 @@
 //! stored history is bounded too. The keys of the rows still held (with their window's
 //! end) are the only state this needs: one small row per stored row of a closed window.
 
-use std::collections::HashSet;
-
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 
 use crate::contract::{Changeset, ViewInfo};
 use crate::error::Result;
-use crate::keyed::{project_columns, KeyedTable, RowEncoder};
+use crate::keyed::{filter_by_keys, project_columns, KeyedTable};
 use crate::stream_table::timestamp_type;
-use crate::window::closed_rows;
+use crate::window::{closed_rows, retained_rows};
 
 /// The rows of closed windows a view still holds, and when each expires.
 #[derive(Debug)]
@@ -69,13 +67,15 @@ impl Retention {
         if self.next_expiry.is_none_or(|first| watermark < first) {
             return Ok(changes);
         }
-        let expired = closed_rows(&self.rows.to_batch()?, self.end.0, self.end.1.saturating_add(self.retention_ms), Some(watermark))?;
-        let keys = project_columns(&expired, &(0..info.key.len()).collect::<Vec<_>>())?;
+        let held = self.rows.to_batch()?;
+        let expired = closed_rows(&held, self.end.0, self.end.1.saturating_add(self.retention_ms), Some(watermark))?;
+        let key_columns: Vec<usize> = (0..info.key.len()).collect();
+        let keys = project_columns(&expired, &key_columns)?;
         self.rows.remove(&keys)?;
-        self.next_expiry = self.first_expiry(&self.rows.to_batch()?)?;
+        self.next_expiry = self.first_expiry(&retained_rows(&held, self.end.0, self.end.1, self.retention_ms, Some(watermark))?)?;
         self.expired = true;
-        changes.upserts = without_keys(&changes.upserts, &info.key, &keys)?;
-        let deletes = without_keys(&changes.deletes, &(0..info.key.len()).collect::<Vec<_>>(), &keys)?;
+        changes.upserts = filter_by_keys(&changes.upserts, &info.key, &keys, false)?;
+        let deletes = filter_by_keys(&changes.deletes, &key_columns, &keys, false)?;
         changes.deletes = concat_batches(&info.key_schema(), &[deletes, keys])?;
         Ok(changes)
     }
@@ -94,7 +94,7 @@ impl Retention {
     pub fn restore(&mut self, state: &RecordBatch) -> Result<()> {
         self.rows.clear();
         self.rows.upsert(state)?;
-        self.next_expiry = self.first_expiry(&self.rows.to_batch()?)?;
+        self.next_expiry = self.first_expiry(state)?;
         Ok(())
     }
 
@@ -107,16 +107,4 @@ impl Retention {
     pub fn mark_checkpointed(&mut self) {
         self.expired = false;
     }
-}
-
-/// The rows of `rows` whose `key` columns are not a row of `keys`.
-fn without_keys(rows: &RecordBatch, key: &[usize], keys: &RecordBatch) -> Result<RecordBatch> {
-    if rows.num_rows() == 0 {
-        return Ok(rows.clone());
-    }
-    let gone = RowEncoder::new(&keys.schema(), (0..keys.num_columns()).collect())?.encode(keys)?;
-    let gone: HashSet<&[u8], ahash::RandomState> = (0..gone.len()).map(|i| gone.get(i)).collect();
-    let encoded = RowEncoder::new(&rows.schema(), key.to_vec())?.encode(rows)?;
-    let keep: BooleanArray = (0..encoded.len()).map(|i| Some(!gone.contains(encoded.get(i)))).collect();
-    Ok(filter_record_batch(rows, &keep)?)
 }
