@@ -16,6 +16,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use crate::changelog::{ChangelogTable, TableDelta};
 use crate::error::{EngineError, Result};
 use crate::keyed::{filter_by_keys, project_columns, KeyedTable, RowEncoder};
+use crate::retraction::{self, Retraction, Subtracted};
 use crate::slot::{run_plan, run_with, BatchSlot};
 use crate::window::closed_rows;
 
@@ -52,30 +53,44 @@ pub struct IncrementalAggregate {
     finals_slot: BatchSlot,
     /// Whether groups were removed since the last checkpoint (a delta cannot say so).
     removed_groups: bool,
+    /// How rows retracted by a changelog stream leave the state, when every aggregate
+    /// allows it (else the touched groups are recomputed).
+    retraction: Option<Retraction>,
 }
 
 impl IncrementalAggregate {
     /// Splits `aggregate` (mode `Single`, or the `Partial` half of a two-stage pair) into the
     /// incremental stages. `output_schema` is the schema the view's plan expects from it.
-    pub fn try_new(aggregate: &AggregateExec, output_schema: SchemaRef) -> Result<Self> {
+    /// With `retracting` (its input is a changelog stream's changes) the state also keeps
+    /// what lets retracted rows leave it, where every aggregate allows that.
+    pub fn try_new(aggregate: &AggregateExec, output_schema: SchemaRef, retracting: bool) -> Result<Self> {
         let group_by = aggregate.group_expr();
         let input_schema = aggregate.input_schema();
-        let partial: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
-            AggregateMode::Partial,
-            group_by.clone(),
-            aggregate.aggr_expr().to_vec(),
-            aggregate.filter_expr().to_vec(),
-            aggregate.input().clone(),
-            input_schema.clone(),
-        )?);
+        let hidden = if retracting { retraction::with_hidden_counts(aggregate)? } else { None };
+        let (exprs, filters) = hidden.clone().unwrap_or_else(|| (aggregate.aggr_expr().to_vec(), aggregate.filter_expr().to_vec()));
+        let partial_over = |input: Arc<dyn ExecutionPlan>| -> Result<Arc<dyn ExecutionPlan>> {
+            Ok(Arc::new(AggregateExec::try_new(
+                AggregateMode::Partial,
+                group_by.clone(),
+                exprs.clone(),
+                filters.clone(),
+                input,
+                input_schema.clone(),
+            )?))
+        };
+        let partial = partial_over(aggregate.input().clone())?;
+        let retraction = match &hidden {
+            Some((exprs, _)) => Some(Retraction::try_new(aggregate, exprs, partial_over)?),
+            None => None,
+        };
         let state_schema = partial.schema();
-        let merging: Vec<_> = aggregate.aggr_expr().iter().map(merging_expr).collect();
+        let merging: Vec<_> = exprs.iter().map(merging_expr).collect();
         let stage = |mode, input: &BatchSlot| -> Result<Arc<dyn ExecutionPlan>> {
             Ok(Arc::new(AggregateExec::try_new(
                 mode,
                 group_by.as_final(),
                 merging.clone(),
-                aggregate.filter_expr().to_vec(),
+                filters.clone(),
                 input.exec(None)?,
                 input_schema.clone(),
             )?))
@@ -98,6 +113,7 @@ impl IncrementalAggregate {
             finals: KeyedTable::new(output_schema.clone(), keys)?,
             finals_slot: BatchSlot::new(output_schema),
             removed_groups: false,
+            retraction,
         })
     }
 
@@ -144,12 +160,14 @@ impl IncrementalAggregate {
         Ok(())
     }
 
-    /// Follows one micro-batch of a changelog stream, whose scans read `slot`. Groups
-    /// that only gained rows (`delta.after`) merge them into their state, as over an
-    /// append stream. Groups that lost rows (`delta.before`: replaced or deleted) are
-    /// recomputed from `table`, the stream's current rows, which keeps every aggregate
-    /// exact (MIN, MAX and COUNT(DISTINCT) included); groups left without rows are
-    /// removed. Returns the groups touched, or `None`.
+    /// Follows one micro-batch of a changelog stream, whose scans read `slot`: its rows
+    /// `delta.before` (replaced or deleted) leave their groups, `delta.after` join theirs;
+    /// groups left without rows are removed. Where every aggregate can retract rows (see
+    /// [`crate::retraction`]) they leave the state directly. Otherwise groups that only
+    /// gained rows merge them into their state, as over an append stream, and groups that
+    /// lost rows are recomputed from `table`, the stream's current rows, which keeps every
+    /// aggregate exact (COUNT(DISTINCT), median, … included). Returns the groups touched,
+    /// or `None`.
     pub async fn apply_changes(
         &mut self,
         slot: &BatchSlot,
@@ -157,6 +175,9 @@ impl IncrementalAggregate {
         table: &ChangelogTable,
         ctx: &Arc<TaskContext>,
     ) -> Result<Option<TouchedGroups>> {
+        if self.retraction.is_some() {
+            return self.retract_changes(slot, delta, table, ctx).await;
+        }
         let width = self.group_columns;
         let group_columns: Vec<usize> = (0..width).collect();
         let retracted = run_with(slot, vec![delta.before.clone()], &self.partial, ctx).await?;
@@ -165,11 +186,7 @@ impl IncrementalAggregate {
             return Ok(None);
         }
         let retracted = project_columns(&retracted, &group_columns)?;
-        let touched = concat_batches(
-            &self.state.schema().project(&group_columns).map(Arc::new)?,
-            &[retracted.clone(), project_columns(&added, &group_columns)?],
-        )?;
-        let before = self.finals.lookup(&touched)?;
+        let before = self.finals.lookup(&self.touched_keys(&retracted, &added)?)?;
         let mut fresh = Vec::with_capacity(2);
         let growing = without_rows_of(&added, &retracted, width)?;
         if growing.num_rows() > 0 {
@@ -177,17 +194,67 @@ impl IncrementalAggregate {
             fresh.push(self.reduce(vec![stored, growing], ctx).await?);
         }
         if retracted.num_rows() > 0 {
-            let all = run_with(slot, vec![table.whole()?], &self.partial, ctx).await?;
-            let recomputed = self.reduce(vec![rows_of_groups(&all, &retracted, width)?], ctx).await?;
-            let gone = without_rows_of(&retracted, &project_columns(&recomputed, &group_columns)?, width)?;
-            if gone.num_rows() > 0 {
-                self.state.remove(&gone)?;
-                self.finals.remove(&gone)?;
-                self.changed.remove(&gone)?;
-                self.removed_groups = true;
-            }
+            let recomputed = self.recompute_groups(slot, table, &retracted, ctx).await?;
+            self.forget(&without_rows_of(&retracted, &project_columns(&recomputed, &group_columns)?, width)?)?;
             fresh.push(recomputed);
         }
+        self.store_and_finalize(before, fresh, ctx).await
+    }
+
+    /// [`Self::apply_changes`] by retraction: the partial states of the retracted rows are
+    /// taken out of their groups' (stored, with the added rows merged in).
+    async fn retract_changes(
+        &mut self,
+        slot: &BatchSlot,
+        delta: &TableDelta,
+        table: &ChangelogTable,
+        ctx: &Arc<TaskContext>,
+    ) -> Result<Option<TouchedGroups>> {
+        let retraction = self.retraction.as_ref().expect("a retracting aggregate");
+        let rows_before = retraction.input_rows(slot, &delta.before, ctx).await?;
+        let rows_after = retraction.input_rows(slot, &delta.after, ctx).await?;
+        let retracted = retraction.partial(&rows_before, ctx).await?;
+        let added = retraction.partial(&rows_after, ctx).await?;
+        if retracted.num_rows() == 0 && added.num_rows() == 0 {
+            return Ok(None);
+        }
+        // After a restore or a recompute the value sets are rebuilt from every row.
+        let every_row = if retraction.needs_rebuild() { Some(retraction.input_rows(slot, &table.whole()?, ctx).await?) } else { None };
+        let touched = self.touched_keys(&retracted, &added)?;
+        let before = self.finals.lookup(&touched)?;
+        let stored = self.state.lookup(&touched)?;
+        let merged = self.reduce(vec![stored, added], ctx).await?;
+        let retraction = self.retraction.as_mut().expect("a retracting aggregate");
+        match every_row {
+            Some(rows) => retraction.rebuild(&rows)?,
+            None => retraction.update(&rows_before, &rows_after)?,
+        }
+        let Subtracted { live, gone, recompute } = retraction.subtract(&merged, &retracted)?;
+        let mut fresh = vec![live];
+        if recompute.num_rows() > 0 {
+            fresh.push(self.recompute_groups(slot, table, &recompute, ctx).await?);
+        }
+        self.forget(&gone)?;
+        self.store_and_finalize(before, fresh, ctx).await
+    }
+
+    /// The key columns of the groups with partial states in `retracted` or `added`.
+    fn touched_keys(&self, retracted: &RecordBatch, added: &RecordBatch) -> Result<RecordBatch> {
+        let group_columns: Vec<usize> = (0..self.group_columns).collect();
+        let schema = Arc::new(self.state.schema().project(&group_columns)?);
+        Ok(concat_batches(&schema, &[project_columns(retracted, &group_columns)?, project_columns(added, &group_columns)?])?)
+    }
+
+    /// The state of `groups` (key columns) recomputed from `table`'s current rows; groups
+    /// without rows have none.
+    async fn recompute_groups(&self, slot: &BatchSlot, table: &ChangelogTable, groups: &RecordBatch, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
+        let all = run_with(slot, vec![table.whole()?], &self.partial, ctx).await?;
+        self.reduce(vec![rows_of_groups(&all, groups, self.group_columns)?], ctx).await
+    }
+
+    /// Stores the new states `fresh` of touched groups whose final rows were `before`,
+    /// and returns those groups.
+    async fn store_and_finalize(&mut self, before: RecordBatch, fresh: Vec<RecordBatch>, ctx: &Arc<TaskContext>) -> Result<Option<TouchedGroups>> {
         let fresh = concat_batches(self.state.schema(), &fresh)?;
         self.state.upsert(&fresh)?;
         self.changed.upsert(&fresh)?;
@@ -195,11 +262,27 @@ impl IncrementalAggregate {
         Ok(Some(TouchedGroups { before, after }))
     }
 
+    /// Removes the groups `keys` (key columns) from the state; the next checkpoint is a
+    /// full one.
+    fn forget(&mut self, keys: &RecordBatch) -> Result<()> {
+        if keys.num_rows() == 0 {
+            return Ok(());
+        }
+        self.state.remove(keys)?;
+        self.finals.remove(keys)?;
+        self.changed.remove(keys)?;
+        self.removed_groups = true;
+        Ok(())
+    }
+
     /// Recomputes every group from the stream content now in the slots (a changelog
     /// stream's current rows), e.g. after a table the aggregate's input joins changed.
     pub async fn recompute_all(&mut self, ctx: &Arc<TaskContext>) -> Result<()> {
         let all = run_plan(&self.partial, ctx).await?;
         let state = self.reduce(vec![all], ctx).await?;
+        if let Some(retraction) = &mut self.retraction {
+            retraction.invalidate();
+        }
         self.removed_groups |= !self.state.is_empty();
         self.state.clear();
         self.finals.clear();
@@ -223,15 +306,10 @@ impl IncrementalAggregate {
     /// Forgets `groups` (finalized rows, e.g. of windows that closed): they leave the
     /// state, and the next checkpoint is a full one.
     pub fn evict(&mut self, groups: &RecordBatch) -> Result<()> {
-        if groups.num_rows() == 0 {
-            return Ok(());
+        if let Some(retraction) = &mut self.retraction {
+            retraction.invalidate();
         }
-        let keys = project_columns(groups, &(0..self.group_columns).collect::<Vec<_>>())?;
-        self.state.remove(&keys)?;
-        self.finals.remove(&keys)?;
-        self.changed.remove(&keys)?;
-        self.removed_groups = true;
-        Ok(())
+        self.forget(&project_columns(groups, &(0..self.group_columns).collect::<Vec<_>>())?)
     }
 
     /// Names of the group columns, in order.
@@ -248,6 +326,9 @@ impl IncrementalAggregate {
     /// Replaces the state by `state` (from a checkpoint; where a key appears twice the
     /// later row wins) and finalizes every group.
     pub async fn restore(&mut self, state: RecordBatch, ctx: &Arc<TaskContext>) -> Result<()> {
+        if let Some(retraction) = &mut self.retraction {
+            retraction.invalidate();
+        }
         self.state.clear();
         self.finals.clear();
         self.changed.clear();
@@ -322,8 +403,10 @@ impl IncrementalAggregate {
     /// Finalizes the groups of `state` into `finals` and returns their final rows.
     async fn finalize_groups(&mut self, state: RecordBatch, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
         let finals = run_with(&self.finalize_input, vec![state], &self.finalize, ctx).await?;
-        // The view's plan was typed against the original aggregate's schema.
-        let finals = RecordBatch::try_new(self.finals.schema().clone(), finals.columns().to_vec())?;
+        // The view's plan was typed against the original aggregate's schema (which has
+        // no hidden counts).
+        let width = self.finals.schema().fields().len();
+        let finals = RecordBatch::try_new(self.finals.schema().clone(), finals.columns()[..width].to_vec())?;
         self.finals.upsert(&finals)?;
         Ok(finals)
     }

@@ -57,8 +57,11 @@ pub struct ChangelogTable {
     key: Vec<usize>,
     /// Key → current row (kept columns).
     current: KeyedTable,
-    /// Key → kept columns + [`DELETED`]: the keys changed since the last checkpoint.
+    /// Key columns + [`DELETED`]: the keys changed since the last checkpoint (their rows
+    /// are in `current`, read when a checkpoint is written).
     changed: KeyedTable,
+    /// Kept columns (nullable) + [`DELETED`]: the rows of a checkpoint.
+    flagged: SchemaRef,
     /// The slot the stream's scans read.
     slot: BatchSlot,
     /// The whole current table as full-schema rows, built when first asked for after a change.
@@ -83,13 +86,18 @@ impl ChangelogTable {
             (0..schema.fields().len()).filter(|i| read.contains(i) || key.contains(i) || !schema.field(*i).is_nullable()).collect();
         let stored = Arc::new(schema.project(&kept)?);
         let stored_key: Vec<usize> = key.iter().map(|k| kept.iter().position(|c| c == k).expect("key columns are kept")).collect();
-        let mut flagged: Vec<Field> = stored.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
-        flagged.push(Field::new(DELETED, DataType::Boolean, false));
-        let flagged = Arc::new(Schema::new(flagged));
+        let with_flag = |fields: Vec<Field>| {
+            let mut fields: Vec<Field> = fields.into_iter().map(|f| f.with_nullable(true)).collect();
+            fields.push(Field::new(DELETED, DataType::Boolean, false));
+            Arc::new(Schema::new(fields))
+        };
+        let flagged = with_flag(stored.fields().iter().map(|f| f.as_ref().clone()).collect());
+        let changed = with_flag(stored_key.iter().map(|&k| stored.field(k).clone()).collect());
         Ok(Self {
             name: name.to_string(),
             current: KeyedTable::new(stored, stored_key.clone())?,
-            changed: KeyedTable::new(flagged, stored_key)?,
+            changed: KeyedTable::new(changed, (0..stored_key.len()).collect())?,
+            flagged,
             schema,
             kept,
             key,
@@ -130,7 +138,7 @@ impl ChangelogTable {
         let removed = filter_record_batch(&keys, &deleted)?;
         self.current.remove(&removed)?;
         self.current.upsert(&project_columns(&after, &self.kept)?)?;
-        self.changed.upsert(&self.flagged(&changes, &deleted)?)?;
+        self.changed.upsert(&with_flags(self.changed.schema(), &keys, &deleted)?)?;
         *self.whole.get_mut().expect("whole-table lock poisoned") = None;
         Ok(TableDelta { before, after })
     }
@@ -149,15 +157,31 @@ impl ChangelogTable {
     /// The whole table, for a full checkpoint (kept columns and a false [`DELETED`]).
     pub fn state(&self) -> Result<RecordBatch> {
         let rows = self.current.to_batch()?;
-        let flags = BooleanArray::from(vec![false; rows.num_rows()]);
-        let mut columns = rows.columns().to_vec();
-        columns.push(Arc::new(flags));
-        Ok(RecordBatch::try_new(self.changed.schema().clone(), columns)?)
+        with_flags(&self.flagged, &rows, &BooleanArray::from(vec![false; rows.num_rows()]))
     }
 
-    /// The keys changed since the last checkpoint, for a delta checkpoint.
+    /// The keys changed since the last checkpoint, for a delta checkpoint: their current
+    /// rows, and the deleted keys (other columns null) flagged [`DELETED`].
     pub fn changed_state(&self) -> Result<RecordBatch> {
-        Ok(self.changed.to_batch()?)
+        let changed = self.changed.to_batch()?;
+        let width = changed.num_columns() - 1;
+        let keys = project_columns(&changed, &(0..width).collect::<Vec<_>>())?;
+        let deleted = changed.column(width).as_any().downcast_ref::<BooleanArray>().expect("the flag is boolean");
+        let live = self.current.lookup(&filter_record_batch(&keys, &not(deleted)?)?)?;
+        let gone = filter_record_batch(&keys, deleted)?;
+        let stored_key = self.current.key_columns();
+        let gone_rows: Vec<ArrayRef> = (0..self.current.schema().fields().len())
+            .map(|i| match stored_key.iter().position(|&k| k == i) {
+                Some(p) => gone.column(p).clone(),
+                None => new_null_array(self.current.schema().field(i).data_type(), gone.num_rows()),
+            })
+            .collect();
+        let live = with_flags(&self.flagged, &live, &BooleanArray::from(vec![false; live.num_rows()]))?;
+        let gone = RecordBatch::try_new(
+            self.flagged.clone(),
+            [gone_rows, vec![Arc::new(BooleanArray::from(vec![true; gone.num_rows()])) as ArrayRef]].concat(),
+        )?;
+        Ok(datafusion::arrow::compute::concat_batches(&self.flagged, &[live, gone])?)
     }
 
     /// Number of keys changed since the last checkpoint.
@@ -172,12 +196,12 @@ impl ChangelogTable {
 
     /// Schema of [`Self::state`].
     pub fn state_schema(&self) -> &SchemaRef {
-        self.changed.schema()
+        &self.flagged
     }
 
     /// Replaces the table by checkpointed rows (base then deltas: a later row of a key wins).
     pub fn restore(&mut self, state: &RecordBatch) -> Result<()> {
-        let mut replay = KeyedTable::new(self.changed.schema().clone(), self.current.key_columns().to_vec())?;
+        let mut replay = KeyedTable::new(self.flagged.clone(), self.current.key_columns().to_vec())?;
         replay.upsert(state)?;
         let rows = replay.to_batch()?;
         let flag = rows.num_columns() - 1;
@@ -202,13 +226,13 @@ impl ChangelogTable {
             .collect();
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
+}
 
-    /// Kept columns of `changes` with their delete flags (null values for deleted keys).
-    fn flagged(&self, changes: &RecordBatch, deleted: &BooleanArray) -> Result<RecordBatch> {
-        let mut columns = project_columns(changes, &self.kept)?.columns().to_vec();
-        columns.push(Arc::new(deleted.clone()));
-        Ok(RecordBatch::try_new(self.changed.schema().clone(), columns)?)
-    }
+/// `rows` with the flag column [`DELETED`] `deleted`, as rows of `schema`.
+fn with_flags(schema: &SchemaRef, rows: &RecordBatch, deleted: &BooleanArray) -> Result<RecordBatch> {
+    let mut columns = rows.columns().to_vec();
+    columns.push(Arc::new(deleted.clone()));
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// The changelog tables of a pipeline, and what the micro-batch being processed did

@@ -43,6 +43,7 @@ pub mod keyed;
 mod plan_search;
 pub mod recent;
 mod retention;
+mod retraction;
 pub mod runtime;
 pub mod serving;
 pub mod session;

@@ -596,14 +596,14 @@ fn compile_kind(physical: Arc<dyn ExecutionPlan>, read: &[Input], differ: &Diffe
     let (keyed, append): (Vec<&Input>, Vec<&Input>) = read.iter().partition(|s| s.keyed);
     if keyed.is_empty() {
         let slots: Vec<BatchSlot> = read.iter().map(|s| s.slot.clone()).collect();
-        return Ok((stages_of(physical, &slots, differ, None)?, None, Vec::new()));
+        return Ok((stages_of(physical, &slots, differ, None, false)?, None, Vec::new()));
     }
     if let (Some(append), Some(keyed_first)) = (append.first(), keyed.first()) {
         let append_slots: Vec<BatchSlot> = read.iter().filter(|s| !s.keyed).map(|s| s.slot.clone()).collect();
         let lookups: Vec<(String, BatchSlot)> = keyed.iter().map(|s| (s.name.clone(), s.slot.clone())).collect();
         let lookup_slots: Vec<BatchSlot> = lookups.iter().map(|(_, slot)| slot.clone()).collect();
         let because = format!("it reads the changelog stream `{}` above its aggregates", keyed_first.name);
-        let kind = stages_of(physical, &append_slots, differ, Some(because))?;
+        let kind = stages_of(physical, &append_slots, differ, Some(because), false)?;
         if matches!(kind, ViewKind::Aggregating { .. }) && !kind.aggregates_read(&lookup_slots) {
             return Ok((kind, None, lookups));
         }
@@ -619,7 +619,7 @@ fn compile_kind(physical: Arc<dyn ExecutionPlan>, read: &[Input], differ: &Diffe
     let streams: Vec<(String, BatchSlot)> = keyed.iter().map(|s| (s.name.clone(), s.slot.clone())).collect();
     let mut first_error = None;
     for driver in &streams {
-        match stages_of(physical.clone(), std::slice::from_ref(&driver.1), differ, None) {
+        match stages_of(physical.clone(), std::slice::from_ref(&driver.1), differ, None, true) {
             Ok(kind) => return Ok((kind, Some(ChangelogInputs { driver: driver.clone(), streams }), Vec::new())),
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -634,15 +634,18 @@ fn compile_kind(physical: Arc<dyn ExecutionPlan>, read: &[Input], differ: &Diffe
 type CompiledKind = (ViewKind, Option<ChangelogInputs>, Vec<(String, BatchSlot)>);
 
 /// The stages of a view whose streams (those it is maintained by) read `slots`;
-/// `whole_result` (why) re-evaluates the plan above the aggregates over every group.
+/// `whole_result` (why) re-evaluates the plan above the aggregates over every group;
+/// `changelog`: the streams are a changelog stream's changes, whose retracted rows leave
+/// the aggregates.
 fn stages_of(
     physical: Arc<dyn ExecutionPlan>,
     slots: &[BatchSlot],
     differ: &Differ,
     whole_result: Option<String>,
+    changelog: bool,
 ) -> std::result::Result<ViewKind, String> {
     let schema = physical.schema();
-    let finder = StreamFinder { streams: slots };
+    let finder = StreamFinder { streams: slots, changelog };
     let mut aggregates = Vec::new();
     let output = finder.split(physical, &mut aggregates)?;
     if aggregates.is_empty() {
@@ -747,6 +750,8 @@ fn last_row_per_key(rows: &RecordBatch, key: &[usize]) -> Result<RecordBatch> {
 /// Finds stream scans in a plan and splits it at the aggregates over them.
 struct StreamFinder<'a> {
     streams: &'a [BatchSlot],
+    /// Whether the streams are a changelog stream's changes.
+    changelog: bool,
 }
 
 impl StreamFinder<'_> {
@@ -767,7 +772,7 @@ impl StreamFinder<'_> {
         if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
             if let Some(stage) = self.incremental_stage(aggregate)? {
                 self.check_stream_operators(below_ordering_sort(stage))?;
-                let incremental = IncrementalAggregate::try_new(stage, plan.schema()).map_err(|e| e.to_string())?;
+                let incremental = IncrementalAggregate::try_new(stage, plan.schema(), self.changelog).map_err(|e| e.to_string())?;
                 let read = incremental.finals_slot().exec(None).map_err(|e| e.to_string())?;
                 aggregates.push(incremental);
                 return Ok(read);
