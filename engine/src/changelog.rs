@@ -57,9 +57,12 @@ pub struct ChangelogTable {
     key: Vec<usize>,
     /// Key → current row (kept columns).
     current: KeyedTable,
-    /// Key columns + [`DELETED`]: the keys changed since the last checkpoint (their rows
-    /// are in `current`, read when a checkpoint is written).
-    changed: KeyedTable,
+    /// Key columns + [`DELETED`] of every micro-batch since the last checkpoint: the keys
+    /// it changed, a log rather than an index (a checkpoint takes each key's last entry,
+    /// and its row from `current`).
+    changed: Vec<RecordBatch>,
+    /// Schema of the `changed` entries.
+    changed_schema: SchemaRef,
     /// Kept columns (nullable) + [`DELETED`]: the rows of a checkpoint.
     flagged: SchemaRef,
     /// The slot the stream's scans read.
@@ -92,11 +95,12 @@ impl ChangelogTable {
             Arc::new(Schema::new(fields))
         };
         let flagged = with_flag(stored.fields().iter().map(|f| f.as_ref().clone()).collect());
-        let changed = with_flag(stored_key.iter().map(|&k| stored.field(k).clone()).collect());
+        let changed_schema = with_flag(stored_key.iter().map(|&k| stored.field(k).clone()).collect());
         Ok(Self {
             name: name.to_string(),
             current: KeyedTable::new(stored, stored_key.clone())?,
-            changed: KeyedTable::new(changed, (0..stored_key.len()).collect())?,
+            changed: Vec::new(),
+            changed_schema,
             flagged,
             schema,
             kept,
@@ -138,7 +142,7 @@ impl ChangelogTable {
         let removed = filter_record_batch(&keys, &deleted)?;
         self.current.remove(&removed)?;
         self.current.upsert(&project_columns(&after, &self.kept)?)?;
-        self.changed.upsert(&with_flags(self.changed.schema(), &keys, &deleted)?)?;
+        self.changed.push(with_flags(&self.changed_schema, &keys, &deleted)?);
         *self.whole.get_mut().expect("whole-table lock poisoned") = None;
         Ok(TableDelta { before, after })
     }
@@ -163,8 +167,9 @@ impl ChangelogTable {
     /// The keys changed since the last checkpoint, for a delta checkpoint: their current
     /// rows, and the deleted keys (other columns null) flagged [`DELETED`].
     pub fn changed_state(&self) -> Result<RecordBatch> {
-        let changed = self.changed.to_batch()?;
+        let changed = datafusion::arrow::compute::concat_batches(&self.changed_schema, &self.changed)?;
         let width = changed.num_columns() - 1;
+        let changed = take_rows(&changed, &last_row_per_key(&changed, &(0..width).collect::<Vec<_>>())?)?;
         let keys = project_columns(&changed, &(0..width).collect::<Vec<_>>())?;
         let deleted = changed.column(width).as_any().downcast_ref::<BooleanArray>().expect("the flag is boolean");
         let live = self.current.lookup(&filter_record_batch(&keys, &not(deleted)?)?)?;
@@ -184,9 +189,10 @@ impl ChangelogTable {
         Ok(datafusion::arrow::compute::concat_batches(&self.flagged, &[live, gone])?)
     }
 
-    /// Number of keys changed since the last checkpoint.
-    pub fn changed_keys(&self) -> usize {
-        self.changed.len()
+    /// Number of key changes since the last checkpoint (a key changed in two
+    /// micro-batches counts twice): what a delta checkpoint would hold, at most.
+    pub fn changes_since_checkpoint(&self) -> usize {
+        self.changed.iter().map(RecordBatch::num_rows).sum()
     }
 
     /// Forgets which keys changed: a checkpoint now holds them.

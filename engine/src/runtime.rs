@@ -335,8 +335,8 @@ impl Pipeline {
             watermarks: self.watermarks.iter().map(|(name, w)| (name.clone(), w.state().clone())).collect(),
         };
         sink.flush(&meta).await?;
-        let changed =
-            self.views.iter().map(|v| v.group_counts().0).sum::<usize>() + self.tables.tables().iter().map(|t| t.changed_keys()).sum::<usize>();
+        let changed = self.views.iter().map(|v| v.group_counts().0).sum::<usize>()
+            + self.tables.tables().iter().map(|t| t.changes_since_checkpoint()).sum::<usize>();
         let full = self.checkpointer.wants_full(changed) || self.views.iter().any(IncrementalView::removed_groups);
         let mut states = BTreeMap::new();
         for view in &self.views {
