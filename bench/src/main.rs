@@ -276,6 +276,8 @@ async fn changelog(input: &Input, batch: usize) -> Result<()> {
     let text = input.read()?;
     let inserts = lines(&text);
     let changes = random_changes(&inserts)?;
+    // What the benchmark itself holds (the records and their changes), not the engine.
+    let input_rss_mb = rss_mb("VmRSS:")?;
     let catalog = Catalog::load(std::slice::from_ref(&input.sql), incremental_session_config(), &HashMap::new()).await?;
     let products = catalog.streams().iter().find(|s| s.name == "products").context("a products stream")?.clone();
     let categories = catalog.streams().iter().find(|s| s.name == "categories").context("a categories stream")?.clone();
@@ -291,7 +293,7 @@ async fn changelog(input: &Input, batch: usize) -> Result<()> {
     let deletes = changes.iter().filter(|c| c.ends_with(b"\"_deleted\": true}")).count();
     let out = serde_json::json!({
         "inserts": inserts.len(), "changes": changes.len(), "deletes": deletes, "insert_seconds": insert_seconds,
-        "change_seconds": change_seconds, "peak_rss_mb": peak_rss_mb()?,
+        "change_seconds": change_seconds, "peak_rss_mb": peak_rss_mb()?, "input_rss_mb": input_rss_mb,
     });
     println!("{out}");
     Ok(())
@@ -354,8 +356,14 @@ fn category_batch(stream: &StreamDecl, path: &std::path::Path) -> Result<MicroBa
 
 /// The process's peak resident set, from Linux's /proc.
 fn peak_rss_mb() -> Result<f64> {
+    rss_mb("VmHWM:")
+}
+
+/// A resident-set figure of this process (`VmRSS:` now, `VmHWM:` its peak), from /proc.
+fn rss_mb(field: &str) -> Result<f64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).context("no VmHWM")?.trim().trim_end_matches("kB").trim().parse()?;
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix(field)).with_context(|| format!("no {field}"))?.trim().trim_end_matches("kB").trim().parse()?;
     Ok(kb / 1024.0)
 }
 
