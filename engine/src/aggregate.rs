@@ -66,8 +66,11 @@ impl IncrementalAggregate {
     pub fn try_new(aggregate: &AggregateExec, output_schema: SchemaRef, retracting: bool) -> Result<Self> {
         let group_by = aggregate.group_expr();
         let input_schema = aggregate.input_schema();
-        let hidden = if retracting { retraction::with_hidden_counts(aggregate)? } else { None };
-        let (exprs, filters) = hidden.clone().unwrap_or_else(|| (aggregate.aggr_expr().to_vec(), aggregate.filter_expr().to_vec()));
+        let layout = if retracting { retraction::layout(aggregate)? } else { None };
+        let (exprs, filters) = match &layout {
+            Some(layout) => layout.aggregates.clone(),
+            None => (aggregate.aggr_expr().to_vec(), aggregate.filter_expr().to_vec()),
+        };
         let partial_over = |input: Arc<dyn ExecutionPlan>| -> Result<Arc<dyn ExecutionPlan>> {
             Ok(Arc::new(AggregateExec::try_new(
                 AggregateMode::Partial,
@@ -79,8 +82,8 @@ impl IncrementalAggregate {
             )?))
         };
         let partial = partial_over(aggregate.input().clone())?;
-        let retraction = match &hidden {
-            Some((exprs, _)) => Some(Retraction::try_new(aggregate, exprs, partial_over)?),
+        let retraction = match layout {
+            Some(layout) => Some(Retraction::try_new(aggregate, layout, partial_over)?),
             None => None,
         };
         let state_schema = partial.schema();

@@ -36,6 +36,7 @@ mod diff;
 pub mod error;
 mod evaluation;
 pub mod event_time;
+mod extremes;
 pub mod fan_out;
 pub mod file_format;
 pub mod key;
