@@ -129,8 +129,11 @@ impl ChangelogTable {
     /// deletes. Within the batch the last change of a key wins.
     pub fn apply(&mut self, batch: &RecordBatch, deleted: Option<&BooleanArray>) -> Result<TableDelta> {
         let last = last_row_per_key(batch, &self.key)?;
-        let changes = take_rows(batch, &last)?;
+        // Most micro-batches change each key once and delete nothing: no copies then.
+        let every_row = last.len() == batch.num_rows();
+        let changes = if every_row { batch.clone() } else { take_rows(batch, &last)? };
         let deleted = match deleted {
+            Some(deleted) if every_row => deleted.clone(),
             Some(deleted) => {
                 datafusion::arrow::compute::take(deleted, &last, None)?.as_any().downcast_ref::<BooleanArray>().cloned().expect("booleans")
             }
@@ -138,7 +141,7 @@ impl ChangelogTable {
         };
         let keys = project_columns(&changes, &self.key)?;
         let before = self.expand(&self.current.lookup(&keys)?)?;
-        let after = filter_record_batch(&changes, &not(&deleted)?)?;
+        let after = if deleted.true_count() == 0 { changes.clone() } else { filter_record_batch(&changes, &not(&deleted)?)? };
         let removed = filter_record_batch(&keys, &deleted)?;
         self.current.remove(&removed)?;
         self.current.upsert(&project_columns(&after, &self.kept)?)?;
