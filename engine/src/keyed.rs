@@ -8,8 +8,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use hashbrown::HashTable;
-
 use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array};
 use datafusion::arrow::compute::{filter_record_batch, interleave_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
@@ -157,18 +155,9 @@ pub struct KeyedTable {
     encoder: RowEncoder,
     /// Encodes batches holding only the key columns, in key order.
     key_encoder: RowEncoder,
-    /// The upserted batches, each with its rows' encoded keys (which the index compares
-    /// against, so it holds no key of its own).
-    chunks: Vec<(RecordBatch, EncodedRows)>,
-    /// The live row of each key, as (chunk, row), hashed by its encoded key.
-    index: HashTable<(u32, u32)>,
-    hasher: ahash::RandomState,
+    chunks: Vec<RecordBatch>,
+    index: RowMap<Box<[u8]>, (usize, usize)>,
     dead_rows: usize,
-}
-
-/// The encoded key of row `(chunk, row)` of `chunks`.
-fn key_at(chunks: &[(RecordBatch, EncodedRows)], (chunk, row): (u32, u32)) -> &[u8] {
-    chunks[chunk as usize].1.get(row as usize)
 }
 
 impl KeyedTable {
@@ -177,13 +166,7 @@ impl KeyedTable {
         let key_schema = Arc::new(schema.project(&key_columns)?);
         let key_encoder = RowEncoder::new(&key_schema, (0..key_columns.len()).collect())?;
         let encoder = RowEncoder::new(&schema, key_columns)?;
-        Ok(Self { schema, encoder, key_encoder, chunks: Vec::new(), index: HashTable::new(), hasher: Default::default(), dead_rows: 0 })
-    }
-
-    /// Where the live row of `key` is, if any.
-    fn find(&self, key: &[u8]) -> Option<(u32, u32)> {
-        let chunks = &self.chunks;
-        self.index.find(self.hasher.hash_one(key), |&at| key_at(chunks, at) == key).copied()
+        Ok(Self { schema, encoder, key_encoder, chunks: Vec::new(), index: RowMap::default(), dead_rows: 0 })
     }
 
     /// Schema of the rows.
@@ -219,21 +202,17 @@ impl KeyedTable {
             return Ok(());
         }
         let keys = self.encoder.encode(batch)?;
-        let chunk = u32::try_from(self.chunks.len()).map_err(|_| ArrowError::ComputeError("a keyed table of 2^32 chunks".into()))?;
-        let rows = keys.len();
-        self.chunks.push((batch.clone(), keys));
-        let (chunks, hasher) = (&self.chunks, &self.hasher);
-        let keys = &chunks[chunk as usize].1;
-        for row in 0..rows as u32 {
-            let key = keys.get(row as usize);
-            let hash = hasher.hash_one(key);
-            match self.index.find_mut(hash, |&at| key_at(chunks, at) == key) {
+        let chunk = self.chunks.len();
+        self.chunks.push(batch.clone());
+        for row in 0..keys.len() {
+            // Re-pointing an existing key allocates nothing.
+            match self.index.get_mut(keys.get(row)) {
                 Some(place) => {
                     *place = (chunk, row);
                     self.dead_rows += 1;
                 }
                 None => {
-                    self.index.insert_unique(hash, (chunk, row), |&at| hasher.hash_one(key_at(chunks, at)));
+                    self.index.insert(keys.get(row).into(), (chunk, row));
                 }
             }
         }
@@ -244,12 +223,9 @@ impl KeyedTable {
     /// key order. Returns how many rows were removed.
     pub fn remove(&mut self, keys: &RecordBatch) -> Result<usize, ArrowError> {
         let encoded = self.key_encoder.encode(keys)?;
-        let (chunks, hasher) = (&self.chunks, &self.hasher);
         let mut removed = 0;
         for row in 0..encoded.len() {
-            let key = encoded.get(row);
-            if let Ok(entry) = self.index.find_entry(hasher.hash_one(key), |&at| key_at(chunks, at) == key) {
-                entry.remove();
+            if self.index.remove(encoded.get(row)).is_some() {
                 removed += 1;
             }
         }
@@ -262,7 +238,7 @@ impl KeyedTable {
     /// stored row once, however often its key appears (keys not present are skipped).
     pub fn lookup(&self, keys: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         let encoded = self.key_encoder.encode(keys)?;
-        let mut found: Vec<(u32, u32)> = (0..encoded.len()).filter_map(|row| self.find(encoded.get(row))).collect();
+        let mut found: Vec<(usize, usize)> = (0..encoded.len()).filter_map(|row| self.index.get(encoded.get(row)).copied()).collect();
         found.sort_unstable();
         found.dedup();
         self.gather(&found)
@@ -270,19 +246,18 @@ impl KeyedTable {
 
     /// Every live row, as one batch.
     pub fn to_batch(&self) -> Result<RecordBatch, ArrowError> {
-        let mut live: Vec<(u32, u32)> = self.index.iter().copied().collect();
+        let mut live: Vec<(usize, usize)> = self.index.values().copied().collect();
         // Chunk order is arrival order: keeps output stable between runs.
         live.sort_unstable();
         self.gather(&live)
     }
 
-    fn gather(&self, rows: &[(u32, u32)]) -> Result<RecordBatch, ArrowError> {
+    fn gather(&self, rows: &[(usize, usize)]) -> Result<RecordBatch, ArrowError> {
         if rows.is_empty() {
             return Ok(RecordBatch::new_empty(self.schema.clone()));
         }
-        let chunks: Vec<&RecordBatch> = self.chunks.iter().map(|(batch, _)| batch).collect();
-        let rows: Vec<(usize, usize)> = rows.iter().map(|&(chunk, row)| (chunk as usize, row as usize)).collect();
-        interleave_record_batch(&chunks, &rows)
+        let chunks: Vec<&RecordBatch> = self.chunks.iter().collect();
+        interleave_record_batch(&chunks, rows)
     }
 
     fn compact_if_sparse(&mut self) -> Result<(), ArrowError> {
