@@ -3,7 +3,7 @@
 //!
 //! Rows live in immutable chunks; an upsert appends a chunk and re-points the
 //! index, so an update costs O(rows changed), not O(table). Dead rows are
-//! dropped by compaction once they are half as many as the live ones.
+//! dropped by compaction once they outnumber the live ones.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -261,9 +261,7 @@ impl KeyedTable {
     }
 
     fn compact_if_sparse(&mut self) -> Result<(), ArrowError> {
-        // Compacting once the dead rows are half the live ones keeps a large table's
-        // chunks (and the copy compaction makes) within 2.5 times its live rows.
-        if self.dead_rows < 1024 || self.dead_rows < self.index.len() / 2 {
+        if self.dead_rows < 1024 || self.dead_rows < self.index.len() {
             return Ok(());
         }
         let live = self.to_batch()?;
