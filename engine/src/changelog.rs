@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::contract::{MicroBatch, StreamDecl};
 use crate::error::Result;
-use crate::keyed::{last_row_per_key, project_columns, take_rows, EncodedRows, KeyedTable, RowEncoder, RowMap};
+use crate::keyed::{last_rows_per_key, project_columns, EncodedRows, KeyedTable, RowEncoder, RowMap};
 use crate::slot::BatchSlot;
 
 /// The flag column of a changelog table's checkpointed changes: true for a deleted key.
@@ -128,16 +128,14 @@ impl ChangelogTable {
     /// Applies a micro-batch of the stream: rows in arrival order, `deleted` marking the
     /// deletes. Within the batch the last change of a key wins.
     pub fn apply(&mut self, batch: &RecordBatch, deleted: Option<&BooleanArray>) -> Result<TableDelta> {
-        let last = last_row_per_key(batch, &self.key)?;
         // Most micro-batches change each key once and delete nothing: no copies then.
-        let every_row = last.len() == batch.num_rows();
-        let changes = if every_row { batch.clone() } else { take_rows(batch, &last)? };
-        let deleted = match deleted {
-            Some(deleted) if every_row => deleted.clone(),
-            Some(deleted) => {
+        let (changes, taken) = last_rows_per_key(batch, &self.key)?;
+        let deleted = match (deleted, taken) {
+            (Some(deleted), None) => deleted.clone(),
+            (Some(deleted), Some(last)) => {
                 datafusion::arrow::compute::take(deleted, &last, None)?.as_any().downcast_ref::<BooleanArray>().cloned().expect("booleans")
             }
-            None => BooleanArray::from(vec![false; changes.num_rows()]),
+            (None, _) => BooleanArray::from(vec![false; changes.num_rows()]),
         };
         let keys = project_columns(&changes, &self.key)?;
         let before = self.expand(&self.current.lookup(&keys)?)?;
@@ -145,7 +143,7 @@ impl ChangelogTable {
         let removed = filter_record_batch(&keys, &deleted)?;
         self.current.remove(&removed)?;
         self.current.upsert(&project_columns(&after, &self.kept)?)?;
-        self.changed.push(with_flags(&self.changed_schema, &keys, &deleted)?);
+        self.changed.push(with_flags(&self.changed_schema, keys.columns(), deleted.clone())?);
         *self.whole.get_mut().expect("whole-table lock poisoned") = None;
         Ok(TableDelta { before, after })
     }
@@ -164,7 +162,7 @@ impl ChangelogTable {
     /// The whole table, for a full checkpoint (kept columns and a false [`DELETED`]).
     pub fn state(&self) -> Result<RecordBatch> {
         let rows = self.current.to_batch()?;
-        with_flags(&self.flagged, &rows, &BooleanArray::from(vec![false; rows.num_rows()]))
+        with_flags(&self.flagged, rows.columns(), BooleanArray::from(vec![false; rows.num_rows()]))
     }
 
     /// The keys changed since the last checkpoint, for a delta checkpoint: their current
@@ -172,7 +170,7 @@ impl ChangelogTable {
     pub fn changed_state(&self) -> Result<RecordBatch> {
         let changed = datafusion::arrow::compute::concat_batches(&self.changed_schema, &self.changed)?;
         let width = changed.num_columns() - 1;
-        let changed = take_rows(&changed, &last_row_per_key(&changed, &(0..width).collect::<Vec<_>>())?)?;
+        let (changed, _) = last_rows_per_key(&changed, &(0..width).collect::<Vec<_>>())?;
         let keys = project_columns(&changed, &(0..width).collect::<Vec<_>>())?;
         let deleted = changed.column(width).as_any().downcast_ref::<BooleanArray>().expect("the flag is boolean");
         let live = self.current.lookup(&filter_record_batch(&keys, &not(deleted)?)?)?;
@@ -184,11 +182,8 @@ impl ChangelogTable {
                 None => new_null_array(self.current.schema().field(i).data_type(), gone.num_rows()),
             })
             .collect();
-        let live = with_flags(&self.flagged, &live, &BooleanArray::from(vec![false; live.num_rows()]))?;
-        let gone = RecordBatch::try_new(
-            self.flagged.clone(),
-            [gone_rows, vec![Arc::new(BooleanArray::from(vec![true; gone.num_rows()])) as ArrayRef]].concat(),
-        )?;
+        let live = with_flags(&self.flagged, live.columns(), BooleanArray::from(vec![false; live.num_rows()]))?;
+        let gone = with_flags(&self.flagged, &gone_rows, BooleanArray::from(vec![true; gone.num_rows()]))?;
         Ok(datafusion::arrow::compute::concat_batches(&self.flagged, &[live, gone])?)
     }
 
@@ -237,10 +232,10 @@ impl ChangelogTable {
     }
 }
 
-/// `rows` with the flag column [`DELETED`] `deleted`, as rows of `schema`.
-fn with_flags(schema: &SchemaRef, rows: &RecordBatch, deleted: &BooleanArray) -> Result<RecordBatch> {
-    let mut columns = rows.columns().to_vec();
-    columns.push(Arc::new(deleted.clone()));
+/// `columns` with the flag column [`DELETED`] `deleted`, as rows of `schema`.
+fn with_flags(schema: &SchemaRef, columns: &[ArrayRef], deleted: BooleanArray) -> Result<RecordBatch> {
+    let mut columns = columns.to_vec();
+    columns.push(Arc::new(deleted));
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 

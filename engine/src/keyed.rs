@@ -128,6 +128,17 @@ pub fn last_row_per_key(batch: &RecordBatch, key: &[usize]) -> Result<UInt32Arra
     Ok(UInt32Array::from(rows))
 }
 
+/// The last row of each key of `batch`, in row order, and the positions taken, unless
+/// they are every row: then `batch` itself, without a copy (a micro-batch rarely
+/// changes a key twice).
+pub fn last_rows_per_key(batch: &RecordBatch, key: &[usize]) -> Result<(RecordBatch, Option<UInt32Array>), ArrowError> {
+    let last = last_row_per_key(batch, key)?;
+    if last.len() == batch.num_rows() {
+        return Ok((batch.clone(), None));
+    }
+    Ok((take_rows(batch, &last)?, Some(last)))
+}
+
 /// A table of rows, at most one per key, where later upserts win.
 ///
 /// ```

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -740,11 +739,7 @@ impl AggregateStages {
 
 /// Keeps, for every key, the last row of `rows` (a micro-batch may update a key twice).
 fn last_row_per_key(rows: &RecordBatch, key: &[usize]) -> Result<RecordBatch> {
-    let keep = crate::keyed::last_row_per_key(rows, key)?;
-    if keep.len() == rows.num_rows() {
-        return Ok(rows.clone());
-    }
-    Ok(take_record_batch(rows, &keep)?)
+    Ok(crate::keyed::last_rows_per_key(rows, key)?.0)
 }
 
 /// Finds stream scans in a plan and splits it at the aggregates over them.
