@@ -85,6 +85,7 @@ pub(crate) fn layout(aggregate: &AggregateExec) -> Result<Option<Layout>> {
     let mut hidden = HiddenAggregates {
         schema: aggregate.input_schema(),
         aggregates: (originals.to_vec(), filters.to_vec()),
+        // A placeholder for each original state column: the loop below sets every one.
         columns: vec![StateColumn::ErrorBound; original_states],
         group_columns,
     };
