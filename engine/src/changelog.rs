@@ -2,14 +2,16 @@
 //! stream's PRIMARY KEY that each micro-batch changes, and what each micro-batch
 //! changed in it (the rows it replaced or deleted, and the rows it left).
 //!
-//! Only the columns some view reads are kept (plus the key and the metadata columns
-//! that cannot be null); the others read as null, which no plan looks at.
+//! Only the columns some view reads are kept (plus the key); the others read as null,
+//! or as their type's zero where they cannot be null (the metadata columns), which no
+//! plan looks at.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 
 use crate::contract::{MicroBatch, StreamDecl};
 use crate::error::Result;
@@ -57,10 +59,8 @@ pub struct ChangelogTable {
     key: Vec<usize>,
     /// Key → current row (kept columns).
     current: KeyedTable,
-    /// Key columns + [`DELETED`] of every micro-batch since the last checkpoint: the keys
-    /// it changed, a log rather than an index (a checkpoint takes each key's last entry,
-    /// and its row from `current`).
-    changed: Vec<RecordBatch>,
+    /// The keys changed since the last checkpoint.
+    changed: ChangedKeys,
     /// Schema of the `changed` entries.
     changed_schema: SchemaRef,
     /// Kept columns (nullable) + [`DELETED`]: the rows of a checkpoint.
@@ -73,7 +73,7 @@ pub struct ChangelogTable {
 
 impl ChangelogTable {
     /// An empty table of stream `name` (full schema `schema`, primary key `key`) keeping
-    /// the columns in `read` (the key and the non-nullable columns are always kept).
+    /// the columns in `read` (and the key).
     pub fn new(name: &str, schema: SchemaRef, key: Vec<usize>, read: &[usize]) -> Result<Self> {
         Self::with_slot(name, BatchSlot::new(schema.clone()), key, read)
     }
@@ -85,8 +85,7 @@ impl ChangelogTable {
 
     fn with_slot(name: &str, slot: BatchSlot, key: Vec<usize>, read: &[usize]) -> Result<Self> {
         let schema = slot.schema().clone();
-        let kept: Vec<usize> =
-            (0..schema.fields().len()).filter(|i| read.contains(i) || key.contains(i) || !schema.field(*i).is_nullable()).collect();
+        let kept: Vec<usize> = (0..schema.fields().len()).filter(|i| read.contains(i) || key.contains(i)).collect();
         let stored = Arc::new(schema.project(&kept)?);
         let stored_key: Vec<usize> = key.iter().map(|k| kept.iter().position(|c| c == k).expect("key columns are kept")).collect();
         let with_flag = |fields: Vec<Field>| {
@@ -99,7 +98,7 @@ impl ChangelogTable {
         Ok(Self {
             name: name.to_string(),
             current: KeyedTable::new(stored, stored_key.clone())?,
-            changed: Vec::new(),
+            changed: ChangedKeys::default(),
             changed_schema,
             flagged,
             schema,
@@ -138,12 +137,12 @@ impl ChangelogTable {
             (None, _) => BooleanArray::from(vec![false; changes.num_rows()]),
         };
         let keys = project_columns(&changes, &self.key)?;
-        let before = self.expand(&self.current.lookup(&keys)?)?;
         let after = if deleted.true_count() == 0 { changes.clone() } else { filter_record_batch(&changes, &not(&deleted)?)? };
         let removed = filter_record_batch(&keys, &deleted)?;
-        self.current.remove(&removed)?;
-        self.current.upsert(&project_columns(&after, &self.kept)?)?;
-        self.changed.push(with_flags(&self.changed_schema, keys.columns(), deleted.clone())?);
+        let replaced = self.current.replace(&project_columns(&after, &self.kept)?, &removed)?;
+        let before = self.expand(&replaced)?;
+        let logged = with_flags(&self.changed_schema, keys.columns(), deleted.clone())?;
+        self.changed.log(logged, self.current.len());
         *self.whole.get_mut().expect("whole-table lock poisoned") = None;
         Ok(TableDelta { before, after })
     }
@@ -166,9 +165,13 @@ impl ChangelogTable {
     }
 
     /// The keys changed since the last checkpoint, for a delta checkpoint: their current
-    /// rows, and the deleted keys (other columns null) flagged [`DELETED`].
+    /// rows, and the deleted keys (other columns null) flagged [`DELETED`]. An error when
+    /// [`Self::needs_full_checkpoint`].
     pub fn changed_state(&self) -> Result<RecordBatch> {
-        let changed = datafusion::arrow::compute::concat_batches(&self.changed_schema, &self.changed)?;
+        let ChangedKeys::Logged { batches, .. } = &self.changed else {
+            return Err(crate::error::EngineError::internal(&format!("a delta checkpoint of `{}` after more changes than it has rows", self.name)));
+        };
+        let changed = datafusion::arrow::compute::concat_batches(&self.changed_schema, batches)?;
         let width = changed.num_columns() - 1;
         let (changed, _) = last_rows_per_key(&changed, &(0..width).collect::<Vec<_>>())?;
         let keys = project_columns(&changed, &(0..width).collect::<Vec<_>>())?;
@@ -190,12 +193,21 @@ impl ChangelogTable {
     /// Number of key changes since the last checkpoint (a key changed in two
     /// micro-batches counts twice): what a delta checkpoint would hold, at most.
     pub fn changes_since_checkpoint(&self) -> usize {
-        self.changed.iter().map(RecordBatch::num_rows).sum()
+        match &self.changed {
+            ChangedKeys::Logged { rows, .. } => *rows,
+            ChangedKeys::TooMany => self.len(),
+        }
+    }
+
+    /// Whether the next checkpoint must hold the whole table: more keys changed since
+    /// the last one than the table has rows, and the log of them was dropped.
+    pub fn needs_full_checkpoint(&self) -> bool {
+        matches!(self.changed, ChangedKeys::TooMany)
     }
 
     /// Forgets which keys changed: a checkpoint now holds them.
     pub fn mark_checkpointed(&mut self) {
-        self.changed.clear();
+        self.changed = ChangedKeys::default();
     }
 
     /// Schema of [`Self::state`].
@@ -212,7 +224,7 @@ impl ChangelogTable {
         let live = not(rows.column(flag).as_any().downcast_ref::<BooleanArray>().expect("the flag is boolean"))?;
         let live = filter_record_batch(&rows, &live)?;
         self.current.clear();
-        self.changed.clear();
+        self.changed = ChangedKeys::default();
         let columns = live.columns()[..flag].to_vec();
         self.current.upsert(&RecordBatch::try_new(self.current.schema().clone(), columns)?)?;
         *self.whole.get_mut().expect("whole-table lock poisoned") = None;
@@ -222,13 +234,56 @@ impl ChangelogTable {
     /// Full-schema rows from kept-column rows.
     fn expand(&self, stored: &RecordBatch) -> Result<RecordBatch> {
         let rows = stored.num_rows();
-        let columns: Vec<ArrayRef> = (0..self.schema.fields().len())
+        let columns = (0..self.schema.fields().len())
             .map(|i| match self.kept.iter().position(|&k| k == i) {
-                Some(j) => stored.column(j).clone(),
-                None => new_null_array(self.schema.field(i).data_type(), rows),
+                Some(j) => Ok(stored.column(j).clone()),
+                None => unread_column(self.schema.field(i), rows),
             })
-            .collect();
+            .collect::<Result<Vec<ArrayRef>>>()?;
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+/// `rows` values of a column no view reads: nulls, or zeros where it cannot be null.
+fn unread_column(field: &Field, rows: usize) -> Result<ArrayRef> {
+    if field.is_nullable() {
+        return Ok(new_null_array(field.data_type(), rows));
+    }
+    Ok(ScalarValue::new_default(field.data_type())?.to_array_of_size(rows)?)
+}
+
+/// The keys a changelog table's micro-batches changed since its last checkpoint.
+#[derive(Debug)]
+enum ChangedKeys {
+    /// Key columns + [`DELETED`] of each micro-batch, and how many rows: a log rather than
+    /// an index (a checkpoint takes each key's last entry, and its row from the table).
+    Logged { batches: Vec<RecordBatch>, rows: usize },
+    /// More than the table has rows (and at least [`MIN_LOGGED_CHANGES`]): a delta would
+    /// outweigh the whole table, so the log is dropped and the next checkpoint is full.
+    /// Keeps the log bounded between checkpoints however long they are apart.
+    TooMany,
+}
+
+/// The changes a table logs whatever its size, so that a small table is not
+/// checkpointed in full after every few changes.
+const MIN_LOGGED_CHANGES: usize = 4096;
+
+impl Default for ChangedKeys {
+    fn default() -> Self {
+        Self::Logged { batches: Vec::new(), rows: 0 }
+    }
+}
+
+impl ChangedKeys {
+    /// Logs the changed keys `batch` of a table now holding `table_rows` rows.
+    fn log(&mut self, batch: RecordBatch, table_rows: usize) {
+        let Self::Logged { batches, rows } = self else { return };
+        *rows += batch.num_rows();
+        if *rows > table_rows.max(MIN_LOGGED_CHANGES) {
+            *self = Self::TooMany;
+            return;
+        }
+        batches.push(batch);
     }
 }
 
@@ -346,4 +401,57 @@ pub fn final_table<'a>(
         live[b][row] = !batches[b].1.is_some_and(|deleted| deleted.value(row));
     }
     batches.iter().zip(live).map(|((batch, _), live)| Ok(filter_record_batch(batch, &BooleanArray::from(live))?)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int32Array, Int64Array, StringArray};
+
+    use super::*;
+
+    fn table() -> (ChangelogTable, SchemaRef) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int32, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("_offset", DataType::Int64, false),
+        ]));
+        (ChangelogTable::new("t", schema.clone(), vec![0], &[1]).unwrap(), schema)
+    }
+
+    fn rows(schema: &SchemaRef, ids: std::ops::Range<i32>) -> RecordBatch {
+        let names: Vec<String> = ids.clone().map(|i| format!("n{i}")).collect();
+        let offsets: Vec<i64> = ids.clone().map(i64::from).collect();
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int32Array::from_iter_values(ids)), Arc::new(StringArray::from(names)), Arc::new(Int64Array::from(offsets))],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_unread_column_that_cannot_be_null_reads_as_zero() {
+        let (mut table, schema) = table();
+        table.apply(&rows(&schema, 0..3), None).unwrap();
+        let whole = table.whole().unwrap();
+        assert_eq!(whole.schema(), schema);
+        assert_eq!(whole.column(2).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec(), vec![0, 0, 0]);
+        assert_eq!(table.state().unwrap().num_columns(), 3, "id, name and the delete flag: not the unread offset");
+    }
+
+    #[test]
+    fn more_changes_than_rows_drop_the_log_for_a_full_checkpoint() {
+        let (mut table, schema) = table();
+        table.apply(&rows(&schema, 0..10), None).unwrap();
+        assert!(!table.needs_full_checkpoint());
+        assert_eq!(table.changed_state().unwrap().num_rows(), 10);
+        for _ in 0..MIN_LOGGED_CHANGES / 10 {
+            table.apply(&rows(&schema, 0..10), None).unwrap();
+        }
+        assert!(table.needs_full_checkpoint());
+        assert!(table.changed_state().is_err());
+        assert_eq!(table.changes_since_checkpoint(), 10);
+        table.mark_checkpointed();
+        assert!(!table.needs_full_checkpoint());
+        assert_eq!(table.changed_state().unwrap().num_rows(), 0);
+    }
 }

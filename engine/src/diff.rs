@@ -6,13 +6,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::contract::{Changeset, ViewInfo};
 use crate::error::{EngineError, Result};
-use crate::keyed::{project_columns, take_rows, EncodedRows, RowEncoder, RowMap};
+use crate::keyed::{project_columns, take_rows, EncodedRows, RowEncoder, RowKey, RowMap};
 
 /// Rows of a view indexed by key, with their encoded values, ready to be diffed.
 #[derive(Debug)]
 pub(crate) struct IndexedRows {
     pub(crate) batch: RecordBatch,
-    index: RowMap<Box<[u8]>, usize>,
+    index: RowMap<RowKey, usize>,
     /// Encoded full rows of `batch`, to compare values without re-encoding them.
     rows: EncodedRows,
 }
@@ -42,7 +42,7 @@ impl Differ {
         let keys = self.key_encoder.encode(&batch)?;
         let mut index = RowMap::with_capacity_and_hasher(keys.len(), Default::default());
         for i in 0..keys.len() {
-            if index.insert(Box::<[u8]>::from(keys.get(i)), i).is_some() {
+            if index.insert(RowKey::from(keys.get(i)), i).is_some() {
                 return Err(EngineError::DataFusion(datafusion::error::DataFusionError::Execution(format!(
                     "view `{}` produced two rows for its key columns {:?}",
                     self.view,

@@ -12,7 +12,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_plan::PhysicalExpr;
 
 use crate::error::{EngineError, Result};
-use crate::keyed::{EncodedRows, RowMap};
+use crate::keyed::{EncodedRows, RowKey, RowMap};
 
 /// A value in Arrow's row format, which orders as the values do. Encodings of up to 16
 /// bytes (every fixed-width type) are kept inline, so the ordered map compares integers
@@ -71,7 +71,7 @@ pub(crate) struct GroupValues {
     argument: Arc<dyn PhysicalExpr>,
     converter: RowConverter,
     /// Group key → values.
-    groups: RowMap<Box<[u8]>, Multiset>,
+    groups: RowMap<RowKey, Multiset>,
 }
 
 impl GroupValues {

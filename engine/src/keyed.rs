@@ -5,7 +5,9 @@
 //! index, so an update costs O(rows changed), not O(table). Dead rows are
 //! dropped by compaction once they outnumber the live ones.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array};
@@ -16,6 +18,69 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 
 /// A map keyed by encoded rows, with a fast seeded hasher (keys come from the data).
 pub(crate) type RowMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
+/// An encoded key (see [`RowEncoder`]), owned: inline when it is short, as most keys are
+/// (an ASIN takes 19 bytes, an integer 5), so a table of a million keys makes no million
+/// allocations. It hashes, compares and borrows as its bytes.
+#[derive(Clone)]
+pub(crate) struct RowKey(KeyBytes);
+
+#[derive(Clone)]
+enum KeyBytes {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+/// The longest key kept inline: what fits beside its length in the size of a boxed slice.
+const INLINE_KEY: usize = 22;
+
+impl RowKey {
+    /// The key's bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            KeyBytes::Inline { len, bytes } => &bytes[..*len as usize],
+            KeyBytes::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl From<&[u8]> for RowKey {
+    fn from(key: &[u8]) -> Self {
+        if key.len() > INLINE_KEY {
+            return Self(KeyBytes::Heap(key.into()));
+        }
+        let mut bytes = [0u8; INLINE_KEY];
+        bytes[..key.len()].copy_from_slice(key);
+        Self(KeyBytes::Inline { len: key.len() as u8, bytes })
+    }
+}
+
+impl Borrow<[u8]> for RowKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Hash for RowKey {
+    /// As the bytes hash, which lookups by `&[u8]` (through `Borrow`) require.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+
+impl PartialEq for RowKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for RowKey {}
+
+impl std::fmt::Debug for RowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RowKey({:?})", self.as_bytes())
+    }
+}
 
 /// Encodes chosen columns of a batch as comparable byte strings.
 ///
@@ -167,9 +232,32 @@ pub struct KeyedTable {
     /// Encodes batches holding only the key columns, in key order.
     key_encoder: RowEncoder,
     chunks: Vec<RecordBatch>,
-    index: RowMap<Box<[u8]>, (usize, usize)>,
+    index: RowMap<RowKey, Place>,
     dead_rows: usize,
 }
+
+/// Where a live row is: chunk, then row within it (in arrival order when sorted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    chunk: u32,
+    row: u32,
+}
+
+impl Place {
+    fn new(chunk: usize, row: usize) -> Self {
+        // A table has far fewer than 2^32 chunks (compaction renumbers them) and a
+        // micro-batch far fewer than 2^32 rows.
+        Self { chunk: chunk as u32, row: row as u32 }
+    }
+
+    fn at(self) -> (usize, usize) {
+        (self.chunk as usize, self.row as usize)
+    }
+}
+
+/// Rows per chunk that compaction builds: big enough that chunks stay few, small enough
+/// that compacting copies little at a time.
+const COMPACTED_CHUNK_ROWS: usize = 64 * 1024;
 
 impl KeyedTable {
     /// An empty table keyed by `key_columns` of `schema`.
@@ -209,6 +297,36 @@ impl KeyedTable {
 
     /// Inserts or replaces the rows of `batch`; within `batch`, the last row of a key wins.
     pub fn upsert(&mut self, batch: &RecordBatch) -> Result<(), ArrowError> {
+        self.write(batch, None)?;
+        self.compact_if_sparse()
+    }
+
+    /// Removes the rows whose keys appear in `keys`, a batch of just the key columns in
+    /// key order. Returns how many rows were removed.
+    pub fn remove(&mut self, keys: &RecordBatch) -> Result<usize, ArrowError> {
+        let removed = self.erase(keys, None)?;
+        self.compact_if_sparse()?;
+        Ok(removed)
+    }
+
+    /// Removes the rows whose keys appear in `removed` (just the key columns, in key
+    /// order), then upserts `upserted`, and returns the rows this replaced or removed, as
+    /// they were, each once, in arrival order: what [`Self::lookup`] of both keys before a
+    /// [`Self::remove`] and an [`Self::upsert`] gives, with one probe per key instead of two.
+    pub fn replace(&mut self, upserted: &RecordBatch, removed: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        let mut previous = Vec::new();
+        self.erase(removed, Some(&mut previous))?;
+        self.write(upserted, Some(&mut previous))?;
+        previous.sort_unstable();
+        previous.dedup();
+        let rows = self.gather(&previous)?;
+        self.compact_if_sparse()?;
+        Ok(rows)
+    }
+
+    /// Appends `batch` as a chunk and points its keys at it; the places of rows it
+    /// replaces go to `previous`.
+    fn write(&mut self, batch: &RecordBatch, mut previous: Option<&mut Vec<Place>>) -> Result<(), ArrowError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -219,29 +337,36 @@ impl KeyedTable {
             // Re-pointing an existing key allocates nothing.
             match self.index.get_mut(keys.get(row)) {
                 Some(place) => {
-                    *place = (chunk, row);
+                    // A key twice in `batch` replaces its own new row, not a stored one.
+                    if let Some(previous) = previous.as_deref_mut().filter(|_| place.chunk as usize != chunk) {
+                        previous.push(*place);
+                    }
+                    *place = Place::new(chunk, row);
                     self.dead_rows += 1;
                 }
                 None => {
-                    self.index.insert(keys.get(row).into(), (chunk, row));
+                    self.index.insert(keys.get(row).into(), Place::new(chunk, row));
                 }
             }
         }
-        self.compact_if_sparse()
+        Ok(())
     }
 
-    /// Removes the rows whose keys appear in `keys`, a batch of just the key columns in
-    /// key order. Returns how many rows were removed.
-    pub fn remove(&mut self, keys: &RecordBatch) -> Result<usize, ArrowError> {
+    /// Forgets the keys in `keys` (key columns only); the places of their rows go to
+    /// `previous`. Returns how many there were.
+    fn erase(&mut self, keys: &RecordBatch, mut previous: Option<&mut Vec<Place>>) -> Result<usize, ArrowError> {
+        if keys.num_rows() == 0 {
+            return Ok(0);
+        }
         let encoded = self.key_encoder.encode(keys)?;
         let mut removed = 0;
         for row in 0..encoded.len() {
-            if self.index.remove(encoded.get(row)).is_some() {
+            if let Some(place) = self.index.remove(encoded.get(row)) {
+                previous.as_deref_mut().into_iter().for_each(|p| p.push(place));
                 removed += 1;
             }
         }
         self.dead_rows += removed;
-        self.compact_if_sparse()?;
         Ok(removed)
     }
 
@@ -249,7 +374,7 @@ impl KeyedTable {
     /// stored row once, however often its key appears (keys not present are skipped).
     pub fn lookup(&self, keys: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         let encoded = self.key_encoder.encode(keys)?;
-        let mut found: Vec<(usize, usize)> = (0..encoded.len()).filter_map(|row| self.index.get(encoded.get(row)).copied()).collect();
+        let mut found: Vec<Place> = (0..encoded.len()).filter_map(|row| self.index.get(encoded.get(row)).copied()).collect();
         found.sort_unstable();
         found.dedup();
         self.gather(&found)
@@ -257,26 +382,158 @@ impl KeyedTable {
 
     /// Every live row, as one batch.
     pub fn to_batch(&self) -> Result<RecordBatch, ArrowError> {
-        let mut live: Vec<(usize, usize)> = self.index.values().copied().collect();
+        let mut live: Vec<Place> = self.index.values().copied().collect();
         // Chunk order is arrival order: keeps output stable between runs.
         live.sort_unstable();
         self.gather(&live)
     }
 
-    fn gather(&self, rows: &[(usize, usize)]) -> Result<RecordBatch, ArrowError> {
+    fn gather(&self, rows: &[Place]) -> Result<RecordBatch, ArrowError> {
         if rows.is_empty() {
             return Ok(RecordBatch::new_empty(self.schema.clone()));
         }
         let chunks: Vec<&RecordBatch> = self.chunks.iter().collect();
-        interleave_record_batch(&chunks, rows)
+        let rows: Vec<(usize, usize)> = rows.iter().map(|p| p.at()).collect();
+        interleave_record_batch(&chunks, &rows)
     }
 
     fn compact_if_sparse(&mut self) -> Result<(), ArrowError> {
         if self.dead_rows < 1024 || self.dead_rows < self.index.len() {
             return Ok(());
         }
-        let live = self.to_batch()?;
-        self.clear();
-        self.upsert(&live)
+        self.compact()
+    }
+
+    /// Copies the live rows into new chunks, in arrival order, a few chunks at a time so
+    /// that the old ones are freed as it goes; keys are neither re-encoded nor re-hashed,
+    /// only re-pointed.
+    fn compact(&mut self) -> Result<(), ArrowError> {
+        let Self { index, chunks, .. } = self;
+        let mut by_chunk: Vec<Vec<&mut Place>> = chunks.iter().map(|_| Vec::new()).collect();
+        for place in index.values_mut() {
+            by_chunk[place.chunk as usize].push(place);
+        }
+        let old = std::mem::take(chunks);
+        let mut pending: Vec<(RecordBatch, Vec<&mut Place>)> = Vec::new();
+        let mut pending_rows = 0;
+        for (chunk, mut places) in old.into_iter().zip(by_chunk) {
+            if places.is_empty() {
+                continue;
+            }
+            places.sort_unstable_by_key(|p| p.row);
+            pending_rows += places.len();
+            pending.push((chunk, places));
+            if pending_rows >= COMPACTED_CHUNK_ROWS {
+                chunks.push(merge_live_rows(std::mem::take(&mut pending), chunks.len())?);
+                pending_rows = 0;
+            }
+        }
+        if !pending.is_empty() {
+            chunks.push(merge_live_rows(pending, chunks.len())?);
+        }
+        self.dead_rows = 0;
+        Ok(())
+    }
+}
+
+/// The live rows (`places`, sorted by row, none empty) of consecutive chunks as one new
+/// chunk, numbered `id`, to which the places are re-pointed. An error leaves the table
+/// inconsistent; it can only come from Arrow's offset overflow (over 2 GiB of text in one
+/// chunk), and it stops the job, which resumes from its checkpoint.
+fn merge_live_rows(pending: Vec<(RecordBatch, Vec<&mut Place>)>, id: usize) -> Result<RecordBatch, ArrowError> {
+    let whole_chunk = pending.len() == 1 && pending[0].1.len() == pending[0].0.num_rows();
+    let merged = if whole_chunk {
+        // Nothing in it died: kept as it is.
+        pending[0].0.clone()
+    } else {
+        let chunks: Vec<&RecordBatch> = pending.iter().map(|(chunk, _)| chunk).collect();
+        let rows: Vec<(usize, usize)> =
+            pending.iter().enumerate().flat_map(|(c, (_, places))| places.iter().map(move |p| (c, p.row as usize))).collect();
+        interleave_record_batch(&chunks, &rows)?
+    };
+    for (row, place) in pending.into_iter().flat_map(|(_, places)| places).enumerate() {
+        *place = Place::new(id, row);
+    }
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    #[test]
+    fn short_keys_are_inline_and_equal_their_bytes() {
+        assert_eq!(std::mem::size_of::<RowKey>(), 24);
+        for len in [0, 1, 22, 23, 40] {
+            let bytes: Vec<u8> = (0..len as u8).collect();
+            let key = RowKey::from(bytes.as_slice());
+            assert_eq!(key.as_bytes(), bytes.as_slice());
+            assert_eq!(matches!(key.0, KeyBytes::Inline { .. }), len <= INLINE_KEY);
+            let mut map: RowMap<RowKey, usize> = RowMap::default();
+            map.insert(key, len);
+            assert_eq!(map.get(bytes.as_slice()), Some(&len));
+        }
+    }
+
+    /// Upserts and removes against a model, through many compactions: the live rows, in
+    /// the order of their last writes.
+    #[test]
+    fn compaction_keeps_the_live_rows_in_write_order() {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, false), Field::new("v", DataType::Int64, false)]));
+        let mut table = KeyedTable::new(schema.clone(), vec![0]).unwrap();
+        // Key → (value, sequence number of its last write).
+        let mut model: BTreeMap<String, (i64, u64)> = BTreeMap::new();
+        let (mut rng, mut seq) = (0x9e37_79b9_7f4a_7c15u64, 0u64);
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for step in 0..400 {
+            let size = 1 + next(300) as usize;
+            // Long keys now and then, to exercise both key forms.
+            let keys: Vec<String> = (0..size).map(|_| format!("{:0>w$}", next(2_000), w = if next(10) == 0 { 30 } else { 6 })).collect();
+            if step % 7 == 3 {
+                let batch = RecordBatch::try_new(Arc::new(schema.project(&[0]).unwrap()), vec![Arc::new(StringArray::from(keys.clone()))]).unwrap();
+                let removed = table.remove(&batch).unwrap();
+                let expected = keys.iter().collect::<std::collections::BTreeSet<_>>().iter().filter(|k| model.remove(**k).is_some()).count();
+                assert_eq!(removed, expected);
+                continue;
+            }
+            let values: Vec<i64> = keys.iter().map(|_| next(1_000_000) as i64).collect();
+            for (k, v) in keys.iter().zip(&values) {
+                seq += 1;
+                model.insert(k.clone(), (*v, seq));
+            }
+            let key_batch = RecordBatch::try_new(Arc::new(schema.project(&[0]).unwrap()), vec![Arc::new(StringArray::from(keys.clone()))]).unwrap();
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(keys)), Arc::new(Int64Array::from(values))]).unwrap();
+            if step % 2 == 0 {
+                table.upsert(&batch).unwrap();
+                continue;
+            }
+            // What replace returns is what a lookup before it finds.
+            let stored = table.lookup(&key_batch).unwrap();
+            let replaced = table.replace(&batch, &RecordBatch::new_empty(key_batch.schema())).unwrap();
+            assert_eq!(replaced, stored);
+        }
+        let mut expected: Vec<(&String, &(i64, u64))> = model.iter().collect();
+        expected.sort_by_key(|(_, (_, seq))| *seq);
+        let all = table.to_batch().unwrap();
+        let keys = all.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let values = all.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        let got: Vec<(String, i64)> = (0..all.num_rows()).map(|i| (keys.value(i).to_string(), values.value(i))).collect();
+        let want: Vec<(String, i64)> = expected.iter().map(|(k, (v, _))| ((*k).clone(), *v)).collect();
+        assert_eq!(got, want);
+        assert!(table.chunks.len() < 60, "compaction merged chunks: {}", table.chunks.len());
+        let probe =
+            RecordBatch::try_new(Arc::new(schema.project(&[0]).unwrap()), vec![Arc::new(StringArray::from(vec![want[0].0.clone()]))]).unwrap();
+        assert_eq!(table.lookup(&probe).unwrap().column(1).as_any().downcast_ref::<Int64Array>().unwrap().value(0), want[0].1);
     }
 }

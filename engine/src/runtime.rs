@@ -337,7 +337,9 @@ impl Pipeline {
         sink.flush(&meta).await?;
         let changed = self.views.iter().map(|v| v.group_counts().0).sum::<usize>()
             + self.tables.tables().iter().map(|t| t.changes_since_checkpoint()).sum::<usize>();
-        let full = self.checkpointer.wants_full(changed) || self.views.iter().any(IncrementalView::removed_groups);
+        let full = self.checkpointer.wants_full(changed)
+            || self.views.iter().any(IncrementalView::removed_groups)
+            || self.tables.tables().iter().any(ChangelogTable::needs_full_checkpoint);
         let mut states = BTreeMap::new();
         for view in &self.views {
             states.insert(view.info().name.clone(), if full { view.state()? } else { view.changed_state()? });
