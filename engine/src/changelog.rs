@@ -142,12 +142,13 @@ impl ChangelogTable {
         let replaced = self.current.replace(&project_columns(&after, &self.kept)?, &removed)?;
         let before = self.expand(&replaced)?;
         let logged = with_flags(&self.changed_schema, keys.columns(), deleted.clone())?;
-        self.changed.log(logged, self.current.len());
+        self.changed.log(logged, self.current.len())?;
         *self.whole.get_mut().expect("whole-table lock poisoned") = None;
         Ok(TableDelta { before, after })
     }
 
-    /// Every current row as full-schema rows of the stream (columns not kept are null).
+    /// Every current row as full-schema rows of the stream (columns not kept are null, or
+    /// zero where they cannot be null).
     pub fn whole(&self) -> Result<RecordBatch> {
         let mut whole = self.whole.lock().expect("whole-table lock poisoned");
         if let Some(batch) = whole.as_ref() {
@@ -169,7 +170,7 @@ impl ChangelogTable {
     /// [`Self::needs_full_checkpoint`].
     pub fn changed_state(&self) -> Result<RecordBatch> {
         let ChangedKeys::Logged { batches, .. } = &self.changed else {
-            return Err(crate::error::EngineError::internal(&format!("a delta checkpoint of `{}` after more changes than it has rows", self.name)));
+            return Err(crate::error::EngineError::internal(&format!("a delta checkpoint of `{}` after changes to over half its keys", self.name)));
         };
         let changed = datafusion::arrow::compute::concat_batches(&self.changed_schema, batches)?;
         let width = changed.num_columns() - 1;
@@ -199,8 +200,8 @@ impl ChangelogTable {
         }
     }
 
-    /// Whether the next checkpoint must hold the whole table: more keys changed since
-    /// the last one than the table has rows, and the log of them was dropped.
+    /// Whether the next checkpoint must hold the whole table: over half its keys changed
+    /// since the last one, and the log of them was dropped.
     pub fn needs_full_checkpoint(&self) -> bool {
         matches!(self.changed, ChangedKeys::TooMany)
     }
@@ -258,9 +259,10 @@ enum ChangedKeys {
     /// Key columns + [`DELETED`] of each micro-batch, and how many rows: a log rather than
     /// an index (a checkpoint takes each key's last entry, and its row from the table).
     Logged { batches: Vec<RecordBatch>, rows: usize },
-    /// More than the table has rows (and at least [`MIN_LOGGED_CHANGES`]): a delta would
-    /// outweigh the whole table, so the log is dropped and the next checkpoint is full.
-    /// Keeps the log bounded between checkpoints however long they are apart.
+    /// Changes to more keys than half the table holds (or than half
+    /// [`MIN_LOGGED_CHANGES`], for a small table): a delta would
+    /// weigh nearly what the whole table does, so the log is dropped and the next
+    /// checkpoint is full. Keeps the log bounded however far apart checkpoints are.
     TooMany,
 }
 
@@ -275,15 +277,27 @@ impl Default for ChangedKeys {
 }
 
 impl ChangedKeys {
-    /// Logs the changed keys `batch` of a table now holding `table_rows` rows.
-    fn log(&mut self, batch: RecordBatch, table_rows: usize) {
-        let Self::Logged { batches, rows } = self else { return };
+    /// Logs the changed keys `batch` of a table now holding `table_rows` rows. A log
+    /// longer than the table is collapsed to each key's last entry (a busy small table
+    /// changes the same keys over and over), and dropped when over half the table's
+    /// keys remain: so collapsing costs O(1) per entry, amortized.
+    fn log(&mut self, batch: RecordBatch, table_rows: usize) -> Result<()> {
+        let Self::Logged { batches, rows } = self else { return Ok(()) };
         *rows += batch.num_rows();
-        if *rows > table_rows.max(MIN_LOGGED_CHANGES) {
-            *self = Self::TooMany;
-            return;
-        }
         batches.push(batch);
+        let bound = table_rows.max(MIN_LOGGED_CHANGES);
+        if *rows <= bound {
+            return Ok(());
+        }
+        let schema = batches[0].schema();
+        let log = datafusion::arrow::compute::concat_batches(&schema, batches.iter())?;
+        let (distinct, _) = last_rows_per_key(&log, &(0..schema.fields().len() - 1).collect::<Vec<_>>())?;
+        if distinct.num_rows() * 2 > bound {
+            *self = Self::TooMany;
+        } else {
+            *self = Self::Logged { rows: distinct.num_rows(), batches: vec![distinct] };
+        }
+        Ok(())
     }
 }
 
@@ -439,17 +453,26 @@ mod tests {
     }
 
     #[test]
-    fn more_changes_than_rows_drop_the_log_for_a_full_checkpoint() {
+    fn a_small_busy_table_keeps_its_log_collapsed() {
         let (mut table, schema) = table();
-        table.apply(&rows(&schema, 0..10), None).unwrap();
-        assert!(!table.needs_full_checkpoint());
-        assert_eq!(table.changed_state().unwrap().num_rows(), 10);
-        for _ in 0..MIN_LOGGED_CHANGES / 10 {
+        for _ in 0..=MIN_LOGGED_CHANGES / 10 {
             table.apply(&rows(&schema, 0..10), None).unwrap();
         }
+        assert!(!table.needs_full_checkpoint());
+        assert!(table.changes_since_checkpoint() < MIN_LOGGED_CHANGES);
+        assert_eq!(table.changed_state().unwrap().num_rows(), 10);
+    }
+
+    #[test]
+    fn changes_to_most_keys_drop_the_log_for_a_full_checkpoint() {
+        let (mut table, schema) = table();
+        table.apply(&rows(&schema, 0..5000), None).unwrap();
+        assert!(!table.needs_full_checkpoint());
+        assert_eq!(table.changed_state().unwrap().num_rows(), 5000);
+        table.apply(&rows(&schema, 0..5000), None).unwrap();
         assert!(table.needs_full_checkpoint());
         assert!(table.changed_state().is_err());
-        assert_eq!(table.changes_since_checkpoint(), 10);
+        assert_eq!(table.changes_since_checkpoint(), 5000);
         table.mark_checkpointed();
         assert!(!table.needs_full_checkpoint());
         assert_eq!(table.changed_state().unwrap().num_rows(), 0);

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::TaskContext;
 use tokio::sync::watch;
@@ -222,20 +223,24 @@ impl Pipeline {
         let mut states = checkpoint.states;
         for table in self.tables.tables_mut() {
             let name = table_state_name(table.name());
-            match states.remove(&name).unwrap_or_default().as_slice() {
-                [] => {}
-                [rows] if rows.schema().fields() == table.state_schema().fields() => table.restore(rows)?,
-                _ => {
-                    return Err(EngineError::Checkpoint {
-                        path,
-                        message: format!(
-                            "the columns kept of changelog stream `{}` changed since the checkpoint was written; \
-                             start from a fresh --state directory to recompute",
-                            table.name()
-                        ),
-                    })
-                }
-            }
+            // A checkpoint may hold more columns than the views read now (one was
+            // dropped), never fewer.
+            let restored = match states.remove(&name).unwrap_or_default().as_slice() {
+                [] => continue,
+                [rows] => project_to(rows, table.state_schema()),
+                _ => None,
+            };
+            let Some(rows) = restored else {
+                return Err(EngineError::Checkpoint {
+                    path,
+                    message: format!(
+                        "the views read columns of changelog stream `{}` that the checkpoint does not hold; \
+                         start from a fresh --state directory to recompute",
+                        table.name()
+                    ),
+                });
+            };
+            table.restore(&rows)?;
         }
         // Views over the changelog tables (a top-n re-ranked, say) read them while they restore.
         self.tables.show_all()?;
@@ -564,4 +569,40 @@ fn table_state_name(stream: &str) -> String {
 /// FNV-1a: a hash that, unlike std's, is stable across Rust releases (checkpoints outlive binaries).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// The columns of `rows` that `schema` names, when `rows` has each of them with its type.
+fn project_to(rows: &RecordBatch, schema: &SchemaRef) -> Option<RecordBatch> {
+    let held = rows.schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let (i, found) = held.column_with_name(field.name())?;
+            (found.data_type() == field.data_type()).then(|| rows.column(i).clone())
+        })
+        .collect::<Option<Vec<_>>>()?;
+    RecordBatch::try_new(schema.clone(), columns).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int32Array, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_restores_into_fewer_columns_never_more() {
+        let held = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true), Field::new("_offset", DataType::Int64, true)]));
+        let rows = RecordBatch::try_new(held, vec![Arc::new(Int32Array::from(vec![1, 2])), Arc::new(Int64Array::from(vec![7, 8]))]).unwrap();
+        let fewer = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)]));
+        assert_eq!(project_to(&rows, &fewer).unwrap().column(0).as_ref(), rows.column(0).as_ref());
+        let more = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true), Field::new("price", DataType::Float64, true)]));
+        assert!(project_to(&rows, &more).is_none());
+        let retyped = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        assert!(project_to(&rows, &retyped).is_none());
+    }
 }
