@@ -172,9 +172,8 @@ impl ChangelogTable {
         let ChangedKeys::Logged { batches, .. } = &self.changed else {
             return Err(crate::error::EngineError::internal(&format!("a delta checkpoint of `{}` after changes to over half its keys", self.name)));
         };
-        let changed = datafusion::arrow::compute::concat_batches(&self.changed_schema, batches)?;
+        let changed = last_change_per_key(&self.changed_schema, batches)?;
         let width = changed.num_columns() - 1;
-        let (changed, _) = last_rows_per_key(&changed, &(0..width).collect::<Vec<_>>())?;
         let keys = project_columns(&changed, &(0..width).collect::<Vec<_>>())?;
         let deleted = changed.column(width).as_any().downcast_ref::<BooleanArray>().expect("the flag is boolean");
         let live = self.current.lookup(&filter_record_batch(&keys, &not(deleted)?)?)?;
@@ -289,9 +288,7 @@ impl ChangedKeys {
         if *rows <= bound {
             return Ok(());
         }
-        let schema = batches[0].schema();
-        let log = datafusion::arrow::compute::concat_batches(&schema, batches.iter())?;
-        let (distinct, _) = last_rows_per_key(&log, &(0..schema.fields().len() - 1).collect::<Vec<_>>())?;
+        let distinct = last_change_per_key(&batches[0].schema(), batches)?;
         if distinct.num_rows() * 2 > bound {
             *self = Self::TooMany;
         } else {
@@ -299,6 +296,14 @@ impl ChangedKeys {
         }
         Ok(())
     }
+}
+
+/// The last entry of each key in a log of changed keys (key columns + [`DELETED`], of
+/// `schema`).
+fn last_change_per_key(schema: &SchemaRef, log: &[RecordBatch]) -> Result<RecordBatch> {
+    let log = datafusion::arrow::compute::concat_batches(schema, log)?;
+    let key: Vec<usize> = (0..schema.fields().len() - 1).collect();
+    Ok(last_rows_per_key(&log, &key)?.0)
 }
 
 /// `columns` with the flag column [`DELETED`] `deleted`, as rows of `schema`.
