@@ -98,7 +98,7 @@ impl ChangelogTable {
         Ok(Self {
             name: name.to_string(),
             current: KeyedTable::new(stored, stored_key.clone())?,
-            changed: ChangedKeys::default(),
+            changed: ChangedKeys::since(0),
             changed_schema,
             flagged,
             schema,
@@ -207,7 +207,7 @@ impl ChangelogTable {
 
     /// Forgets which keys changed: a checkpoint now holds them.
     pub fn mark_checkpointed(&mut self) {
-        self.changed = ChangedKeys::default();
+        self.changed = ChangedKeys::since(self.len());
     }
 
     /// Schema of [`Self::state`].
@@ -224,9 +224,9 @@ impl ChangelogTable {
         let live = not(rows.column(flag).as_any().downcast_ref::<BooleanArray>().expect("the flag is boolean"))?;
         let live = filter_record_batch(&rows, &live)?;
         self.current.clear();
-        self.changed = ChangedKeys::default();
         let columns = live.columns()[..flag].to_vec();
         self.current.upsert(&RecordBatch::try_new(self.current.schema().clone(), columns)?)?;
+        self.changed = ChangedKeys::since(self.len());
         *self.whole.get_mut().expect("whole-table lock poisoned") = None;
         Ok(())
     }
@@ -257,7 +257,8 @@ fn unread_column(field: &Field, rows: usize) -> Result<ArrayRef> {
 enum ChangedKeys {
     /// Key columns + [`DELETED`] of each micro-batch, and how many rows: a log rather than
     /// an index (a checkpoint takes each key's last entry, and its row from the table).
-    Logged { batches: Vec<RecordBatch>, rows: usize },
+    /// `rows_at_checkpoint` is the table's size when the log began.
+    Logged { batches: Vec<RecordBatch>, rows: usize, rows_at_checkpoint: usize },
     /// Changes to more keys than half the table holds (or than half
     /// [`MIN_LOGGED_CHANGES`], for a small table): a delta would
     /// weigh nearly what the whole table does, so the log is dropped and the next
@@ -269,31 +270,38 @@ enum ChangedKeys {
 /// checkpointed in full after every few changes.
 const MIN_LOGGED_CHANGES: usize = 4096;
 
-impl Default for ChangedKeys {
-    fn default() -> Self {
-        Self::Logged { batches: Vec::new(), rows: 0 }
-    }
-}
-
 impl ChangedKeys {
+    /// An empty log of a table that now holds `table_rows` rows.
+    fn since(table_rows: usize) -> Self {
+        Self::Logged { batches: Vec::new(), rows: 0, rows_at_checkpoint: table_rows }
+    }
+
     /// Logs the changed keys `batch` of a table now holding `table_rows` rows. A log
     /// longer than the table is collapsed to each key's last entry (a busy small table
     /// changes the same keys over and over), and dropped when over half the table's
     /// keys remain: so collapsing costs O(1) per entry, amortized.
     fn log(&mut self, batch: RecordBatch, table_rows: usize) -> Result<()> {
-        let Self::Logged { batches, rows } = self else { return Ok(()) };
+        let Self::Logged { batches, rows, rows_at_checkpoint } = self else { return Ok(()) };
         *rows += batch.num_rows();
         batches.push(batch);
         let bound = table_rows.max(MIN_LOGGED_CHANGES);
         if *rows <= bound {
             return Ok(());
         }
-        let distinct = last_change_per_key(&batches[0].schema(), batches)?;
-        if distinct.num_rows() * 2 > bound {
+        // Each key the table gained is a distinct changed key: when those alone are too
+        // many (a table loaded since its last checkpoint, then changed), the log is
+        // dropped without the collapse's copy of it, which is the size of the table.
+        let gained = table_rows.saturating_sub(*rows_at_checkpoint);
+        if gained * 2 > bound {
             *self = Self::TooMany;
-        } else {
-            *self = Self::Logged { rows: distinct.num_rows(), batches: vec![distinct] };
+            return Ok(());
         }
+        let distinct = last_change_per_key(&batches[0].schema(), batches)?;
+        *self = if distinct.num_rows() * 2 > bound {
+            Self::TooMany
+        } else {
+            Self::Logged { rows: distinct.num_rows(), batches: vec![distinct], rows_at_checkpoint: *rows_at_checkpoint }
+        };
         Ok(())
     }
 }
@@ -481,5 +489,19 @@ mod tests {
         table.mark_checkpointed();
         assert!(!table.needs_full_checkpoint());
         assert_eq!(table.changed_state().unwrap().num_rows(), 0);
+    }
+
+    #[test]
+    fn a_log_past_the_table_size_is_collapsed_or_dropped_by_its_distinct_keys() {
+        let (mut table, schema) = table();
+        table.apply(&rows(&schema, 0..5000), None).unwrap();
+        table.mark_checkpointed();
+        for _ in 0..6 {
+            table.apply(&rows(&schema, 0..1000), None).unwrap();
+        }
+        assert!(!table.needs_full_checkpoint());
+        assert_eq!(table.changes_since_checkpoint(), 1000, "6,000 entries over 1,000 keys, collapsed");
+        table.apply(&rows(&schema, 0..5000), None).unwrap();
+        assert!(table.needs_full_checkpoint(), "every key changed, though the table did not grow");
     }
 }

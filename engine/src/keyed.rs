@@ -244,10 +244,13 @@ struct Place {
 }
 
 impl Place {
-    fn new(chunk: usize, row: usize) -> Self {
-        // A table has far fewer than 2^32 chunks (compaction renumbers them) and a
-        // micro-batch far fewer than 2^32 rows.
-        Self { chunk: chunk as u32, row: row as u32 }
+    /// The place of `row` in chunk `chunk`; an error past 2^32 chunks (compaction
+    /// renumbers them) or 2^32 rows in one chunk, which no micro-batch comes near.
+    fn new(chunk: usize, row: usize) -> Result<Self, ArrowError> {
+        let narrow = |n: usize, what: &str| {
+            u32::try_from(n).map_err(|_| ArrowError::ComputeError(format!("a keyed table's {what} {n} is past 2^32")))
+        };
+        Ok(Self { chunk: narrow(chunk, "chunk number")?, row: narrow(row, "row number")? })
     }
 
     fn at(self) -> (usize, usize) {
@@ -341,11 +344,11 @@ impl KeyedTable {
                     if let Some(previous) = previous.as_deref_mut().filter(|_| place.chunk as usize != chunk) {
                         previous.push(*place);
                     }
-                    *place = Place::new(chunk, row);
+                    *place = Place::new(chunk, row)?;
                     self.dead_rows += 1;
                 }
                 None => {
-                    self.index.insert(keys.get(row).into(), Place::new(chunk, row));
+                    self.index.insert(keys.get(row).into(), Place::new(chunk, row)?);
                 }
             }
         }
@@ -452,7 +455,7 @@ fn merge_live_rows(pending: Vec<(RecordBatch, Vec<&mut Place>)>, id: usize) -> R
         interleave_record_batch(&chunks, &rows)?
     };
     for (row, place) in pending.into_iter().flat_map(|(_, places)| places).enumerate() {
-        *place = Place::new(id, row);
+        *place = Place::new(id, row)?;
     }
     Ok(merged)
 }
