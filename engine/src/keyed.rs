@@ -247,9 +247,8 @@ impl Place {
     /// The place of `row` in chunk `chunk`; an error past 2^32 chunks (compaction
     /// renumbers them) or 2^32 rows in one chunk, which no micro-batch comes near.
     fn new(chunk: usize, row: usize) -> Result<Self, ArrowError> {
-        let narrow = |n: usize, what: &str| {
-            u32::try_from(n).map_err(|_| ArrowError::ComputeError(format!("a keyed table's {what} {n} is past 2^32")))
-        };
+        let narrow =
+            |n: usize, what: &str| u32::try_from(n).map_err(|_| ArrowError::ComputeError(format!("a keyed table's {what} {n} is past 2^32")));
         Ok(Self { chunk: narrow(chunk, "chunk number")?, row: narrow(row, "row number")? })
     }
 
