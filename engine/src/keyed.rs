@@ -31,9 +31,10 @@ enum KeyBytes {
     Heap(Box<[u8]>),
 }
 
-/// The longest key kept inline: what fits beside its length in the size of a boxed slice
-/// plus one byte (24). 23 holds a window group's key (`window_start`, `window_end` and an
-/// integer: 9 + 9 + 5 bytes), which a `u8` length would have pushed onto the heap.
+/// The longest key kept inline: what fits beside its one-byte length in 24 bytes (three
+/// words, the size a `RowKey` keeps). 23 holds a window group's key (`window_start`,
+/// `window_end` and an integer: 9 + 9 + 5 bytes), which a `u8` length would have pushed
+/// onto the heap.
 const INLINE_KEY: usize = 23;
 
 /// The length of an inline key. An enum, not a `u8`: its 232 unused values are where
