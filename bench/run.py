@@ -154,13 +154,15 @@ class Harness:
                                 "--sql", REPO / "sql"])[3]) for _ in range(self.args.repeat)]
 
     def engine_throughput(self):
-        self.log("figure 1: engine throughput vs arrow-json decoding alone")
+        self.log("figure 1: engine throughput, in two stages and in one, vs arrow-json decoding alone")
         runs = self.bench_runs("engine")
         n = runs[0]["messages"]
         engine = statistics.median(n / r["engine_seconds"] for r in runs)
+        one_stage = statistics.median(n / r["one_stage_seconds"] for r in runs)
         decode = statistics.median(n / r["decode_seconds"] for r in runs)
         avro = statistics.median(r["avro_decoded"] / r["avro_decode_seconds"] for r in runs)
-        self.figures["engine"] = {"messages": n, "engine_records_per_s": engine, "decode_only_records_per_s": decode,
+        self.figures["engine"] = {"messages": n, "engine_records_per_s": engine, "one_stage_records_per_s": one_stage,
+                                  "decode_only_records_per_s": decode,
                                   "ratio_engine_to_decode": engine / decode, "avro_decode_only_records_per_s": avro,
                                   "ratio_avro_to_json_decode": avro / decode}
 
@@ -469,7 +471,9 @@ class Harness:
                  f"{machine['rows']} generated rows, median of {machine['repeat']} runs.", "",
                  "| # | figure | trendflow | baseline | ratio | target |", "|---|---|---|---|---|---|"]
         e = f["engine"]
-        lines.append(f"| 1 | engine throughput, {e['messages']} JSON messages, all views, no sink | {e['engine_records_per_s']:,.0f} rec/s | "
+        lines.append(f"| 1 | engine throughput, {e['messages']} JSON messages, all views, no sink, decoding the next micro-batch while "
+                     f"the views take in the current one | {e['engine_records_per_s']:,.0f} rec/s "
+                     f"(in one stage: {e['one_stage_records_per_s']:,.0f} rec/s) | "
                      f"arrow-json decode only {e['decode_only_records_per_s']:,.0f} rec/s | {e['ratio_engine_to_decode']:.2f} | "
                      f"≥ {t['engine_records_per_s']:,} rec/s: {said('engine_records_per_s')}; "
                      f"≥ {t['engine_ratio_to_decode']}: {said('engine_ratio_to_decode')} |")

@@ -18,7 +18,6 @@ use crate::error::{EngineError, Result};
 use crate::keyed::{filter_by_keys, project_columns, KeyedTable, RowEncoder};
 use crate::retraction::{self, Retraction, Subtracted};
 use crate::slot::{run_plan, run_with, BatchSlot};
-use crate::window::closed_rows;
 
 /// The expression that merges the partial states of `expr`. The planner may reverse an
 /// ordered aggregate to reuse the sort another one needs (`array_agg(x ORDER BY y)` as a
@@ -56,6 +55,8 @@ pub struct IncrementalAggregate {
     /// How rows retracted by a changelog stream leave the state, when every aggregate
     /// allows it (else the touched groups are recomputed).
     retraction: Option<Retraction>,
+    /// Whether groups are finalized only when their window closes (see [`Self::close_by`]).
+    finals_on_close: bool,
 }
 
 impl IncrementalAggregate {
@@ -117,7 +118,21 @@ impl IncrementalAggregate {
             finals_slot: BatchSlot::new(output_schema),
             removed_groups: false,
             retraction,
+            finals_on_close: false,
         })
+    }
+
+    /// Makes the groups windows that close (see [`Self::close`]) once the watermark is at
+    /// or past group column `column` plus `offset_ms` (the window's end). With
+    /// `finals_on_close` (a view that emits on window close) a group is finalized only
+    /// then, once, not after each micro-batch that touches it: [`Self::apply`] returns
+    /// no final rows for it. Windowed aggregates read append streams (a changelog
+    /// stream's events), so only [`Self::apply`] updates them.
+    pub fn close_by(&mut self, column: usize, offset_ms: i64, finals_on_close: bool) {
+        for table in [&mut self.state, &mut self.changed, &mut self.finals] {
+            table.expire_by(column, offset_ms);
+        }
+        self.finals_on_close = finals_on_close;
     }
 
     /// Whether the aggregate's input reads one of `slots`.
@@ -139,10 +154,14 @@ impl IncrementalAggregate {
         }
         let keys = project_columns(&partial, &(0..self.group_columns).collect::<Vec<_>>())?;
         let stored = self.state.lookup(&keys)?;
-        let before = self.finals.lookup(&keys)?;
         let merged = self.reduce(vec![stored, partial], ctx).await?;
         self.state.upsert(&merged)?;
         self.changed.upsert(&merged)?;
+        if self.finals_on_close {
+            let none = RecordBatch::new_empty(self.finals.schema().clone());
+            return Ok(Some(TouchedGroups { before: none.clone(), after: none }));
+        }
+        let before = self.finals.lookup(&keys)?;
         let after = self.finalize_groups(merged, ctx).await?;
         Ok(Some(TouchedGroups { before, after }))
     }
@@ -296,23 +315,25 @@ impl IncrementalAggregate {
         Ok(())
     }
 
-    /// The finalized rows of the groups whose window has ended by `watermark`: group
-    /// column `column` holds a window's end, or its start when `offset_ms` (the window's
-    /// size) is added.
-    pub fn closed_groups(&self, column: usize, offset_ms: i64, watermark: i64) -> Result<RecordBatch> {
-        if self.finals.is_empty() {
-            return Ok(RecordBatch::new_empty(self.finals.schema().clone()));
+    /// Closes the windows that have ended by `watermark` (see [`Self::close_by`]): their
+    /// groups leave the state (the next checkpoint is a full one), and their final rows
+    /// are returned.
+    pub async fn close(&mut self, watermark: i64, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
+        let state = self.state.expire(watermark)?;
+        let finals = self.finals.expire(watermark)?;
+        if state.num_rows() == 0 {
+            return Ok(finals);
         }
-        Ok(closed_rows(&self.finals.to_batch()?, column, offset_ms, Some(watermark))?)
-    }
-
-    /// Forgets `groups` (finalized rows, e.g. of windows that closed): they leave the
-    /// state, and the next checkpoint is a full one.
-    pub fn evict(&mut self, groups: &RecordBatch) -> Result<()> {
+        self.changed.expire(watermark)?;
+        self.removed_groups = true;
         if let Some(retraction) = &mut self.retraction {
             retraction.invalidate();
         }
-        self.forget(&project_columns(groups, &(0..self.group_columns).collect::<Vec<_>>())?)
+        if !self.finals_on_close {
+            return Ok(finals);
+        }
+        let finals = run_with(&self.finalize_input, vec![state], &self.finalize, ctx).await?;
+        self.without_hidden_columns(finals)
     }
 
     /// Names of the group columns, in order.
@@ -336,8 +357,10 @@ impl IncrementalAggregate {
         self.finals.clear();
         self.changed.clear();
         self.state.upsert(&state)?;
-        let state = self.state.to_batch()?;
-        self.finalize_groups(state, ctx).await?;
+        if !self.finals_on_close {
+            let state = self.state.to_batch()?;
+            self.finalize_groups(state, ctx).await?;
+        }
         Ok(())
     }
 
@@ -406,12 +429,16 @@ impl IncrementalAggregate {
     /// Finalizes the groups of `state` into `finals` and returns their final rows.
     async fn finalize_groups(&mut self, state: RecordBatch, ctx: &Arc<TaskContext>) -> Result<RecordBatch> {
         let finals = run_with(&self.finalize_input, vec![state], &self.finalize, ctx).await?;
-        // The view's plan was typed against the original aggregate's schema (which has
-        // no hidden counts).
-        let width = self.finals.schema().fields().len();
-        let finals = RecordBatch::try_new(self.finals.schema().clone(), finals.columns()[..width].to_vec())?;
+        let finals = self.without_hidden_columns(finals)?;
         self.finals.upsert(&finals)?;
         Ok(finals)
+    }
+
+    /// `finals` as the view's plan reads them: it was typed against the original
+    /// aggregate's schema, which has no hidden counts.
+    fn without_hidden_columns(&self, finals: RecordBatch) -> Result<RecordBatch> {
+        let width = self.finals.schema().fields().len();
+        Ok(RecordBatch::try_new(self.finals.schema().clone(), finals.columns()[..width].to_vec())?)
     }
 }
 

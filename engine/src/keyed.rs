@@ -6,7 +6,7 @@
 //! dropped by compaction once they outnumber the live ones.
 
 use std::borrow::Borrow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -15,6 +15,8 @@ use datafusion::arrow::compute::{filter_record_batch, interleave_record_batch, t
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
+
+use crate::window::end_times;
 
 /// A map keyed by encoded rows, with a fast seeded hasher (keys come from the data).
 pub(crate) type RowMap<K, V> = HashMap<K, V, ahash::RandomState>;
@@ -254,6 +256,18 @@ pub struct KeyedTable {
     chunks: Vec<RecordBatch>,
     index: RowMap<RowKey, Place>,
     dead_rows: usize,
+    /// When rows expire, for a table whose keys are windows (see [`Self::expire_by`]).
+    expiry: Option<Expiry>,
+}
+
+/// The keys of a table filed by when their rows expire: a time column of the key plus an
+/// offset (a window's end), so that expiring costs what expires, not a scan of the table.
+/// A key removed before it expires stays filed; expiring it then finds nothing.
+#[derive(Debug)]
+struct Expiry {
+    column: usize,
+    offset_ms: i64,
+    due: BTreeMap<i64, Vec<RowKey>>,
 }
 
 /// Where a live row is: chunk, then row within it (in arrival order when sorted).
@@ -287,7 +301,29 @@ impl KeyedTable {
         let key_schema = Arc::new(schema.project(&key_columns)?);
         let key_encoder = RowEncoder::new(&key_schema, (0..key_columns.len()).collect())?;
         let encoder = RowEncoder::new(&schema, key_columns)?;
-        Ok(Self { schema, encoder, key_encoder, chunks: Vec::new(), index: RowMap::default(), dead_rows: 0 })
+        Ok(Self { schema, encoder, key_encoder, chunks: Vec::new(), index: RowMap::default(), dead_rows: 0, expiry: None })
+    }
+
+    /// Makes the rows expire (see [`Self::expire`]) once a time is at or past their key
+    /// column `column` (a timestamp) plus `offset_ms`; rows without a time never do.
+    /// Set it on an empty table.
+    pub fn expire_by(&mut self, column: usize, offset_ms: i64) {
+        debug_assert!(self.is_empty() && self.encoder.columns().contains(&column));
+        self.expiry = Some(Expiry { column, offset_ms, due: BTreeMap::new() });
+    }
+
+    /// Removes the rows that have expired by `time` (see [`Self::expire_by`]; none when
+    /// the table does not expire) and returns them, in arrival order.
+    pub fn expire(&mut self, time: i64) -> Result<RecordBatch, ArrowError> {
+        let Some(expiry) = &mut self.expiry else { return Ok(RecordBatch::new_empty(self.schema.clone())) };
+        let later = expiry.due.split_off(&time.saturating_add(1));
+        let due = std::mem::replace(&mut expiry.due, later);
+        let mut places: Vec<Place> = due.into_values().flatten().filter_map(|key| self.index.remove(&key)).collect();
+        self.dead_rows += places.len();
+        places.sort_unstable();
+        let rows = self.gather(&places)?;
+        self.compact_if_sparse()?;
+        Ok(rows)
     }
 
     /// Schema of the rows.
@@ -315,6 +351,9 @@ impl KeyedTable {
         self.chunks.clear();
         self.index.clear();
         self.dead_rows = 0;
+        if let Some(expiry) = &mut self.expiry {
+            expiry.due.clear();
+        }
     }
 
     /// Inserts or replaces the rows of `batch`; within `batch`, the last row of a key wins.
@@ -353,6 +392,10 @@ impl KeyedTable {
             return Ok(());
         }
         let keys = self.encoder.encode(batch)?;
+        let due = match &self.expiry {
+            Some(expiry) => end_times(batch, expiry.column, expiry.offset_ms)?,
+            None => Vec::new(),
+        };
         let chunk = self.chunks.len();
         self.chunks.push(batch.clone());
         for row in 0..keys.len() {
@@ -368,6 +411,9 @@ impl KeyedTable {
                 }
                 None => {
                     self.index.insert(keys.get(row).into(), Place::new(chunk, row)?);
+                    if let (Some(expiry), Some(Some(time))) = (&mut self.expiry, due.get(row)) {
+                        expiry.due.entry(*time).or_default().push(keys.get(row).into());
+                    }
                 }
             }
         }
@@ -501,6 +547,41 @@ mod tests {
             map.insert(key, len);
             assert_eq!(map.get(bytes.as_slice()), Some(&len));
         }
+    }
+
+    /// Rows expire once the time passes their key's time plus the offset, each once,
+    /// whether their keys were rewritten, removed or written again in between.
+    #[test]
+    fn rows_expire_by_their_keys_time() {
+        use datafusion::arrow::array::TimestampMillisecondArray;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("start", DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None), true),
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let batch = |starts: Vec<Option<i64>>, keys: Vec<&str>, values: Vec<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(TimestampMillisecondArray::from(starts)), Arc::new(StringArray::from(keys)), Arc::new(Int64Array::from(values))],
+            )
+            .unwrap()
+        };
+        let values = |rows: &RecordBatch| rows.column(2).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec();
+        let mut table = KeyedTable::new(schema.clone(), vec![0, 1]).unwrap();
+        table.expire_by(0, 10);
+        table.upsert(&batch(vec![Some(0), Some(0), Some(20), None], vec!["a", "b", "a", "a"], vec![1, 2, 3, 4])).unwrap();
+        table.upsert(&batch(vec![Some(0)], vec!["a"], vec![5])).unwrap();
+        table.remove(&batch(vec![Some(0)], vec!["b"], vec![0]).project(&[0, 1]).unwrap()).unwrap();
+        table.upsert(&batch(vec![Some(0)], vec!["b"], vec![6])).unwrap();
+        assert_eq!(values(&table.expire(9).unwrap()), Vec::<i64>::new());
+        // Both windows from 0 end at 10; the one from 20 at 30; a row without a time never.
+        assert_eq!(values(&table.expire(10).unwrap()), vec![5, 6]);
+        assert_eq!(values(&table.expire(29).unwrap()), Vec::<i64>::new());
+        assert_eq!(values(&table.expire(i64::MAX).unwrap()), vec![3]);
+        assert_eq!(values(&table.to_batch().unwrap()), vec![4]);
+        table.clear();
+        table.upsert(&batch(vec![Some(0)], vec!["c"], vec![7])).unwrap();
+        assert_eq!(values(&table.expire(10).unwrap()), vec![7]);
     }
 
     /// Upserts and removes against a model, through many compactions: the live rows, in

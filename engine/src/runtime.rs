@@ -1,5 +1,5 @@
-//! The micro-batch loop: poll sources, update views, hand changesets to the
-//! sink, checkpoint, commit source positions.
+//! The micro-batch loop: poll sources (one micro-batch ahead, on their own thread),
+//! update views, hand changesets to the sink, checkpoint, commit source positions.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,9 +14,10 @@ use tokio::sync::watch;
 use crate::catalog::Catalog;
 use crate::changelog::{ChangelogTable, ChangelogTables};
 use crate::checkpoint::{Checkpointer, StateFiles, Written};
-use crate::contract::{CheckpointMeta, MicroBatch, Offsets, Poll, Sink, Source, StreamDecl, ViewInfo};
+use crate::contract::{CheckpointMeta, MicroBatch, Offsets, Sink, Source, StreamDecl, ViewInfo};
 use crate::error::{EngineError, Result};
 use crate::event_time::Watermark;
+use crate::prefetch::{Polled, Prefetcher};
 use crate::sql_file::Emit;
 use crate::view::IncrementalView;
 
@@ -76,10 +77,18 @@ pub struct StepReport {
     pub stages: StageTimes,
 }
 
+/// A micro-batch the views were shown but have not taken in yet (see [`Pipeline::step`]).
+struct Prepared {
+    report: StepReport,
+    started: Instant,
+}
+
 /// Time spent per stage of the micro-batch loop.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimes {
-    /// Waiting for and fetching the records, and decoding them (in the source).
+    /// Waiting for the sources' next micro-batch. They fetch and decode it on their own
+    /// thread while the views take in the one before (see [`crate::prefetch`]), so this
+    /// is the part of that work the views did not hide.
     pub poll: Duration,
     /// Watermarks, lateness, and the changelog tables' new rows.
     pub prepare: Duration,
@@ -275,13 +284,28 @@ impl Pipeline {
     /// Processes one micro-batch made of `batches` (stream name → records) and
     /// applies the resulting changes to `sink`.
     pub async fn step(&mut self, batches: Vec<(String, MicroBatch)>, sink: &mut dyn Sink) -> Result<StepReport> {
+        let prepared = self.prepare(&batches)?;
+        self.take_in(batches, prepared, sink).await
+    }
+
+    /// The first part of [`Self::step`]: places the records in time (which finds the late
+    /// ones, in the report's dead letters) and shows them to the views.
+    fn prepare(&mut self, batches: &[(String, MicroBatch)]) -> Result<Prepared> {
+        let prepared = self.show(batches);
+        if prepared.is_err() {
+            self.hide_streams();
+        }
+        prepared
+    }
+
+    fn show(&mut self, batches: &[(String, MicroBatch)]) -> Result<Prepared> {
         let started = Instant::now();
         let mut report = StepReport { batch_id: self.batch_id + 1, ..Default::default() };
-        // Disjoint borrows: the streams are read while the views are updated.
-        let Self { catalog, views, tables, watermarks, task, .. } = self;
+        // Disjoint borrows: the streams are read while the watermarks and tables change.
+        let Self { catalog, views, tables, watermarks, .. } = self;
         let streams = catalog.streams();
         let mut changed = Vec::new();
-        for (name, micro) in &batches {
+        for (name, micro) in batches {
             let stream = find_stream(streams, name)?;
             report.rows += micro.batch.num_rows() as u64;
             report.rejected += micro.rejected;
@@ -313,11 +337,14 @@ impl Pipeline {
         let keep_before = views.iter().any(|v| v.recomputes_on(&names));
         tables.apply(changed.iter().map(|(n, m)| (*n, m)), keep_before)?;
         report.stages.prepare = started.elapsed();
-        let result = update_views(views, tables, task, sink, &mut report).await;
-        for stream in streams {
-            stream.slot.clear();
-            stream.events.clear();
-        }
+        Ok(Prepared { report, started })
+    }
+
+    /// The rest of [`Self::step`]: the views take in the records [`Self::prepare`] showed them.
+    async fn take_in(&mut self, batches: Vec<(String, MicroBatch)>, prepared: Prepared, sink: &mut dyn Sink) -> Result<StepReport> {
+        let Prepared { mut report, started } = prepared;
+        let result = update_views(&mut self.views, &self.tables, &self.task, sink, &mut report).await;
+        self.hide_streams();
         result?;
         for (name, micro) in batches {
             self.offsets.entry(name).or_default().extend(micro.offsets);
@@ -325,6 +352,14 @@ impl Pipeline {
         self.batch_id += 1;
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// Empties the stream slots: outside a micro-batch the views see no records.
+    fn hide_streams(&self) {
+        for stream in self.catalog.streams() {
+            stream.slot.clear();
+            stream.events.clear();
+        }
     }
 
     /// Flushes the sink, then writes a checkpoint of state and positions: of the groups
@@ -392,19 +427,36 @@ impl Pipeline {
         let mut summary = RunSummary { resumed: self.resumed, ..Default::default() };
         let mut last_checkpoint = Instant::now();
         let mut dirty = false;
+        let mut sources = Prefetcher::start(sources, options.max_rows, options.max_delay)?;
+        sources.poll()?;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let polling = Instant::now();
-            let (batches, finished) = poll_all(&mut sources, options).await?;
+            let (Polled { batches, finished, lag }, waited) = sources.next().await?;
             let mut stepped = None;
-            if !batches.is_empty() {
-                let poll = polling.elapsed();
-                let mut report = self.step(batches, sink).await?;
-                report.stages.poll = poll;
-                self.dead_letter(&mut sources, std::mem::take(&mut report.dead_letters)).await?;
-                report.lag = sources.iter().filter_map(|s| Some((s.stream().to_string(), s.lag()?))).collect();
+            if batches.is_empty() {
+                sources.poll()?;
+            } else {
+                let mut prepared = self.prepare(&batches)?;
+                // The late records' dead letters go first, then the next poll's (a
+                // source may dead-letter records that do not decode): in record order.
+                let late = std::mem::take(&mut prepared.report.dead_letters);
+                let positions = match self.reject(&sources, late).await {
+                    Ok(positions) => positions,
+                    Err(e) => {
+                        self.hide_streams();
+                        return Err(e);
+                    }
+                };
+                sources.poll()?;
+                let mut report = self.take_in(batches, prepared, sink).await?;
+                // After the micro-batch's own: where its dead letters end now.
+                for (stream, positions) in positions {
+                    self.offsets.entry(stream).or_default().extend(positions);
+                }
+                report.stages.poll = waited;
+                report.lag = lag;
                 summary.batches += 1;
                 summary.rows += report.rows;
                 summary.rejected += report.rejected;
@@ -414,7 +466,7 @@ impl Pipeline {
             }
             if dirty && last_checkpoint.elapsed() >= options.checkpoint_interval {
                 let checkpointing = Instant::now();
-                self.checkpoint_and_commit(&mut sources, sink).await?;
+                self.checkpoint_and_commit(&sources, sink).await?;
                 last_checkpoint = Instant::now();
                 dirty = false;
                 // A checkpoint after a pass without records is the job's time too.
@@ -427,7 +479,7 @@ impl Pipeline {
                 summary.stages.add(&report.stages);
                 on_step(&report);
             }
-            if finished == sources.len() {
+            if finished == sources.sources() {
                 if options.until_idle {
                     break;
                 }
@@ -442,35 +494,26 @@ impl Pipeline {
         }
         if dirty || !self.resumed && summary.batches == 0 {
             let checkpointing = Instant::now();
-            self.checkpoint_and_commit(&mut sources, sink).await?;
+            self.checkpoint_and_commit(&sources, sink).await?;
             summary.stages.checkpoint += checkpointing.elapsed();
         }
         summary.elapsed = started.elapsed();
         Ok(summary)
     }
 
-    /// Hands late records to their sources' dead-letter destinations; where those end is
-    /// checkpointed with the micro-batch.
-    async fn dead_letter(&mut self, sources: &mut [Box<dyn Source>], late: Vec<LateRecords>) -> Result<()> {
+    /// Hands late records to their sources' dead-letter destinations. Returns, per
+    /// stream, the positions where those end, to checkpoint with the micro-batch.
+    async fn reject(&self, sources: &Prefetcher, late: Vec<LateRecords>) -> Result<Vec<(String, Offsets)>> {
+        let mut positions = Vec::with_capacity(late.len());
         for records in late {
-            let source = sources
-                .iter_mut()
-                .find(|s| s.stream() == records.stream)
-                .ok_or_else(|| EngineError::internal("late records without their source"))?;
-            let positions = source.reject(&records.rows, &records.reasons).await?;
-            self.offsets.entry(records.stream).or_default().extend(positions);
+            positions.push((records.stream.clone(), sources.reject(records.stream, records.rows, records.reasons).await?));
         }
-        Ok(())
+        Ok(positions)
     }
 
-    async fn checkpoint_and_commit(&mut self, sources: &mut [Box<dyn Source>], sink: &mut dyn Sink) -> Result<()> {
+    async fn checkpoint_and_commit(&mut self, sources: &Prefetcher, sink: &mut dyn Sink) -> Result<()> {
         let (meta, _) = self.checkpoint(sink).await?;
-        for source in sources.iter_mut() {
-            if let Some(offsets) = meta.sources.get(source.stream()) {
-                source.commit(offsets).await?;
-            }
-        }
-        Ok(())
+        sources.commit(meta.sources).await
     }
 
     fn check_bindings(&self, sources: &[Box<dyn Source>]) -> Result<()> {
@@ -515,19 +558,6 @@ async fn update_views(
         }
     }
     Ok(())
-}
-
-async fn poll_all(sources: &mut [Box<dyn Source>], options: &RunOptions) -> Result<(Vec<(String, MicroBatch)>, usize)> {
-    let mut batches = Vec::new();
-    let mut finished = 0;
-    for source in sources.iter_mut() {
-        match source.poll(options.max_rows, options.max_delay).await? {
-            Poll::Batch(micro) => batches.push((source.stream().to_string(), micro)),
-            Poll::Idle => {}
-            Poll::Finished => finished += 1,
-        }
-    }
-    Ok((batches, finished))
 }
 
 fn find_stream<'a>(streams: &'a [StreamDecl], name: &str) -> Result<&'a StreamDecl> {

@@ -39,7 +39,8 @@ pub fn incremental_session_config() -> SessionConfig {
 }
 
 /// A session that understands `STORED AS KAFKA`, recording streams into `registry`, and
-/// the window functions `TUMBLE` and `HOP` over them.
+/// the window functions `TUMBLE` and `HOP` over them; its `to_timestamp*` functions read
+/// literal formats once per call (see [`crate::time_format`]).
 pub fn new_session(config: SessionConfig, registry: StreamRegistry) -> SessionContext {
     let state = SessionStateBuilder::new()
         .with_default_features()
@@ -47,6 +48,7 @@ pub fn new_session(config: SessionConfig, registry: StreamRegistry) -> SessionCo
         .with_table_factory(STREAM_FILE_TYPE.to_string(), Arc::new(StreamTableFactory::new(registry.clone())))
         .build();
     let ctx = SessionContext::new_with_state(state);
+    crate::time_format::register(&ctx);
     // Table function names are matched as written: register both spellings people use.
     for name in ["tumble", "TUMBLE"] {
         ctx.register_udtf(name, Arc::new(WindowFunction::tumble(registry.clone())));

@@ -92,7 +92,7 @@ fn inputs_read(physical: &Arc<dyn ExecutionPlan>, streams: &[StreamDecl]) -> Vec
 
 /// How the groups of a view over a window close: once the watermark of `stream`
 /// passes a window's end, its groups are final; they are emitted then (`EMIT ON WINDOW
-/// CLOSE`) and leave the state.
+/// CLOSE`) and leave the state (see [`IncrementalAggregate::close_by`]).
 #[derive(Debug)]
 struct Windowing {
     stream: String,
@@ -244,7 +244,7 @@ impl IncrementalView {
         let key = key.map_err(unsupported)?;
         let info = ViewInfo { name: def.name.clone(), schema: physical.schema(), key };
         let differ = Differ::new(&info)?;
-        let (kind, changelog, lookups) = compile_kind(physical, &read, &differ).map_err(unsupported)?;
+        let (mut kind, changelog, lookups) = compile_kind(physical, &read, &differ).map_err(unsupported)?;
         if let (Some((lookup, _)), Emit::OnWindowClose) = (lookups.first(), def.emit) {
             return Err(unsupported(format!(
                 "EMIT ON WINDOW CLOSE emits a window once, final, but the changelog stream `{lookup}` joined above its \
@@ -252,6 +252,11 @@ impl IncrementalView {
             )));
         }
         let windowing = Windowing::of(def, &kind, &info.schema).map_err(unsupported)?;
+        if let (Some(windowing), ViewKind::Aggregating { stages, .. }) = (&windowing, &mut kind) {
+            for (aggregate, (column, offset)) in stages.aggregates.iter_mut().zip(&windowing.columns) {
+                aggregate.close_by(*column, *offset, windowing.emit == Emit::OnWindowClose);
+            }
+        }
         let retention = retention_of(def, &info, windowing.as_ref()).map_err(unsupported)?;
         Ok(Self { info, origin: (def.origin.file.clone(), def.origin.line), differ, kind, reads, changelog, lookups, windowing, retention })
     }
@@ -318,12 +323,10 @@ impl IncrementalView {
     async fn close_windows(&mut self, changes: Changeset, watermarks: &BTreeMap<String, i64>, ctx: &Arc<TaskContext>) -> Result<Changeset> {
         let (Some(windowing), ViewKind::Aggregating { stages, .. }) = (&self.windowing, &mut self.kind) else { return Ok(changes) };
         let Some(&watermark) = watermarks.get(&windowing.stream) else { return Ok(changes) };
-        let closed = stages
-            .aggregates
-            .iter()
-            .zip(&windowing.columns)
-            .map(|(a, (column, offset))| a.closed_groups(*column, *offset, watermark))
-            .collect::<Result<Vec<_>>>()?;
+        let mut closed = Vec::with_capacity(stages.aggregates.len());
+        for aggregate in &mut stages.aggregates {
+            closed.push(aggregate.close(watermark, ctx).await?);
+        }
         let mut changes = changes;
         if closed.iter().any(|c| c.num_rows() > 0) {
             // The closed windows' rows, as the sinks hold them (only needed to emit them, or to delete them later).
@@ -336,9 +339,6 @@ impl IncrementalView {
             }
             if let (Some(retention), Some(rows)) = (&mut self.retention, &rows) {
                 retention.remember(rows)?;
-            }
-            for (aggregate, groups) in stages.aggregates.iter_mut().zip(&closed) {
-                aggregate.evict(groups)?;
             }
         }
         match &mut self.retention {

@@ -229,12 +229,15 @@ pub(crate) fn retained_rows(
 
 /// Per row of `rows`: whether column `column` plus `offset_ms` is at or before `watermark`.
 fn ended_by(rows: &RecordBatch, column: usize, offset_ms: i64, watermark: Option<i64>) -> Result<BooleanArray, ArrowError> {
+    let ends = end_times(rows, column, offset_ms)?;
+    Ok(ends.into_iter().map(|end| Some(matches!((end, watermark), (Some(end), Some(w)) if end <= w))).collect())
+}
+
+/// Per row of `rows`: column `column` (a time) plus `offset_ms`, in milliseconds; the
+/// end of a row's window when the column holds its start and the offset its size.
+pub(crate) fn end_times(rows: &RecordBatch, column: usize, offset_ms: i64) -> Result<Vec<Option<i64>>, ArrowError> {
     let times = cast(rows.column(column), &timestamp_type())?;
-    Ok(times
-        .as_primitive::<TimestampMillisecondType>()
-        .iter()
-        .map(|t| Some(matches!((t, watermark), (Some(t), Some(w)) if t.saturating_add(offset_ms) <= w)))
-        .collect())
+    Ok(times.as_primitive::<TimestampMillisecondType>().iter().map(|t| t.map(|t| t.saturating_add(offset_ms))).collect())
 }
 
 /// The length of an interval literal, in milliseconds (months have no fixed length).
