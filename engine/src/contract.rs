@@ -58,6 +58,11 @@ pub enum Poll {
 }
 
 /// Where a stream's records come from. Implemented by connectors.
+///
+/// A job polls its sources on a thread of their own, one micro-batch ahead of its
+/// views (see [`crate::prefetch`]), and checkpoints only what the views took in: after
+/// [`Source::seek`] to a checkpoint's offsets a source gives again what it gave after
+/// them, including a micro-batch read ahead of a crash or a stop.
 #[async_trait]
 pub trait Source: Send {
     /// The stream this source feeds.
@@ -87,7 +92,8 @@ pub trait Source: Send {
             cause: format!("{} records are late, and this source has no dead-letter destination", rows.num_rows()).into(),
         })
     }
-    /// Called after a checkpoint holding `offsets` is durable.
+    /// Called after a checkpoint holding `offsets` is durable. Positions live in the
+    /// checkpoint, so an error is logged, not fatal.
     async fn commit(&mut self, _offsets: &Offsets) -> Result<()> {
         Ok(())
     }

@@ -68,11 +68,15 @@ impl EventTime {
 
     /// Appends the event times of `batch`'s rows to `times`. Parsing fails for a whole
     /// batch on one bad string: the halves of a failing batch are tried apart, so a few
-    /// bad strings cost a few evaluations per halving, not one per row.
+    /// bad strings cost a few evaluations per halving, not one per row; a failing slice
+    /// of a few rows is tried row by row.
     fn times_into(&self, batch: &RecordBatch, times: &mut Vec<Option<i64>>) {
+        const ROW_BY_ROW: usize = 16;
         match self.evaluate(batch) {
             Ok(evaluated) => times.extend(evaluated),
-            Err(_) if batch.num_rows() <= 1 => times.extend((0..batch.num_rows()).map(|_| None)),
+            Err(_) if batch.num_rows() <= ROW_BY_ROW => {
+                times.extend((0..batch.num_rows()).map(|row| self.evaluate(&batch.slice(row, 1)).ok().and_then(|t| t[0])))
+            }
             Err(_) => {
                 let half = batch.num_rows() / 2;
                 self.times_into(&batch.slice(0, half), times);

@@ -16,7 +16,6 @@
 //! yields, which a micro-batch's view updates seldom do.
 
 use std::collections::BTreeMap;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::record_batch::RecordBatch;
@@ -40,14 +39,15 @@ pub struct Polled {
 enum Request {
     Poll,
     Reject { stream: String, rows: RecordBatch, reasons: Vec<String>, reply: oneshot::Sender<Result<Offsets>> },
-    Commit { offsets: BTreeMap<String, Offsets>, reply: oneshot::Sender<Result<()>> },
+    Commit { offsets: BTreeMap<String, Offsets> },
 }
 
 /// The sources, polled on their own thread.
 pub struct Prefetcher {
     polled: mpsc::UnboundedReceiver<Result<Polled>>,
     requests: Option<mpsc::UnboundedSender<Request>>,
-    thread: Option<JoinHandle<()>>,
+    /// Closes when the thread ends.
+    ended: Option<oneshot::Receiver<()>>,
     sources: usize,
 }
 
@@ -60,12 +60,29 @@ impl Prefetcher {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(cannot_start)?;
         let (polled_tx, polled) = mpsc::unbounded_channel();
         let (requests_tx, requests) = mpsc::unbounded_channel();
+        let (ending, ended) = oneshot::channel::<()>();
         let driver = Driver { sources, max_rows, max_delay };
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("trendflow-sources".into())
-            .spawn(move || runtime.block_on(driver.run(requests, polled_tx)))
+            .spawn(move || {
+                runtime.block_on(driver.run(requests, polled_tx));
+                // The sources are dropped before the job hears that the thread ended.
+                drop(runtime);
+                drop(ending);
+            })
             .map_err(cannot_start)?;
-        Ok(Self { polled, requests: Some(requests_tx), thread: Some(thread), sources: count })
+        Ok(Self { polled, requests: Some(requests_tx), ended: Some(ended), sources: count })
+    }
+
+    /// Lets the sources finish what was asked of them (a poll takes at most their
+    /// `max_delay`), then drops them. Dropping a `Prefetcher` does the same without
+    /// waiting: the thread ends on its own.
+    pub async fn stop(mut self) {
+        self.requests = None;
+        if let Some(ended) = self.ended.take() {
+            // Closed either way: the thread ended (or panicked, said on stderr).
+            let _ = ended.await;
+        }
     }
 
     /// Number of sources.
@@ -93,27 +110,15 @@ impl Prefetcher {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Tells every source that a checkpoint holding `offsets` (stream → positions) is durable.
-    pub async fn commit(&self, offsets: BTreeMap<String, Offsets>) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.ask(Request::Commit { offsets, reply })?;
-        answer.await.map_err(|_| stopped())?
+    /// Tells every source that a checkpoint holding `offsets` (stream → positions) is
+    /// durable, after what was asked before; without waiting (positions live in the
+    /// checkpoint: a source that cannot commit says so in the log, and loses nothing).
+    pub fn commit(&self, offsets: BTreeMap<String, Offsets>) -> Result<()> {
+        self.ask(Request::Commit { offsets })
     }
 
     fn ask(&self, request: Request) -> Result<()> {
         self.requests.as_ref().ok_or_else(stopped)?.send(request).map_err(|_| stopped())
-    }
-}
-
-impl Drop for Prefetcher {
-    /// Stops the thread: it ends once it has served the requests made (a poll takes at
-    /// most the sources' `max_delay`).
-    fn drop(&mut self) {
-        self.requests = None;
-        if let Some(thread) = self.thread.take() {
-            // A panic on the thread was already reported by the channels closing.
-            let _ = thread.join();
-        }
     }
 }
 
@@ -163,17 +168,14 @@ impl Driver {
                 };
                 let _ = reply.send(rejected);
             }
-            Request::Commit { offsets, reply } => {
-                let mut committed = Ok(());
+            Request::Commit { offsets } => {
                 for source in &mut self.sources {
                     if let Some(offsets) = offsets.get(source.stream()) {
-                        committed = source.commit(offsets).await;
-                        if committed.is_err() {
-                            break;
+                        if let Err(e) = source.commit(offsets).await {
+                            tracing::warn!(stream = source.stream(), "cannot commit positions after a checkpoint: {e}");
                         }
                     }
                 }
-                let _ = reply.send(committed);
             }
         }
     }

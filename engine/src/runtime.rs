@@ -441,15 +441,16 @@ impl Pipeline {
                 let mut prepared = self.prepare(&batches)?;
                 // The late records' dead letters go first, then the next poll's (a
                 // source may dead-letter records that do not decode): in record order.
+                let rejecting = Instant::now();
                 let late = std::mem::take(&mut prepared.report.dead_letters);
-                let positions = match self.reject(&sources, late).await {
+                let positions = match self.reject(&sources, late).await.and_then(|p| sources.poll().map(|()| p)) {
                     Ok(positions) => positions,
                     Err(e) => {
                         self.hide_streams();
                         return Err(e);
                     }
                 };
-                sources.poll()?;
+                prepared.report.stages.prepare += rejecting.elapsed();
                 let mut report = self.take_in(batches, prepared, sink).await?;
                 // After the micro-batch's own: where its dead letters end now.
                 for (stream, positions) in positions {
@@ -497,6 +498,8 @@ impl Pipeline {
             self.checkpoint_and_commit(&sources, sink).await?;
             summary.stages.checkpoint += checkpointing.elapsed();
         }
+        // The last commit done, the sources dropped (a Kafka consumer leaves its group).
+        sources.stop().await;
         summary.elapsed = started.elapsed();
         Ok(summary)
     }
@@ -513,7 +516,7 @@ impl Pipeline {
 
     async fn checkpoint_and_commit(&mut self, sources: &Prefetcher, sink: &mut dyn Sink) -> Result<()> {
         let (meta, _) = self.checkpoint(sink).await?;
-        sources.commit(meta.sources).await
+        sources.commit(meta.sources)
     }
 
     fn check_bindings(&self, sources: &[Box<dyn Source>]) -> Result<()> {
