@@ -316,7 +316,7 @@ async fn killed_kafka_job_resumes_exactly() {
     let products = format!("products=file:{}", data.join("products.csv").display());
     ok(trendflow().args(["batch", "--source", &products, "--source", &categories, "--state"]).arg(&from_file));
     assert_same_csv(&views_csv(&state, false), &views_csv(&from_file, false), &format!("seed {seed}"));
-    assert_eq!(committed_total(&broker.addr, "killed-job", "products", 3), ROWS);
+    assert_eq!(committed_total(&broker.addr, "killed-job", "products", 3, ROWS), ROWS);
 }
 
 /// The broker is killed and restarted while the job consumes: the job logs, retries,
@@ -444,14 +444,24 @@ fn unreachable_brokers_and_missing_topics_fail_clearly() {
 }
 
 /// The offsets a consumer group committed, summed over `partitions` partitions.
-pub(crate) fn committed_total(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+/// The offsets `group` committed on `topic`, summed over its partitions, once they reach
+/// `expected` or after 30 s: a job commits after each checkpoint without waiting (the
+/// positions live in the checkpoint), so the commit lands a poll or so after it.
+pub(crate) fn committed_total(brokers: &str, group: &str, topic: &str, partitions: i32, expected: i64) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
     let mut list = TopicPartitionList::new();
     for p in 0..partitions {
         list.add_partition(topic, p);
     }
-    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
-    committed.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 }).sum()
+    let started = std::time::Instant::now();
+    loop {
+        let committed = consumer.committed_offsets(list.clone(), Duration::from_secs(10)).unwrap();
+        let total = committed.elements().iter().map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 }).sum();
+        if total == expected || started.elapsed() > Duration::from_secs(30) {
+            return total;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 pub(crate) fn producer(brokers: &str) -> FutureProducer {

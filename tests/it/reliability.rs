@@ -489,7 +489,7 @@ async fn a_lost_partition_leader_loses_nothing() {
         .args(["query", "SELECT SUM(products) AS n FROM category_distribution", "--format", "csv", "--state"])
         .arg(&state)));
     let in_topic = records_in_topic(&cluster.addr, "products", 3);
-    let committed = committed_total(&cluster.addr, "leader-kill", "products", 3);
+    let committed = committed_total(&cluster.addr, "leader-kill", "products", 3, ROWS);
     report(
         "a_lost_partition_leader_loses_nothing",
         serde_json::json!({
