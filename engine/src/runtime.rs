@@ -443,7 +443,7 @@ impl Pipeline {
                 // source may dead-letter records that do not decode): in record order.
                 let rejecting = Instant::now();
                 let late = std::mem::take(&mut prepared.report.dead_letters);
-                let positions = match self.reject(&sources, late).await.and_then(|p| sources.poll().map(|()| p)) {
+                let positions = match reject_late(&sources, late).await.and_then(|p| sources.poll().map(|()| p)) {
                     Ok(positions) => positions,
                     Err(e) => {
                         self.hide_streams();
@@ -504,16 +504,6 @@ impl Pipeline {
         Ok(summary)
     }
 
-    /// Hands late records to their sources' dead-letter destinations. Returns, per
-    /// stream, the positions where those end, to checkpoint with the micro-batch.
-    async fn reject(&self, sources: &Prefetcher, late: Vec<LateRecords>) -> Result<Vec<(String, Offsets)>> {
-        let mut positions = Vec::with_capacity(late.len());
-        for records in late {
-            positions.push((records.stream.clone(), sources.reject(records.stream, records.rows, records.reasons).await?));
-        }
-        Ok(positions)
-    }
-
     async fn checkpoint_and_commit(&mut self, sources: &Prefetcher, sink: &mut dyn Sink) -> Result<()> {
         let (meta, _) = self.checkpoint(sink).await?;
         sources.commit(meta.sources)
@@ -539,6 +529,16 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// Hands late records to their sources' dead-letter destinations. Returns, per stream,
+/// the positions where those end, to checkpoint with the micro-batch.
+async fn reject_late(sources: &Prefetcher, late: Vec<LateRecords>) -> Result<Vec<(String, Offsets)>> {
+    let mut positions = Vec::with_capacity(late.len());
+    for records in late {
+        positions.push((records.stream.clone(), sources.reject(records.stream, records.rows, records.reasons).await?));
+    }
+    Ok(positions)
 }
 
 /// Applies the micro-batch now in the stream slots to every view and hands the changes to `sink`.
